@@ -1,0 +1,1 @@
+"""data layer of mlflow_ccfv (see the package docstring for the layering)."""

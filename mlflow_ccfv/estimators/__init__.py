@@ -1,0 +1,1 @@
+"""estimators layer of mlflow_ccfv (see the package docstring for the layering)."""

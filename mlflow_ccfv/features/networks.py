@@ -1,0 +1,162 @@
+"""Declarative MONAI network specifications.
+
+A :class:`NetworkSpec` is a MONAI class name in :mod:`monai.networks.nets` plus its keyword
+arguments. It is JSON-serialisable, so a model bank can store *what* a network is as plain text and
+its weights as a ``state_dict`` loaded with ``torch.load(..., weights_only=True)``: reloading a model
+never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Architectures whose decoder stages :func:`mlflow_ccfv.features.decoder_layers` understands.
+SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A MONAI network as data: ``architecture`` (class name in ``monai.networks.nets``) and ``kwargs``."""
+
+    architecture: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"architecture": self.architecture, "kwargs": self.kwargs}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "NetworkSpec":
+        try:
+            data = json.loads(text)
+            return cls(architecture=data["architecture"], kwargs=dict(data.get("kwargs", {})))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"Not a network specification: {text!r}. Expected JSON like "
+                '{"architecture": "UNet", "kwargs": {"spatial_dims": 3, ...}}.'
+            ) from exc
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kwargs["in_channels"])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.kwargs["out_channels"])
+
+    def build(self) -> nn.Module:
+        """Instantiate the network (randomly initialised)."""
+        return build_network(self)
+
+
+def _network_class(architecture: str) -> type[nn.Module]:
+    import monai.networks.nets as nets
+
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}. Supported MONAI networks: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}."
+        )
+    return getattr(nets, architecture)
+
+
+def build_network(spec: NetworkSpec) -> nn.Module:
+    """Build ``spec`` as a MONAI module; unknown or missing arguments name the valid ones."""
+    cls = _network_class(spec.architecture)
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p != "self"]
+    unknown = sorted(set(spec.kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{spec.architecture} has no argument(s) {', '.join(unknown)}. "
+            f"Valid arguments: {', '.join(valid)}."
+        )
+    missing = [
+        p.name
+        for p in params.values()
+        if p.name != "self" and p.default is inspect.Parameter.empty and p.name not in spec.kwargs
+    ]
+    if missing:
+        raise ValueError(f"{spec.architecture} needs argument(s) {', '.join(missing)}.")
+    return cls(**spec.kwargs)
+
+
+def small_spec(
+    architecture: str,
+    in_channels: int,
+    out_channels: int,
+    patch_size: tuple[int, int, int] = (32, 32, 32),
+) -> NetworkSpec:
+    """A CPU-sized configuration of ``architecture`` (for tests, demos and synthetic studies).
+
+    ``patch_size`` is the sliding-window ROI in voxels; UNETR fixes its input size to it and
+    SwinUNETR needs each side a multiple of 32 and at least 64 (its bottleneck is 1/32 of the
+    input, and its instance norms need more than one voxel there).
+    """
+    _network_class(architecture)
+    if architecture == "SwinUNETR" and any(s < 64 or s % 32 for s in patch_size):
+        raise ValueError(
+            f"SwinUNETR needs a patch size whose sides are multiples of 32 and at least 64; got {tuple(patch_size)}."
+        )
+    common = {"in_channels": in_channels, "out_channels": out_channels}
+    if architecture == "UNet":
+        kwargs = {"spatial_dims": 3, "channels": (8, 16, 32, 64), "strides": (2, 2, 2), "num_res_units": 1}
+    elif architecture == "BasicUNet":
+        kwargs = {"spatial_dims": 3, "features": (8, 8, 16, 32, 64, 8)}
+    elif architecture == "DynUNet":
+        kwargs = {
+            "spatial_dims": 3,
+            "kernel_size": (3, 3, 3, 3),
+            "strides": (1, 2, 2, 2),
+            "upsample_kernel_size": (2, 2, 2),
+            "filters": (8, 16, 32, 64),
+        }
+    elif architecture == "UNETR":
+        kwargs = {
+            "img_size": tuple(patch_size),
+            "feature_size": 8,
+            "hidden_size": 96,
+            "mlp_dim": 192,
+            "num_heads": 4,
+        }
+    else:  # SwinUNETR
+        kwargs = {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (3, 3, 6, 6), "spatial_dims": 3}
+    return NetworkSpec(architecture, {**kwargs, **common})
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error that lists them.
+
+    Accepts checkpoints saved as ``{"state_dict": ...}`` and ones with a ``module.`` (DataParallel)
+    prefix. Keys starting with one of ``skip_prefixes`` are left as initialised in ``model`` (used to
+    re-create the last convolution when fine-tuning).
+    """
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    skipped = lambda k: any(k.startswith(p) for p in skip_prefixes)  # noqa: E731
+    missing = [k for k in own if k not in state and not skipped(k)]
+    unexpected = [k for k in state if k not in own and not skipped(k)]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and not skipped(k) and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+                parts.append(f"{label}: {shown}")
+        raise ValueError(
+            f"Checkpoint does not match {type(model).__name__}: " + "; ".join(parts)
+            + ". Check the architecture specification (class and arguments) the checkpoint was trained with."
+        )
+    model.load_state_dict({k: v for k, v in state.items() if not skipped(k)}, strict=False)

@@ -1,0 +1,1 @@
+"""study layer of mlflow_ccfv (see the package docstring for the layering)."""

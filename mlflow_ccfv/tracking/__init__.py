@@ -1,0 +1,1 @@
+"""tracking layer of mlflow_ccfv (see the package docstring for the layering)."""
