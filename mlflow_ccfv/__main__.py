@@ -1,0 +1,3 @@
+from mlflow_ccfv.cli import main
+
+main()
