@@ -1,0 +1,267 @@
+"""The paper's evaluation as tables and plots: correlations of scores with fine-tune Dice.
+
+Input: a long table ``frame`` (pandas) with one row per (target dataset, bank model, method):
+
+=================  ==============================================================================
+``dataset``        target task (e.g. ``Task03``)
+``model``          bank model id (e.g. ``bank-unet-Task06/2``)
+``method``         estimator name from :data:`mlflow_ccfv.estimators.METHODS`
+``score``          its transferability score (higher = expected to transfer better); NaN if failed
+``dice``           the model's mean foreground Dice after fine-tuning on the dataset
+=================  ==============================================================================
+
+plus optional descriptive columns (``architecture``, ``source_dataset``) carried into the ranked table.
+
+Per (dataset, method) over the bank (:func:`correlations`): weighted Kendall's tau and Pearson's r
+between score and Dice (Table 1; :func:`mlflow_ccfv.estimators.weighted_tau`, ``pearson``), and the
+**top-1 regret**: best Dice in the bank minus the Dice of the model the method ranks first (0 = it
+picked the best model). Then the Table-1-style table (methods x datasets + average, tau and
+Pearson), the Table-2-style ablation table (CC-FV variants, tau), and a Fig.-2-style scatter of the
+standardised score against Dice, one panel per method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlflow_ccfv.estimators import METHODS, pearson, weighted_tau
+
+#: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
+TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
+#: Table 2's rows: CC-FV and its ablations.
+TABLE2_METHODS = ("ccfv", "ccfv_no_consistency", "ccfv_no_variety", "ccfv_single_scale", "ccfv_kl",
+                  "ccfv_bhattacharyya")
+#: Display names, as in the paper where it has one.
+METHOD_LABELS = {
+    "ccfv": "CC-FV", "ccfv_no_consistency": "CC-FV w/o C_cons", "ccfv_no_variety": "CC-FV w/o F_v",
+    "ccfv_single_scale": "Single-scale", "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance",
+    "logme": "LogME", "transrate": "TransRate", "leep": "LEEP", "gbc": "GBC", "nleep": "N-LEEP",
+    "nce": "NCE", "hscore": "H-score",
+}
+REQUIRED_COLUMNS = ("dataset", "model", "method", "score", "dice")
+
+
+def _check_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"The scores table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}.")
+    unknown = sorted(set(frame["method"]) - set(METHODS))
+    if unknown:
+        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}.")
+    dup = frame.duplicated(["dataset", "model", "method"])
+    if dup.any():
+        first = frame.loc[dup, ["dataset", "model", "method"]].iloc[0].tolist()
+        raise ValueError(f"Two scores for the same (dataset, model, method) {first}.")
+    return frame
+
+
+def correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.DataFrame:
+    """Per (dataset, method): ``weighted_tau``, ``pearson``, ``top1_regret``, ``top1_model``, ``n_models``.
+
+    Models with a non-finite score or Dice are left out of that method's correlation; with fewer than
+    ``min_models`` left (or constant scores or Dice) the correlations are NaN.
+    """
+    _check_frame(frame)
+    rows = []
+    for (dataset, method), g in frame.groupby(["dataset", "method"], sort=True):
+        g = g[np.isfinite(g["score"].astype(float)) & np.isfinite(g["dice"].astype(float))]
+        scores, dice = g["score"].to_numpy(float), g["dice"].to_numpy(float)
+        best_all = frame.loc[frame["dataset"] == dataset, "dice"].astype(float).max()
+        tau = rho = regret = float("nan")
+        top = None
+        if len(g) >= 1:
+            i = int(np.argmax(scores))
+            top = str(g["model"].iloc[i])
+            regret = float(best_all - dice[i])
+        if len(g) >= min_models and np.ptp(scores) > 0 and np.ptp(dice) > 0:
+            tau, rho = float(weighted_tau(scores, dice)), float(pearson(scores, dice))
+        rows.append({"dataset": dataset, "method": method, "weighted_tau": tau, "pearson": rho,
+                     "top1_regret": regret, "top1_model": top, "n_models": int(len(g))})
+    return pd.DataFrame(rows, columns=["dataset", "method", "weighted_tau", "pearson", "top1_regret",
+                                       "top1_model", "n_models"])
+
+
+def _ordered(methods: Sequence[str], present: Sequence[str]) -> list[str]:
+    return [m for m in methods if m in set(present)]
+
+
+def table1(corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS) -> pd.DataFrame:
+    """Methods x datasets (+ ``Avg``) of weighted tau and Pearson, indexed by (method, metric)."""
+    datasets = sorted(corr["dataset"].unique())
+    rows, index = [], []
+    for m in _ordered(methods, corr["method"].unique()):
+        for metric, col in (("tau", "weighted_tau"), ("pearson", "pearson")):
+            sub = corr[corr["method"] == m].set_index("dataset")[col]
+            values = [float(sub.get(d, float("nan"))) for d in datasets]
+            rows.append(values + [_nanmean(values)])
+            index.append((METHOD_LABELS.get(m, m), metric))
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["method", "metric"]),
+                        columns=datasets + ["Avg"])
+
+
+def table2(corr: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> pd.DataFrame:
+    """CC-FV ablation variants x datasets (+ ``Avg``) of weighted tau (the paper's Table 2)."""
+    datasets = sorted(corr["dataset"].unique())
+    rows, index = [], []
+    for m in _ordered(methods, corr["method"].unique()):
+        sub = corr[corr["method"] == m].set_index("dataset")["weighted_tau"]
+        values = [float(sub.get(d, float("nan"))) for d in datasets]
+        rows.append(values + [_nanmean(values)])
+        index.append(METHOD_LABELS.get(m, m))
+    return pd.DataFrame(rows, index=pd.Index(index, name="method"), columns=datasets + ["Avg"])
+
+
+def regret_table(corr: pd.DataFrame, methods: Sequence[str] = METHODS) -> pd.DataFrame:
+    """Methods x datasets (+ ``Avg``) of top-1 regret (lower is better; 0 = picked the best model)."""
+    datasets = sorted(corr["dataset"].unique())
+    rows, index = [], []
+    for m in _ordered(methods, corr["method"].unique()):
+        sub = corr[corr["method"] == m].set_index("dataset")["top1_regret"]
+        values = [float(sub.get(d, float("nan"))) for d in datasets]
+        rows.append(values + [_nanmean(values)])
+        index.append(METHOD_LABELS.get(m, m))
+    return pd.DataFrame(rows, index=pd.Index(index, name="method"), columns=datasets + ["Avg"])
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def ranked_table(frame: pd.DataFrame, dataset: str, by: str = "ccfv",
+                 methods: Sequence[str] = ("ccfv", "logme", "leep", "gbc", "transrate")) -> pd.DataFrame:
+    """One row per bank model for ``dataset``, ranked by ``by`` (1 = best), with the chosen methods'
+    scores, the measured Dice and its rank within the bank."""
+    _check_frame(frame)
+    sub = frame[frame["dataset"] == dataset]
+    if sub.empty:
+        raise ValueError(f"No scores for dataset {dataset!r}; datasets present: {', '.join(sorted(frame['dataset'].unique()))}.")
+    wide = sub.pivot(index="model", columns="method", values="score")
+    meta = sub.drop_duplicates("model").set_index("model")
+    out = pd.DataFrame(index=wide.index)
+    for col in ("architecture", "source_dataset"):
+        if col in meta.columns:
+            out[col] = meta[col]
+    for m in methods:
+        if m in wide.columns:
+            out[m] = wide[m]
+    out["dice"] = meta["dice"].astype(float)
+    out["dice_rank"] = out["dice"].rank(ascending=False, method="min").astype("Int64")
+    if by not in wide.columns:
+        raise ValueError(f"No {by!r} scores for {dataset!r}; methods present: {', '.join(wide.columns)}.")
+    out = out.assign(_key=wide[by]).sort_values("_key", ascending=False, na_position="last").drop(columns="_key")
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out.reset_index()
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table (index included when it is named), numbers to ``digits`` decimals."""
+    table = df.reset_index() if any(n is not None for n in df.index.names) else df
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "–" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    header = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """z-scores over the bank (Fig. 2 "standardised the various metrics"); constant -> zeros."""
+    scores = np.asarray(scores, float)
+    sd = scores.std()
+    return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
+
+
+def scatter_plot(frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: str | Path,
+                 methods: Sequence[str] = METHODS) -> Path:
+    """Fig.-2-style figure for ``dataset``: per method, standardised score (x) vs fine-tune Dice (y),
+    with a least-squares line and the method's tau and Pearson in the panel title. Saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = frame[frame["dataset"] == dataset]
+    present = _ordered(methods, sub["method"].unique())
+    if not present:
+        raise ValueError(f"No scores for dataset {dataset!r}.")
+    ncols = min(4, len(present))
+    nrows = math.ceil(len(present) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False, sharey=True)
+    c = corr[corr["dataset"] == dataset].set_index("method")
+    for ax, m in zip(axes.flat, present):
+        g = sub[(sub["method"] == m) & np.isfinite(sub["score"].astype(float))]
+        x, y = standardise(g["score"].to_numpy(float)), g["dice"].to_numpy(float)
+        control = g.get("source_dataset", pd.Series([""] * len(g), index=g.index)).astype(str).eq("random-init").to_numpy()
+        ax.scatter(x[~control], y[~control], s=22, color="tab:blue", label="pre-trained")
+        if control.any():
+            ax.scatter(x[control], y[control], s=30, marker="x", color="tab:red", label="random init")
+        if len(x) >= 2 and np.ptp(x) > 0:
+            k, b = np.polyfit(x, y, 1)
+            xs = np.linspace(x.min(), x.max(), 10)
+            ax.plot(xs, k * xs + b, color="gray", lw=1)
+        tau = c["weighted_tau"].get(m, float("nan")) if m in c.index else float("nan")
+        rho = c["pearson"].get(m, float("nan")) if m in c.index else float("nan")
+        ax.set_title(f"{METHOD_LABELS.get(m, m)}\nτ={tau:.2f}  r={rho:.2f}", fontsize=9)
+        ax.set_xlabel("standardised score", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fine-tune Dice", fontsize=8)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Transferability vs fine-tune Dice on {dataset}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` produced: the correlation rows, the tables and the files."""
+
+    correlations: pd.DataFrame
+    table1: pd.DataFrame
+    table2: pd.DataFrame
+    regret: pd.DataFrame
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        return ("## Table 1: weighted Kendall's tau and Pearson vs fine-tune Dice\n\n" + to_markdown(self.table1)
+                + "\n## Table 2: ablations (weighted Kendall's tau)\n\n" + to_markdown(self.table2)
+                + "\n## Top-1 regret (best Dice in the bank minus Dice of the top-ranked model)\n\n"
+                + to_markdown(self.regret))
+
+
+def write_report(frame: pd.DataFrame, out_dir: str | Path) -> Report:
+    """Compute the correlations and write ``correlations.csv``, ``table1.{md,csv}``, ``table2.{md,csv}``,
+    ``regret.{md,csv}``, ``scores.csv``, ``report.md`` and ``scatter_<dataset>.png`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corr = correlations(frame)
+    t1, t2, rg = table1(corr), table2(corr), regret_table(corr)
+    report = Report(corr, t1, t2, rg)
+    files = report.files
+    frame.to_csv(files.setdefault("scores.csv", out / "scores.csv"), index=False)
+    corr.to_csv(files.setdefault("correlations.csv", out / "correlations.csv"), index=False)
+    for name, table in (("table1", t1), ("table2", t2), ("regret", rg)):
+        table.to_csv(files.setdefault(f"{name}.csv", out / f"{name}.csv"))
+        files.setdefault(f"{name}.md", out / f"{name}.md").write_text(to_markdown(table))
+    files.setdefault("report.md", out / "report.md").write_text(report.markdown())
+    for dataset in sorted(frame["dataset"].unique()):
+        files[f"scatter_{dataset}.png"] = scatter_plot(frame, corr, dataset, out / f"scatter_{dataset}.png")
+    return report

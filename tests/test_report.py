@@ -1,0 +1,129 @@
+"""Correlation tables and plots (mlflow_ccfv.study.report) on hand-built score tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlflow_ccfv.study.report import (
+    correlations,
+    ranked_table,
+    regret_table,
+    standardise,
+    table1,
+    table2,
+    to_markdown,
+    write_report,
+)
+
+
+def frame_for(dice_by_dataset: dict[str, list[float]], scorers: dict[str, callable]) -> pd.DataFrame:
+    rows = []
+    for dataset, dice in dice_by_dataset.items():
+        for i, d in enumerate(dice):
+            for method, f in scorers.items():
+                rows.append({"dataset": dataset, "model": f"m{i}", "method": method, "score": f(d, i),
+                             "dice": d, "architecture": "UNet",
+                             "source_dataset": "random-init" if i == 0 else f"T{i}"})
+    return pd.DataFrame(rows)
+
+
+DICE = {"TaskA": [0.2, 0.5, 0.7, 0.4, 0.9], "TaskB": [0.1, 0.3, 0.35, 0.6, 0.55]}
+SCORERS = {
+    "ccfv": lambda d, i: 3 * d + 1,                # perfectly ordered, linear
+    "logme": lambda d, i: -d,                      # reversed
+    "gbc": lambda d, i: float(np.exp(5 * d)),      # ordered, non-linear
+    "ccfv_kl": lambda d, i: float("nan") if i == 1 else d,
+}
+
+
+def test_correlations_perfect_reversed_and_regret():
+    corr = correlations(frame_for(DICE, SCORERS)).set_index(["dataset", "method"])
+    assert corr.loc[("TaskA", "ccfv"), "weighted_tau"] == pytest.approx(1.0)
+    assert corr.loc[("TaskA", "ccfv"), "pearson"] == pytest.approx(1.0)
+    assert corr.loc[("TaskA", "ccfv"), "top1_regret"] == pytest.approx(0.0)
+    assert corr.loc[("TaskA", "logme"), "weighted_tau"] == pytest.approx(-1.0)
+    assert corr.loc[("TaskA", "logme"), "top1_regret"] == pytest.approx(0.9 - 0.2)
+    assert corr.loc[("TaskB", "logme"), "top1_model"] == "m0"
+    # rank-based tau ignores the non-linearity; Pearson does not
+    assert corr.loc[("TaskB", "gbc"), "weighted_tau"] == pytest.approx(1.0)
+    assert corr.loc[("TaskB", "gbc"), "pearson"] < 0.999
+    # a failed score leaves that model out of that method only
+    assert corr.loc[("TaskA", "ccfv_kl"), "n_models"] == 4
+    assert corr.loc[("TaskA", "ccfv"), "n_models"] == 5
+
+
+def test_tables_have_methods_by_datasets_with_average():
+    corr = correlations(frame_for(DICE, SCORERS))
+    t1 = table1(corr)
+    assert list(t1.columns) == ["TaskA", "TaskB", "Avg"]
+    assert ("CC-FV", "tau") in t1.index and ("LogME", "pearson") in t1.index
+    assert ("KL-divergence", "tau") not in t1.index  # ablations go to Table 2
+    row = t1.loc[("LogME", "tau")]
+    assert row["Avg"] == pytest.approx((row["TaskA"] + row["TaskB"]) / 2)
+    t2 = table2(corr)
+    assert list(t2.index) == ["CC-FV", "KL-divergence"]
+    assert regret_table(corr).loc["CC-FV", "Avg"] == pytest.approx(
+        (0.0 + (0.6 - 0.6)) / 2)
+
+
+def test_ranked_table_orders_by_ccfv():
+    frame = frame_for(DICE, SCORERS)
+    ranked = ranked_table(frame, "TaskB")
+    assert ranked["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert ranked["model"].iloc[0] == "m3" and ranked["dice_rank"].iloc[0] == 1
+    assert ranked["ccfv"].is_monotonic_decreasing
+    with pytest.raises(ValueError, match="No scores for dataset"):
+        ranked_table(frame, "TaskZ")
+
+
+def test_bad_frames_are_rejected():
+    frame = frame_for(DICE, SCORERS)
+    with pytest.raises(ValueError, match="lacks column"):
+        correlations(frame.drop(columns="dice"))
+    with pytest.raises(ValueError, match="Unknown method"):
+        correlations(frame.assign(method="cc-fv"))
+    with pytest.raises(ValueError, match="Two scores"):
+        correlations(pd.concat([frame, frame.iloc[:1]]))
+
+
+def test_too_few_models_gives_nan_not_an_error():
+    corr = correlations(frame_for({"T": [0.1, 0.2]}, {"ccfv": lambda d, i: d}))
+    assert math.isnan(corr["weighted_tau"].iloc[0]) and corr["top1_regret"].iloc[0] == 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=3, max_size=8, unique=True), st.randoms(use_true_random=False))
+def test_correlations_invariant_to_model_order(dice, rnd):
+    scores = [d ** 2 + 0.1 * math.sin(7 * d) for d in dice]
+    rows = [{"dataset": "T", "model": f"m{i}", "method": "ccfv", "score": s, "dice": d}
+            for i, (s, d) in enumerate(zip(scores, dice))]
+    shuffled = rows[:]
+    rnd.shuffle(shuffled)
+    a, b = correlations(pd.DataFrame(rows)), correlations(pd.DataFrame(shuffled))
+    for col in ("weighted_tau", "pearson", "top1_regret"):
+        assert a[col].iloc[0] == pytest.approx(b[col].iloc[0], nan_ok=True)
+
+
+def test_standardise():
+    z = standardise(np.array([1.0, 2.0, 3.0, 6.0]))
+    assert z.mean() == pytest.approx(0) and z.std() == pytest.approx(1)
+    assert (standardise(np.ones(3)) == 0).all()
+
+
+def test_write_report_files(tmp_path):
+    frame = frame_for(DICE, SCORERS)
+    report = write_report(frame, tmp_path)
+    for name in ("table1.md", "table1.csv", "table2.md", "correlations.csv", "report.md", "scatter_TaskA.png",
+                 "scatter_TaskB.png", "regret.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "scatter_TaskA.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "table1.md").read_text()
+    assert md.startswith("| method | metric | TaskA | TaskB | Avg |") and "| CC-FV | tau | 1.0000 |" in md
+    assert "Table 2" in report.markdown()
+    assert "–" in to_markdown(pd.DataFrame({"a": [float("nan")]}))
