@@ -1,0 +1,253 @@
+"""The ``mlflow_ccfv`` model flavor: a MONAI network stored as data, never as pickled code.
+
+An MLflow model directory written by :func:`save_model` holds::
+
+    MLmodel            flavors: mlflow_ccfv (spec + weights) and python_function (loader_module)
+    network.json       the declarative NetworkSpec (MONAI class name + keyword arguments)
+    state_dict.pt      the weights, a plain ``{name: tensor}`` dict (``torch.save``)
+    requirements.txt / conda.yaml / python_env.yaml
+
+Loading (:func:`load_model`, or ``mlflow.pyfunc.load_model`` through :func:`_load_pyfunc`) builds the
+network from ``network.json`` and reads the weights with ``torch.load(..., weights_only=True)`` into it
+with :func:`~mlflow_ccfv.features.networks.load_state_dict_strict`: no pickled object is ever
+unpickled, and a checkpoint that does not fit the architecture is an error listing the keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlflow_ccfv.features.networks import NetworkSpec, build_network, load_state_dict_strict
+
+_logger = logging.getLogger(__name__)
+
+FLAVOR_NAME = "mlflow_ccfv"
+SPEC_FILE = "network.json"
+WEIGHTS_FILE = "state_dict.pt"
+
+
+def normalise_state_dict(state: Any) -> dict[str, torch.Tensor]:
+    """Return the plain ``{name: tensor}`` weights of a checkpoint.
+
+    Accepts a state_dict, one saved under a ``state_dict`` key (Lightning / MONAI bundles) and one
+    whose keys carry the ``module.`` prefix of ``nn.DataParallel``.
+    """
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            "The checkpoint is not a state_dict (a mapping of parameter names to tensors, optionally "
+            "under a 'state_dict' key). Save it with torch.save(model.state_dict(), path)."
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file safely (``weights_only=True``) and return its plain state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends
+        raise ValueError(
+            f"Cannot read checkpoint {path} safely with torch.load(weights_only=True): {exc}. "
+            "Save only the weights: torch.save(model.state_dict(), path)."
+        ) from exc
+    return normalise_state_dict(state)
+
+
+def build_with_weights(spec: NetworkSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Instantiate ``spec`` and load ``state_dict`` strictly (mismatched keys raise ``ValueError``)."""
+    module = build_network(spec)
+    load_state_dict_strict(module, normalise_state_dict(state_dict))
+    module.eval()
+    return module
+
+
+def _write_environment(path: str) -> None:
+    from mlflow.utils.environment import (
+        _CONDA_ENV_FILE_NAME,
+        _PYTHON_ENV_FILE_NAME,
+        _REQUIREMENTS_FILE_NAME,
+        _mlflow_conda_env,
+        _PythonEnv,
+    )
+    import yaml
+    import monai
+
+    import mlflow_ccfv
+
+    reqs = [
+        f"mlflow-ccfv=={mlflow_ccfv.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"monai=={monai.__version__}",
+    ]
+    with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
+        yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=reqs), f, default_flow_style=False)
+    with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as f:
+        f.write("mlflow\n" + "\n".join(reqs) + "\n")
+    _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+
+
+def save_model(
+    spec: NetworkSpec,
+    state_dict: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    mlflow_model=None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write an MLflow model directory at ``path`` (which must not exist).
+
+    The weights are checked against the architecture first, so nothing is written for a mismatch.
+    """
+    from mlflow import pyfunc
+    from mlflow.models import Model
+    from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
+
+    state = normalise_state_dict(state_dict)
+    build_with_weights(spec, state)  # validates: raises listing mismatched keys
+    path = os.fspath(path)
+    if os.path.exists(path) and os.listdir(path):
+        raise FileExistsError(f"Model directory {path} already exists and is not empty.")
+    os.makedirs(path, exist_ok=True)
+    if mlflow_model is None:
+        mlflow_model = Model()
+    if metadata:
+        mlflow_model.metadata = {**(mlflow_model.metadata or {}), **metadata}
+    Path(path, SPEC_FILE).write_text(spec.to_json())
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(path, WEIGHTS_FILE))
+    _write_environment(path)
+    mlflow_model.add_flavor(
+        FLAVOR_NAME,
+        spec=SPEC_FILE,
+        weights=WEIGHTS_FILE,
+        architecture=spec.architecture,
+        torch_version=str(torch.__version__),
+    )
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module="mlflow_ccfv.tracking.flavor",
+        data=".",
+        conda_env=_CONDA_ENV_FILE_NAME,
+        python_env=_PYTHON_ENV_FILE_NAME,
+    )
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def log_model(
+    spec: NetworkSpec,
+    state_dict: dict[str, torch.Tensor],
+    name: str = "model",
+    *,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+):
+    """Log the network as a LoggedModel (``m-...``) of the active experiment; returns ``ModelInfo``.
+
+    Validates the weights before anything is created in the tracking store.
+    """
+    import mlflow_ccfv.tracking.flavor as flavor_module
+    from mlflow.models import Model
+
+    state = normalise_state_dict(state_dict)
+    build_with_weights(spec, state)
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=flavor_module,
+        spec=spec,
+        state_dict=state,
+        params=params,
+        tags=tags,
+        metadata=metadata,
+        flavor_name=FLAVOR_NAME,
+    )
+
+
+def read_local_model(path: str | os.PathLike) -> tuple[NetworkSpec, nn.Module]:
+    """Load a downloaded ``mlflow_ccfv`` model directory: ``(spec, module)`` in eval mode."""
+    from mlflow.models import Model
+
+    path = Path(path)
+    conf = Model.load(str(path / "MLmodel")).flavors.get(FLAVOR_NAME)
+    if conf is None:
+        raise ValueError(f"{path} is not an {FLAVOR_NAME} model (no '{FLAVOR_NAME}' flavor in its MLmodel).")
+    spec = NetworkSpec.from_json((path / conf["spec"]).read_text())
+    state = torch.load(path / conf["weights"], map_location="cpu", weights_only=True)
+    return spec, build_with_weights(spec, state)
+
+
+def load_model(model_uri: str, dst_path: str | None = None) -> nn.Module:
+    """Load an ``mlflow_ccfv`` model (any MLflow model URI) as the MONAI ``nn.Module``."""
+    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+    local = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
+    return read_local_model(local)[1]
+
+
+class CCFVPyfuncModel:
+    """The pyfunc face of a network: ``predict`` maps images to per-voxel class probabilities.
+
+    ``predict(images)``: ``images`` float array ``[B, C, X, Y, Z]`` (or ``[C, X, Y, Z]``) whose spatial
+    sides the network accepts -> softmax probabilities ``[B, out_channels, X, Y, Z]`` float32.
+    ``get_raw_model()`` returns the ``nn.Module`` (the evaluator uses it).
+    """
+
+    def __init__(self, spec: NetworkSpec, module: nn.Module):
+        self.spec = spec
+        self.module = module
+
+    def get_raw_model(self) -> nn.Module:
+        return self.module
+
+    def predict(self, model_input, params: dict[str, Any] | None = None):
+        x = torch.as_tensor(np.asarray(model_input), dtype=torch.float32)
+        if x.ndim == 4:
+            x = x[None]
+        if x.ndim != 5 or x.shape[1] != self.spec.in_channels:
+            raise ValueError(
+                f"Expected images of shape [B, {self.spec.in_channels}, X, Y, Z]; got {tuple(x.shape)}."
+            )
+        with torch.no_grad():
+            return torch.softmax(self.module(x), dim=1).numpy()
+
+
+def _load_pyfunc(path: str, model_config: dict | None = None) -> CCFVPyfuncModel:
+    """pyfunc loader (``loader_module: mlflow_ccfv.tracking.flavor``); ``path`` is the model dir."""
+    spec, module = read_local_model(path)
+    return CCFVPyfuncModel(spec, module)
+
+
+def spec_from_json_or_file(text: str) -> NetworkSpec:
+    """A NetworkSpec from JSON text or the path of a JSON file (used by ``register``)."""
+    candidate = Path(text)
+    if not text.lstrip().startswith("{") and candidate.suffix == ".json":
+        if not candidate.is_file():
+            raise FileNotFoundError(f"Network specification file {candidate} does not exist.")
+        text = candidate.read_text()
+    return NetworkSpec.from_json(text)
+
+
+__all__ = [
+    "FLAVOR_NAME",
+    "CCFVPyfuncModel",
+    "build_with_weights",
+    "load_checkpoint",
+    "load_model",
+    "log_model",
+    "normalise_state_dict",
+    "read_local_model",
+    "save_model",
+    "spec_from_json_or_file",
+]

@@ -1,0 +1,452 @@
+"""The model bank: pre-trained networks as versions in the MLflow Model Registry.
+
+A *bank* is the set of model versions tagged ``ccfv.bank=<bank>`` (one tag filter). Each version
+points at a LoggedModel (``m-...``) in the ``mlflow_ccfv`` flavor (:mod:`mlflow_ccfv.tracking.flavor`:
+a declarative :class:`~mlflow_ccfv.features.networks.NetworkSpec` + a state_dict, no pickled code),
+or at a model a user logged earlier with ``mlflow.pytorch`` (pickled; loading it warns).
+
+Version tags written here: ``architecture``, ``source_dataset``, ``feature_layers``, ``in_channels``,
+``out_channels``, ``patch_size``, ``ccfv.bank`` and ``ccfv.flavor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from mlflow_ccfv.features.networks import NetworkSpec
+from mlflow_ccfv.tracking.flavor import (
+    FLAVOR_NAME,
+    build_with_weights,
+    log_model,
+    normalise_state_dict,
+    read_local_model,
+)
+
+_logger = logging.getLogger(__name__)
+
+BANK_TAG = "ccfv.bank"
+FLAVOR_TAG = "ccfv.flavor"
+DEFAULT_BANK = "default"
+#: Sliding-window ROI recorded when neither the caller nor the spec (UNETR's ``img_size``) gives one.
+DEFAULT_PATCH_SIZE = (32, 32, 32)
+VERSION_TAGS = (
+    "architecture",
+    "source_dataset",
+    "feature_layers",
+    "in_channels",
+    "out_channels",
+    "patch_size",
+    BANK_TAG,
+)
+_MODEL_ID_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
+
+
+class RegistryError(LookupError):
+    """A registry entry (model, version, alias, bank) that does not exist or cannot be used."""
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready for feature extraction.
+
+    ``module``: the network (eval mode) with its original named modules; ``spec``: its
+    NetworkSpec (``None`` for ``mlflow.pytorch`` models); ``tags``: the version's tags;
+    ``model_id``: its LoggedModel id; ``name``/``version``: registry coordinates when known.
+    """
+
+    module: nn.Module
+    spec: NetworkSpec | None
+    tags: dict[str, str]
+    model_id: str | None
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    flavor: str = FLAVOR_NAME
+    feature_layers: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.version}" if self.name else self.uri
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _decoder_layers(module: nn.Module) -> list[str]:
+    from mlflow_ccfv.features import decoder_layers
+
+    return list(decoder_layers(module))
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{kind} must be a non-empty string; got {value!r}.")
+    if any(c in value for c in "/@:") or value != value.strip():
+        raise ValueError(
+            f"{kind} {value!r} contains '/', '@', ':' or surrounding spaces, which break models:/ URIs; "
+            "use letters, digits, '-', '_' and '.'."
+        )
+    return value
+
+
+def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None) -> tuple[int, ...]:
+    if patch_size is None:
+        if spec is not None and "img_size" in spec.kwargs:
+            patch_size = spec.kwargs["img_size"]
+        else:
+            patch_size = DEFAULT_PATCH_SIZE
+    if isinstance(patch_size, str):
+        patch_size = [p for p in re.split(r"[,x\s]+", patch_size.strip()) if p]
+    try:
+        sizes = tuple(int(p) for p in patch_size)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"patch_size must be three integers like 32,32,32; got {patch_size!r}.") from exc
+    if len(sizes) != 3 or any(s <= 0 for s in sizes):
+        raise ValueError(f"patch_size must be three positive integers like 32,32,32; got {patch_size!r}.")
+    return sizes
+
+
+def _version_tags(
+    *,
+    architecture: str,
+    source_dataset: str,
+    feature_layers: Sequence[str],
+    in_channels: int,
+    out_channels: int,
+    patch_size: tuple[int, ...],
+    bank: str,
+    flavor: str,
+    extra_tags: dict[str, Any] | None,
+) -> dict[str, str]:
+    tags = {
+        "architecture": architecture,
+        "source_dataset": source_dataset,
+        "feature_layers": ",".join(feature_layers),
+        "in_channels": str(int(in_channels)),
+        "out_channels": str(int(out_channels)),
+        "patch_size": ",".join(str(s) for s in patch_size),
+        BANK_TAG: bank,
+        FLAVOR_TAG: flavor,
+    }
+    for key, value in (extra_tags or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"Tag names must be non-empty strings; got {key!r}.")
+        if key in tags:
+            raise ValueError(f"Tag {key!r} is set by register itself; pass it through its own argument.")
+        tags[key] = str(value)
+    for key, value in tags.items():
+        if len(value) > 5000:
+            raise ValueError(f"Tag {key!r} is longer than MLflow's 5000-character limit.")
+    return tags
+
+
+def _create_version(name: str, source: str, model_id: str, tags: dict[str, str], description: str | None):
+    """Create the registered model if needed and a version carrying all tags at once."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    created_model = False
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags={BANK_TAG: tags[BANK_TAG]})
+        created_model = True
+    try:
+        return client.create_model_version(
+            name, source=source, tags=tags, description=description, model_id=model_id
+        )
+    except Exception:
+        if created_model:
+            client.delete_registered_model(name)
+        raise
+
+
+def register_network(
+    spec: NetworkSpec,
+    state_dict: dict[str, torch.Tensor],
+    name: str,
+    source_dataset: str,
+    bank: str = DEFAULT_BANK,
+    extra_tags: dict[str, Any] | None = None,
+    description: str | None = None,
+    patch_size: Sequence[int] | str | None = None,
+):
+    """Log ``spec`` + ``state_dict`` as an ``mlflow_ccfv`` LoggedModel and register it as a version of ``name``.
+
+    Everything (names, tags, architecture, checkpoint keys and shapes, decoder layers) is validated
+    before anything is created; if the registry refuses the version, the LoggedModel is deleted
+    again. ``state_dict`` may be nested under ``"state_dict"`` or carry a ``module.`` prefix.
+    ``patch_size`` (the training ROI, voxels) defaults to UNETR's ``img_size`` or 32³.
+    Returns the ``ModelVersion``.
+    """
+    _check_name("Registered model name", name)
+    _check_name("source_dataset", source_dataset)
+    _check_name("bank", bank)
+    if not isinstance(spec, NetworkSpec):
+        raise TypeError(f"spec must be a NetworkSpec; got {type(spec).__name__}.")
+    state = normalise_state_dict(state_dict)
+    module = build_with_weights(spec, state)
+    tags = _version_tags(
+        architecture=spec.architecture,
+        source_dataset=source_dataset,
+        feature_layers=_decoder_layers(module),
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        patch_size=_patch_size(patch_size, spec),
+        bank=bank,
+        flavor=FLAVOR_NAME,
+        extra_tags=extra_tags,
+    )
+    info = log_model(spec, state, name=name, tags=tags)
+    try:
+        mv = _create_version(name, info.model_uri, info.model_id, tags, description)
+    except Exception:
+        _client().delete_logged_model(info.model_id)
+        raise
+    _logger.info("registered %s version %s (%s, source %s, bank %s)", name, mv.version, spec.architecture, source_dataset, bank)
+    return mv
+
+
+def _first_last_channels(module: nn.Module) -> tuple[int, int]:
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d))]
+    if not convs:
+        raise ValueError(
+            f"Cannot infer in/out channels of {type(module).__name__} (no convolution); pass them explicitly."
+        )
+    return convs[0].in_channels, convs[-1].out_channels
+
+
+def register_logged_model(
+    model_uri: str,
+    name: str,
+    source_dataset: str,
+    bank: str = DEFAULT_BANK,
+    extra_tags: dict[str, Any] | None = None,
+    description: str | None = None,
+    patch_size: Sequence[int] | str | None = None,
+    in_channels: int | None = None,
+    out_channels: int | None = None,
+):
+    """Register a model already logged with ``mlflow.pytorch`` (``models:/m-...`` or ``runs:/...``).
+
+    The model is loaded (pickled: only register models you trust; a warning says so) to check it is a
+    MONAI network whose decoder layers are known and to fill the version tags; channels are read from
+    its first and last convolution unless given.
+    """
+    _check_name("Registered model name", name)
+    _check_name("source_dataset", source_dataset)
+    _check_name("bank", bank)
+    model_id = _resolve_logged_model_id(model_uri)
+    module = _load_pytorch(f"models:/{model_id}")
+    first, last = _first_last_channels(module)
+    tags = _version_tags(
+        architecture=type(module).__name__,
+        source_dataset=source_dataset,
+        feature_layers=_decoder_layers(module),
+        in_channels=in_channels if in_channels is not None else first,
+        out_channels=out_channels if out_channels is not None else last,
+        patch_size=_patch_size(patch_size, None),
+        bank=bank,
+        flavor="pytorch",
+        extra_tags=extra_tags,
+    )
+    mv = _create_version(name, f"models:/{model_id}", model_id, tags, description)
+    _logger.info("registered %s version %s (mlflow.pytorch model %s, bank %s)", name, mv.version, model_id, bank)
+    return mv
+
+
+def _resolve_logged_model_id(model_uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    match = _MODEL_ID_URI.match(model_uri)
+    if match:
+        model_id = match.group(1)
+        try:
+            _client().get_logged_model(model_id)
+        except MlflowException as exc:
+            raise RegistryError(f"No logged model {model_id} in the tracking store ({model_uri}).") from exc
+        return model_id
+    if model_uri.startswith("runs:/"):
+        run_id, _, artifact_path = model_uri[len("runs:/"):].partition("/")
+        try:
+            run = _client().get_run(run_id)
+        except MlflowException as exc:
+            raise RegistryError(f"No run {run_id} in the tracking store ({model_uri}).") from exc
+        ids = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
+        models = [m for m in (_client().get_logged_model(i) for i in ids) if m.name == artifact_path.strip("/")]
+        if len(models) != 1:
+            raise RegistryError(
+                f"Run {run_id} has {len(models)} logged models named {artifact_path!r}; "
+                "pass the model as models:/m-<id> instead."
+            )
+        return models[0].model_id
+    raise ValueError(
+        f"Expected a logged model URI (models:/m-<id> or runs:/<run_id>/<name>); got {model_uri!r}."
+    )
+
+
+def _load_pytorch(model_uri: str) -> nn.Module:
+    import mlflow.pytorch
+
+    warnings.warn(
+        f"{model_uri} is an mlflow.pytorch model: loading it unpickles code saved by whoever logged it. "
+        "Register weights with register_network (mlflow_ccfv flavor) to avoid this.",
+        UserWarning,
+        stacklevel=3,
+    )
+    module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    if isinstance(module, torch.fx.GraphModule) or not any(True for _ in module.named_children()):
+        raise ValueError(
+            f"{model_uri} reloads without its named modules (an exported 'pt2' graph?); log it with "
+            "mlflow.pytorch.log_model(..., serialization_format='pickle') or register its state_dict "
+            "with a NetworkSpec instead."
+        )
+    module.eval()
+    return module
+
+
+def version_uri(version) -> str:
+    """``models:/<name>/<version>`` of a ``ModelVersion``."""
+    return f"models:/{version.name}/{version.version}"
+
+
+def logged_model_id(version) -> str:
+    """The LoggedModel id (``m-...``) behind a ``ModelVersion`` (``mv.model_id`` or its ``models:/m-...`` source)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    match = _MODEL_ID_URI.match(version.source or "")
+    if match:
+        return match.group(1)
+    raise RegistryError(
+        f"Model version {version.name}/{version.version} has no LoggedModel (source {version.source!r}); "
+        "register it again with register_network or register_logged_model."
+    )
+
+
+def get_version(model_uri: str):
+    """The ``ModelVersion`` of ``models:/<name>/<version>`` or ``models:/<name>@<alias>``; clear errors otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"Expected models:/<name>/<version> or models:/<name>@<alias>; got {model_uri!r}.")
+    body = model_uri[len("models:/"):].strip("/")
+    client = _client()
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        getter, what = (lambda: client.get_model_version_by_alias(name, alias)), f"alias @{alias}"
+    else:
+        name, _, version = body.rpartition("/")
+        if not name or not version.isdigit():
+            raise ValueError(
+                f"Expected models:/<name>/<version> (a version number) or models:/<name>@<alias>; got {model_uri!r}."
+            )
+        getter, what = (lambda: client.get_model_version(name, version)), f"version {version}"
+    try:
+        return getter()
+    except MlflowException as exc:
+        try:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        except MlflowException:
+            versions = []
+        if not versions:
+            hint = f"there is no registered model {name!r}; list the bank with `mlflow-ccfv score --help` or the MLflow UI's Models page"
+        else:
+            hint = f"{name!r} has versions {', '.join(map(str, versions))}"
+        raise RegistryError(f"{model_uri}: {what} not found ({hint}).") from exc
+
+
+def load_version(model_uri) -> LoadedModel:
+    """Load a registered version (``models:/name/1``, ``models:/name@alias``, ``models:/m-...`` or a ModelVersion).
+
+    ``mlflow_ccfv`` models load without unpickling (spec + ``weights_only`` state_dict);
+    ``mlflow.pytorch`` models load the original ``nn.Module`` with a warning.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    name = version = None
+    tags: dict[str, str] = {}
+    if not isinstance(model_uri, str):
+        mv = model_uri
+        model_uri = version_uri(mv)
+    elif _MODEL_ID_URI.match(model_uri):
+        mv = None
+    else:
+        mv = get_version(model_uri)
+    if mv is not None:
+        name, version, tags = mv.name, mv.version, dict(mv.tags or {})
+        model_id = logged_model_id(mv)
+    else:
+        model_id = _resolve_logged_model_id(model_uri)
+        tags = dict(_client().get_logged_model(model_id).tags or {})
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}")
+    flavors = Model.load(str(Path(local) / "MLmodel")).flavors
+    if FLAVOR_NAME in flavors:
+        spec, module = read_local_model(local)
+        flavor = FLAVOR_NAME
+    elif "pytorch" in flavors:
+        spec, module, flavor = None, _load_pytorch(local), "pytorch"
+    else:
+        raise ValueError(
+            f"{model_uri} has flavors {sorted(flavors)}; expected {FLAVOR_NAME} or pytorch."
+        )
+    layers = [l for l in tags.get("feature_layers", "").split(",") if l] or _decoder_layers(module)
+    named = dict(module.named_modules())
+    wrong = [l for l in layers if l not in named]
+    if wrong:
+        raise ValueError(
+            f"{model_uri}: feature layer(s) {', '.join(wrong)} (tag feature_layers) are not modules of "
+            f"{type(module).__name__}; fix the tag (e.g. {','.join(_decoder_layers(module))})."
+        )
+    return LoadedModel(module, spec, tags, model_id, model_uri, name, version, flavor, layers)
+
+
+def bank_versions(bank: str = DEFAULT_BANK) -> list:
+    """All model versions tagged ``ccfv.bank=<bank>``, ordered by name and version number."""
+    import mlflow
+
+    _check_name("bank", bank)
+    found = mlflow.search_model_versions(filter_string=f"tags.`{BANK_TAG}` = '{bank}'")
+    return sorted(found, key=lambda mv: (mv.name, int(mv.version)))
+
+
+def resolve_versions(models: Iterable[str] | None = None, bank: str = DEFAULT_BANK) -> list:
+    """Explicit ``models:/`` URIs (each must exist) or, when none are given, every version of ``bank``."""
+    models = [m for m in (models or []) if m]
+    if models:
+        return [get_version(m) for m in models]
+    versions = bank_versions(bank)
+    if not versions:
+        raise RegistryError(
+            f"The bank {bank!r} is empty: no model version is tagged {BANK_TAG}={bank}. Register models "
+            "with `mlflow-ccfv register ... --bank " + bank + "` or pass explicit models:/ URIs."
+        )
+    return versions
+
+
+__all__ = [
+    "BANK_TAG",
+    "DEFAULT_BANK",
+    "LoadedModel",
+    "RegistryError",
+    "VERSION_TAGS",
+    "bank_versions",
+    "get_version",
+    "load_version",
+    "logged_model_id",
+    "register_logged_model",
+    "register_network",
+    "resolve_versions",
+    "version_uri",
+]
