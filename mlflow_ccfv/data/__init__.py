@@ -8,7 +8,9 @@
 from mlflow_ccfv.data.errors import DatasetError
 from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
 from mlflow_ccfv.data.msd import CaseFiles, MSDDataset, Split, resolve_dataset
+from mlflow_ccfv.data.derive import derive_task
 from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase
+from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_family, generate_task, plot_family
 
 __all__ = [
     "CaseFiles",
@@ -16,8 +18,13 @@ __all__ = [
     "MSDDataset",
     "PreprocessConfig",
     "PreprocessedCase",
+    "SYNTHETIC_TASKS",
     "Split",
     "VerifyReport",
+    "derive_task",
+    "generate_family",
+    "generate_task",
+    "plot_family",
     "resolve_dataset",
     "verify_dataset",
 ]

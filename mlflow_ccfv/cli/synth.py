@@ -1,0 +1,52 @@
+"""``mlflow-ccfv synth``: write synthetic CT tasks (one, several, or the whole family) in MSD layout."""
+
+from __future__ import annotations
+
+import click
+
+from mlflow_ccfv.cli.base import CCFVCommand
+
+
+def _triple(kind: type):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        parts = [p for p in str(value).replace("x", ",").split(",") if p.strip()]
+        try:
+            values = tuple(kind(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise click.BadParameter(f"expected three numbers like 64,64,48, got {value!r}")
+        return values
+
+    return parse
+
+
+@click.command("synth", cls=CCFVCommand)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder to write the task folders into.")
+@click.option("--task", "tasks", multiple=True,
+              help="Task name, TaskNN or alias (liver, lung, pancreas, spleen, colon); repeat for several; default all five.")
+@click.option("--n-cases", type=int, default=10, show_default=True, help="Cases per task.")
+@click.option("--shape", default="64,64,48", show_default=True, callback=_triple(int), help="Volume size X,Y,Z in voxels.")
+@click.option("--spacing", default="5,5,5", show_default=True, callback=_triple(float), help="Voxel size in mm.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed writes the same files.")
+@click.option("--orientation", type=click.Choice(["LPS", "RAS"]), default="LPS", show_default=True,
+              help="Storage axis codes of the NIfTI files.")
+@click.option("--overwrite", is_flag=True, help="Replace existing task folders.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Also render one axial slice of each task to this PNG.")
+def synth(out_dir, tasks, n_cases, shape, spacing, seed, orientation, overwrite, figure) -> None:
+    """Generate synthetic CT segmentation tasks (MSD layout) into OUT."""
+    from mlflow_ccfv.data import DatasetError
+    from mlflow_ccfv.data.synthetic import generate_family, plot_family
+
+    try:
+        written = generate_family(out_dir, tasks=list(tasks) or None, n_cases=n_cases, shape=shape,
+                                  spacing=spacing, seed=seed, orientation=orientation, overwrite=overwrite)
+        if figure:
+            plot_family(figure, tasks=list(written), shape=shape, spacing=spacing, seed=seed)
+    except (DatasetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name, path in written.items():
+        click.echo(f"{name}: {path}")
