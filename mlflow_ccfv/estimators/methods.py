@@ -1,0 +1,129 @@
+"""Every estimator by name: the CC-FV variants of Table 2 and the baselines, scored in one call.
+
+Method names (the keys the study and MLflow layers log):
+
+======================== ===========================================================
+``ccfv``                 Eq. 5 over all layers given
+``ccfv_no_consistency``  w/o C_cons (Table 2)
+``ccfv_no_variety``      w/o F_v (Table 2)
+``ccfv_single_scale``    Eq. 5 on the last layer only (the one nearest the output)
+``ccfv_kl``              KL divergence in Eq. 2
+``ccfv_bhattacharyya``   Bhattacharyya distance in Eq. 2
+``logme`` ``gbc`` ``transrate`` ``hscore`` ``nleep``  baselines on (features, labels)
+``leep`` ``nce``         baselines on (source probabilities, labels)
+======================== ===========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mlflow_ccfv.estimators.ccfv import ccfv
+from mlflow_ccfv.estimators.gbc import gbc
+from mlflow_ccfv.estimators.hscore import hscore
+from mlflow_ccfv.estimators.leep import leep
+from mlflow_ccfv.estimators.logme import logme
+from mlflow_ccfv.estimators.nce import nce
+from mlflow_ccfv.estimators.nleep import nleep
+from mlflow_ccfv.estimators.transrate import transrate
+
+logger = logging.getLogger(__name__)
+
+CCFV_METHODS = (
+    "ccfv",
+    "ccfv_no_consistency",
+    "ccfv_no_variety",
+    "ccfv_single_scale",
+    "ccfv_kl",
+    "ccfv_bhattacharyya",
+)
+FEATURE_METHODS = ("logme", "gbc", "transrate", "nleep", "hscore")
+PROBABILITY_METHODS = ("leep", "nce")
+METHODS: tuple[str, ...] = CCFV_METHODS + ("logme", "leep", "gbc", "transrate", "nleep", "nce", "hscore")
+
+
+class EstimatorError(RuntimeError):
+    """An estimator failed; the message starts with the method's name."""
+
+    def __init__(self, method: str, message: str):
+        super().__init__(f"{method}: {message}")
+        self.method = method
+
+
+def _ccfv_variant(method: str, layers: Sequence) -> float:
+    if method == "ccfv":
+        return ccfv(layers)
+    if method == "ccfv_no_consistency":
+        return ccfv(layers, use_consistency=False)
+    if method == "ccfv_no_variety":
+        return ccfv(layers, use_variety=False)
+    if method == "ccfv_single_scale":
+        return ccfv(list(layers)[-1:])
+    if method == "ccfv_kl":
+        return ccfv(layers, distance="kl")
+    return ccfv(layers, distance="bhattacharyya")
+
+
+_BASELINES: dict[str, Callable[..., float]] = {
+    "logme": logme, "gbc": gbc, "transrate": transrate, "hscore": hscore, "nleep": nleep,
+    "leep": leep, "nce": nce,
+}
+
+
+def score_methods(
+    ccfv_layers_input: Sequence | None,
+    features: Any = None,
+    labels: Any = None,
+    probs: Any = None,
+    methods: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Score one model with several estimators.
+
+    Args:
+        ccfv_layers_input: the ``layers`` argument of ``ccfv`` (needed by the ``ccfv*`` methods).
+        features: ``[n, d]`` features of the layer before the final convolution (baselines).
+        labels: ``[n]`` target class ids at those voxels, background included.
+        probs: ``[n, C_s]`` source-head probabilities at those voxels (``leep``, ``nce``).
+        methods: names from ``METHODS``; None means all of them.
+
+    Returns:
+        ``{method: finite float}`` in the order requested.
+
+    Raises:
+        EstimatorError: a method failed or lacks its input; the message names the method.
+        ValueError: an unknown method name.
+    """
+    wanted = list(METHODS if methods is None else methods)
+    unknown = [m for m in wanted if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    out: dict[str, float] = {}
+    for method in wanted:
+        try:
+            if method in CCFV_METHODS:
+                if ccfv_layers_input is None:
+                    raise EstimatorError(method, "needs the per-layer CC-FV inputs, got None")
+                value = _ccfv_variant(method, ccfv_layers_input)
+            elif method in PROBABILITY_METHODS:
+                if probs is None or labels is None:
+                    raise EstimatorError(
+                        method, "needs the source head's probabilities and the labels; pass probs "
+                        "or leave this method out"
+                    )
+                value = _BASELINES[method](probs, labels)
+            else:
+                if features is None or labels is None:
+                    raise EstimatorError(method, "needs features [n, d] and labels [n]")
+                value = _BASELINES[method](features, labels)
+        except EstimatorError:
+            raise
+        except (ValueError, TypeError, FloatingPointError, np.linalg.LinAlgError) as err:
+            raise EstimatorError(method, str(err)) from err
+        if not np.isfinite(value):
+            raise EstimatorError(method, f"returned a non-finite score {value}")
+        logger.info("%s = %.6g", method, value)
+        out[method] = float(value)
+    return out
