@@ -620,7 +620,7 @@ def plot_family(
     import matplotlib.pyplot as plt
 
     chosen = [get_task(t) for t in (tasks if tasks is not None else SYNTHETIC_TASKS)]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.0 * len(chosen), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.0 * len(chosen), 3.8), squeeze=False)
     colours = ["#ffcc00", "#ff3030", "#30a0ff"]
     for ax, t in zip(axes[0], chosen):
         image, label = synthesize_case(t, _case_rng(seed, t, 0), shape, spacing)
