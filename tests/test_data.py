@@ -297,3 +297,24 @@ def test_verify_command(spleen_task, two_case_ct, tmp_path):
     (two_case_ct / "labelsTr" / "a.nii.gz").unlink()
     result = CliRunner().invoke(main, ["verify", str(two_case_ct)])
     assert result.exit_code != 0 and "case 'a'" in result.output and "does not exist" in result.output
+
+
+# ---------------------------------------------------------------- split invariants
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mlflow_ccfv.data import CaseFiles  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 60), seed=st.integers(0, 2**31), fraction=st.sampled_from([0.0, 0.1, 0.2, 0.5]))
+def test_split_partitions_and_ignores_listing_order(n, seed, fraction):
+    ids = [f"case_{i:03d}" for i in range(n)]
+    cases = [CaseFiles(i, Path(f"{i}.nii.gz"), Path(f"l{i}.nii.gz")) for i in ids]
+    ds = MSDDataset("t", Path("."), {0: "background"}, {0: "CT"}, cases)
+    reordered = MSDDataset("t", Path("."), {0: "background"}, {0: "CT"}, cases[::-1])
+    split = ds.split(seed=seed, test_fraction=fraction)
+    assert sorted(split.train + split.test) == ids
+    assert split == reordered.split(seed=seed, test_fraction=fraction)
+    expected = 0 if fraction == 0 or n < 2 else min(max(round(fraction * n), 1), n - 1)
+    assert len(split.test) == expected
