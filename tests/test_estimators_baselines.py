@@ -240,6 +240,11 @@ def test_baselines_reject_bad_input():
         leep(np.log(perfect), labels)
     with pytest.raises(ValueError, match="at least 2 classes"):
         gbc(features, np.zeros_like(labels))
+    one_sample = labels.copy()
+    one_sample[0] = 7  # class 7 has one sample: left out, the score is that of the other classes
+    assert gbc(features, one_sample, pca_dim=None) == pytest.approx(
+        gbc(features[1:], labels[1:], pca_dim=None), rel=1e-12
+    )
     with pytest.raises(ValueError, match="empty"):
         hscore(np.zeros((0, 4)), np.zeros(0, dtype=int))
     with pytest.raises(ValueError, match="integer class ids"):

@@ -199,6 +199,16 @@ def test_class_missing_from_some_cases_averages_over_pairs_that_hold_it(caplog):
     assert "class 3" in caplog.text and "skipped" in caplog.text
 
 
+def test_single_sample_class_is_treated_as_absent_in_that_case(caplog):
+    rng = np.random.default_rng(25)
+    cases = make_class_cases(rng, n_cases=3)
+    with_single = [dict(c) for c in cases] + [{1: cases[0][1][:1], 2: cases[0][2]}]
+    expected = class_consistency(cases + [{2: cases[0][2]}])
+    with caplog.at_level(logging.WARNING):
+        assert class_consistency(with_single) == pytest.approx(expected, rel=1e-12)
+    assert "single sample" in caplog.text and "cases[3][1]" in caplog.text
+
+
 def test_features_that_separate_cases_are_less_consistent():
     rng = np.random.default_rng(15)
     agree = class_consistency(make_class_cases(rng, spread=0.0))
@@ -305,8 +315,10 @@ def test_bad_inputs_raise_clear_errors():
     good = rng.standard_normal((10, 4))
     with pytest.raises(ValueError, match="at least 2 cases"):
         class_consistency([{1: good}])
-    with pytest.raises(ValueError, match=r"cases\[1\]\[1\] has 1 sample"):
-        class_consistency([{1: good}, {1: good[:1]}])
+    with pytest.raises(ValueError, match="no class is present in at least two cases"):
+        class_consistency([{1: good}, {1: good[:1]}])  # a single sample: that case lacks class 1
+    with pytest.raises(ValueError, match=r"cases\[1\]\[1\] is empty"):
+        class_consistency([{1: good}, {1: good[:0]}])
     with pytest.raises(ValueError, match="feature dimensions differ"):
         class_consistency([{1: good}, {1: rng.standard_normal((10, 5))}])
     bad = good.copy()

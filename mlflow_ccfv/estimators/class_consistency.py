@@ -8,6 +8,10 @@ every case contains every class; here, for each class, the distance is averaged 
 pairs of cases that *both* contain it (which equals Eq. 2 when all cases contain all classes), and
 the per-class averages are summed. A class found in fewer than two cases has no pair: it is skipped
 with a logged warning. If no class has a pair, a ValueError is raised.
+
+A class with a single sampled voxel in a case (a one-voxel structure: the feature sampler then gives
+all of its voxels) has no covariance; that case is treated as not containing the class, with a
+logged warning. An empty array, NaN/inf or mismatched feature dimensions raise a ValueError.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from mlflow_ccfv.estimators.arrays import check_features
 from mlflow_ccfv.estimators.gaussian_divergences import (
     DEFAULT_REGULARIZATION,
     pairwise_bhattacharyya_factors,
@@ -84,11 +89,21 @@ def per_class_consistency(
     dims: dict[int, tuple[str, int]] = {}
     result: dict[Hashable, float] = {}
     for k in classes:
-        holders = [i for i, case in enumerate(cases) if k in case]
+        holders = []
         factors = []
-        for i in holders:
+        for i, case in enumerate(cases):
+            if k not in case:
+                continue
             name = f"cases[{i}][{k!r}]"
-            f = fit_gaussian(cases[i][k], name)
+            x = check_features(case[k], name)
+            if x.shape[0] < 2:
+                logger.warning(
+                    "%s has a single sample, too few for a covariance: case %d is treated as not "
+                    "containing class %r", name, i, k,
+                )
+                continue
+            holders.append(i)
+            f = fit_gaussian(x, name)
             dims.setdefault(f.dim, (name, f.dim))
             if len(dims) > 1:
                 detail = " vs ".join(f"{nm}: d={dd}" for nm, dd in dims.values())

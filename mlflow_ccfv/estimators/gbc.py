@@ -7,7 +7,8 @@ score is the negated total overlap between classes::
     GBC = - sum_{c != c'} exp(-D_B(c, c')),
     D_B = 1/8 dmu^T S^-1 dmu + 1/2 log(det S / sqrt(det S_c det S_c')),  S = (S_c + S_c') / 2
 
-over ordered pairs. Higher (closer to 0) means better separated classes, i.e. better transfer.
+over ordered pairs (a class with a single sample has no variance: it is left out with a logged
+warning). Higher (closer to 0) means better separated classes, i.e. better transfer.
 Following the paper's segmentation setting, the features are reduced by PCA to ``pca_dim``
 (default 64) dimensions and the covariances are diagonal. Per-dimension variances are floored at
 ``1e-6`` times the mean variance so that a constant dimension within a class cannot make D_B infinite.
@@ -15,11 +16,14 @@ Following the paper's segmentation setting, the features are reduced by PCA to `
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_features, check_labels
+
+logger = logging.getLogger(__name__)
 
 _VAR_FLOOR = 1e-6
 
@@ -43,11 +47,15 @@ def gbc(features: Any, labels: Any, pca_dim: int | None = 64) -> float:
     f = check_features(features, "features", min_rows=2)
     y = check_labels(labels, f.shape[0])
     classes, counts = np.unique(y, return_counts=True)
-    if classes.size < 2:
-        raise ValueError("GBC measures the overlap between classes and needs at least 2 classes")
     if (counts < 2).any():
         few = [int(c) for c, m in zip(classes, counts) if m < 2]
-        raise ValueError(f"classes {few} have fewer than 2 samples; GBC needs a variance per class")
+        logger.warning("GBC: classes %s have a single sample (no variance) and are left out", few)
+        classes = classes[counts >= 2]
+    if classes.size < 2:
+        raise ValueError(
+            "GBC measures the overlap between classes and needs at least 2 classes with at least "
+            "2 samples each"
+        )
     z = pca_project(f, pca_dim) if pca_dim is not None else f
     means = np.stack([z[y == c].mean(axis=0) for c in classes])
     variances = np.stack([z[y == c].var(axis=0, ddof=1) for c in classes])
