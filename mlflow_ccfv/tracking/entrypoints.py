@@ -86,3 +86,64 @@ def register_from_options(
         net, state, name, source_dataset, bank=bank, extra_tags=tags,
         description=description, patch_size=patch_size,
     )
+
+
+def parse_ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError as exc:
+        raise ValueError(f"{name} must be comma-separated integers (e.g. 32,32,32); got {text!r}.") from exc
+
+
+def score_from_options(
+    *,
+    dataset: str,
+    data_root: str = "data",
+    bank: str = "default",
+    models: str = "",
+    methods: str = "",
+    split: str = "train",
+    roi_size: str = "",
+    overlap: str = "",
+    global_samples: str = "",
+    layer_budgets: str = "",
+    sampler_seed: str = "",
+    force="false",
+    cache_dir: str = "",
+    verify="true",
+):
+    """One ``score`` invocation: resolve and verify the target, score the bank (or ``models``), log.
+
+    Returns the ranked table (failed versions have ``error`` set).
+    """
+    from mlflow_ccfv.data import MSDDataset
+    from mlflow_ccfv.tracking.datasets import make_target
+    from mlflow_ccfv.tracking.registry import resolve_versions
+    from mlflow_ccfv.tracking.scoring import parse_methods, score_versions
+
+    method_list = parse_methods(methods)  # validate before any work
+    overrides: dict = {}
+    if roi_size:
+        overrides["roi_size"] = parse_ints(roi_size, "roi_size")
+    if overlap:
+        overrides["overlap"] = float(overlap)
+    if global_samples:
+        overrides["global_samples"] = int(global_samples)
+    if layer_budgets:
+        overrides["layer_budgets"] = parse_ints(layer_budgets, "layer_budgets")
+    if sampler_seed:
+        overrides["seed"] = int(sampler_seed)
+    if overrides:
+        from mlflow_ccfv.features import SamplerConfig
+
+        SamplerConfig(**overrides)  # validate the values now
+    uris = [m.strip() for m in models.split(",") if m.strip()]
+    versions = resolve_versions(uris, bank=bank)
+    ds = MSDDataset.load(dataset, data_root=data_root or None)
+    if parse_bool(verify, "verify"):
+        ds.verify()
+    target = make_target(ds, split)
+    _logger.info("scoring %d version(s) on %s (%s split, %d cases, digest %s)",
+                 len(versions), target.name, split, len(target.case_ids), target.digest)
+    return score_versions(versions, target, method_list, overrides or None, force=parse_bool(force, "force"),
+                          cache_dir=cache_dir or None)
