@@ -1,0 +1,63 @@
+"""The `ccfv` evaluator plugin: mlflow.models.evaluate(..., evaluators=["ccfv"]) on a registered version."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.tracking import logged_model_id, make_target, score_versions, target_dataset
+
+pytest_plugins = ["mlflow_server"]
+pytest.register_assert_rewrite("mlflow_server")
+from mlflow_server import TARGET_TASK, make_target_folder, register_tiny_bank  # noqa: E402
+
+
+def test_ccfv_is_a_listed_evaluator():
+    assert "ccfv" in mlflow.models.list_evaluators()
+
+
+def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
+    root = make_target_folder(tmp_path / "data")
+    (mv,) = register_tiny_bank("eval", seeds=(3,))
+    data = target_dataset(root, split="train")
+    assert list(data.df.columns) == ["case_id", "image", "label", "image_sha256", "label_sha256", "split"]
+
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(
+            model=f"models:/{mv.name}/{mv.version}", data=data, model_type="segmentation",
+            evaluators=["ccfv"], evaluator_config={"ccfv": {"methods": ["ccfv", "logme"]}},
+        )
+    metrics = result.metrics
+    assert {"ccfv", "logme", "ccfv.layer0.class_consistency", "ccfv.layer0.feature_variety"} <= set(metrics)
+    n_layers = len(mv.tags["feature_layers"].split(","))
+    assert f"ccfv.layer{n_layers - 1}.feature_variety" in metrics and f"ccfv.layer{n_layers}.feature_variety" not in metrics
+    assert "ccfv_layers" in result.artifacts
+
+    # Same code path as `score`: the same version on the same target gives the same CC-FV (cached features).
+    table = score_versions([mv], make_target(MSDDataset.load(root), "train"), methods=["ccfv", "logme"], log=False)
+    assert bool(table["cached"].iloc[0])
+    assert table["ccfv"].iloc[0] == pytest.approx(metrics["ccfv"], rel=1e-9)
+    assert table["logme"].iloc[0] == pytest.approx(metrics["logme"], rel=1e-9)
+
+    # Logged on the run and on the LoggedModel, linked to the dataset (name + digest).
+    assert MlflowClient().get_run(run.info.run_id).data.metrics["ccfv"] == pytest.approx(metrics["ccfv"])
+    model = mlflow.get_logged_model(logged_model_id(mv))
+    linked = [m for m in model.metrics if m.key == "ccfv"]
+    assert [(m.dataset_name, m.dataset_digest) for m in linked] == [(TARGET_TASK, data.digest)]
+    assert linked[0].value == pytest.approx(metrics["ccfv"])
+
+
+def test_evaluator_config_errors_are_clear(tracking_uri, tmp_path):
+    root = make_target_folder(tmp_path / "data")
+    (mv,) = register_tiny_bank("eval", seeds=(4,))
+    with pytest.raises(ValueError, match="Unknown ccfv evaluator_config key\\(s\\) metods"):
+        mlflow.models.evaluate(model=f"models:/{mv.name}/1", data=target_dataset(root), model_type="segmentation",
+                               evaluators=["ccfv"], evaluator_config={"ccfv": {"metods": ["ccfv"]}})
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="manifest column\\(s\\) label"):
+        mlflow.models.evaluate(model=f"models:/{mv.name}/1", data=pd.DataFrame({"case_id": ["a"], "image": ["x"]}),
+                               model_type="segmentation", evaluators=["ccfv"])
