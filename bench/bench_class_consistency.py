@@ -8,14 +8,16 @@ One run prints both timings, their ratio, and the largest relative difference ov
     python bench/bench_class_consistency.py                       # N=100, d=256, n=100, float64
     python bench/bench_class_consistency.py --reference-pairs 200 # time 200 reference pairs only
 
-With ``--reference-pairs`` the reference time is extrapolated from a subset of pairs (and only those
-pairs are compared); the report says so.
+With ``--reference-pairs`` (a random subset) or ``--time-limit`` (stop the reference after so many
+seconds, pairs in random order) the reference time is extrapolated from the pairs done, and only
+those pairs are compared; the report says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import time
 
@@ -56,12 +58,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timings of the batched version")
     parser.add_argument("--reference-pairs", type=int, default=None,
-                        help="time only this many reference pairs and extrapolate")
+                        help="time only this many (random) reference pairs and extrapolate")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="stop the reference after this many seconds and extrapolate")
     args = parser.parse_args()
 
     cases = make_cases(args.cases, args.samples, args.dim, args.seed)
     pairs = list(itertools.combinations(range(args.cases), 2))
-    print(f"N={args.cases} cases, d={args.dim}, n={args.samples} samples per case, float64; "
+    print(f"CPUs available: {len(os.sched_getaffinity(0))}; "
+          f"N={args.cases} cases, d={args.dim}, n={args.samples} samples per case, float64; "
           f"{len(pairs)} unordered pairs")
 
     fast_times = []
@@ -72,20 +77,27 @@ def main() -> None:
     fast = statistics.median(fast_times)
 
     if args.reference_pairs is not None and args.reference_pairs < len(pairs):
-        rng = np.random.default_rng(args.seed + 1)
-        chosen = [pairs[i] for i in rng.choice(len(pairs), args.reference_pairs, replace=False)]
+        chosen = pairs[: args.reference_pairs]
     else:
         chosen = pairs
-    ref = np.zeros(len(chosen))
+    if len(chosen) < len(pairs) or args.time_limit is not None:
+        # a random order, so that a subset or a run cut short is an unbiased sample of the pairs
+        order = np.random.default_rng(args.seed + 1).permutation(len(pairs))
+        chosen = [pairs[i] for i in order[: len(chosen)]]
+    ref = []
     t0 = time.perf_counter()
-    for p, (i, j) in enumerate(tqdm(chosen, desc="reference (np.cov + sqrtm)", mininterval=5)):
-        ref[p] = reference_w2(cases[i], cases[j])
+    for i, j in tqdm(chosen, desc="reference (np.cov + sqrtm)", mininterval=5):
+        ref.append(reference_w2(cases[i], cases[j]))
+        if args.time_limit is not None and time.perf_counter() - t0 > args.time_limit:
+            break
     ref_time = time.perf_counter() - t0
+    chosen = chosen[: len(ref)]
+    ref = np.asarray(ref)
     ref_total = ref_time * len(pairs) / len(chosen)
 
     fast_vals = np.array([dist[i, j] for i, j in chosen])
     rel = np.abs(fast_vals - ref) / np.abs(ref)
-    # the batched version must not need the reference's run to be trusted: re-time it afterwards
+    # time the batched version again after the reference, under the machine load the reference saw
     t0 = time.perf_counter()
     pairwise_w2(cases)
     fast_times.append(time.perf_counter() - t0)
