@@ -239,20 +239,30 @@ def assign_windows(points: np.ndarray, starts: Sequence[tuple[int, ...]], roi: S
     return np.array([lookup[tuple(s)] for s in chosen.tolist()], dtype=np.int64)
 
 
-def read_points(fmap: torch.Tensor, local: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
-    """``[n, C]``: ``fmap`` ``[C, x, y, z]`` upsampled trilinearly to ``roi`` and read at ``local`` ``[n, 3]``.
+def read_points(fmap: torch.Tensor, window: torch.Tensor, local: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
+    """``[n, C]``: each window's map upsampled trilinearly to ``roi``, read at the window's points.
 
-    Equals ``F.interpolate(fmap[None], size=roi, mode="trilinear", align_corners=False)[0, :, i, j, k]``
-    without building the upsampled map: ``grid_sample`` (same ``align_corners``, border clamping as
-    ``interpolate`` does at the edges) at the normalised positions ``(2i + 1) / roi - 1``.
+    Args:
+        fmap: ``[B, C, x, y, z]`` one layer's output for a batch of windows (any resolution).
+        window: ``[n] int64`` which window of the batch each point belongs to.
+        local: ``[n, 3] int64`` each point's index inside its window (``0 <= local < roi``).
+
+    Equals ``F.interpolate(fmap, size=roi, mode="trilinear", align_corners=False)[window, :, i, j, k]``
+    without building the upsampled maps: ``grid_sample`` (same ``align_corners``; border clamping as
+    ``interpolate`` does at the edges) at the normalised positions ``(2 i + 1) / roi - 1``. A map
+    already at the window size is indexed directly.
     """
-    if tuple(fmap.shape[1:]) == tuple(roi):
-        return fmap[:, local[:, 0], local[:, 1], local[:, 2]].T
+    if tuple(fmap.shape[2:]) == tuple(roi):
+        return fmap[window, :, local[:, 0], local[:, 1], local[:, 2]]
+    n_windows = fmap.shape[0]
+    per_window = torch.bincount(window, minlength=n_windows)
+    slot = torch.arange(len(window), device=window.device) - (torch.cumsum(per_window, 0) - per_window)[window]
     size = torch.tensor(roi, dtype=torch.float64, device=local.device)
     norm = ((2 * local.to(torch.float64) + 1) / size - 1).to(fmap.dtype)
-    grid = norm.flip(-1).view(1, 1, 1, -1, 3)  # grid_sample's last axis is (z, y, x) -> (W, H, D)
-    out = F.grid_sample(fmap[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.view(fmap.shape[0], -1).T
+    grid = torch.zeros(n_windows, int(per_window.max()), 1, 1, 3, dtype=fmap.dtype, device=fmap.device)
+    grid[window, slot, 0, 0] = norm.flip(-1)  # grid_sample's last axis is (z, y, x) -> (W, H, D)
+    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[window, :, slot, 0, 0]
 
 
 class _OutputHooks:
@@ -352,7 +362,7 @@ def _sample_case(
     roi = config.roi_size
     plan = sample_voxels(label, config, len(layer_names), case_id)
     starts, pad_before = window_grid(label.shape, roi, config.overlap)
-    if any(pad_before) or any(s < r for s, r in zip(label.shape, roi)):
+    if any(s < r for s, r in zip(label.shape, roi)):  # pad as sliding_window_inference does
         pad = []
         for s, r in reversed(list(zip(label.shape, roi))):
             diff = max(r - s, 0)
@@ -360,14 +370,14 @@ def _sample_case(
         image = F.pad(image, pad, mode="constant", value=0.0)
     points = plan.coords + np.asarray(pad_before, dtype=np.int64)
     window_of = assign_windows(points, starts, roi)
-    visit = range(len(starts)) if not config.skip_empty_windows else np.unique(window_of).tolist()
+    visit = list(range(len(starts))) if not config.skip_empty_windows else np.unique(window_of).tolist()
     order = np.argsort(window_of, kind="stable")
     bounds = np.searchsorted(window_of[order], np.arange(len(starts) + 1))
 
     m = len(plan.labels)
     feats: dict[str, np.ndarray] = {}
-    probs: np.ndarray | None = None
-    visit = list(visit)
+    head_logits: np.ndarray | None = None
+    starts_arr = np.asarray(starts, dtype=np.int64).reshape(-1, 3)
     for b0 in range(0, len(visit), config.sw_batch_size):
         batch = visit[b0 : b0 + config.sw_batch_size]
         crops = torch.stack(
@@ -392,20 +402,21 @@ def _sample_case(
                 raise ValueError(
                     f"Layer {name!r} outputs {shape}; sampling needs a spatial feature map [B, C, X, Y, Z]."
                 )
-        for j, w in enumerate(batch):
-            rows = order[bounds[w] : bounds[w + 1]]
-            if rows.size == 0:
-                continue
-            local = torch.as_tensor(points[rows] - np.asarray(starts[w]), device=device)
-            for name in layer_names:
-                vals = read_points(hooks.outputs[name][j], local, roi).float().cpu().numpy()
-                if name not in feats:
-                    feats[name] = np.empty((m, vals.shape[1]), dtype=np.float32)
-                feats[name][rows] = vals
-            p = _probabilities(read_points(logits[j], local, roi)).float().cpu().numpy()
-            if probs is None:
-                probs = np.empty((m, p.shape[1]), dtype=np.float32)
-            probs[rows] = p
+        rows = np.concatenate([order[bounds[w] : bounds[w + 1]] for w in batch])
+        if rows.size == 0:
+            continue
+        window = np.repeat(np.arange(len(batch)), [bounds[w + 1] - bounds[w] for w in batch])
+        local = torch.as_tensor(points[rows] - starts_arr[np.asarray(batch)][window], device=device)
+        window_t = torch.as_tensor(window, device=device)
+        for name in layer_names:
+            vals = read_points(hooks.outputs[name], window_t, local, roi).float().cpu().numpy()
+            if name not in feats:
+                feats[name] = np.empty((m, vals.shape[1]), dtype=np.float32)
+            feats[name][rows] = vals
+        head = read_points(logits, window_t, local, roi).float().cpu().numpy()
+        if head_logits is None:
+            head_logits = np.empty((m, head.shape[1]), dtype=np.float32)
+        head_logits[rows] = head
     hooks.reset()
     return CaseSamples(
         case_id=case_id,
@@ -413,9 +424,9 @@ def _sample_case(
         labels=plan.labels,
         is_global=plan.is_global,
         rank=plan.rank,
-        window_starts=np.asarray(starts, dtype=np.int64).reshape(-1, 3)[window_of],
+        window_starts=starts_arr[window_of],
         padding=np.asarray(pad_before, dtype=np.int64),
-        probs=probs,
+        probs=_probabilities(torch.from_numpy(head_logits)).numpy(),
         features=feats,
         budgets={name: dict(plan.budgets[i]) for i, name in enumerate(layer_names)},
     )
