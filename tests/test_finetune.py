@@ -1,0 +1,104 @@
+"""pretrain -> register -> score -> finetune -> report through a real sqlite MLflow store (tiny budgets)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.estimators import pearson, weighted_tau
+from mlflow_ccfv.study.dice import constant_predictor_dice
+from mlflow_ccfv.study.training import TrainConfig
+from mlflow_ccfv.tracking.finetuning import finetune_version, pretrain_and_register, register_control
+from mlflow_ccfv.tracking.registry import bank_versions
+
+SHAPE = (32, 32, 32)
+
+
+def write_blob_task(root: Path, name: str, n: int, seed: int, bright: float) -> Path:
+    """An easy MSD task: a ball of intensity ``bright`` (class 1) in noise, 2 mm isotropic."""
+    folder = root / name
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"))
+    training = []
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for i in range(n):
+        centre = rng.uniform(10, 22, size=3)
+        label = (((grid - centre[:, None, None, None]) ** 2).sum(0) < rng.uniform(5, 8) ** 2).astype(np.uint8)
+        image = (rng.normal(100, 20, SHAPE) + bright * label).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), folder / "labelsTr" / f"c{i}.nii.gz")
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (folder / "dataset.json").write_text(json.dumps({
+        "name": name, "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "ball"},
+        "numTraining": n, "training": training, "test": [],
+    }))
+    return folder
+
+
+@pytest.mark.slow
+def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
+    import mlflow
+
+    from mlflow_ccfv.tracking.datasets import make_target
+    from mlflow_ccfv.tracking.reporting import report_bank, scores_from_tags
+    from mlflow_ccfv.tracking.scoring import score_versions
+
+    mlflow.set_experiment("test-finetune")
+    source = write_blob_task(tmp_path, "Task01_Bright", 4, seed=1, bright=150)
+    target = write_blob_task(tmp_path, "Task02_Dim", 5, seed=2, bright=80)
+    pre = TrainConfig(steps=12, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
+    mv = pretrain_and_register(source, "UNet", pre, bank="t", progress=False)
+    assert mv.tags["source_dataset"] == "Task01" and mv.tags["pretrain.steps"] == "12"
+    again = pretrain_and_register(source, "UNet", pre, bank="t", progress=False)
+    assert again.version == mv.version  # reused, not trained again
+    control = register_control("UNet", 1, 2, (24, 24, 24), bank="t")
+    other = pretrain_and_register(source, "UNet", TrainConfig(steps=4, patch_size=(24, 24, 24), seed=1),
+                                  name="unet-short", bank="t", progress=False)
+    bank = bank_versions("t")
+    assert {v.tags["source_dataset"] for v in bank} == {"Task01", "random-init"} and len(bank) == 3
+
+    score_versions(bank, make_target(MSDDataset.load(target), "train"), methods="ccfv,logme,gbc")
+
+    ft = TrainConfig(steps=30, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
+    outcomes = [finetune_version(f"models:/{v.name}/{v.version}", target, ft, progress=False) for v in bank]
+    ds = MSDDataset.load(target)
+    test_cases = list(ds.iter_cases(ds.split().test, progress=False))
+    floor = constant_predictor_dice(test_cases, 2)
+    for o in outcomes:
+        assert 0.0 <= o.dice.mean <= 1.0
+        assert o.dice.mean > floor, (o.model, o.dice.mean, floor)
+    bank = bank_versions("t")
+    for v, o in zip(bank, outcomes):
+        assert float(v.tags["finetune.dice.Task02"]) == pytest.approx(o.dice.mean, abs=1e-6)
+        run = mlflow.get_run(v.tags["finetune.run.Task02"])
+        assert run.data.params["train.steps"] == "30" and run.data.params["train.seed"] == "0"
+        assert "finetune_dice" in run.data.metrics and "dice.ball" in run.data.metrics
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+        assert len(history) == 30
+        # the bank version's LoggedModel carries the Dice, linked to the target dataset
+        model_id = v.source.removeprefix("models:/")
+        logged = mlflow.get_logged_model(model_id)
+        linked = [m for m in logged.metrics if m.key == "finetune_dice"]
+        assert linked and linked[-1].dataset_name == "Task02"
+    # same budget again: reused from the tags, no new run
+    again = finetune_version(f"models:/{bank[0].name}/{bank[0].version}", target, ft, progress=False)
+    assert again.reused and again.dice.mean == pytest.approx(outcomes[0].dice.mean, abs=1e-6)
+
+    report = report_bank("t", out_dir=tmp_path / "report")
+    frame = scores_from_tags(bank_versions("t"))
+    assert set(frame["method"]) == {"ccfv", "logme", "gbc"} and frame["model"].nunique() == 3
+    sub = frame[frame["method"] == "ccfv"]
+    row = report.correlations.set_index("method").loc["ccfv"]
+    assert row["weighted_tau"] == pytest.approx(weighted_tau(sub["score"].to_numpy(), sub["dice"].to_numpy()))
+    assert row["pearson"] == pytest.approx(pearson(sub["score"].to_numpy(), sub["dice"].to_numpy()))
+    assert row["top1_regret"] >= 0.0
+    assert (tmp_path / "report" / "table1.md").is_file() and (tmp_path / "report" / "scatter_Task02.png").is_file()
+    runs = mlflow.search_runs(filter_string="tags.`ccfv.stage` = 'report'")
+    assert len(runs) == 1 and "metrics.Task02.ccfv.weighted_tau" in runs.columns
