@@ -120,6 +120,7 @@ def remote_bank(mlflow_server, tmp_path_factory):
         versions = register_tiny_bank("ui", seeds=(0, 1, 2))
         env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "ccfv-remote",
                "MLFLOW_CCFV_CACHE": str(work / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env.pop("MLFLOW_EXPERIMENT_ID", None)  # set by mlflow.set_experiment; the name is enough
         proc = subprocess.run(
             [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "score", "--env-manager", "local",
              "-P", f"dataset={TARGET_TASK}", "-P", f"data_root={work / 'data'}", "-P", "bank=ui",
@@ -133,3 +134,117 @@ def remote_bank(mlflow_server, tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+class Chromium:
+    """Headless Chromium driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``).
+
+    No driver package needed: commands are NUL-terminated JSON on fd 3, replies and events on fd 4.
+    """
+
+    def __init__(self, profile_dir: Path, width: int = 1500, height: int = 900):
+        import shutil
+
+        # Debian's /usr/bin/chromium is a wrapper script; start the browser binary itself.
+        exe = next((p for p in ("/usr/lib/chromium/chromium",) if os.access(p, os.X_OK)), None) or shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if exe is None:
+            raise RuntimeError("chromium not found; install Debian's `chromium` (listed in .ci/apt-packages)")
+        cmd_r, self._cmd_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+
+        def _fds():  # runs in the child: move the pipe ends to fds 3 and 4 (above 10 first, no clobbering)
+            import fcntl
+
+            high_r, high_w = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(out_w, fcntl.F_DUPFD, 10)
+            os.dup2(high_r, 3)
+            os.dup2(high_w, 4)
+
+        self.process = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--window-size={width},{height}", f"--user-data-dir={profile_dir}",
+             "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(cmd_r)
+        os.close(out_w)
+        self._buffer = b""
+        self._next_id = 0
+        targets = self.send("Target.getTargets")["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        self.session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
+        self.send("Page.enable", session=True)
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+
+    def _read_message(self, timeout: float) -> dict:
+        import json
+        import select
+
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._out_r], [], [], timeout)
+            if not ready:
+                raise TimeoutError("no reply from chromium")
+            chunk = os.read(self._out_r, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method: str, params: dict | None = None, session: bool = False, timeout: float = 60.0) -> dict:
+        import json
+
+        self._next_id += 1
+        msg = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = self.session
+        os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
+        while True:
+            reply = self._read_message(timeout)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def goto(self, url: str) -> None:
+        self.send("Page.navigate", {"url": url}, session=True)
+
+    def js(self, expression: str):
+        """Evaluate ``expression`` in the page (promises awaited); returns its JSON value."""
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True},
+                           session=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60.0):
+        """Poll ``expression`` until it is truthy; returns its value."""
+        deadline = time.monotonic() + timeout
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
+        while time.monotonic() < deadline:
+            value = self.js(guarded)
+            if value:
+                return value
+            time.sleep(0.3)
+        raise TimeoutError(f"page never satisfied: {expression}")
+
+    def screenshot(self, path: Path) -> Path:
+        import base64
+
+        data = self.send("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=5)
+        except Exception:
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self._cmd_w)
+        os.close(self._out_r)

@@ -317,8 +317,10 @@ def score_versions(
     parent = active or mlflow.start_run(run_name=f"score {dataset.name}")
     try:
         mlflow.log_input(ds, context="target")
-        mlflow.log_params({"dataset": dataset.name, "dataset_digest": dataset.digest, "split": dataset.split,
-                           "methods": ",".join(methods), "n_versions": len(items), "force": force})
+        # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
+        mlflow.log_params({"ccfv.dataset": dataset.name, "ccfv.dataset_digest": dataset.digest,
+                           "ccfv.split": dataset.split, "ccfv.methods": ",".join(methods),
+                           "ccfv.n_versions": len(items), "ccfv.force": force})
         for r in results:
             if r.error is None:
                 _log_version_run(r, dataset, ds, methods, parent.info.run_id)
