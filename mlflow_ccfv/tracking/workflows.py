@@ -1,0 +1,293 @@
+"""The paper's experiment as one workflow: pre-train a bank, score it, fine-tune it, report.
+
+:func:`run_transfer_study` is the whole loop, leave-one-task-out (Sec. 3.1): every source is
+pre-trained once per architecture; for each target the bank is every model *not* trained on it plus
+the random-initialisation controls; the bank is scored on the target's training split (``score``),
+fine-tuned on it with one budget and seed for every model (``finetune``), and the correlations are
+computed from the stored tags (``report``). It times scoring against fine-tuning (the cost ratio).
+
+``study`` runs it over the five synthetic tasks (plus the real BRATS folder as an extra source);
+``demo`` runs it on one target with a small bank and prints the ranked table. Both reuse what exists:
+synthetic data already generated with the same settings, bank versions with the same budget
+(``pretrain.budget`` tag), cached features, and Dice already measured with the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.study.report import Report, ranked_table
+from mlflow_ccfv.study.training import TrainConfig
+from mlflow_ccfv.tracking.datasets import make_target, short_name
+from mlflow_ccfv.tracking.finetuning import (
+    CONTROL_SOURCE,
+    FinetuneOutcome,
+    finetune_version,
+    pretrain_and_register,
+    register_control,
+)
+from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.reporting import report_bank, scores_from_tags
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("UNet", "UNETR")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A pre-training source: a dataset folder and the input channels used (None = all)."""
+
+    path: Path
+    channels: tuple[int, ...] | None = None
+
+
+@dataclass
+class StudyConfig:
+    """Everything a study run depends on (logged as params); defaults are the CPU study's.
+
+    ``targets``: dataset folders fine-tuned on; ``sources``: pre-training sources (targets are also
+    sources of each other, leave-one-out); ``pretrain``/``finetune``: the budgets, identical for every
+    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations).
+    """
+
+    targets: list[Path]
+    sources: list[Source]
+    architectures: tuple[str, ...] = ARCHITECTURES
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, learning_rate=3e-3, seed=1))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, learning_rate=3e-3, seed=0))
+    bank: str = "study"
+    methods: str = "all"
+    control_seed: int = 0
+    split_seed: int = 0
+    overlap: float = 0.5
+    cache_dir: str | None = None
+
+
+@dataclass
+class StudyResult:
+    report: Report
+    frame: pd.DataFrame
+    seconds: dict[str, float]
+    outcomes: list[FinetuneOutcome]
+
+    @property
+    def cost_ratio(self) -> float:
+        """Wall time of scoring the banks over wall time of fine-tuning them (measured, not reused)."""
+        ft = self.seconds.get("finetune", 0.0)
+        return self.seconds.get("score", float("nan")) / ft if ft > 0 else float("nan")
+
+
+def train_config_from_options(options: dict, prefix: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from the command line's string options (``steps``, ``patch_size`` "32,32,32" ...)."""
+    p = f"{prefix}_" if prefix else ""
+    try:
+        patch = tuple(int(x) for x in str(options[f"{p}patch_size"]).replace("x", ",").split(",") if x.strip())
+        return TrainConfig(
+            steps=int(options[f"{p}steps"]), batch_size=int(options[f"{p}batch_size"]), patch_size=patch,
+            learning_rate=float(options[f"{p}learning_rate"]), optimizer=str(options[f"{p}optimizer"]),
+            foreground_fraction=float(options[f"{p}foreground_fraction"]), seed=int(options[f"{p}seed"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Bad training option: {exc}") from exc
+
+
+def ensure_synthetic(data_root: str | Path, tasks: Sequence[str], n_cases: int, shape: Sequence[int],
+                     seed: int = 0, progress: bool = True) -> list[Path]:
+    """The synthetic task folders under ``data_root``, generated only when missing or made differently."""
+    root = Path(data_root)
+    out = []
+    for task in tasks:
+        t = get_task(task)
+        folder = root / t.name
+        meta_file = folder / "dataset.json"
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+            synth = meta.get("synthetic", {})
+            if (meta.get("numTraining") == n_cases and synth.get("seed") == seed
+                    and list(synth.get("shape", [])) == list(shape)):
+                out.append(folder)
+                continue
+            log.info("%s exists with other settings; regenerating", folder)
+        out.append(generate_task(t, root, n_cases=n_cases, shape=shape, seed=seed, overwrite=True, progress=progress))
+    return out
+
+
+def _timed(seconds: dict[str, float], key: str, start: float) -> None:
+    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+
+
+def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetune: bool = False,
+                       force_score: bool = False) -> StudyResult:
+    """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``."""
+    import mlflow
+
+    from mlflow_ccfv.tracking.scoring import score_versions
+
+    seconds: dict[str, float] = {}
+    outcomes: list[FinetuneOutcome] = []
+    wall = time.perf_counter()
+    targets = [MSDDataset.load(p) for p in config.targets]
+    target_names = [short_name(t) for t in targets]
+    with mlflow.start_run(run_name=f"study {config.bank}") as parent:
+        mlflow.set_tags({"ccfv.stage": "study", "ccfv.bank": config.bank})
+        mlflow.log_params({
+            "bank": config.bank, "targets": ",".join(target_names), "architectures": ",".join(config.architectures),
+            "sources": ",".join(f"{s.path.name}{'' if s.channels is None else list(s.channels)}" for s in config.sources),
+            "methods": config.methods, "split_seed": config.split_seed,
+            **{f"pretrain.{k}": v for k, v in config.pretrain.to_dict().items()},
+            **{f"finetune.{k}": v for k, v in config.finetune.to_dict().items()},
+        })
+        # 1. the bank: one pre-training per source per architecture, plus the controls
+        start = time.perf_counter()
+        by_source: dict[str, list] = {}
+        for source in config.sources:
+            for arch in config.architectures:
+                mv = pretrain_and_register(source.path, arch, config.pretrain, bank=config.bank,
+                                           channels=source.channels, progress=progress)
+                by_source.setdefault(mv.tags["source_dataset"], []).append(mv)
+        in_channels = {t.n_channels for t in targets}
+        if len(in_channels) != 1:
+            raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
+        controls = [register_control(arch, in_channels.pop(), 2, config.pretrain.patch_size, bank=config.bank,
+                                     seed=config.control_seed) for arch in config.architectures]
+        _timed(seconds, "pretrain", start)
+        for ds, name in zip(targets, target_names):
+            bank = [v for src, vs in sorted(by_source.items()) if src != name for v in vs] + controls
+            log.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
+            # 2. score the bank on the target's training split (features cached per version and target)
+            start = time.perf_counter()
+            score_versions(bank, make_target(ds, "train", seed=config.split_seed), methods=config.methods,
+                           force=force_score, cache_dir=config.cache_dir)
+            _timed(seconds, "score", start)
+            # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
+            split = ds.split(seed=config.split_seed)
+            train = list(ds.iter_cases(split.train, progress=progress))
+            test = list(ds.iter_cases(split.test, progress=progress))
+            for v in bank:
+                start = time.perf_counter()
+                outcome = finetune_version(version_uri(v), ds, config.finetune, split_seed=config.split_seed,
+                                           overlap=config.overlap, cases=(train, test), force=force_finetune,
+                                           progress=progress)
+                outcomes.append(outcome)
+                if not outcome.reused:
+                    _timed(seconds, "finetune", start)
+                    seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
+        # 4. the report, from the stored tags of every model involved
+        start = time.perf_counter()
+        report = report_bank(config.bank, datasets=target_names)
+        _timed(seconds, "report", start)
+        seconds["total"] = time.perf_counter() - wall
+        frame = scores_from_tags(_bank_versions(config.bank), target_names)
+        result = StudyResult(report, frame, seconds, outcomes)
+        mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
+        if seconds.get("finetune"):
+            mlflow.log_metric("cost_ratio.score_over_finetune", result.cost_ratio)
+        spread = frame.drop_duplicates(["dataset", "model"]).groupby("dataset")["dice"].agg(lambda d: d.max() - d.min())
+        mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in spread.items()})
+        log.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
+    return result
+
+
+def _bank_versions(bank: str):
+    from mlflow_ccfv.tracking.registry import bank_versions
+
+    return bank_versions(bank)
+
+
+def demo_config(data_root: str | Path, target: str = "Task09", n_cases: int = 8, shape: Sequence[int] = (64, 64, 48),
+                sources: Sequence[str] = ("Task03", "Task07", "Task06"), pretrain_steps: int = 150,
+                finetune_steps: int = 60, bank: str = "demo", progress: bool = True) -> StudyConfig:
+    """The demo: one target, ``len(sources) x 2`` pre-trained models + 2 controls, small budgets."""
+    names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
+    folders = ensure_synthetic(data_root, names, n_cases, shape, progress=progress)
+    return StudyConfig(
+        targets=[folders[0]], sources=[Source(f) for f in folders[1:]], bank=bank, methods="all",
+        pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
+        finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+    )
+
+
+def study_config(data_root: str | Path, n_cases: int = 10, shape: Sequence[int] = (64, 64, 48),
+                 brats: str | Path | None = None, pretrain_steps: int = 300, finetune_steps: int = 100,
+                 architectures: Sequence[str] = ARCHITECTURES, bank: str = "study",
+                 targets: Sequence[str] | None = None, progress: bool = True) -> StudyConfig:
+    """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
+    with its FLAIR channel only (the targets are 1-channel CT; see docs/study.md)."""
+    folders = ensure_synthetic(data_root, list(SYNTHETIC_TASKS), n_cases, shape, progress=progress)
+    sources = [Source(f) for f in folders]
+    if brats:
+        sources.append(Source(Path(brats), channels=(0,)))
+    chosen = folders if not targets else [f for f in folders if any(f.name.startswith(get_task(t).name) for t in targets)]
+    return StudyConfig(
+        targets=chosen, sources=sources, architectures=tuple(architectures), bank=bank,
+        pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
+        finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+    )
+
+
+def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
+    """The ranked table the demo prints: models by CC-FV with baselines' scores and the measured Dice."""
+    return ranked_table(result.frame, dataset, by="ccfv", methods=("ccfv", "logme", "leep", "gbc", "transrate"))
+
+
+__all__ = ["ARCHITECTURES", "CONTROL_SOURCE", "Source", "StudyConfig", "StudyResult", "demo_config", "demo_table",
+           "ensure_synthetic", "run_transfer_study", "study_config", "train_config_from_options"]
+
+
+def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
+    """Choose the experiment (unless ``mlflow run`` or ``MLFLOW_EXPERIMENT_*`` did), build the config, run."""
+    import os
+
+    import mlflow
+
+    if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
+        mlflow.set_experiment(experiment)
+    result = run_transfer_study(make_config())
+    if out_dir:
+        from mlflow_ccfv.study.report import write_report
+
+        write_report(result.frame, out_dir)
+    return result
+
+
+def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
+    """The ranked table per target, the correlations, timings and (demo) how to sort models in the UI."""
+    import mlflow
+
+    from mlflow_ccfv.study.report import to_markdown
+
+    lines = []
+    for dataset in sorted(result.frame["dataset"].unique()):
+        lines.append(f"\n## {dataset}: the bank ranked by CC-FV (dice = measured after fine-tuning)\n")
+        lines.append(to_markdown(demo_table(result, dataset).set_index("rank")))
+    corr = result.report.correlations
+    main = corr[corr["method"].isin(("ccfv", "logme", "leep", "gbc", "transrate", "nleep", "nce", "hscore"))]
+    lines.append("\n## Correlation with the measured Dice (weighted Kendall's tau, Pearson, top-1 regret)\n")
+    lines.append(to_markdown(main[["dataset", "method", "weighted_tau", "pearson", "top1_regret", "n_models"]]
+                             .set_index(["dataset", "method"])))
+    s = result.seconds
+    lines.append(f"\nTime: {s.get('total', 0):.0f} s in all (pre-training {s.get('pretrain', 0):.0f} s, scoring "
+                 f"{s.get('score', 0):.0f} s, fine-tuning {s.get('finetune', 0):.0f} s, report {s.get('report', 0):.0f} s).")
+    if s.get("finetune"):
+        lines.append(f"Scoring the bank took {result.cost_ratio:.3f} x the time of fine-tuning it "
+                     f"(1/{1 / result.cost_ratio:.1f}) at this fine-tuning budget.")
+    if ui_hint:
+        uri = mlflow.get_tracking_uri()
+        lines.append(
+            "\nOpen the MLflow UI to sort the models:\n"
+            f"  mlflow ui --backend-store-uri {uri} --port 5000\n"
+            "  then http://127.0.0.1:5000 -> Experiments -> ccfv-demo -> Models tab: the columns ccfv, logme, ... and\n"
+            "  finetune_dice are grouped per dataset; click a column header (or 'Sort') to rank the bank.\n"
+            "  Registry: Models -> each version's tags transferability.<method>.<dataset>, finetune.dice.<dataset>,\n"
+            "  and the alias best-<dataset> on the top-ranked model.")
+    return "\n".join(lines)
