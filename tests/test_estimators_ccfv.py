@@ -93,6 +93,19 @@ def test_w2_matches_monai_frechet_distance():
     assert gaussian_w2(x, y) == pytest.approx(np.sqrt(fid), rel=1e-6)
 
 
+def test_w2_of_zero_variance_samples():
+    # constant samples are a point mass: W2 to another point mass is the distance of the points,
+    # W2 to a Gaussian is sqrt(|dmu|^2 + Tr(S))
+    rng = np.random.default_rng(26)
+    a, b = np.ones((5, 3)), np.full((4, 3), 2.0)
+    assert gaussian_w2(a, b) == pytest.approx(np.sqrt(3.0), rel=1e-12)
+    y = rng.standard_normal((6, 3))
+    expected = np.sqrt(np.sum((1 - y.mean(0)) ** 2) + np.trace(np.cov(y, rowvar=False)))
+    assert gaussian_w2(a, y) == pytest.approx(expected, rel=1e-9)
+    dist = pairwise_w2([a, b, 3 * a])
+    assert dist[0, 2] == pytest.approx(np.sqrt(12.0), rel=1e-12)
+
+
 def test_w2_accepts_torch_tensors():
     rng = np.random.default_rng(6)
     x, y = correlated(rng, 30, 8), correlated(rng, 30, 8, shift=1.0)

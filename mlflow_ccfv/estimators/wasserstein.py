@@ -127,7 +127,8 @@ def pairwise_w2_factors(
     if len(dims) != 1:
         raise ValueError(f"the Gaussians have different feature dimensions {sorted(dims)}")
     d = dims.pop()
-    r = max(f.factor.shape[0] for f in factors)
+    # at least one (zero) row, so that zero-variance sets (rank 0) need no special case
+    r = max(1, max(f.factor.shape[0] for f in factors))
     stacked = np.zeros((n_cases, r, d))
     for i, f in enumerate(factors):
         stacked[i, : f.factor.shape[0]] = f.factor
