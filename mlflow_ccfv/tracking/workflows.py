@@ -206,14 +206,19 @@ def _bank_versions(bank: str):
 
 def demo_config(data_root: str | Path, target: str = "Task09", n_cases: int = 8, shape: Sequence[int] = (64, 64, 48),
                 sources: Sequence[str] = ("Task03", "Task07", "Task06"), pretrain_steps: int = 150,
-                finetune_steps: int = 60, bank: str = "demo", progress: bool = True) -> StudyConfig:
-    """The demo: one target, ``len(sources) x 2`` pre-trained models + 2 controls, small budgets."""
+                finetune_steps: int = 60, bank: str = "demo", architectures: Sequence[str] = ARCHITECTURES,
+                methods: str = "all", patch_size: Sequence[int] = (32, 32, 32), seed: int = 0,
+                progress: bool = True) -> StudyConfig:
+    """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
+    architecture, small budgets; synthetic cases generated with ``seed``."""
     names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
-    folders = ensure_synthetic(data_root, names, n_cases, shape, progress=progress)
+    folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
+    patch = tuple(int(p) for p in patch_size)
     return StudyConfig(
-        targets=[folders[0]], sources=[Source(f) for f in folders[1:]], bank=bank, methods="all",
-        pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+        targets=[folders[0]], sources=[Source(f) for f in folders[1:]], bank=bank, methods=methods,
+        architectures=tuple(architectures),
+        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
+        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
     )
 
 

@@ -1,0 +1,41 @@
+"""The demo/study workflow end to end on a tiny budget, and its re-run reusing the bank and the Dice."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
+    import mlflow
+
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.tracking.registry import bank_versions
+    from mlflow_ccfv.tracking.workflows import demo_config, print_summary, run_transfer_study
+
+    mlflow.set_experiment("tiny-demo")
+    make = lambda: demo_config(tmp_path / "data", target="Task09", sources=("Task03", "Task06"), n_cases=5,  # noqa: E731
+                               shape=(32, 32, 24), pretrain_steps=4, finetune_steps=4, architectures=("UNet",),
+                               methods="ccfv,ccfv_no_variety,logme,leep", patch_size=(24, 24, 24), progress=False)
+    first = run_transfer_study(make(), progress=False)
+    bank = bank_versions("demo")
+    # two sources + the random-init control, each scored and fine-tuned on Task09
+    assert sorted(v.tags["source_dataset"] for v in bank) == ["Task03", "Task06", "random-init"]
+    assert all("finetune.dice.Task09" in v.tags and "transferability.ccfv.Task09" in v.tags for v in bank)
+    assert set(first.frame["method"]) == {"ccfv", "ccfv_no_variety", "logme", "leep"}
+    assert first.seconds["finetune"] > 0 and first.seconds["score"] > 0
+    text = print_summary(first, ui_hint=True)
+    assert "mlflow ui --backend-store-uri" in text and "| 1 |" in text
+
+    second = run_transfer_study(make(), progress=False)
+    assert len(bank_versions("demo")) == 3  # the bank is reused, not pre-trained again
+    assert all(o.reused for o in second.outcomes) and "finetune" not in second.seconds
+    assert second.frame.sort_values(["model", "method"])["dice"].tolist() == pytest.approx(
+        first.frame.sort_values(["model", "method"])["dice"].tolist())
+
+    result = CliRunner().invoke(main, ["report", "--bank", "demo", "--datasets", "Task09"])
+    assert result.exit_code == 0, result.output
+    assert "Table 1" in result.output and "CC-FV" in result.output
+    bad = CliRunner().invoke(main, ["finetune", "--model", "models:/x/1", "--dataset", "Task09", "--stpes", "3"])
+    assert bad.exit_code != 0 and "Valid parameters" in bad.output
