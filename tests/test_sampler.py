@@ -124,7 +124,7 @@ def _coordinate_case(case_id, shape, seed):
     noise = torch.rand(shape, generator=g)
     image = torch.stack([*grids, noise])
     label = torch.randint(0, 4, shape, generator=g)
-    return Case(case_id, image.numpy(), label.numpy())  # arrays, not tensors, on purpose
+    return Case(case_id, image.double().numpy(), label.numpy())  # float64 arrays, not tensors, on purpose
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,9 @@ def case_generator(seed: int, case_id: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), key]))
 
 
-def class_budgets(counts: dict[int, int], config: SamplerConfig, n_layers: int) -> tuple[dict[int, int], list[dict[int, int]]]:
+def class_budgets(
+    counts: dict[int, int], config: SamplerConfig, n_layers: int
+) -> tuple[dict[int, int], list[dict[int, int]]]:
     """``(planned, per_layer)`` sample counts per class from the class voxel counts ``counts``.
 
     ``planned[k]`` voxels of class ``k`` are drawn; layer ``l`` uses the first ``per_layer[l][k]``.
@@ -201,7 +203,9 @@ def sample_voxels(label: np.ndarray, config: SamplerConfig, n_layers: int, case_
 
 
 # -- step 2: windows -------------------------------------------------------------------------------
-def window_grid(shape: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+def window_grid(
+    shape: Sequence[int], roi: Sequence[int], overlap: float
+) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
     """``(window starts, padding before)`` exactly as ``sliding_window_inference`` computes them.
 
     ``starts`` index the padded volume (padded symmetrically, the extra voxel after, up to ``roi``
@@ -358,6 +362,7 @@ def _sample_case(
     label: np.ndarray,
     config: SamplerConfig,
     device: torch.device,
+    dtype: torch.dtype,
 ) -> CaseSamples:
     roi = config.roi_size
     plan = sample_voxels(label, config, len(layer_names), case_id)
@@ -380,9 +385,10 @@ def _sample_case(
     starts_arr = np.asarray(starts, dtype=np.int64).reshape(-1, 3)
     for b0 in range(0, len(visit), config.sw_batch_size):
         batch = visit[b0 : b0 + config.sw_batch_size]
+        windows = [starts[w] for w in batch]
         crops = torch.stack(
-            [image[:, s[0] : s[0] + roi[0], s[1] : s[1] + roi[1], s[2] : s[2] + roi[2]] for s in (starts[w] for w in batch)]
-        ).to(device)
+            [image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in windows]
+        ).to(device=device, dtype=dtype)
         hooks.reset()
         try:
             logits = _network_output(model(crops))
@@ -462,8 +468,9 @@ def sample_features(
     config = config or SamplerConfig()
     modules = resolve_layers(model, layers)
     layer_names = list(modules)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32  # windows are cast to the weights' dtype
     if device is None:
-        param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     model.to(device)
@@ -479,7 +486,7 @@ def sample_features(
                 if case_id in seen:
                     raise ValueError(f"Case id {case_id!r} appears twice; case ids must be unique.")
                 seen.add(case_id)
-                results.append(_sample_case(model, hooks, layer_names, case_id, image, label, config, device))
+                results.append(_sample_case(model, hooks, layer_names, case_id, image, label, config, device, dtype))
                 logger.debug("sampled %d voxels from case %s", len(results[-1].labels), case_id)
     finally:
         hooks.remove()
