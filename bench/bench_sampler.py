@@ -13,6 +13,7 @@ itself is part of the figure).
     python bench/bench_sampler.py                 # both parts, a few minutes on 2 CPU cores
     python bench/bench_sampler.py --repeats 7 --shape 96 96 64
     python bench/bench_sampler.py --skip-time     # memory only
+    python bench/bench_sampler.py --threads 1     # one torch thread (steadier on a shared machine)
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def rss_part(args) -> dict:
     for shape in ((128, 128, 128), (256, 256, 128)):
         cmd = [sys.executable, __file__, "--rss-child", "--arch", args.arch, "--roi", *map(str, args.roi),
                "--overlap", str(args.overlap), "--sw-batch-size", str(args.sw_batch_size),
-               "--shape", *map(str, shape)]
+               "--shape", *map(str, shape)] + (["--threads", str(args.threads)] if args.threads else [])
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
         out["x".join(map(str, shape))] = json.loads(res.stdout.strip().splitlines()[-1])
     small, large = out["128x128x128"]["peak_mib"], out["256x256x128"]["peak_mib"]
@@ -137,10 +138,13 @@ def main() -> None:
     p.add_argument("--shape", type=int, nargs=3, default=(96, 96, 64), help="volume for the timing part")
     p.add_argument("--volumes", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--skip-time", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child(args)
         return

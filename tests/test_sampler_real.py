@@ -10,6 +10,16 @@ from mlflow_ccfv.data import MSDDataset
 from mlflow_ccfv.data.derive import derive_task
 from mlflow_ccfv.features import NetworkSpec, SamplerConfig, sample_features, small_spec
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine more threads oversubscribe it (measured ~20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # No window overlap keeps the forward passes (the cost) near one per voxel.
 CONFIG = dict(layer_budgets=(25, 50, 100), floor=5, cap=300, global_samples=64, sw_batch_size=4, overlap=0.0)
 
