@@ -201,6 +201,16 @@ def test_budgets_proportional_floor_cap_and_prefixes():
         assert len({tuple(c) for c in sel.tolist()}) == len(sel)
 
 
+def test_background_only_when_asked():
+    label = _volume_with_classes({1: 500, 2: 80})
+    with_bg = sample_voxels(label, SamplerConfig(global_samples=40), 3, "c")
+    without = sample_voxels(label, SamplerConfig(global_samples=40, include_background=False), 3, "c")
+    assert ((with_bg.labels == 0) & ~with_bg.is_global).sum() == 400
+    assert ((without.labels == 0) & ~without.is_global).sum() == 0
+    assert all(0 not in per_class for per_class in without.budgets)
+    assert (without.labels[without.is_global] == 0).any()  # global samples still cover the whole case
+
+
 def test_budget_rule_for_more_layers_than_budgets():
     c = SamplerConfig(layer_budgets=(100, 200, 400), floor=30)
     assert c.budgets_for(2) == (200, 400)
