@@ -158,7 +158,8 @@ def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetun
         in_channels = {t.n_channels for t in targets}
         if len(in_channels) != 1:
             raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
-        controls = [register_control(arch, in_channels.pop(), 2, config.pretrain.patch_size, bank=config.bank,
+        n_in = in_channels.pop()
+        controls = [register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank,
                                      seed=config.control_seed) for arch in config.architectures]
         _timed(seconds, "pretrain", start)
         for ds, name in zip(targets, target_names):
