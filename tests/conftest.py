@@ -37,8 +37,27 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _reset_mlflow_state()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # default artifact root ./mlruns lands in tmp_path
     mlflow.set_tracking_uri(uri)
     yield uri
+    _reset_mlflow_state()
     mlflow.set_tracking_uri(None)
+
+
+def _reset_mlflow_state() -> None:
+    """Forget the active run and experiment a previous test left in this process.
+
+    ``mlflow.set_experiment`` caches the experiment id (and exports MLFLOW_EXPERIMENT_ID); with a
+    fresh store per test, a cached id from another store makes every later call fail with
+    "No Experiment with id=1 exists".
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    fluent._active_experiment_id = None
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        os.environ.pop(var, None)  # not monkeypatch: it would restore a stale id afterwards
