@@ -288,12 +288,21 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
         lines.append(f"Scoring the bank took {result.cost_ratio:.3f} x the time of fine-tuning it "
                      f"(1/{1 / result.cost_ratio:.1f}) at this fine-tuning budget.")
     if ui_hint:
+        from urllib.parse import quote
+
         uri = mlflow.get_tracking_uri()
+        last = mlflow.last_active_run()  # the study/demo run itself
+        active = last.info.experiment_id if last is not None else "<experiment id>"
         lines.append(
             "\nOpen the MLflow UI to sort the models:\n"
             f"  mlflow ui --backend-store-uri {uri} --port 5000\n"
-            "  then http://127.0.0.1:5000 -> Experiments -> ccfv-demo -> Models tab: the columns ccfv, logme, ... and\n"
-            "  finetune_dice are grouped per dataset; click a column header (or 'Sort') to rank the bank.\n"
-            "  Registry: Models -> each version's tags transferability.<method>.<dataset>, finetune.dice.<dataset>,\n"
+            "  then, per target, the experiment's Runs tab filtered to that dataset and sorted by ccfv\n"
+            "  (one run per model version; MLflow 3.17's Models tab shows the same columns but cannot sort them):")
+        for dataset in sorted(result.frame["dataset"].unique()):
+            search = quote(f"tags.`ccfv.dataset` = '{dataset}'")
+            lines.append(f"  http://127.0.0.1:5000/#/experiments/{active}/runs?searchFilter={search}"
+                         "&orderByKey=metrics.%60ccfv%60&orderByAsc=false")
+        lines.append(
+            "  Registry: each version's tags transferability.<method>.<dataset>, finetune.dice.<dataset>,\n"
             "  and the alias best-<dataset> on the top-ranked model.")
     return "\n".join(lines)
