@@ -7,13 +7,7 @@ from torch import nn
 from mlflow_ccfv.features import NetworkSpec, decoder_layers, output_head, resolve_layers, small_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe it (measured ~20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trace(model: nn.Module, names: list[str], head: str, x: torch.Tensor):

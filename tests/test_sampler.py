@@ -18,13 +18,7 @@ from mlflow_ccfv.features import FeatureSet, SamplerConfig, decoder_layers, samp
 from mlflow_ccfv.features.sampler import _draw_class, class_budgets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe it (measured ~20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = dict(layer_budgets=(10, 20, 40), floor=4, cap=80, global_samples=24)

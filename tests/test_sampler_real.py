@@ -11,13 +11,7 @@ from mlflow_ccfv.data.derive import derive_task
 from mlflow_ccfv.features import NetworkSpec, SamplerConfig, sample_features, small_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe it (measured ~20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # No window overlap keeps the forward passes (the cost) near one per voxel.
