@@ -39,3 +39,29 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     assert "Table 1" in result.output and "CC-FV" in result.output
     bad = CliRunner().invoke(main, ["finetune", "--model", "models:/x/1", "--dataset", "Task09", "--stpes", "3"])
     assert bad.exit_code != 0 and "Valid parameters" in bad.output
+
+
+@pytest.mark.slow
+def test_leave_one_out_over_two_targets_scores_and_reports_both(tracking_uri, tmp_path):
+    """The study's per-target loop: each target scored in its own run, its bank leaving itself out."""
+    import mlflow
+
+    from mlflow_ccfv.study.training import TrainConfig
+    from mlflow_ccfv.tracking.registry import bank_versions
+    from mlflow_ccfv.tracking.workflows import Source, StudyConfig, ensure_synthetic, run_transfer_study
+
+    mlflow.set_experiment("tiny-study")
+    folders = ensure_synthetic(tmp_path / "data", ["Task03", "Task09"], 5, (32, 32, 24), progress=False)
+    tiny = TrainConfig(steps=3, patch_size=(24, 24, 24), learning_rate=3e-3, seed=0)
+    config = StudyConfig(targets=folders, sources=[Source(f) for f in folders], bank="tiny", methods="ccfv,logme",
+                         architectures=("UNet",), pretrain=tiny, finetune=tiny)
+    result = run_transfer_study(config, progress=False)
+
+    assert set(result.frame["dataset"]) == {"Task03", "Task09"}
+    by_source = {v.tags["source_dataset"]: v.tags for v in bank_versions("tiny")}
+    # leave-one-task-out: a model is scored and fine-tuned on the other target only (controls on both)
+    assert "transferability.ccfv.Task09" in by_source["Task03"] and "transferability.ccfv.Task03" not in by_source["Task03"]
+    assert "finetune.dice.Task03" in by_source["Task09"] and "finetune.dice.Task09" not in by_source["Task09"]
+    assert {"finetune.dice.Task03", "finetune.dice.Task09"} <= set(by_source["random-init"])
+    score_runs = mlflow.search_runs(filter_string="attributes.run_name LIKE 'score %'")
+    assert sorted(score_runs["params.ccfv.dataset"]) == ["Task03", "Task09"]

@@ -167,8 +167,11 @@ def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetun
             log.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
             # 2. score the bank on the target's training split (features cached per version and target)
             start = time.perf_counter()
-            score_versions(bank, make_target(ds, "train", seed=config.split_seed), methods=config.methods,
-                           force=force_score, cache_dir=config.cache_dir)
+            # one nested run per target: score_versions logs the target's params on its parent run,
+            # and a run's params cannot change from one target to the next
+            with mlflow.start_run(run_name=f"score {name}", nested=True):
+                score_versions(bank, make_target(ds, "train", seed=config.split_seed), methods=config.methods,
+                               force=force_score, cache_dir=config.cache_dir)
             _timed(seconds, "score", start)
             # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
             split = ds.split(seed=config.split_seed)
