@@ -65,3 +65,39 @@ def test_leave_one_out_over_two_targets_scores_and_reports_both(tracking_uri, tm
     assert {"finetune.dice.Task03", "finetune.dice.Task09"} <= set(by_source["random-init"])
     score_runs = mlflow.search_runs(filter_string="attributes.run_name LIKE 'score %'")
     assert sorted(score_runs["params.ccfv.dataset"]) == ["Task03", "Task09"]
+
+
+@pytest.mark.slow
+def test_pretrain_and_finetune_entry_points_under_mlflow_run(tracking_uri, tmp_path):
+    """`mlflow run` logs the entry point's string parameters on its run first; the commands must
+    log their own parameters without colliding with them (they write to a child run)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    from mlflow_ccfv.data.synthetic import generate_task
+    from mlflow_ccfv.tracking.registry import bank_versions
+
+    repo = Path(__file__).resolve().parents[1]
+    for task in ("Task03", "Task09"):
+        generate_task(task, tmp_path / "data", n_cases=5, shape=(32, 32, 24), progress=False)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+
+    def mlflow_run(entry, *params):
+        args = [sys.executable, "-m", "mlflow", "run", str(repo), "-e", entry, "--env-manager", "local"]
+        for p in params:
+            args += ["-P", p]
+        done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    data = f"data_root={tmp_path / 'data'}"
+    mlflow_run("pretrain", "dataset=Task03", data, "steps=2", "patch_size=24,24,24", "name=unet-tiny", "bank=tiny")
+    mlflow_run("finetune", "model=models:/unet-tiny/1", "dataset=Task09", data, "steps=2", "patch_size=24,24,24")
+    (version,) = bank_versions("tiny")
+    assert version.tags["source_dataset"] == "Task03" and 0.0 <= float(version.tags["finetune.dice.Task09"]) <= 1.0
+    runs = mlflow.search_runs(search_all_experiments=True)
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert {"pretrain unet-tiny", "finetune unet-tiny/1 on Task09"} <= set(children["tags.mlflow.runName"])

@@ -36,6 +36,7 @@ from mlflow_ccfv.study.training import TrainConfig, finetune, pretrain, seeded_n
 from mlflow_ccfv.tracking.datasets import make_target, short_name
 from mlflow_ccfv.tracking.flavor import log_model
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, BANK_TAG, load_version, register_network
+from mlflow_ccfv.tracking.runs import command_run
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def pretrain_and_register(
     cases = _select_channels(list(ds.iter_cases(config=preprocess, progress=progress)), channels)
     in_channels = int(cases[0].image.shape[0])
     spec = small_spec(architecture, in_channels, len(ds.labels), config.patch_size)
-    with mlflow.start_run(run_name=f"pretrain {name}", nested=mlflow.active_run() is not None) as run:
+    with command_run(f"pretrain {name}") as run:
         mlflow.set_tags({"ccfv.stage": "pretrain", "ccfv.model": name})
         mlflow.log_params({"source_dataset": src, "architecture": architecture, "n_cases": len(cases),
                            "channels": channel_text, "spec": spec.to_json()[:6000],
@@ -248,8 +249,7 @@ def finetune_version(
         train, test = cases
     num_classes = len(ds.labels)
     start = time.perf_counter()
-    with mlflow.start_run(run_name=f"finetune {loaded.label} on {name}",
-                          nested=mlflow.active_run() is not None) as run:
+    with command_run(f"finetune {loaded.label} on {name}") as run:
         mlflow_ds = target.mlflow_dataset()
         mlflow.log_input(mlflow_ds, context="finetune")
         mlflow.log_input(make_target(ds, "test", seed=split_seed).mlflow_dataset(), context="evaluation")

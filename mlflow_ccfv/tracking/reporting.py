@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.report import Report, write_report
 from mlflow_ccfv.tracking.registry import BANK_TAG, DEFAULT_BANK, bank_versions, get_version
+from mlflow_ccfv.tracking.runs import command_run
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,12 @@ def report_bank(
         folder = Path(out_dir) if out_dir else Path(tmp)
         report = write_report(frame, folder)
         if log_to_mlflow:
-            active = mlflow.active_run()
-            run = active or mlflow.start_run(run_name=f"report {bank}")
-            try:
+            with command_run(f"report {bank}"):
                 mlflow.set_tags({"ccfv.stage": "report", BANK_TAG: bank})
                 mlflow.log_params({"bank": bank, "datasets": ",".join(sorted(frame["dataset"].unique())),
                                    "n_versions": frame["model"].nunique()})
                 mlflow.log_metrics(report_metrics(report))
                 mlflow.log_artifacts(str(folder), artifact_path="report")
-            finally:
-                if active is None:
-                    mlflow.end_run()
     return report
 
 

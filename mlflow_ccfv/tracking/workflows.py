@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from mlflow_ccfv.tracking.finetuning import (
     register_control,
 )
 from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.tracking.reporting import report_bank, scores_from_tags
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,11 @@ def _timed(seconds: dict[str, float], key: str, start: float) -> None:
 def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetune: bool = False,
                        force_score: bool = False) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``."""
+    with command_run(f"study {config.bank}") as parent:
+        return _run_study(config, parent, progress, force_finetune, force_score)
+
+
+def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool) -> StudyResult:
     import mlflow
 
     from mlflow_ccfv.tracking.scoring import score_versions
@@ -138,67 +145,66 @@ def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetun
     wall = time.perf_counter()
     targets = [MSDDataset.load(p) for p in config.targets]
     target_names = [short_name(t) for t in targets]
-    with mlflow.start_run(run_name=f"study {config.bank}") as parent:
-        mlflow.set_tags({"ccfv.stage": "study", "ccfv.bank": config.bank})
-        mlflow.log_params({
-            "bank": config.bank, "targets": ",".join(target_names), "architectures": ",".join(config.architectures),
-            "sources": ",".join(f"{s.path.name}{'' if s.channels is None else list(s.channels)}" for s in config.sources),
-            "methods": config.methods, "split_seed": config.split_seed,
-            **{f"pretrain.{k}": v for k, v in config.pretrain.to_dict().items()},
-            **{f"finetune.{k}": v for k, v in config.finetune.to_dict().items()},
-        })
-        # 1. the bank: one pre-training per source per architecture, plus the controls
+    mlflow.set_tags({"ccfv.stage": "study", "ccfv.bank": config.bank})
+    mlflow.log_params({
+        "bank": config.bank, "targets": ",".join(target_names), "architectures": ",".join(config.architectures),
+        "sources": ",".join(f"{s.path.name}{'' if s.channels is None else list(s.channels)}" for s in config.sources),
+        "methods": config.methods, "split_seed": config.split_seed,
+        **{f"pretrain.{k}": v for k, v in config.pretrain.to_dict().items()},
+        **{f"finetune.{k}": v for k, v in config.finetune.to_dict().items()},
+    })
+    # 1. the bank: one pre-training per source per architecture, plus the controls
+    start = time.perf_counter()
+    by_source: dict[str, list] = {}
+    for source in config.sources:
+        for arch in config.architectures:
+            mv = pretrain_and_register(source.path, arch, config.pretrain, bank=config.bank,
+                                       channels=source.channels, progress=progress)
+            by_source.setdefault(mv.tags["source_dataset"], []).append(mv)
+    in_channels = {t.n_channels for t in targets}
+    if len(in_channels) != 1:
+        raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
+    n_in = in_channels.pop()
+    controls = [register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank,
+                                 seed=config.control_seed) for arch in config.architectures]
+    _timed(seconds, "pretrain", start)
+    for ds, name in zip(targets, target_names):
+        bank = [v for src, vs in sorted(by_source.items()) if src != name for v in vs] + controls
+        log.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
+        # 2. score the bank on the target's training split (features cached per version and target)
         start = time.perf_counter()
-        by_source: dict[str, list] = {}
-        for source in config.sources:
-            for arch in config.architectures:
-                mv = pretrain_and_register(source.path, arch, config.pretrain, bank=config.bank,
-                                           channels=source.channels, progress=progress)
-                by_source.setdefault(mv.tags["source_dataset"], []).append(mv)
-        in_channels = {t.n_channels for t in targets}
-        if len(in_channels) != 1:
-            raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
-        n_in = in_channels.pop()
-        controls = [register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank,
-                                     seed=config.control_seed) for arch in config.architectures]
-        _timed(seconds, "pretrain", start)
-        for ds, name in zip(targets, target_names):
-            bank = [v for src, vs in sorted(by_source.items()) if src != name for v in vs] + controls
-            log.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
-            # 2. score the bank on the target's training split (features cached per version and target)
+        # one nested run per target: score_versions logs the target's params on its parent run,
+        # and a run's params cannot change from one target to the next
+        with mlflow.start_run(run_name=f"score {name}", nested=True):
+            score_versions(bank, make_target(ds, "train", seed=config.split_seed), methods=config.methods,
+                           force=force_score, cache_dir=config.cache_dir)
+        _timed(seconds, "score", start)
+        # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
+        split = ds.split(seed=config.split_seed)
+        train = list(ds.iter_cases(split.train, progress=progress))
+        test = list(ds.iter_cases(split.test, progress=progress))
+        for v in bank:
             start = time.perf_counter()
-            # one nested run per target: score_versions logs the target's params on its parent run,
-            # and a run's params cannot change from one target to the next
-            with mlflow.start_run(run_name=f"score {name}", nested=True):
-                score_versions(bank, make_target(ds, "train", seed=config.split_seed), methods=config.methods,
-                               force=force_score, cache_dir=config.cache_dir)
-            _timed(seconds, "score", start)
-            # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
-            split = ds.split(seed=config.split_seed)
-            train = list(ds.iter_cases(split.train, progress=progress))
-            test = list(ds.iter_cases(split.test, progress=progress))
-            for v in bank:
-                start = time.perf_counter()
-                outcome = finetune_version(version_uri(v), ds, config.finetune, split_seed=config.split_seed,
-                                           overlap=config.overlap, cases=(train, test), force=force_finetune,
-                                           progress=progress)
-                outcomes.append(outcome)
-                if not outcome.reused:
-                    _timed(seconds, "finetune", start)
-                    seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
-        # 4. the report, from the stored tags of every model involved
-        start = time.perf_counter()
-        report = report_bank(config.bank, datasets=target_names)
-        _timed(seconds, "report", start)
-        seconds["total"] = time.perf_counter() - wall
-        frame = scores_from_tags(_bank_versions(config.bank), target_names)
-        result = StudyResult(report, frame, seconds, outcomes)
-        mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
-        if seconds.get("finetune"):
-            mlflow.log_metric("cost_ratio.score_over_finetune", result.cost_ratio)
-        spread = frame.drop_duplicates(["dataset", "model"]).groupby("dataset")["dice"].agg(lambda d: d.max() - d.min())
-        mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in spread.items()})
-        log.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
+            outcome = finetune_version(version_uri(v), ds, config.finetune, split_seed=config.split_seed,
+                                       overlap=config.overlap, cases=(train, test), force=force_finetune,
+                                       progress=progress)
+            outcomes.append(outcome)
+            if not outcome.reused:
+                _timed(seconds, "finetune", start)
+                seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
+    # 4. the report, from the stored tags of every model involved
+    start = time.perf_counter()
+    report = report_bank(config.bank, datasets=target_names)
+    _timed(seconds, "report", start)
+    seconds["total"] = time.perf_counter() - wall
+    frame = scores_from_tags(_bank_versions(config.bank), target_names)
+    result = StudyResult(report, frame, seconds, outcomes)
+    mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
+    if seconds.get("finetune"):
+        mlflow.log_metric("cost_ratio.score_over_finetune", result.cost_ratio)
+    spread = frame.drop_duplicates(["dataset", "model"]).groupby("dataset")["dice"].agg(lambda d: d.max() - d.min())
+    mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in spread.items()})
+    log.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
     return result
 
 
@@ -255,7 +261,6 @@ __all__ = ["ARCHITECTURES", "CONTROL_SOURCE", "Source", "StudyConfig", "StudyRes
 
 def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
     """Choose the experiment (unless ``mlflow run`` or ``MLFLOW_EXPERIMENT_*`` did), build the config, run."""
-    import os
 
     import mlflow
 
