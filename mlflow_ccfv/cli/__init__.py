@@ -29,10 +29,10 @@ COMMANDS = {
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Debug log output (the default shows progress at INFO).")
+def main(verbose: bool) -> None:
     """Transferability estimation (CC-FV) for 3D segmentation models, in MLflow."""
-    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
