@@ -91,15 +91,29 @@ def _ordered(methods: Sequence[str], present: Sequence[str]) -> list[str]:
     return [m for m in methods if m in set(present)]
 
 
+def _metric_row(corr: pd.DataFrame, method: str, column: str, datasets: Sequence[str]) -> list[float]:
+    """``method``'s ``column`` per dataset, then their NaN-skipping mean (the ``Avg`` column)."""
+    sub = corr[corr["method"] == method].set_index("dataset")[column]
+    values = [float(sub.get(d, float("nan"))) for d in datasets]
+    return values + [_nanmean(values)]
+
+
+def _metric_table(corr: pd.DataFrame, methods: Sequence[str], column: str) -> pd.DataFrame:
+    """Methods x datasets (+ ``Avg``) of one ``corr`` column, indexed by the methods' labels."""
+    datasets = sorted(corr["dataset"].unique())
+    present = _ordered(methods, corr["method"].unique())
+    return pd.DataFrame([_metric_row(corr, m, column, datasets) for m in present],
+                        index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
+                        columns=datasets + ["Avg"])
+
+
 def table1(corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS) -> pd.DataFrame:
     """Methods x datasets (+ ``Avg``) of weighted tau and Pearson, indexed by (method, metric)."""
     datasets = sorted(corr["dataset"].unique())
     rows, index = [], []
     for m in _ordered(methods, corr["method"].unique()):
         for metric, col in (("tau", "weighted_tau"), ("pearson", "pearson")):
-            sub = corr[corr["method"] == m].set_index("dataset")[col]
-            values = [float(sub.get(d, float("nan"))) for d in datasets]
-            rows.append(values + [_nanmean(values)])
+            rows.append(_metric_row(corr, m, col, datasets))
             index.append((METHOD_LABELS.get(m, m), metric))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["method", "metric"]),
                         columns=datasets + ["Avg"])
@@ -107,26 +121,12 @@ def table1(corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS) -> pd.Da
 
 def table2(corr: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> pd.DataFrame:
     """CC-FV ablation variants x datasets (+ ``Avg``) of weighted tau (the paper's Table 2)."""
-    datasets = sorted(corr["dataset"].unique())
-    rows, index = [], []
-    for m in _ordered(methods, corr["method"].unique()):
-        sub = corr[corr["method"] == m].set_index("dataset")["weighted_tau"]
-        values = [float(sub.get(d, float("nan"))) for d in datasets]
-        rows.append(values + [_nanmean(values)])
-        index.append(METHOD_LABELS.get(m, m))
-    return pd.DataFrame(rows, index=pd.Index(index, name="method"), columns=datasets + ["Avg"])
+    return _metric_table(corr, methods, "weighted_tau")
 
 
 def regret_table(corr: pd.DataFrame, methods: Sequence[str] = METHODS) -> pd.DataFrame:
     """Methods x datasets (+ ``Avg``) of top-1 regret (lower is better; 0 = picked the best model)."""
-    datasets = sorted(corr["dataset"].unique())
-    rows, index = [], []
-    for m in _ordered(methods, corr["method"].unique()):
-        sub = corr[corr["method"] == m].set_index("dataset")["top1_regret"]
-        values = [float(sub.get(d, float("nan"))) for d in datasets]
-        rows.append(values + [_nanmean(values)])
-        index.append(METHOD_LABELS.get(m, m))
-    return pd.DataFrame(rows, index=pd.Index(index, name="method"), columns=datasets + ["Avg"])
+    return _metric_table(corr, methods, "top1_regret")
 
 
 def _nanmean(values: Sequence[float]) -> float:
