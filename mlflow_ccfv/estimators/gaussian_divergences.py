@@ -27,23 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mlflow_ccfv.estimators.wasserstein import GaussianFactor, fit_gaussian
+from mlflow_ccfv.estimators.wasserstein import GaussianFactor, fit_gaussians, stack_factors
 
 DEFAULT_REGULARIZATION = 1e-3
-
-
-def _stack(factors: Sequence[GaussianFactor]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    dims = {f.dim for f in factors}
-    if len(dims) != 1:
-        raise ValueError(f"the Gaussians have different feature dimensions {sorted(dims)}")
-    d = dims.pop()
-    r = max(1, max(f.factor.shape[0] for f in factors))
-    stacked = np.zeros((len(factors), r, d))
-    for i, f in enumerate(factors):
-        stacked[i, : f.factor.shape[0]] = f.factor
-    means = np.stack([f.mean for f in factors])
-    traces = np.array([f.trace for f in factors])
-    return stacked, means, traces, d
 
 
 def ridge(traces: np.ndarray, d: int, regularization: float) -> float:
@@ -64,16 +50,6 @@ def _logdet_spd(k: np.ndarray) -> np.ndarray:
     return 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
 
 
-def _fit_all(samples: Sequence[Any], names: Sequence[str] | None) -> list[GaussianFactor]:
-    names = list(names) if names is not None else [f"samples[{i}]" for i in range(len(samples))]
-    factors = [fit_gaussian(x, name) for x, name in zip(samples, names)]
-    dims = {f.dim for f in factors}
-    if len(dims) > 1:
-        detail = ", ".join(f"{name}: d={f.dim}" for name, f in zip(names, factors))
-        raise ValueError(f"feature dimensions differ ({detail}); every set must come from one layer")
-    return factors
-
-
 def pairwise_kl_factors(
     factors: Sequence[GaussianFactor], regularization: float = DEFAULT_REGULARIZATION
 ) -> np.ndarray:
@@ -81,7 +57,7 @@ def pairwise_kl_factors(
 
     ``KL = 1/2 [Tr(S_j^-1 S_i) + (mu_j - mu_i)^T S_j^-1 (mu_j - mu_i) - d + logdet S_j - logdet S_i]``.
     """
-    stacked, means, traces, d = _stack(factors)
+    stacked, means, traces, d = stack_factors(factors)
     n, r, _ = stacked.shape
     lam = ridge(traces, d, regularization)
     eye = np.eye(r)
@@ -111,7 +87,7 @@ def pairwise_bhattacharyya_factors(
 
     ``D_B = 1/8 dmu^T S^-1 dmu + 1/2 log(det S / sqrt(det S_i det S_j))``, ``S = (S_i + S_j) / 2``.
     """
-    stacked, means, traces, d = _stack(factors)
+    stacked, means, traces, d = stack_factors(factors)
     n, r, _ = stacked.shape
     lam = ridge(traces, d, regularization)
     kernels = lam * np.eye(r) + np.matmul(stacked, stacked.transpose(0, 2, 1))
@@ -141,7 +117,7 @@ def pairwise_kl(
 ) -> np.ndarray:
     """KL divergences ``[N, N]`` (entry ``[i, j] = KL(i || j)``) between Gaussians fitted to
     ``samples[i] [n_i, d]``, regularised as in the module docstring."""
-    return pairwise_kl_factors(_fit_all(samples, names), regularization)
+    return pairwise_kl_factors(fit_gaussians(samples, names), regularization)
 
 
 def pairwise_bhattacharyya(
@@ -151,4 +127,4 @@ def pairwise_bhattacharyya(
 ) -> np.ndarray:
     """Bhattacharyya distances ``[N, N]`` between Gaussians fitted to ``samples[i] [n_i, d]``,
     regularised as in the module docstring."""
-    return pairwise_bhattacharyya_factors(_fit_all(samples, names), regularization)
+    return pairwise_bhattacharyya_factors(fit_gaussians(samples, names), regularization)

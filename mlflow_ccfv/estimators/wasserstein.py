@@ -76,6 +76,45 @@ def fit_gaussian(x: Any, name: str = "x") -> GaussianFactor:
     return GaussianFactor(mean=mean, factor=factor, trace=float(np.sum(s**2)))
 
 
+def stack_factors(
+    factors: Sequence[GaussianFactor],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(stacked [N, r, d], means [N, d], traces [N], d)`` of N fitted Gaussians of one dimension.
+
+    The factors are zero-padded to the largest rank r (at least one row, so that zero-variance sets
+    of rank 0 need no special case).
+    """
+    dims = {f.dim for f in factors}
+    if len(dims) != 1:
+        raise ValueError(f"the Gaussians have different feature dimensions {sorted(dims)}")
+    d = dims.pop()
+    r = max(1, max(f.factor.shape[0] for f in factors))
+    stacked = np.zeros((len(factors), r, d))
+    for i, f in enumerate(factors):
+        stacked[i, : f.factor.shape[0]] = f.factor
+    means = np.stack([f.mean for f in factors])
+    traces = np.array([f.trace for f in factors])
+    return stacked, means, traces, d
+
+
+def fit_gaussians(samples: Sequence[Any], names: Sequence[str] | None = None) -> list[GaussianFactor]:
+    """``fit_gaussian`` of every set ``samples[i] [n_i, d]``; all must share ``d``.
+
+    ``names`` label the sets in error messages (default ``samples[i]``).
+    """
+    names = list(names) if names is not None else [f"samples[{i}]" for i in range(len(samples))]
+    if len(names) != len(samples):
+        raise ValueError(f"got {len(names)} names for {len(samples)} sample sets")
+    factors = [fit_gaussian(x, name) for x, name in zip(samples, names)]
+    dims = {f.dim for f in factors}
+    if len(dims) > 1:
+        detail = ", ".join(f"{name}: d={f.dim}" for name, f in zip(names, factors))
+        raise ValueError(
+            f"feature dimensions differ ({detail}); every set must come from the same layer"
+        )
+    return factors
+
+
 def _w2_from_parts(mean_sq: np.ndarray, tr1, tr2, cross: np.ndarray) -> np.ndarray:
     w2_sq = mean_sq + tr1 + tr2 - 2.0 * cross
     # Rounding can push W2^2 of (near-)identical Gaussians slightly below 0: clip, as Eq. 1's
@@ -123,17 +162,8 @@ def pairwise_w2_factors(
     n_cases = len(factors)
     if n_cases == 0:
         return np.zeros((0, 0))
-    dims = {f.dim for f in factors}
-    if len(dims) != 1:
-        raise ValueError(f"the Gaussians have different feature dimensions {sorted(dims)}")
-    d = dims.pop()
-    # at least one (zero) row, so that zero-variance sets (rank 0) need no special case
-    r = max(1, max(f.factor.shape[0] for f in factors))
-    stacked = np.zeros((n_cases, r, d))
-    for i, f in enumerate(factors):
-        stacked[i, : f.factor.shape[0]] = f.factor
-    means = np.stack([f.mean for f in factors])
-    traces = np.array([f.trace for f in factors])
+    stacked, means, traces, d = stack_factors(factors)
+    r = stacked.shape[1]
     sq = np.sum(means**2, axis=1)
     mean_sq = np.clip(sq[:, None] + sq[None, :] - 2.0 * means @ means.T, 0.0, None)
 
@@ -197,14 +227,4 @@ def pairwise_w2(
     Returns:
         ``[N, N]`` symmetric float64 matrix with zero diagonal.
     """
-    names = list(names) if names is not None else [f"samples[{i}]" for i in range(len(samples))]
-    if len(names) != len(samples):
-        raise ValueError(f"got {len(names)} names for {len(samples)} sample sets")
-    factors = [fit_gaussian(x, name) for x, name in zip(samples, names)]
-    dims = {f.dim for f in factors}
-    if len(dims) > 1:
-        detail = ", ".join(f"{name}: d={f.dim}" for name, f in zip(names, factors))
-        raise ValueError(
-            f"feature dimensions differ ({detail}); every set must come from the same layer"
-        )
-    return pairwise_w2_factors(factors, n_threads)
+    return pairwise_w2_factors(fit_gaussians(samples, names), n_threads)
