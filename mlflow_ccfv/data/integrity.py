@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
+from nibabel.orientations import io_orientation
 from tqdm.auto import tqdm
 
 from mlflow_ccfv.data.errors import DatasetError
@@ -46,6 +48,15 @@ def load_nifti(path: Path, what: str, case_id: str) -> tuple[np.ndarray, np.ndar
             "The file is corrupt or truncated; re-download or re-export it."
         ) from exc
     return data, affine
+
+
+def affine_ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel spacing in mm of a voxel-to-world ``affine``, permuted to RAS axis order."""
+    zooms = voxel_sizes(affine)
+    spacing = [0.0, 0.0, 0.0]
+    for axis, ras_axis in enumerate(io_orientation(affine)[:, 0]):
+        spacing[int(ras_axis)] = float(zooms[axis])
+    return tuple(spacing)
 
 
 @dataclass
@@ -171,17 +182,10 @@ def verify_case(
             f"case {cid!r}: label file {case.label} contains values {undeclared} not declared in "
             f"dataset.json 'labels' ({sorted(labels)}); declare them or remap the label map."
         )
-    zooms = np.sqrt((img_aff[:3, :3] ** 2).sum(axis=0))
-    from nibabel.orientations import io_orientation
-
-    ornt = io_orientation(img_aff)
-    spacing = [0.0, 0.0, 0.0]
-    for axis in range(3):
-        spacing[int(ornt[axis, 0])] = float(zooms[axis])
     return CaseReport(
         case_id=cid,
         shape=tuple(int(s) for s in label.shape),
-        spacing=tuple(spacing),
+        spacing=affine_ras_spacing(img_aff),
         label_counts={int(v): int(n) for v, n in zip(values, counts)},
         intensity_range=(float(np.min(image)), float(np.max(image))),
     )

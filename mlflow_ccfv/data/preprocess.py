@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 import torch
-from nibabel.orientations import io_orientation
 
 from mlflow_ccfv.data.errors import DatasetError
-from mlflow_ccfv.data.integrity import load_nifti
+from mlflow_ccfv.data.integrity import affine_ras_spacing, load_nifti
 
 if TYPE_CHECKING:
     from mlflow_ccfv.data.msd import CaseFiles, MSDDataset
@@ -111,14 +110,7 @@ class PreprocessedCase:
 
 def ras_spacing(path: str | Path) -> tuple[float, float, float]:
     """Voxel spacing in mm of a NIfTI file, permuted to RAS axis order (header only)."""
-    img = nib.load(str(path))
-    affine = img.affine
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    ornt = io_orientation(affine)
-    spacing = [0.0, 0.0, 0.0]
-    for axis in range(3):
-        spacing[int(ornt[axis, 0])] = float(zooms[axis])
-    return tuple(spacing)
+    return affine_ras_spacing(nib.load(str(path)).affine)
 
 
 def _clipped_stats(values: np.ndarray, percentiles: tuple[float, float]) -> dict[str, float]:
