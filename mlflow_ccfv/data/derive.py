@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from mlflow_ccfv.data.errors import DatasetError
-from mlflow_ccfv.data.integrity import load_nifti
+from mlflow_ccfv.data.integrity import load_nifti, save_nifti
 from mlflow_ccfv.data.msd import _strip_nifti_suffix
 
 __all__ = ["derive_task", "TOTALSEG_ORGANS"]
@@ -114,10 +114,7 @@ def derive_task(
         img_dest = root / "imagesTr" / f"{case_id}{suffix}"
         shutil.copyfile(img_path, img_dest)
         lab_dest = root / "labelsTr" / f"{case_id}.nii.gz"
-        out = nib.Nifti1Image(derived, lab_affine)
-        out.set_qform(lab_affine, code=1)
-        out.set_sform(lab_affine, code=1)
-        nib.save(out, str(lab_dest))
+        save_nifti(lab_dest, derived, lab_affine)
         training.append({"image": f"./imagesTr/{img_dest.name}", "label": f"./labelsTr/{lab_dest.name}"})
     missing = [label_map[k] for i, k in enumerate(label_map, start=1) if not found[i]]
     if missing:

@@ -50,6 +50,14 @@ def load_nifti(path: Path, what: str, case_id: str) -> tuple[np.ndarray, np.ndar
     return data, affine
 
 
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``data`` as NIfTI with ``affine`` as both qform and sform (code 1, scanner)."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
 def affine_ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing in mm of a voxel-to-world ``affine``, permuted to RAS axis order."""
     zooms = voxel_sizes(affine)

@@ -32,12 +32,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mlflow_ccfv.data.errors import DatasetError
+from mlflow_ccfv.data.integrity import save_nifti
 
 __all__ = [
     "SYNTHETIC_TASKS",
@@ -500,13 +500,6 @@ def _affine(shape: Sequence[int], spacing: Sequence[float], orientation: str) ->
     return affine, (1 if orientation == "LPS" else 0)
 
 
-def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
 def _case_rng(seed: int, task: SyntheticTask, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), task.number, int(index)]))
 
@@ -555,8 +548,8 @@ def generate_task(
         if flip:
             image, label = image[::-1, ::-1].copy(), label[::-1, ::-1].copy()
         case_id = f"{t.alias}_{i:03d}"
-        _save(root / "imagesTr" / f"{case_id}.nii.gz", image, affine)
-        _save(root / "labelsTr" / f"{case_id}.nii.gz", label, affine)
+        save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image, affine)
+        save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", label, affine)
         training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
     elapsed = time.perf_counter() - start
     log.info("%s: %d cases in %.1f s (%.2f s per case)", t.name, n_cases, elapsed, elapsed / n_cases)
