@@ -69,16 +69,16 @@ def correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.DataFrame:
     """
     _check_frame(frame)
     rows = []
+    best_dice = frame["dice"].astype(float).groupby(frame["dataset"]).max()
     for (dataset, method), g in frame.groupby(["dataset", "method"], sort=True):
         g = g[np.isfinite(g["score"].astype(float)) & np.isfinite(g["dice"].astype(float))]
         scores, dice = g["score"].to_numpy(float), g["dice"].to_numpy(float)
-        best_all = frame.loc[frame["dataset"] == dataset, "dice"].astype(float).max()
         tau = rho = regret = float("nan")
         top = None
         if len(g) >= 1:
             i = int(np.argmax(scores))
             top = str(g["model"].iloc[i])
-            regret = float(best_all - dice[i])
+            regret = float(best_dice[dataset] - dice[i])
         if len(g) >= min_models and np.ptp(scores) > 0 and np.ptp(dice) > 0:
             tau, rho = float(weighted_tau(scores, dice)), float(pearson(scores, dice))
         rows.append({"dataset": dataset, "method": method, "weighted_tau": tau, "pearson": rho,
