@@ -194,12 +194,11 @@ class _Grid:
         self.shape = tuple(int(s) for s in shape)
         self.spacing = np.asarray(spacing, dtype=np.float64)
         half_width_mm = self.shape[0] * self.spacing[0] / 2.0
-        self.unit_mm = half_width_mm
         self.voxel_units = self.spacing / half_width_mm  # size of one voxel in units, per axis
-        axes = [((np.arange(n) - (n - 1) / 2.0) * self.voxel_units[i]).astype(np.float32) for i, n in enumerate(self.shape)]
-        self.axes = axes
-        self.x, self.y, self.z = np.meshgrid(*axes, indexing="ij")
-        self.z_half = float(axes[2][-1])
+        self.axes = [((np.arange(n) - (n - 1) / 2.0) * self.voxel_units[i]).astype(np.float32)
+                     for i, n in enumerate(self.shape)]
+        self.x, self.y, self.z = np.meshgrid(*self.axes, indexing="ij")
+        self.z_half = float(self.axes[2][-1])
 
     def smooth_field(self, rng: np.random.Generator, coarse: Sequence[int] = (5, 5, 4)) -> np.ndarray:
         """A smooth random field with unit standard deviation: coarse Gaussian noise on ``coarse`` knots,
