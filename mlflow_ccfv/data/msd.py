@@ -158,6 +158,7 @@ class MSDDataset:
     cases: list[CaseFiles]
     description: str = ""
     _intensity_cache: dict = field(default_factory=dict, repr=False, compare=False)  # header/statistics cache
+    _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # (path, mtime, size) -> sha256
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -306,6 +307,15 @@ class MSDDataset:
         return self._intensity_cache["median_spacing"]
 
     # -------------------------------------------------------------- provenance
+    def _sha256(self, path: Path) -> str:
+        """SHA-256 of ``path``, hashed once per version of the file (keyed by mtime and size):
+        ``manifest()`` and ``digest()`` are both called for every scored target."""
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._hash_cache:
+            self._hash_cache[key] = sha256_file(path)
+        return self._hash_cache[key]
+
     def manifest(self, split: Split | None = None) -> pd.DataFrame:
         """One row per case: ``case_id, image, label, image_sha256, label_sha256, split``.
 
@@ -326,8 +336,8 @@ class MSDDataset:
                     "case_id": c.case_id,
                     "image": os.path.relpath(c.image, self.root),
                     "label": os.path.relpath(c.label, self.root),
-                    "image_sha256": sha256_file(c.image),
-                    "label_sha256": sha256_file(c.label),
+                    "image_sha256": self._sha256(c.image),
+                    "label_sha256": self._sha256(c.label),
                     "split": split.of(c.case_id),
                 }
             )
@@ -339,10 +349,10 @@ class MSDDataset:
         Stable for the same content; changes when any listed file or ``dataset.json`` changes.
         """
         h = hashlib.sha256()
-        h.update(sha256_file(self.root / "dataset.json").encode())
+        h.update(self._sha256(self.root / "dataset.json").encode())
         for c in sorted(self.cases, key=lambda c: c.case_id):
             for path in (c.image, c.label):
                 if not path.is_file():
                     raise DatasetError(f"Case {c.case_id!r}: file {path} is missing; cannot compute the digest.")
-            h.update(f"{c.case_id}:{sha256_file(c.image)}:{sha256_file(c.label)}\n".encode())
+            h.update(f"{c.case_id}:{self._sha256(c.image)}:{self._sha256(c.label)}\n".encode())
         return h.hexdigest()
