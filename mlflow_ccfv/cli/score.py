@@ -28,16 +28,14 @@ from mlflow_ccfv.cli.base import CCFVCommand
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.tracking.entrypoints import score_from_options
-    from mlflow_ccfv.tracking.scoring import table_markdown
+    from mlflow_ccfv.tracking.scoring import parse_methods, table_markdown
 
     try:
         table = score_from_options(**options)
     except (ValueError, LookupError, FileNotFoundError) as exc:
         click.echo(f"score failed: {exc}", err=True)
         sys.exit(2)
-    methods = [c for c in table.columns if c not in {"rank", "dataset", "model", "name", "version", "model_id",
-                                                     "architecture", "source_dataset", "cached", "seconds", "error"}]
-    click.echo(table_markdown(table, methods))
+    click.echo(table_markdown(table, parse_methods(options["methods"])))
     failed = table[table["error"].notna()]
     if len(failed):
         for row in failed.itertuples():
