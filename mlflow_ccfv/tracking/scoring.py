@@ -259,10 +259,11 @@ def write_transferability_tags(results: Sequence[VersionResult], table: pd.DataF
     client.set_registered_model_alias(best.name, alias, best.version)
 
 
-def _log_version_run(result: VersionResult, target: Target, ds, methods, parent_id: str | None) -> str:
+def _log_version_run(result: VersionResult, target: Target, ds, methods) -> str:
+    """One run nested in the active (score) run: the version's params and metrics on ``target``."""
     import mlflow
 
-    with mlflow.start_run(run_name=f"{result.label} on {target.name}", nested=parent_id is not None) as run:
+    with mlflow.start_run(run_name=f"{result.label} on {target.name}", nested=True) as run:
         mlflow.log_input(ds, context="target")
         params = {"model_uri": f"models:/{result.label}", "model_id": result.model_id, "dataset": target.name,
                   "dataset_digest": target.digest, "split": target.split, "n_cases": len(target.case_ids),
@@ -314,7 +315,8 @@ def score_versions(
         return table
     ds = dataset.mlflow_dataset()
     active = mlflow.active_run()
-    parent = active or mlflow.start_run(run_name=f"score {dataset.name}")
+    if active is None:
+        mlflow.start_run(run_name=f"score {dataset.name}")
     try:
         mlflow.log_input(ds, context="target")
         # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
@@ -323,7 +325,7 @@ def score_versions(
                            "ccfv.n_versions": len(items), "ccfv.force": force})
         for r in results:
             if r.error is None:
-                _log_version_run(r, dataset, ds, methods, parent.info.run_id)
+                _log_version_run(r, dataset, ds, methods)
         failed = [r.label for r in results if r.error]
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
