@@ -36,7 +36,7 @@ from mlflow_ccfv.tracking.finetuning import (
     pretrain_and_register,
     register_control,
 )
-from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.registry import bank_versions, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.tracking.reporting import report_bank, scores_from_tags
 
@@ -197,7 +197,7 @@ def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool
     report = report_bank(config.bank, datasets=target_names)
     _timed(seconds, "report", start)
     seconds["total"] = time.perf_counter() - wall
-    frame = scores_from_tags(_bank_versions(config.bank), target_names)
+    frame = scores_from_tags(bank_versions(config.bank), target_names)
     result = StudyResult(report, frame, seconds, outcomes)
     mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
     if seconds.get("finetune"):
@@ -206,12 +206,6 @@ def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool
     mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in spread.items()})
     log.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
     return result
-
-
-def _bank_versions(bank: str):
-    from mlflow_ccfv.tracking.registry import bank_versions
-
-    return bank_versions(bank)
 
 
 def demo_config(data_root: str | Path, target: str = "Task09", n_cases: int = 8, shape: Sequence[int] = (64, 64, 48),
@@ -279,13 +273,14 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
     import mlflow
 
     from mlflow_ccfv.study.report import to_markdown
+    from mlflow_ccfv.tracking.scoring import DEFAULT_METHODS
 
     lines = []
     for dataset in sorted(result.frame["dataset"].unique()):
         lines.append(f"\n## {dataset}: the bank ranked by CC-FV (dice = measured after fine-tuning)\n")
         lines.append(to_markdown(demo_table(result, dataset).set_index("rank")))
     corr = result.report.correlations
-    main = corr[corr["method"].isin(("ccfv", "logme", "leep", "gbc", "transrate", "nleep", "nce", "hscore"))]
+    main = corr[corr["method"].isin(DEFAULT_METHODS)]
     lines.append("\n## Correlation with the measured Dice (weighted Kendall's tau, Pearson, top-1 regret)\n")
     lines.append(to_markdown(main[["dataset", "method", "weighted_tau", "pearson", "top1_regret", "n_models"]]
                              .set_index(["dataset", "method"])))
