@@ -68,7 +68,13 @@ class CCFVEvaluator(ModelEvaluator):
         import mlflow
 
         from mlflow_ccfv.tracking.datasets import make_target, target_from_manifest
-        from mlflow_ccfv.tracking.scoring import DEFAULT_METHODS, compute_metrics, extract_features, sampler_config_for
+        from mlflow_ccfv.tracking.scoring import (
+            DEFAULT_METHODS,
+            compute_metrics,
+            extract_features,
+            parse_methods,
+            sampler_config_for,
+        )
 
         config = dict(evaluator_config or {})
         if model is None:
@@ -93,8 +99,6 @@ class CCFVEvaluator(ModelEvaluator):
         methods = config.get("methods", ["ccfv"])
         if methods == "default":
             methods = list(DEFAULT_METHODS)
-        from mlflow_ccfv.tracking.scoring import parse_methods
-
         methods = parse_methods(methods)
         sampler = sampler_config_for(loaded, config.get("sampler"))
         features, cached = extract_features(loaded, target, sampler, force=bool(config.get("force", False)),
