@@ -14,18 +14,8 @@ from mlflow_ccfv.cli.base import CCFVCommand
 
 __all__ = ["CCFVCommand", "main"]
 
-#: command name -> module in this package defining a click command of the same name.
-COMMANDS = {
-    "synth": "synth",
-    "verify": "verify",
-    "register": "register",
-    "score": "score",
-    "pretrain": "pretrain",
-    "finetune": "finetune",
-    "report": "report",
-    "study": "study",
-    "demo": "demo",
-}
+#: Command names; each is a module in this package defining a click command of the same name.
+COMMANDS = ("synth", "verify", "register", "score", "pretrain", "finetune", "report", "study", "demo")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,11 +26,5 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for _name, _module in COMMANDS.items():
-    try:
-        _mod = importlib.import_module(f"mlflow_ccfv.cli.{_module}")
-    except ModuleNotFoundError as _exc:  # a command not written yet
-        if _exc.name != f"mlflow_ccfv.cli.{_module}":
-            raise
-        continue
-    main.add_command(getattr(_mod, _name), _name)
+for _name in COMMANDS:
+    main.add_command(getattr(importlib.import_module(f"mlflow_ccfv.cli.{_name}"), _name), _name)
