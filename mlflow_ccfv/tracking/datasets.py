@@ -111,20 +111,19 @@ def target_from_manifest(manifest: pd.DataFrame, name: str | None = None, root: 
     unknown = [c for c in manifest["case_id"] if c not in known]
     if unknown:
         raise DatasetError(f"Case(s) {', '.join(unknown)} of the manifest are not in {dataset.root}/dataset.json.")
+    full = dataset.manifest().set_index("case_id")  # the checksums on disk now, hashed once
     if "image_sha256" in manifest.columns:
-        current = dataset.manifest().set_index("case_id")
         changed = [
             row.case_id
             for row in manifest.itertuples()
-            if current.loc[row.case_id, "image_sha256"] != row.image_sha256
-            or current.loc[row.case_id, "label_sha256"] != row.label_sha256
+            if full.loc[row.case_id, "image_sha256"] != row.image_sha256
+            or full.loc[row.case_id, "label_sha256"] != row.label_sha256
         ]
         if changed:
             raise DatasetError(
                 f"Case(s) {', '.join(changed)} changed on disk since the manifest was made (checksum differs); "
                 "rebuild the manifest with target_dataset(...)."
             )
-    full = dataset.manifest(dataset.split()).set_index("case_id")
     rows = manifest.copy()
     for col in ("image_sha256", "label_sha256"):
         if col not in rows.columns:
