@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig
-from mlflow_ccfv.features.networks import NetworkSpec, small_spec
+from mlflow_ccfv.features.networks import small_spec
 from mlflow_ccfv.study.dice import DiceResult, evaluate_dice
 from mlflow_ccfv.study.training import TrainConfig, finetune, pretrain, seeded_network
 from mlflow_ccfv.tracking.datasets import make_target, short_name
@@ -228,7 +228,6 @@ def finetune_version(
     ds = _load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
     name = target.name
-    split = ds.split(seed=split_seed)
     digest = budget_digest(config, split_seed=split_seed, overlap=overlap, dataset=target.digest)
     loaded = load_version(model_uri)
     if loaded.spec is None:
@@ -243,6 +242,7 @@ def finetune_version(
         return FinetuneOutcome(loaded.label, name, DiceResult({}, mean), loaded.tags.get(f"finetune.run.{name}"),
                                0.0, reused=True)
     if cases is None:
+        split = ds.split(seed=split_seed)
         train = list(ds.iter_cases(split.train, config=preprocess, progress=progress))
         test = list(ds.iter_cases(split.test, config=preprocess, progress=progress))
     else:
