@@ -62,7 +62,7 @@ def test_class_imbalance_resembles_the_msd_tasks(family):
         labels = np.stack(_labels(root))
         share[SYNTHETIC_TASKS[name].alias] = {k: float((labels == k).mean()) for k in SYNTHETIC_TASKS[name].labels if k}
     assert share["liver"][1] > 0.02 and share["liver"][2] < share["liver"][1] / 20  # large organ, small tumours
-    assert share["lung"][1] < 0.001  # tiny nodules
+    assert share["lung"][1] < min(0.003, share["spleen"][1] / 2)  # small nodules: the smallest target
     assert share["spleen"][1] < share["liver"][1] / 3  # medium organ
     assert share["pancreas"][1] < share["spleen"][1] and share["pancreas"][2] < share["pancreas"][1]
     assert share["colon"][1] < 0.002

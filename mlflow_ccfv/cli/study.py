@@ -12,13 +12,13 @@ from mlflow_ccfv.cli.base import CCFVCommand
 @click.command(cls=CCFVCommand)
 @click.option("--data-root", "data_root", default="data/synthetic", show_default=True,
               help="Where the synthetic family is (generated there if missing).")
-@click.option("--n-cases", "n_cases", default="10", show_default=True, help="Cases per synthetic task.")
+@click.option("--n-cases", "n_cases", default="15", show_default=True, help="Cases per synthetic task.")
 @click.option("--shape", default="64,64,48", show_default=True, help="Synthetic volume shape in voxels.")
 @click.option("--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none.")
 @click.option("--architectures", default="UNet,UNETR", show_default=True, help="Architectures of the bank.")
 @click.option("--targets", default="", help="Comma-separated targets (default: all five tasks).")
 @click.option("--pretrain-steps", "pretrain_steps", default="300", show_default=True, help="Pre-training steps per model.")
-@click.option("--finetune-steps", "finetune_steps", default="100", show_default=True, help="Fine-tuning steps per model.")
+@click.option("--finetune-steps", "finetune_steps", default="200", show_default=True, help="Fine-tuning steps per model.")
 @click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
 @click.option("--experiment", default="ccfv-study", show_default=True,
               help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).")

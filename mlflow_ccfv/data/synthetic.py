@@ -145,7 +145,7 @@ _TASK_LIST = (
     SyntheticTask(
         "Task06_SynthLung", "lung", 6, "thorax", CHEST_NONCONTRAST,
         {0: "background", 1: "cancer"},
-        "one or two tiny solid nodules in low-intensity lung, non-contrast chest",
+        "one or two small solid nodules (radius 11-19 mm) in low-intensity lung, non-contrast chest",
         mirrors="MSD Task06 Lung", related=(),
     ),
     SyntheticTask(
@@ -163,7 +163,7 @@ _TASK_LIST = (
     SyntheticTask(
         "Task10_SynthColon", "colon", 10, "abdomen", COLONOGRAPHY,
         {0: "background", 1: "colon cancer primaries"},
-        "a lesion on the wall of an air-distended colon, portal-venous abdomen",
+        "a large enhancing lesion on the wall of an air-distended colon, portal-venous abdomen",
         mirrors="MSD Task10 Colon", related=("pancreas",),
     ),
 )
@@ -443,7 +443,7 @@ def synthesize_case(
         others = m["liver"] | m["spleen"] | m["stomach"] | m["aorta"] | m["ivc"] | m["kidney_right"] | m["kidney_left"]
         host = m["inner"] & ~others
         if rng.random() < 0.9:
-            ball = _place_lesion(grid, rng, q, m["pancreas"], rng.uniform(0.05, 0.09), perturb, margin=0.3)
+            ball = _place_lesion(grid, rng, q, m["pancreas"], rng.uniform(0.07, 0.11), perturb, margin=0.3)
             if ball is not None:
                 lesion = ball & host
         m["pancreas"] |= lesion
@@ -451,15 +451,15 @@ def synthesize_case(
         label[lesion] = 2
         lesion_hu = hu["pancreas"] - rng.uniform(45, 70)
     elif t.alias == "colon":
-        ball = _place_lesion(grid, rng, q, m["colon_wall"], rng.uniform(0.06, 0.1), perturb, margin=0.0)
+        ball = _place_lesion(grid, rng, q, m["colon_wall"], rng.uniform(0.1, 0.15), perturb, margin=0.0)
         if ball is not None:
             near_colon = m["colon_centreline_distance"] <= m["colon_outer_radius"] + 0.03
             lesion = ball & near_colon & m["inner"]
         label[lesion] = 1
-        lesion_hu = hu["colon_wall"] - rng.uniform(0, 20)
+        lesion_hu = hu["colon_wall"] + rng.uniform(40, 70)  # an enhancing mass, brighter than the wall
     elif t.alias == "lung":
         for _ in range(1 + int(rng.random() < 0.3)):
-            ball = _place_lesion(grid, rng, q, m["lung"], rng.uniform(0.03, 0.06), perturb, margin=1.2)
+            ball = _place_lesion(grid, rng, q, m["lung"], rng.uniform(0.07, 0.12), perturb, margin=1.0)
             if ball is not None:
                 lesion |= ball & m["lung"]
         label[lesion] = 1

@@ -66,7 +66,7 @@ class StudyConfig:
     sources: list[Source]
     architectures: tuple[str, ...] = ARCHITECTURES
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, learning_rate=3e-3, seed=1))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, learning_rate=3e-3, seed=0))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, learning_rate=3e-3, seed=0))
     bank: str = "study"
     methods: str = "all"
     control_seed: int = 0
@@ -226,8 +226,8 @@ def demo_config(data_root: str | Path, target: str = "Task09", n_cases: int = 8,
     )
 
 
-def study_config(data_root: str | Path, n_cases: int = 10, shape: Sequence[int] = (64, 64, 48),
-                 brats: str | Path | None = None, pretrain_steps: int = 300, finetune_steps: int = 100,
+def study_config(data_root: str | Path, n_cases: int = 15, shape: Sequence[int] = (64, 64, 48),
+                 brats: str | Path | None = None, pretrain_steps: int = 300, finetune_steps: int = 200,
                  architectures: Sequence[str] = ARCHITECTURES, bank: str = "study",
                  targets: Sequence[str] | None = None, progress: bool = True) -> StudyConfig:
     """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
