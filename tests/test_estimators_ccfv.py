@@ -316,6 +316,28 @@ def test_ccfv_ablation_flags_and_single_scale():
         ccfv(layers, use_consistency=False, use_variety=False)
 
 
+def _scaled(layers, a):
+    return [([{k: a * x for k, x in case.items()} for case in c], [a * x for x in g]) for c, g in layers]
+
+
+def test_paper_ccfv_depends_on_feature_scale_unit_sphere_variant_does_not():
+    """Eq. 2 is in raw feature units, Eq. 3 on the sphere: scaling features by a lowers T by log a.
+    The unit-sphere extension measures C_cons on the sphere too, so it is scale-free."""
+    layers = make_layers(np.random.default_rng(25))
+    assert ccfv(_scaled(layers, 10.0)) == pytest.approx(ccfv(layers) - np.log(10.0), rel=1e-9)
+    sphere = ccfv(layers, unit_sphere=True)
+    assert ccfv(_scaled(layers, 10.0), unit_sphere=True) == pytest.approx(sphere, rel=1e-9)
+    assert ccfv(_scaled(layers, 1e-3), unit_sphere=True) == pytest.approx(sphere, rel=1e-9)
+    assert sphere != pytest.approx(ccfv(layers))
+    # it is Eq. 5 on the projected class features, not some other formula
+    projected = [([{k: x / np.linalg.norm(x, axis=1, keepdims=True) for k, x in case.items()} for case in c], g)
+                 for c, g in layers]
+    assert sphere == pytest.approx(ccfv(projected), rel=1e-10)
+    # torch input gives the same value
+    as_torch = [([{k: torch.as_tensor(x) for k, x in case.items()} for case in c], g) for c, g in layers]
+    assert ccfv(as_torch, unit_sphere=True) == pytest.approx(sphere, rel=1e-10)
+
+
 def test_ccfv_scores_agreeing_features_above_separating_ones():
     agree = ccfv(make_layers(np.random.default_rng(23), spread=0.0))
     separate = ccfv(make_layers(np.random.default_rng(23), spread=4.0))

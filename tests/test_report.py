@@ -11,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlflow_ccfv.study.report import (
+    architecture_correlations,
+    architecture_table,
     correlations,
+    discrimination_table,
     ranked_table,
     regret_table,
     standardise,
@@ -127,3 +130,49 @@ def test_write_report_files(tmp_path):
     assert md.startswith("| method | metric | TaskA | TaskB | Avg |") and "| CC-FV | tau | 1.0000 |" in md
     assert "Table 2" in report.markdown()
     assert "–" in to_markdown(pd.DataFrame({"a": [float("nan")]}))
+
+
+def test_discrimination_table_spread_and_control_vs_pretrained():
+    frame = frame_for(DICE, SCORERS)
+    table = discrimination_table(frame)
+    assert table.loc["TaskA", "dice_spread"] == pytest.approx(0.9 - 0.2)
+    assert table.loc["TaskA", "best_model"] == "m4" and table.loc["TaskA", "n_models"] == 5
+    # model m0 is the random-init control: Dice 0.2 on TaskA, 0.1 on TaskB; pre-training wins on both
+    assert table.loc["TaskB", "best_control_dice"] == pytest.approx(0.1)
+    assert table.loc["TaskB", "best_pretrained_dice"] == pytest.approx(0.6)
+    assert bool(table.loc["TaskB", "pretraining_wins"])
+    control_best = frame.assign(dice=np.where(frame["model"] == "m0", 0.95, frame["dice"]))
+    assert not bool(discrimination_table(control_best).loc["TaskA", "pretraining_wins"])
+
+
+def test_architecture_correlations_rank_within_each_architecture():
+    # two architectures whose scores are offset: ordered within each, but the offset reverses the
+    # mixed ranking (the UNETR scores are all higher while its Dice is lower)
+    rows = []
+    for arch, offset, dice in (("UNet", 0.0, [0.5, 0.6, 0.7, 0.8]), ("UNETR", 10.0, [0.1, 0.2, 0.3, 0.4])):
+        for i, d in enumerate(dice):
+            rows.append({"dataset": "TaskA", "model": f"{arch}-{i}", "method": "ccfv", "score": offset + d,
+                         "dice": d, "architecture": arch, "source_dataset": f"T{i}"})
+    frame = pd.DataFrame(rows)
+    mixed = correlations(frame).set_index("method")
+    assert mixed.loc["ccfv", "top1_model"] == "UNETR-3" and mixed.loc["ccfv", "top1_regret"] == pytest.approx(0.4)
+    within = architecture_correlations(frame).set_index(["architecture", "method"])
+    assert within.loc[("UNet", "ccfv"), "weighted_tau"] == pytest.approx(1.0)
+    assert within.loc[("UNETR", "ccfv"), "weighted_tau"] == pytest.approx(1.0)
+    assert within.loc[("UNETR", "ccfv"), "top1_regret"] == pytest.approx(0.0)
+    table = architecture_table(architecture_correlations(frame))
+    assert sorted(table.columns) == ["UNETR (avg tau)", "UNet (avg tau)"]
+    assert table.loc["CC-FV"].tolist() == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="architecture"):
+        architecture_correlations(frame.drop(columns="architecture"))
+
+
+def test_write_report_adds_architecture_and_discrimination_tables(tmp_path):
+    frame = frame_for(DICE, SCORERS)
+    frame.loc[frame["model"].isin(["m1", "m3"]), "architecture"] = "UNETR"
+    report = write_report(frame, tmp_path)
+    for name in ("discrimination.md", "by_architecture.md", "architecture_correlations.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert "Within one architecture" in report.markdown() and "dice_spread" in report.markdown()
+    single = write_report(frame_for(DICE, SCORERS), tmp_path / "single")
+    assert single.by_architecture.empty and not (tmp_path / "single" / "by_architecture.md").exists()

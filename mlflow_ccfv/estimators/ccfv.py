@@ -11,6 +11,13 @@ to transfer better. The ablations of Table 2:
 * one layer only ("single-scale"): pass a single layer;
 * ``distance="kl"`` / ``"bhattacharyya"``: another distance in Eq. 2.
 
+One extension that is not in the paper, ``unit_sphere=True``: the class features are projected onto
+the unit sphere before Eq. 1–2, as Eq. 3 already does for the feature variety. The paper's C_cons is
+measured in the raw feature space, so multiplying a model's features by ``a`` lowers its T by
+``log a`` while F_v is unchanged: scores of architectures whose features have different magnitudes
+(a UNet with 8–64 channels, a UNETR) are not comparable. On the unit sphere both terms are invariant
+to that rescaling (docs/estimators.md; measured in docs/study.md).
+
 The layers are averaged as Eq. 5 says (the official code sums them, which only rescales the score
 for a fixed D but makes scores over different numbers of layers incomparable).
 """
@@ -22,6 +29,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
+import numpy as np
+
 from mlflow_ccfv.estimators.class_consistency import per_class_consistency
 from mlflow_ccfv.estimators.feature_variety import DEFAULT_MIN_DISTANCE, feature_variety
 from mlflow_ccfv.estimators.gaussian_divergences import DEFAULT_REGULARIZATION
@@ -31,6 +40,19 @@ logger = logging.getLogger(__name__)
 ClassCases = Sequence[Mapping[Hashable, Any]]
 GlobalCases = Sequence[Any]
 Layer = tuple[ClassCases | None, GlobalCases | None]
+
+
+def _on_unit_sphere(class_cases: ClassCases) -> list[dict]:
+    """Every case's class features ``[n_k, d]`` with rows scaled to unit length (zero rows stay 0)."""
+    out = []
+    for case in class_cases:
+        projected = {}
+        for k, x in case.items():
+            x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+            norms = np.linalg.norm(x, axis=-1, keepdims=True)
+            projected[k] = x / np.where(norms > 0, norms, 1.0)
+        out.append(projected)
+    return out
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,7 @@ def ccfv_layers(
     use_variety: bool = True,
     regularization: float = DEFAULT_REGULARIZATION,
     min_distance: float = DEFAULT_MIN_DISTANCE,
+    unit_sphere: bool = False,
 ) -> list[LayerScore]:
     """Per-layer components of Eq. 5 (for logging); ``ccfv`` averages their ``log_ratio``.
 
@@ -87,6 +110,8 @@ def ccfv_layers(
         use_consistency, use_variety: switch the components off (Table 2 ablations).
         regularization: covariance ridge for ``"kl"`` / ``"bhattacharyya"``.
         min_distance: distance floor for coincident points in the feature variety.
+        unit_sphere: project the class features onto the unit sphere before Eq. 1–2 (an
+            extension, not the paper's definition: makes T invariant to the features' scale).
 
     Returns:
         One ``LayerScore`` per layer, in the order given.
@@ -102,6 +127,8 @@ def ccfv_layers(
         if use_consistency:
             if class_cases is None:
                 raise ValueError(f"layers[{i}] has no class features but use_consistency=True")
+            if unit_sphere:
+                class_cases = _on_unit_sphere(class_cases)
             per_class = per_class_consistency(class_cases, distance, regularization)
             c_cons = float(sum(per_class.values()))
             if not c_cons > 0:
@@ -127,13 +154,14 @@ def ccfv(
     distance: str = "wasserstein",
     regularization: float = DEFAULT_REGULARIZATION,
     min_distance: float = DEFAULT_MIN_DISTANCE,
+    unit_sphere: bool = False,
 ) -> float:
     """The CC-FV score T of Eq. 5: the mean over decoder layers of ``log(F_v / C_cons)``.
 
     Higher means better expected transfer. Arguments as in ``ccfv_layers``; pass one layer for the
-    "single-scale" ablation.
+    "single-scale" ablation; ``unit_sphere=True`` for the scale-invariant extension.
     """
     per_layer = ccfv_layers(
-        layers, distance, use_consistency, use_variety, regularization, min_distance
+        layers, distance, use_consistency, use_variety, regularization, min_distance, unit_sphere
     )
     return float(sum(s.log_ratio for s in per_layer) / len(per_layer))

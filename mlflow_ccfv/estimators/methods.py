@@ -9,6 +9,7 @@ Method names (the keys the study and MLflow layers log):
 ``ccfv_single_scale``    Eq. 5 on the last layer only (the one nearest the output)
 ``ccfv_kl``              KL divergence in Eq. 2
 ``ccfv_bhattacharyya``   Bhattacharyya distance in Eq. 2
+``ccfv_unit_sphere``     Eq. 5 with the class features on the unit sphere (an extension; scale-free)
 ``logme`` ``gbc`` ``transrate`` ``hscore`` ``nleep``  baselines on (features, labels)
 ``leep`` ``nce``         baselines on (source probabilities, labels)
 ======================== ===========================================================
@@ -39,6 +40,7 @@ CCFV_METHODS = (
     "ccfv_single_scale",
     "ccfv_kl",
     "ccfv_bhattacharyya",
+    "ccfv_unit_sphere",
 )
 FEATURE_METHODS = ("logme", "gbc", "transrate", "nleep", "hscore")
 PROBABILITY_METHODS = ("leep", "nce")
@@ -64,6 +66,8 @@ def _ccfv_variant(method: str, layers: Sequence) -> float:
         return ccfv(list(layers)[-1:])
     if method == "ccfv_kl":
         return ccfv(layers, distance="kl")
+    if method == "ccfv_unit_sphere":
+        return ccfv(layers, unit_sphere=True)
     return ccfv(layers, distance="bhattacharyya")
 
 

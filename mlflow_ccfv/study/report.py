@@ -36,11 +36,12 @@ from mlflow_ccfv.estimators import METHODS, pearson, weighted_tau
 TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
 #: Table 2's rows: CC-FV and its ablations.
 TABLE2_METHODS = ("ccfv", "ccfv_no_consistency", "ccfv_no_variety", "ccfv_single_scale", "ccfv_kl",
-                  "ccfv_bhattacharyya")
+                  "ccfv_bhattacharyya", "ccfv_unit_sphere")
 #: Display names, as in the paper where it has one.
 METHOD_LABELS = {
     "ccfv": "CC-FV", "ccfv_no_consistency": "CC-FV w/o C_cons", "ccfv_no_variety": "CC-FV w/o F_v",
     "ccfv_single_scale": "Single-scale", "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance",
+    "ccfv_unit_sphere": "CC-FV, unit-sphere C_cons (not in the paper)",
     "logme": "LogME", "transrate": "TransRate", "leep": "LEEP", "gbc": "GBC", "nleep": "N-LEEP",
     "nce": "NCE", "hscore": "H-score",
 }
@@ -127,6 +128,57 @@ def table2(corr: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> pd.Da
 def regret_table(corr: pd.DataFrame, methods: Sequence[str] = METHODS) -> pd.DataFrame:
     """Methods x datasets (+ ``Avg``) of top-1 regret (lower is better; 0 = picked the best model)."""
     return _metric_table(corr, methods, "top1_regret")
+
+
+def architecture_correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.DataFrame:
+    """:func:`correlations` within each architecture's part of the bank (column ``architecture`` added).
+
+    A mixed bank ranks models of different architectures against each other; this asks the narrower
+    question a user with one architecture in mind asks (regret is then relative to that architecture's
+    best model). Needs the ``architecture`` column.
+    """
+    _check_frame(frame)
+    if "architecture" not in frame.columns:
+        raise ValueError("The scores table has no 'architecture' column; per-architecture correlations need it.")
+    parts = [correlations(g, min_models).assign(architecture=str(arch))
+             for arch, g in frame.groupby("architecture", sort=True)]
+    return pd.concat(parts, ignore_index=True) if parts else correlations(frame, min_models).assign(architecture="")
+
+
+def architecture_table(arch_corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS + TABLE2_METHODS[1:]
+                       ) -> pd.DataFrame:
+    """Methods x architectures: the within-architecture weighted tau (:func:`architecture_correlations`)
+    averaged over the datasets."""
+    archs = sorted(arch_corr["architecture"].unique())
+    present = _ordered(methods, arch_corr["method"].unique())
+    rows = []
+    for m in present:
+        sub = arch_corr[arch_corr["method"] == m]
+        rows.append([_nanmean(sub[sub["architecture"] == a]["weighted_tau"].tolist()) for a in archs])
+    return pd.DataFrame(rows, index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
+                        columns=[f"{a} (avg tau)" for a in archs])
+
+
+def discrimination_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, can the study tell models apart? ``n_models``, the Dice ``min``/``max``/``spread``
+    (best minus worst), the best model, and (with a ``source_dataset`` column) the best random-init
+    control's Dice against the best pre-trained model's, and whether pre-training won."""
+    _check_frame(frame)
+    models = frame.drop_duplicates(["dataset", "model"])
+    rows = []
+    for dataset, g in models.groupby("dataset", sort=True):
+        dice = g["dice"].astype(float)
+        row = {"dataset": dataset, "n_models": int(len(g)), "dice_min": float(dice.min()),
+               "dice_max": float(dice.max()), "dice_spread": float(dice.max() - dice.min()),
+               "best_model": str(g["model"].iloc[int(np.argmax(dice.to_numpy()))])}
+        if "source_dataset" in g.columns:
+            control = g["source_dataset"].astype(str).eq("random-init")
+            best_control = float(dice[control].max()) if control.any() else float("nan")
+            best_pretrained = float(dice[~control].max()) if (~control).any() else float("nan")
+            row.update({"best_control_dice": best_control, "best_pretrained_dice": best_pretrained,
+                        "pretraining_wins": bool(best_pretrained > best_control)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("dataset")
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -238,27 +290,47 @@ class Report:
     table1: pd.DataFrame
     table2: pd.DataFrame
     regret: pd.DataFrame
+    discrimination: pd.DataFrame = field(default_factory=pd.DataFrame)
+    by_architecture: pd.DataFrame = field(default_factory=pd.DataFrame)
+    architecture_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: dict[str, Path] = field(default_factory=dict)
 
     def markdown(self) -> str:
-        return ("## Table 1: weighted Kendall's tau and Pearson vs fine-tune Dice\n\n" + to_markdown(self.table1)
+        text = ("## Table 1: weighted Kendall's tau and Pearson vs fine-tune Dice\n\n" + to_markdown(self.table1)
                 + "\n## Table 2: ablations (weighted Kendall's tau)\n\n" + to_markdown(self.table2)
                 + "\n## Top-1 regret (best Dice in the bank minus Dice of the top-ranked model)\n\n"
                 + to_markdown(self.regret))
+        if not self.discrimination.empty:
+            text += ("\n## Does the bank discriminate? (fine-tune Dice spread; best control vs best pre-trained)\n\n"
+                     + to_markdown(self.discrimination))
+        if not self.by_architecture.empty:
+            text += ("\n## Within one architecture (weighted tau over that architecture's models, averaged "
+                     "over datasets)\n\n" + to_markdown(self.by_architecture))
+        return text
 
 
 def write_report(frame: pd.DataFrame, out_dir: str | Path) -> Report:
     """Compute the correlations and write ``correlations.csv``, ``table1.{md,csv}``, ``table2.{md,csv}``,
-    ``regret.{md,csv}``, ``scores.csv``, ``report.md`` and ``scatter_<dataset>.png`` under ``out_dir``."""
+    ``regret.{md,csv}``, ``discrimination.{md,csv}``, ``scores.csv``, ``report.md`` and
+    ``scatter_<dataset>.png`` under ``out_dir``; with more than one architecture in the bank also
+    ``by_architecture.{md,csv}`` and ``architecture_correlations.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corr = correlations(frame)
     t1, t2, rg = table1(corr), table2(corr), regret_table(corr)
-    report = Report(corr, t1, t2, rg)
+    report = Report(corr, t1, t2, rg, discrimination=discrimination_table(frame))
+    if "architecture" in frame.columns and frame["architecture"].nunique() > 1:
+        report.architecture_correlations = architecture_correlations(frame)
+        report.by_architecture = architecture_table(report.architecture_correlations)
     files = report.files
     frame.to_csv(files.setdefault("scores.csv", out / "scores.csv"), index=False)
     corr.to_csv(files.setdefault("correlations.csv", out / "correlations.csv"), index=False)
-    for name, table in (("table1", t1), ("table2", t2), ("regret", rg)):
+    tables = [("table1", t1), ("table2", t2), ("regret", rg), ("discrimination", report.discrimination)]
+    if not report.by_architecture.empty:
+        tables.append(("by_architecture", report.by_architecture))
+        report.architecture_correlations.to_csv(
+            files.setdefault("architecture_correlations.csv", out / "architecture_correlations.csv"), index=False)
+    for name, table in tables:
         table.to_csv(files.setdefault(f"{name}.csv", out / f"{name}.csv"))
         files.setdefault(f"{name}.md", out / f"{name}.md").write_text(to_markdown(table))
     files.setdefault("report.md", out / "report.md").write_text(report.markdown())

@@ -92,7 +92,8 @@ def report_bank(
 
 
 def report_metrics(report: Report) -> dict[str, float]:
-    """``<dataset>.<method>.<weighted_tau|pearson|top1_regret>`` and ``avg.<method>.*`` (finite values only)."""
+    """``<dataset>.<method>.<weighted_tau|pearson|top1_regret>``, ``avg.<method>.*`` (finite values only),
+    ``<architecture>.avg.<method>.weighted_tau`` for a mixed bank and ``<dataset>.dice_spread``."""
     out: dict[str, float] = {}
     corr = report.correlations
     for row in corr.itertuples():
@@ -105,4 +106,12 @@ def report_metrics(report: Report) -> dict[str, float]:
             value = g[col].mean()
             if value == value:
                 out[f"avg.{method}.{col}"] = float(value)
+    arch = report.architecture_correlations
+    if not arch.empty:
+        for (architecture, method), g in arch.groupby(["architecture", "method"]):
+            value = g["weighted_tau"].mean()
+            if value == value:
+                out[f"{architecture}.avg.{method}.weighted_tau"] = float(value)
+    for row in report.discrimination.itertuples():
+        out[f"{row.Index}.dice_spread"] = float(row.dice_spread)
     return out
