@@ -139,7 +139,7 @@ _TASK_LIST = (
     SyntheticTask(
         "Task03_SynthLiver", "liver", 3, "abdomen", PORTAL_VENOUS,
         {0: "background", 1: "liver", 2: "cancer"},
-        "large organ with small hypodense tumours (0-4 per case), portal-venous abdomen",
+        "large organ with 1-4 hypodense tumours (radius 11-22 mm), portal-venous abdomen",
         mirrors="MSD Task03 Liver", related=("spleen",),
     ),
     SyntheticTask(
@@ -428,14 +428,14 @@ def synthesize_case(
     lesion_hu = 0.0
     perturb = fields[5]
     if t.alias == "liver":
-        n_tumours = min(int(rng.poisson(1.3)), 4)
+        n_tumours = 1 + min(int(rng.poisson(0.8)), 3)
         for _ in range(n_tumours):
-            ball = _place_lesion(grid, rng, q, m["liver"], rng.uniform(0.045, 0.12), perturb)
+            ball = _place_lesion(grid, rng, q, m["liver"], rng.uniform(0.07, 0.14), perturb)
             if ball is not None:
                 lesion |= ball & m["liver"]
         label[m["liver"]] = 1
         label[lesion] = 2
-        lesion_hu = hu["liver"] - rng.uniform(35, 60)
+        lesion_hu = hu["liver"] - rng.uniform(60, 90)
     elif t.alias == "spleen":
         label[m["spleen"]] = 1
     elif t.alias == "pancreas":
