@@ -338,6 +338,17 @@ def test_paper_ccfv_depends_on_feature_scale_unit_sphere_variant_does_not():
     assert ccfv(as_torch, unit_sphere=True) == pytest.approx(sphere, rel=1e-10)
 
 
+def test_variants_read_from_one_layer_pass_equal_the_direct_computation():
+    from mlflow_ccfv.estimators.methods import LAYER_SCORE_METHODS, score_methods
+
+    layers = make_layers(np.random.default_rng(26))
+    direct = score_methods(layers, methods=LAYER_SCORE_METHODS)
+    shared = score_methods(layers, methods=LAYER_SCORE_METHODS, layer_scores=ccfv_layers(layers))
+    assert shared == direct  # the same arithmetic, bit for bit
+    assert direct["ccfv_single_scale"] == ccfv(layers[-1:])
+    assert direct["ccfv_no_variety"] == ccfv(layers, use_variety=False)
+
+
 def test_ccfv_scores_agreeing_features_above_separating_ones():
     agree = ccfv(make_layers(np.random.default_rng(23), spread=0.0))
     separate = ccfv(make_layers(np.random.default_rng(23), spread=4.0))

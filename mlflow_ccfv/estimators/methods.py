@@ -18,11 +18,12 @@ Method names (the keys the study and MLflow layers log):
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mlflow_ccfv.estimators.ccfv import ccfv
+from mlflow_ccfv.estimators.ccfv import LayerScore, ccfv
 from mlflow_ccfv.estimators.gbc import gbc
 from mlflow_ccfv.estimators.hscore import hscore
 from mlflow_ccfv.estimators.leep import leep
@@ -55,7 +56,32 @@ class EstimatorError(RuntimeError):
         self.method = method
 
 
-def _ccfv_variant(method: str, layers: Sequence) -> float:
+#: The variants that are arithmetic on the per-layer C_cons and F_v of Eq. 5 (no other distance).
+LAYER_SCORE_METHODS = ("ccfv", "ccfv_no_consistency", "ccfv_no_variety", "ccfv_single_scale")
+
+
+def ccfv_from_layer_scores(method: str, parts: Sequence[LayerScore]) -> float:
+    """``method`` (one of :data:`LAYER_SCORE_METHODS`) from ``ccfv_layers(layers)``'s output, so the
+    W2 and energies of one model are computed once for all four instead of once per variant.
+    The same arithmetic as ``ccfv`` with the matching flags, hence the same float."""
+    if not parts:
+        raise ValueError("ccfv needs at least one decoder layer, got none")
+    if method == "ccfv_single_scale":
+        return float(parts[-1].log_ratio)
+    if method == "ccfv":
+        terms = [p.log_ratio for p in parts]
+    elif method == "ccfv_no_consistency":
+        terms = [0.0 + math.log(p.feature_variety) for p in parts]
+    elif method == "ccfv_no_variety":
+        terms = [0.0 - math.log(p.class_consistency) for p in parts]
+    else:
+        raise ValueError(f"{method} is not computed from per-layer scores; use one of {LAYER_SCORE_METHODS}")
+    return float(sum(terms) / len(terms))
+
+
+def _ccfv_variant(method: str, layers: Sequence, parts: Sequence[LayerScore] | None = None) -> float:
+    if parts is not None and method in LAYER_SCORE_METHODS:
+        return ccfv_from_layer_scores(method, parts)
     if method == "ccfv":
         return ccfv(layers)
     if method == "ccfv_no_consistency":
@@ -83,6 +109,7 @@ def score_methods(
     labels: Any = None,
     probs: Any = None,
     methods: Sequence[str] | None = None,
+    layer_scores: Sequence[LayerScore] | None = None,
 ) -> dict[str, float]:
     """Score one model with several estimators.
 
@@ -92,6 +119,9 @@ def score_methods(
         labels: ``[n]`` target class ids at those voxels, background included.
         probs: ``[n, C_s]`` source-head probabilities at those voxels (``leep``, ``nce``).
         methods: names from ``METHODS``; None means all of them.
+        layer_scores: ``ccfv_layers(ccfv_layers_input)`` if the caller has it (both components,
+            Wasserstein): ``ccfv`` and the w/o-C_cons, w/o-F_v and single-scale ablations are then
+            read from it instead of recomputing every layer's W2 and energy per variant.
 
     Returns:
         ``{method: finite float}`` in the order requested.
@@ -110,7 +140,7 @@ def score_methods(
             if method in CCFV_METHODS:
                 if ccfv_layers_input is None:
                     raise EstimatorError(method, "needs the per-layer CC-FV inputs, got None")
-                value = _ccfv_variant(method, ccfv_layers_input)
+                value = _ccfv_variant(method, ccfv_layers_input, layer_scores)
             elif method in PROBABILITY_METHODS:
                 if probs is None or labels is None:
                     raise EstimatorError(

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
-from mlflow_ccfv.estimators import METHODS, ccfv_layers, score_methods
+from mlflow_ccfv.estimators import METHODS, EstimatorError, ccfv_layers, score_methods
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features
 from mlflow_ccfv.tracking.datasets import Target
 from mlflow_ccfv.tracking.registry import LoadedModel, load_version, version_uri
@@ -134,8 +135,12 @@ def compute_metrics(features: FeatureSet, methods: Sequence[str]) -> dict[str, f
     feats = labels = probs = None
     if baseline_methods:
         feats, labels, probs = features.baseline_inputs()
-    metrics = dict(score_methods(layers_input, feats, labels, probs, methods=list(methods)))
-    for i, layer in enumerate(ccfv_layers(layers_input)):
+    try:  # once: the CC-FV variants of Eq. 5 and the logged components share it
+        parts = ccfv_layers(layers_input)
+    except (ValueError, TypeError, FloatingPointError, np.linalg.LinAlgError) as err:
+        raise EstimatorError("ccfv", str(err)) from err
+    metrics = dict(score_methods(layers_input, feats, labels, probs, methods=list(methods), layer_scores=parts))
+    for i, layer in enumerate(parts):
         metrics[f"ccfv.layer{i}.class_consistency"] = float(layer.class_consistency)
         metrics[f"ccfv.layer{i}.feature_variety"] = float(layer.feature_variety)
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
