@@ -9,8 +9,9 @@ from mlflow import MlflowClient
 
 from mlflow_ccfv.cli import main
 from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.tracking import make_target, score_versions
-from mlflow_ccfv.tracking.scoring import parse_methods
+from mlflow_ccfv.tracking.scoring import DEFAULT_METHODS, parse_methods
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")
@@ -125,6 +126,8 @@ def test_bad_parameters_are_rejected_before_work(tracking_uri, tmp_path):
     out = runner.invoke(main, ["score", "--dataset", "Task07", "--models", "models:/ghost/3"])
     assert out.exit_code == 2 and "no registered model 'ghost'" in out.output
     assert parse_methods("logme") == ["ccfv", "logme"]
+    assert parse_methods("default") == parse_methods(None) == parse_methods("") == list(DEFAULT_METHODS)
+    assert len(parse_methods("all")) == len(METHODS) and "ccfv_unit_sphere" in parse_methods("all")
 
 
 def test_score_versions_api_without_logging(tracking_uri, tmp_path):

@@ -41,11 +41,12 @@ RANK_METHOD = "ccfv"
 
 
 def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
-    """``None``/``""`` -> :data:`DEFAULT_METHODS`; ``"all"`` -> every method; else names (comma-separated).
+    """``None``/``""``/``"default"`` -> :data:`DEFAULT_METHODS`; ``"all"`` -> every method; else names
+    (comma-separated).
 
     ``ccfv`` is always scored (it ranks the bank).
     """
-    if methods is None or methods == "" or methods == []:
+    if methods is None or methods in ("", "default") or methods == []:
         wanted = list(DEFAULT_METHODS)
     elif methods == "all":
         wanted = list(METHODS)
@@ -54,7 +55,7 @@ def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
         wanted = [m.strip() for m in names if m.strip()]
     unknown = [m for m in wanted if m not in METHODS]
     if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} (or 'all').")
+        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} (or 'all', 'default').")
     if RANK_METHOD not in wanted:
         wanted.insert(0, RANK_METHOD)
     return list(dict.fromkeys(wanted))
