@@ -158,6 +158,6 @@ def score_methods(
             raise EstimatorError(method, str(err)) from err
         if not np.isfinite(value):
             raise EstimatorError(method, f"returned a non-finite score {value}")
-        logger.info("%s = %.6g", method, value)
+        logger.debug("%s = %.6g", method, value)
         out[method] = float(value)
     return out
