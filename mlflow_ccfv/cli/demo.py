@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, split_list
 
 
 @click.command(cls=CCFVCommand)
@@ -27,13 +25,10 @@ def demo(**options) -> None:
 
     def make():
         return demo_config(options["data_root"], target=options["target"],
-                           sources=[s for s in options["sources"].split(",") if s], n_cases=int(options["n_cases"]),
+                           sources=split_list(options["sources"]), n_cases=int(options["n_cases"]),
                            pretrain_steps=int(options["pretrain_steps"]),
                            finetune_steps=int(options["finetune_steps"]), bank=options["bank"])
 
-    try:
+    with exit_on_input_error("demo"):
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        click.echo(f"demo failed: {exc}", err=True)
-        sys.exit(2)
     click.echo(print_summary(result, ui_hint=True))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
-from mlflow_ccfv.cli.pretrain import train_options
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
 
 
 @click.command(cls=CCFVCommand)
@@ -20,18 +17,14 @@ from mlflow_ccfv.cli.pretrain import train_options
 @train_options(steps=100, seed=0)
 def finetune(**options) -> None:
     """All pre-trained weights but the last convolution, nothing frozen; Dice (MONAI DiceMetric) on the held-out 20%."""
-    from mlflow_ccfv.tracking.entrypoints import parse_bool
+    from mlflow_ccfv.tracking.entrypoints import parse_bool, train_config_from_options
     from mlflow_ccfv.tracking.finetuning import finetune_version
-    from mlflow_ccfv.tracking.workflows import train_config_from_options
 
-    try:
+    with exit_on_input_error("finetune"):
         config = train_config_from_options(options)
         outcome = finetune_version(options["model"], options["dataset"], config, data_root=options["data_root"] or None,
                                    split_seed=int(options["split_seed"]), overlap=float(options["overlap"]),
                                    force=parse_bool(options["force"], "force"))
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        click.echo(f"finetune failed: {exc}", err=True)
-        sys.exit(2)
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
     click.echo(f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}"
                + (f" ({per_class})" if per_class else " (reused: same budget already measured)")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import INPUT_ERRORS, CCFVCommand, exit_on_input_error
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
@@ -43,13 +41,10 @@ def register(name, source_dataset, spec, small, checkpoint, random_init, seed, l
     """Register a MONAI network (spec + checkpoint) or an mlflow.pytorch model as a bank version."""
     from mlflow_ccfv.tracking.entrypoints import register_from_options
 
-    try:
+    with exit_on_input_error("register", INPUT_ERRORS + (TypeError,)):
         mv = register_from_options(
             name=name, source_dataset=source_dataset, spec=spec, small_spec=small, checkpoint=checkpoint,
             random_init=random_init, seed=seed, logged_model=logged_model, bank=bank,
             patch_size=patch_size or None, description=description or None, extra_tags=_parse_tags(tags),
         )
-    except (ValueError, LookupError, FileNotFoundError, TypeError) as exc:
-        click.echo(f"register failed: {exc}", err=True)
-        sys.exit(2)
     click.echo(f"Registered models:/{mv.name}/{mv.version} (bank {bank})")

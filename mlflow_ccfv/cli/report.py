@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, split_list
 
 
 @click.command(cls=CCFVCommand)
@@ -18,11 +16,7 @@ def report(**options) -> None:
     """Weighted Kendall's tau, Pearson and top-1 regret of every estimator vs fine-tune Dice; logged to a run."""
     from mlflow_ccfv.tracking.reporting import report_bank
 
-    try:
-        rep = report_bank(options["bank"], datasets=[d for d in options["datasets"].split(",") if d] or None,
-                          models=[m for m in options["models"].split(",") if m] or None,
-                          out_dir=options["out_dir"] or None)
-    except (ValueError, LookupError) as exc:
-        click.echo(f"report failed: {exc}", err=True)
-        sys.exit(2)
+    with exit_on_input_error("report", (ValueError, LookupError)):
+        rep = report_bank(options["bank"], datasets=split_list(options["datasets"]) or None,
+                          models=split_list(options["models"]) or None, out_dir=options["out_dir"] or None)
     click.echo(rep.markdown())

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 
 
 @click.command(cls=CCFVCommand)
@@ -30,11 +30,8 @@ def score(**options) -> None:
     from mlflow_ccfv.tracking.entrypoints import score_from_options
     from mlflow_ccfv.tracking.scoring import parse_methods, table_markdown
 
-    try:
+    with exit_on_input_error("score"):
         table = score_from_options(**options)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        click.echo(f"score failed: {exc}", err=True)
-        sys.exit(2)
     click.echo(table_markdown(table, parse_methods(options["methods"])))
     failed = table[table["error"].notna()]
     if len(failed):

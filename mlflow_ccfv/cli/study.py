@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, split_list
 
 
 @click.command(cls=CCFVCommand)
@@ -25,19 +23,17 @@ from mlflow_ccfv.cli.base import CCFVCommand
 @click.option("--out-dir", "out_dir", default="", help="Also write the report's tables and plots here.")
 def study(**options) -> None:
     """Pre-train every source per architecture, then per target: score the bank, fine-tune it, report."""
+    from mlflow_ccfv.tracking.entrypoints import parse_ints
     from mlflow_ccfv.tracking.workflows import print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
             options["data_root"], n_cases=int(options["n_cases"]),
-            shape=tuple(int(s) for s in options["shape"].split(",")), brats=options["brats"] or None,
+            shape=parse_ints(options["shape"], "shape"), brats=options["brats"] or None,
             pretrain_steps=int(options["pretrain_steps"]), finetune_steps=int(options["finetune_steps"]),
-            architectures=[a.strip() for a in options["architectures"].split(",") if a.strip()],
-            bank=options["bank"], targets=[t for t in options["targets"].split(",") if t] or None)
+            architectures=split_list(options["architectures"]),
+            bank=options["bank"], targets=split_list(options["targets"]) or None)
 
-    try:
+    with exit_on_input_error("study"):
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        click.echo(f"study failed: {exc}", err=True)
-        sys.exit(2)
     click.echo(print_summary(result))

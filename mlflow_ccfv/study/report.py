@@ -284,7 +284,8 @@ def scatter_plot(frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: st
 
 @dataclass
 class Report:
-    """What :func:`write_report` produced: the correlation rows, the tables and the files."""
+    """What :func:`write_report` produced: the scores it was given, the correlation rows, the tables
+    and the files."""
 
     correlations: pd.DataFrame
     table1: pd.DataFrame
@@ -293,6 +294,7 @@ class Report:
     discrimination: pd.DataFrame = field(default_factory=pd.DataFrame)
     by_architecture: pd.DataFrame = field(default_factory=pd.DataFrame)
     architecture_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scores: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: dict[str, Path] = field(default_factory=dict)
 
     def markdown(self) -> str:
@@ -318,7 +320,7 @@ def write_report(frame: pd.DataFrame, out_dir: str | Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     corr = correlations(frame)
     t1, t2, rg = table1(corr), table2(corr), regret_table(corr)
-    report = Report(corr, t1, t2, rg, discrimination=discrimination_table(frame))
+    report = Report(corr, t1, t2, rg, discrimination=discrimination_table(frame), scores=frame)
     if "architecture" in frame.columns and frame["architecture"].nunique() > 1:
         report.architecture_correlations = architecture_correlations(frame)
         report.by_architecture = architecture_table(report.architecture_correlations)

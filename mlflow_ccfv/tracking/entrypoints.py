@@ -1,4 +1,4 @@
-"""What the ``register`` and ``score`` commands do with their (string) parameters.
+"""What the commands do with their (string) parameters: ``register``, ``score``, the training budgets.
 
 MLproject parameters arrive as strings (``-P random_init=true``); these functions turn them into
 calls of the registry / scoring API so that :mod:`mlflow_ccfv.cli` holds no logic.
@@ -93,6 +93,22 @@ def parse_ints(text: str, name: str) -> tuple[int, ...]:
         return tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
     except ValueError as exc:
         raise ValueError(f"{name} must be comma-separated integers (e.g. 32,32,32); got {text!r}.") from exc
+
+
+def train_config_from_options(options: dict):
+    """A :class:`~mlflow_ccfv.study.training.TrainConfig` from the command line's string options
+    (``steps``, ``patch_size`` "32,32,32" ...; see :func:`mlflow_ccfv.cli.base.train_options`)."""
+    from mlflow_ccfv.study.training import TrainConfig
+
+    try:
+        return TrainConfig(
+            steps=int(options["steps"]), batch_size=int(options["batch_size"]),
+            patch_size=parse_ints(str(options["patch_size"]), "patch_size"),
+            learning_rate=float(options["learning_rate"]), optimizer=str(options["optimizer"]),
+            foreground_fraction=float(options["foreground_fraction"]), seed=int(options["seed"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Bad training option: {exc}") from exc
 
 
 def score_from_options(

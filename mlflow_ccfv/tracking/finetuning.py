@@ -35,7 +35,7 @@ from mlflow_ccfv.study.dice import DiceResult, evaluate_dice
 from mlflow_ccfv.study.training import TrainConfig, finetune, pretrain, seeded_network
 from mlflow_ccfv.tracking.datasets import make_target, short_name
 from mlflow_ccfv.tracking.flavor import log_model
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, BANK_TAG, load_version, register_network
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, BANK_TAG, load_version, register_network, registered_version
 from mlflow_ccfv.tracking.runs import command_run
 
 log = logging.getLogger(__name__)
@@ -229,18 +229,20 @@ def finetune_version(
     target = make_target(ds, "train", seed=split_seed)
     name = target.name
     digest = budget_digest(config, split_seed=split_seed, overlap=overlap, dataset=target.digest)
-    loaded = load_version(model_uri)
+    tag = DICE_TAG.format(dataset=name)
+    mv = registered_version(model_uri)  # the tags, without downloading the weights
+    tags = dict(mv.tags or {}) if mv is not None else {}
+    if not force and tags.get(f"finetune.budget.{name}") == digest and tag in tags:
+        label = f"{mv.name}/{mv.version}"
+        log.info("%s already fine-tuned on %s with this budget: Dice %s (reused)", label, name, tags[tag])
+        return FinetuneOutcome(label, name, DiceResult({}, float(tags[tag])), tags.get(f"finetune.run.{name}"),
+                               0.0, reused=True)
+    loaded = load_version(mv if mv is not None else model_uri)
     if loaded.spec is None:
         raise ValueError(
             f"{loaded.label} is an mlflow.pytorch model without a network specification; fine-tuning re-creates "
             "the last convolution from the spec, so register it with register_network (a MONAI spec + weights)."
         )
-    tag = DICE_TAG.format(dataset=name)
-    if not force and loaded.tags.get(f"finetune.budget.{name}") == digest and tag in loaded.tags:
-        log.info("%s already fine-tuned on %s with this budget: Dice %s (reused)", loaded.label, name, loaded.tags[tag])
-        mean = float(loaded.tags[tag])
-        return FinetuneOutcome(loaded.label, name, DiceResult({}, mean), loaded.tags.get(f"finetune.run.{name}"),
-                               0.0, reused=True)
     if cases is None:
         split = ds.split(seed=split_seed)
         train = list(ds.iter_cases(split.train, config=preprocess, progress=progress))

@@ -366,6 +366,14 @@ def get_version(model_uri: str):
         raise RegistryError(f"{model_uri}: {what} not found ({hint}).") from exc
 
 
+def registered_version(model_uri):
+    """The ``ModelVersion`` behind ``model_uri`` (a ModelVersion, ``models:/name/1`` or ``models:/name@alias``)
+    without loading its weights; None for a ``models:/m-...`` LoggedModel URI."""
+    if not isinstance(model_uri, str):
+        return model_uri
+    return None if _MODEL_ID_URI.match(model_uri) else get_version(model_uri)
+
+
 def load_version(model_uri) -> LoadedModel:
     """Load a registered version (``models:/name/1``, ``models:/name@alias``, ``models:/m-...`` or a ModelVersion).
 
@@ -377,13 +385,9 @@ def load_version(model_uri) -> LoadedModel:
 
     name = version = None
     tags: dict[str, str] = {}
+    mv = registered_version(model_uri)
     if not isinstance(model_uri, str):
-        mv = model_uri
         model_uri = version_uri(mv)
-    elif _MODEL_ID_URI.match(model_uri):
-        mv = None
-    else:
-        mv = get_version(model_uri)
     if mv is not None:
         name, version, tags = mv.name, mv.version, dict(mv.tags or {})
         model_id = logged_model_id(mv)

@@ -36,9 +36,9 @@ from mlflow_ccfv.tracking.finetuning import (
     pretrain_and_register,
     register_control,
 )
-from mlflow_ccfv.tracking.registry import bank_versions, version_uri
+from mlflow_ccfv.tracking.registry import version_uri
 from mlflow_ccfv.tracking.runs import command_run
-from mlflow_ccfv.tracking.reporting import report_bank, scores_from_tags
+from mlflow_ccfv.tracking.reporting import report_bank
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +89,6 @@ class StudyResult:
         return self.seconds.get("score", float("nan")) / ft if ft > 0 else float("nan")
 
 
-def train_config_from_options(options: dict, prefix: str = "") -> TrainConfig:
-    """A :class:`TrainConfig` from the command line's string options (``steps``, ``patch_size`` "32,32,32" ...)."""
-    p = f"{prefix}_" if prefix else ""
-    try:
-        patch = tuple(int(x) for x in str(options[f"{p}patch_size"]).replace("x", ",").split(",") if x.strip())
-        return TrainConfig(
-            steps=int(options[f"{p}steps"]), batch_size=int(options[f"{p}batch_size"]), patch_size=patch,
-            learning_rate=float(options[f"{p}learning_rate"]), optimizer=str(options[f"{p}optimizer"]),
-            foreground_fraction=float(options[f"{p}foreground_fraction"]), seed=int(options[f"{p}seed"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Bad training option: {exc}") from exc
-
-
 def ensure_synthetic(data_root: str | Path, tasks: Sequence[str], n_cases: int, shape: Sequence[int],
                      seed: int = 0, progress: bool = True) -> list[Path]:
     """The synthetic task folders under ``data_root``, generated only when missing or made differently."""
@@ -129,13 +115,15 @@ def _timed(seconds: dict[str, float], key: str, start: float) -> None:
 
 
 def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetune: bool = False,
-                       force_score: bool = False) -> StudyResult:
-    """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``."""
+                       force_score: bool = False, out_dir: str | Path | None = None) -> StudyResult:
+    """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
+    ``out_dir``: also keep the report's tables and plots there."""
     with command_run(f"study {config.bank}") as parent:
-        return _run_study(config, parent, progress, force_finetune, force_score)
+        return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
 
 
-def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool) -> StudyResult:
+def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool,
+               out_dir: str | Path | None) -> StudyResult:
     import mlflow
 
     from mlflow_ccfv.tracking.scoring import score_versions
@@ -194,16 +182,14 @@ def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool
                 seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
     # 4. the report, from the stored tags of every model involved
     start = time.perf_counter()
-    report = report_bank(config.bank, datasets=target_names)
+    report = report_bank(config.bank, datasets=target_names, out_dir=out_dir)
     _timed(seconds, "report", start)
     seconds["total"] = time.perf_counter() - wall
-    frame = scores_from_tags(bank_versions(config.bank), target_names)
-    result = StudyResult(report, frame, seconds, outcomes)
+    result = StudyResult(report, report.scores, seconds, outcomes)
     mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
     if seconds.get("finetune"):
         mlflow.log_metric("cost_ratio.score_over_finetune", result.cost_ratio)
-    spread = frame.drop_duplicates(["dataset", "model"]).groupby("dataset")["dice"].agg(lambda d: d.max() - d.min())
-    mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in spread.items()})
+    mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in report.discrimination["dice_spread"].items()})
     log.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
     return result
 
@@ -250,7 +236,7 @@ def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
 
 
 __all__ = ["ARCHITECTURES", "CONTROL_SOURCE", "Source", "StudyConfig", "StudyResult", "demo_config", "demo_table",
-           "ensure_synthetic", "run_transfer_study", "study_config", "train_config_from_options"]
+           "ensure_synthetic", "run_transfer_study", "study_config"]
 
 
 def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
@@ -260,12 +246,7 @@ def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = 
 
     if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
         mlflow.set_experiment(experiment)
-    result = run_transfer_study(make_config())
-    if out_dir:
-        from mlflow_ccfv.study.report import write_report
-
-        write_report(result.frame, out_dir)
-    return result
+    return run_transfer_study(make_config(), out_dir=out_dir)
 
 
 def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
