@@ -23,11 +23,10 @@ import itertools
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import scipy.linalg
-from concurrent.futures import ProcessPoolExecutor
-
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -69,19 +68,27 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timings of the batched version")
-    parser.add_argument("--reference-pairs", type=int, default=None,
-                        help="time only this many (random) reference pairs and extrapolate")
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="stop the reference after this many seconds and extrapolate")
-    parser.add_argument("--check-workers", type=int, default=0,
-                        help="compare every pair: compute the untimed rest in this many processes")
+    parser.add_argument(
+        "--reference-pairs", type=int, default=None, help="time only this many (random) reference pairs and extrapolate"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, help="stop the reference after this many seconds and extrapolate"
+    )
+    parser.add_argument(
+        "--check-workers",
+        type=int,
+        default=0,
+        help="compare every pair: compute the untimed rest in this many processes",
+    )
     args = parser.parse_args()
 
     cases = make_cases(args.cases, args.samples, args.dim, args.seed)
     pairs = list(itertools.combinations(range(args.cases), 2))
-    print(f"CPUs available: {len(os.sched_getaffinity(0))}; "
-          f"N={args.cases} cases, d={args.dim}, n={args.samples} samples per case, float64; "
-          f"{len(pairs)} unordered pairs")
+    print(
+        f"CPUs available: {len(os.sched_getaffinity(0))}; "
+        f"N={args.cases} cases, d={args.dim}, n={args.samples} samples per case, float64; "
+        f"{len(pairs)} unordered pairs"
+    )
 
     fast_times = []
     for _ in range(args.repeats):
@@ -113,7 +120,7 @@ def main() -> None:
     if args.check_workers > 0 and len(chosen) < len(pairs):
         done = set(chosen)
         rest = [p for p in pairs if p not in done]
-        chunks = [rest[k:: args.check_workers] for k in range(args.check_workers)]
+        chunks = [rest[k :: args.check_workers] for k in range(args.check_workers)]
         with ProcessPoolExecutor(args.check_workers) as pool:
             results = list(pool.map(_reference_chunk, [(cases, c) for c in chunks]))
         for chunk, values in zip(chunks, results):
@@ -127,15 +134,18 @@ def main() -> None:
     fast_times.append(time.perf_counter() - t0)
     fast = statistics.median(fast_times)
 
-    scope = ("all pairs" if len(chosen) == len(pairs)
-             else f"extrapolated from {len(chosen)} of {len(pairs)} pairs")
+    scope = "all pairs" if len(chosen) == len(pairs) else f"extrapolated from {len(chosen)} of {len(pairs)} pairs"
     print(f"reference per pair:      {ref_time / len(chosen) * 1e3:.1f} ms")
     print(f"reference, all pairs:    {ref_total:.1f} s ({scope})")
-    print(f"batched pairwise_w2:     {fast:.3f} s (median of {len(fast_times)}: "
-          f"{', '.join(f'{t:.3f}' for t in fast_times)})")
+    print(
+        f"batched pairwise_w2:     {fast:.3f} s (median of {len(fast_times)}: "
+        f"{', '.join(f'{t:.3f}' for t in fast_times)})"
+    )
     print(f"speed-up:                {ref_total / fast:.0f}x")
-    print(f"max relative difference: {rel.max():.2e} over {len(checked)} of {len(pairs)} pairs "
-          f"({'OK' if rel.max() <= 1e-6 else 'ABOVE 1e-6'})")
+    print(
+        f"max relative difference: {rel.max():.2e} over {len(checked)} of {len(pairs)} pairs "
+        f"({'OK' if rel.max() <= 1e-6 else 'ABOVE 1e-6'})"
+    )
 
 
 if __name__ == "__main__":

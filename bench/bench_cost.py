@@ -41,26 +41,37 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from mlflow_ccfv.data import MSDDataset
-    from mlflow_ccfv.study.training import TrainConfig
-    from mlflow_ccfv.tracking.datasets import make_target
-    from mlflow_ccfv.tracking.finetuning import finetune_version, register_control
+    from mlflow_ccfv.data import MSDDataset, make_target
+    from mlflow_ccfv.pipelines.finetune import finetune_version
+    from mlflow_ccfv.pipelines.pretrain import register_control
+    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.pipelines.study import ensure_synthetic
     from mlflow_ccfv.tracking.registry import bank_versions, version_uri
-    from mlflow_ccfv.tracking.scoring import score_versions
-    from mlflow_ccfv.tracking.workflows import ensure_synthetic
+    from mlflow_ccfv.training.loops import TrainConfig
 
     tmp = tempfile.TemporaryDirectory()
     mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{Path(tmp.name) / 'mlflow.db'}")
     os.chdir(tmp.name if not args.tracking_uri else os.getcwd())
     mlflow.set_experiment("ccfv-bench-cost")
-    folder = ensure_synthetic(Path(args.data_root).resolve() if not os.path.isabs(args.data_root) else args.data_root,
-                              [args.target], args.n_cases, (64, 64, 48), progress=False)[0] \
-        if not args.bank else None
+    folder = (
+        ensure_synthetic(
+            Path(args.data_root).resolve() if not os.path.isabs(args.data_root) else args.data_root,
+            [args.target],
+            args.n_cases,
+            (64, 64, 48),
+            progress=False,
+        )[0]
+        if not args.bank
+        else None
+    )
     if args.bank:
         bank = bank_versions(args.bank)
     else:
-        bank = [register_control(arch, 1, 2, (32, 32, 32), bank="bench", seed=s, name=f"bench-{arch.lower()}-{s}")
-                for arch in args.architectures.split(",") for s in range(args.per_arch)]
+        bank = [
+            register_control(arch, 1, 2, (32, 32, 32), bank="bench", seed=s, name=f"bench-{arch.lower()}-{s}")
+            for arch in args.architectures.split(",")
+            for s in range(args.per_arch)
+        ]
     ds = MSDDataset.load(folder)
     split = ds.split()
     train = list(ds.iter_cases(split.train, progress=False))
@@ -75,23 +86,30 @@ def main(argv=None) -> int:
     config = TrainConfig(steps=args.finetune_steps, learning_rate=3e-3, seed=0)
     start = time.perf_counter()
     for v in bank:
-        finetune_version(version_uri(v), ds, config, cases=(train, test), force=True, log_finetuned_model=True,
-                         progress=False)
+        finetune_version(
+            version_uri(v), ds, config, cases=(train, test), force=True, log_finetuned_model=True, progress=False
+        )
     finetune_s = time.perf_counter() - start
 
     ratio = score_s / finetune_s
     # fine-tuning time is (per-step cost) x steps + fixed evaluation; solve for the steps giving 1/50
     per_model_score = score_s / len(bank)
-    print(f"bank: {len(bank)} models ({args.architectures}), target {ds.name} "
-          f"({len(train)} train / {len(test)} test cases), methods={args.methods}")
+    print(
+        f"bank: {len(bank)} models ({args.architectures}), target {ds.name} "
+        f"({len(train)} train / {len(test)} test cases), methods={args.methods}"
+    )
     print(f"scoring the bank:    {score_s:8.1f} s  ({per_model_score:.1f} s per model, features not cached)")
     print(f"fine-tuning the bank:{finetune_s:8.1f} s  ({args.finetune_steps} steps per model + evaluation)")
-    print(f"ratio score/finetune: {ratio:.4f}  (1/{1 / ratio:.1f}); target <= 1/50 = 0.02: "
-          f"{'met' if ratio <= 0.02 else 'not met at this budget'}")
+    print(
+        f"ratio score/finetune: {ratio:.4f}  (1/{1 / ratio:.1f}); target <= 1/50 = 0.02: "
+        f"{'met' if ratio <= 0.02 else 'not met at this budget'}"
+    )
     per_step = finetune_s / (len(bank) * args.finetune_steps)  # upper bound: includes evaluation
     needed = 50 * score_s / (len(bank) * per_step)
-    print(f"at <= {per_step:.3f} s per fine-tune step, the ratio reaches 1/50 from about {needed:.0f} steps per model "
-          f"(the paper fine-tunes for 100,000)")
+    print(
+        f"at <= {per_step:.3f} s per fine-tune step, the ratio reaches 1/50 from about {needed:.0f} steps per model "
+        f"(the paper fine-tunes for 100,000)"
+    )
     tmp.cleanup()
     return 0
 

@@ -50,7 +50,7 @@ def make_case(shape, seed=0, case_id="bench") -> Case:
 
 
 def build(arch: str, roi):
-    from mlflow_ccfv.features import small_spec
+    from mlflow_ccfv.networks import small_spec
 
     torch.manual_seed(0)
     return small_spec(arch, 1, 4, tuple(roi)).build().eval()
@@ -70,8 +70,9 @@ def time_part(args) -> dict:
     def monai_run():
         with torch.inference_mode():
             for c in cases:
-                sliding_window_inference(c.image[None], tuple(args.roi), args.sw_batch_size, model,
-                                         overlap=args.overlap)
+                sliding_window_inference(
+                    c.image[None], tuple(args.roi), args.sw_batch_size, model, overlap=args.overlap
+                )
 
     from mlflow_ccfv.features.sampler import window_grid
 
@@ -112,16 +113,36 @@ def rss_child(args) -> None:
     config = SamplerConfig(roi_size=tuple(args.roi), overlap=args.overlap, sw_batch_size=args.sw_batch_size)
     fs = sample_features(model, [case], config=config, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"shape": args.shape, "peak_mib": peak / 1024, "before_volume_mib": base / 1024,
-                      "samples": int(len(fs.case(0).labels))}))
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "peak_mib": peak / 1024,
+                "before_volume_mib": base / 1024,
+                "samples": int(len(fs.case(0).labels)),
+            }
+        )
+    )
 
 
 def rss_part(args) -> dict:
     out = {}
     for shape in ((128, 128, 128), (256, 256, 128)):
-        cmd = [sys.executable, __file__, "--rss-child", "--arch", args.arch, "--roi", *map(str, args.roi),
-               "--overlap", str(args.overlap), "--sw-batch-size", str(args.sw_batch_size),
-               "--shape", *map(str, shape)] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--rss-child",
+            "--arch",
+            args.arch,
+            "--roi",
+            *map(str, args.roi),
+            "--overlap",
+            str(args.overlap),
+            "--sw-batch-size",
+            str(args.sw_batch_size),
+            "--shape",
+            *map(str, shape),
+        ] + (["--threads", str(args.threads)] if args.threads else [])
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
         out["x".join(map(str, shape))] = json.loads(res.stdout.strip().splitlines()[-1])
     small, large = out["128x128x128"]["peak_mib"], out["256x256x128"]["peak_mib"]
@@ -148,24 +169,32 @@ def main() -> None:
     if args.rss_child:
         rss_child(args)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, network {args.arch}, roi {args.roi}, "
-          f"overlap {args.overlap}, sw_batch_size {args.sw_batch_size}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, network {args.arch}, roi {args.roi}, "
+        f"overlap {args.overlap}, sw_batch_size {args.sw_batch_size}"
+    )
     if not args.skip_time:
         t = time_part(args)
         m = t["median_s"]
         print(f"time ({args.volumes} volumes {tuple(args.shape)}, median of {args.repeats} interleaved runs):")
         print(f"  sliding_window_inference           {m['monai']:.3f} s")
-        print(f"  sample_features                    {m['sampler']:.3f} s   ratio {t['ratio']['sampler']:.3f}"
-              f"   ({t['windows_visited']}/{t['windows_total']} windows hold planned voxels;"
-              f" {t['samples_per_case']} samples per case)")
+        print(
+            f"  sample_features                    {m['sampler']:.3f} s   ratio {t['ratio']['sampler']:.3f}"
+            f"   ({t['windows_visited']}/{t['windows_total']} windows hold planned voxels;"
+            f" {t['samples_per_case']} samples per case)"
+        )
         if "sampler_every_window" in m:
-            print(f"  sample_features, every window      {m['sampler_every_window']:.3f} s"
-                  f"   ratio {t['ratio']['sampler_every_window']:.3f}")
+            print(
+                f"  sample_features, every window      {m['sampler_every_window']:.3f} s"
+                f"   ratio {t['ratio']['sampler_every_window']:.3f}"
+            )
     if not args.skip_memory:
         r = rss_part(args)
         print("peak RSS (fresh process per volume, default sampler; the input volume is included):")
         for key in ("128x128x128", "256x256x128"):
-            print(f"  {key:12s} {r[key]['peak_mib']:.1f} MiB (before the volume: {r[key]['before_volume_mib']:.1f} MiB)")
+            print(
+                f"  {key:12s} {r[key]['peak_mib']:.1f} MiB (before the volume: {r[key]['before_volume_mib']:.1f} MiB)"
+            )
         print(f"  growth {100 * r['growth']:.1f} %")
 
 

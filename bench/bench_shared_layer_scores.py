@@ -1,6 +1,6 @@
 """Estimator time per model with each model's per-layer C_cons and F_v computed once vs per variant.
 
-``compute_metrics`` (``tracking/scoring.py``) computes ``ccfv_layers`` once and passes it to
+``score_features`` (``scoring/methods.py``) computes ``ccfv_layers`` once and passes it to
 ``score_methods(..., layer_scores=...)``, so ``ccfv`` and the w/o-C_cons, w/o-F_v and single-scale
 ablations, and the logged per-layer components, share one pass of W2s and energies. Before, every
 variant and the logged components recomputed it. This times both ways side by side, in one run,
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     from mlflow_ccfv.estimators import METHODS, ccfv_layers, score_methods
     from mlflow_ccfv.features.feature_set import FeatureSet
-    from mlflow_ccfv.tracking.scoring import DEFAULT_METHODS
+    from mlflow_ccfv.scoring import DEFAULT_METHODS
 
     files = sorted(glob.glob(os.path.join(args.cache, "features", "*", "*.npz")))[: args.models]
     if not files:
@@ -56,16 +56,18 @@ def main(argv=None) -> int:
             for layers, baseline in inputs:
                 order = (("per_variant", per_variant), ("shared", shared))
                 results = {}
-                for label, fn in (order if rep % 2 == 0 else order[::-1]):
+                for label, fn in order if rep % 2 == 0 else order[::-1]:
                     start = time.perf_counter()
                     results[label] = fn(layers, baseline, methods)
                     seconds[label] += time.perf_counter() - start
                 if results["per_variant"] != results["shared"]:
                     raise AssertionError(f"scores differ: {results}")
         n = args.repeats * len(inputs)
-        print(f"methods={name} ({len(methods)}), {len(inputs)} models x {args.repeats}: "
-              f"per variant {seconds['per_variant'] / n:.3f} s/model, shared {seconds['shared'] / n:.3f} s/model, "
-              f"ratio {seconds['per_variant'] / seconds['shared']:.2f}x (identical scores)")
+        print(
+            f"methods={name} ({len(methods)}), {len(inputs)} models x {args.repeats}: "
+            f"per variant {seconds['per_variant'] / n:.3f} s/model, shared {seconds['shared'] / n:.3f} s/model, "
+            f"ratio {seconds['per_variant'] / seconds['shared']:.2f}x (identical scores)"
+        )
     return 0
 
 

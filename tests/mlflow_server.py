@@ -31,14 +31,19 @@ def make_target_folder(parent: Path, task: str = TARGET_TASK) -> Path:
 
 def register_tiny_bank(bank: str, seeds=(0, 1, 2), prefix: str = "unet-rand"):
     """Register one randomly initialised small UNet per seed (a clear label: source 'none', tag init)."""
-    from mlflow_ccfv.features import small_spec
+    from mlflow_ccfv.networks import random_state_dict, small_spec
     from mlflow_ccfv.tracking import register_network
-    from mlflow_ccfv.tracking.entrypoints import random_state_dict
 
     spec = small_spec("UNet", 1, 3)
     return [
-        register_network(spec, random_state_dict(spec, s), f"{prefix}-{s}", "none", bank=bank,
-                         extra_tags={"init": f"random(seed={s})"})
+        register_network(
+            spec,
+            random_state_dict(spec, s),
+            f"{prefix}-{s}",
+            "none",
+            bank=bank,
+            extra_tags={"init": f"random(seed={s})"},
+        )
         for s in seeds
     ]
 
@@ -60,10 +65,20 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
         env.pop("MLFLOW_TRACKING_URI", None)
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
         ]
         self._log_file = open(self.log, "w")
         self.process = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=root)
@@ -72,7 +87,9 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     if r.status == 200:
@@ -118,14 +135,39 @@ def remote_bank(mlflow_server, tmp_path_factory):
     try:
         mlflow.set_experiment("ccfv-remote")
         versions = register_tiny_bank("ui", seeds=(0, 1, 2))
-        env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "ccfv-remote",
-               "MLFLOW_CCFV_CACHE": str(work / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow_server.url,
+            "MLFLOW_EXPERIMENT_NAME": "ccfv-remote",
+            "MLFLOW_CCFV_CACHE": str(work / "cache"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
         env.pop("MLFLOW_EXPERIMENT_ID", None)  # set by mlflow.set_experiment; the name is enough
         proc = subprocess.run(
-            [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "score", "--env-manager", "local",
-             "-P", f"dataset={TARGET_TASK}", "-P", f"data_root={work / 'data'}", "-P", "bank=ui",
-             "-P", "methods=ccfv,logme"],
-            capture_output=True, text=True, env=env, cwd=work, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "run",
+                str(REPO),
+                "-e",
+                "score",
+                "--env-manager",
+                "local",
+                "-P",
+                f"dataset={TARGET_TASK}",
+                "-P",
+                f"data_root={work / 'data'}",
+                "-P",
+                "bank=ui",
+                "-P",
+                "methods=ccfv,logme",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+            timeout=300,
         )
         yield {"server": mlflow_server, "target": target, "versions": versions, "score": proc, "work": work}
     finally:
@@ -146,7 +188,12 @@ class Chromium:
         import shutil
 
         # Debian's /usr/bin/chromium is a wrapper script; start the browser binary itself.
-        exe = next((p for p in ("/usr/lib/chromium/chromium",) if os.access(p, os.X_OK)), None) or shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        exe = (
+            next((p for p in ("/usr/lib/chromium/chromium",) if os.access(p, os.X_OK)), None)
+            or shutil.which("chromium")
+            or shutil.which("chromium-browser")
+            or shutil.which("google-chrome")
+        )
         if exe is None:
             raise RuntimeError("chromium not found; install Debian's `chromium` (listed in .ci/apt-packages)")
         cmd_r, self._cmd_w = os.pipe()
@@ -160,11 +207,26 @@ class Chromium:
             os.dup2(high_w, 4)
 
         self.process = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--window-size={width},{height}", f"--user-data-dir={profile_dir}",
-             "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--window-size={width},{height}",
+                f"--user-data-dir={profile_dir}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=_fds,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(cmd_r)
         os.close(out_w)
@@ -174,8 +236,11 @@ class Chromium:
         page = next(t for t in targets if t["type"] == "page")
         self.session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
         self.send("Page.enable", session=True)
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=True,
+        )
 
     def _read_message(self, timeout: float) -> dict:
         import json
@@ -212,8 +277,9 @@ class Chromium:
 
     def js(self, expression: str):
         """Evaluate ``expression`` in the page (promises awaited); returns its JSON value."""
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True},
-                           session=True)
+        result = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")

@@ -287,8 +287,9 @@ def test_verify_command(spleen_task, two_case_ct, tmp_path):
     from mlflow_ccfv.cli import main
 
     csv = tmp_path / "manifest.csv"
-    result = CliRunner().invoke(main, ["verify", "Task09", "--data-root", str(spleen_task.parent),
-                                       "--manifest", str(csv)])
+    result = CliRunner().invoke(
+        main, ["verify", "Task09", "--data-root", str(spleen_task.parent), "--manifest", str(csv)]
+    )
     assert result.exit_code == 0, result.output
     assert "Task09_Spleen" in result.output and "spleen" in result.output
     assert MSDDataset.load(spleen_task).digest() in result.output

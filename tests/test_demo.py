@@ -11,13 +11,26 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     import mlflow
 
     from mlflow_ccfv.cli import main
+    from mlflow_ccfv.pipelines.study import demo_config, print_summary, run_transfer_study
     from mlflow_ccfv.tracking.registry import bank_versions
-    from mlflow_ccfv.tracking.workflows import demo_config, print_summary, run_transfer_study
 
     mlflow.set_experiment("tiny-demo")
-    make = lambda: demo_config(tmp_path / "data", target="Task09", sources=("Task03", "Task06"), n_cases=5,  # noqa: E731
-                               shape=(32, 32, 24), pretrain_steps=4, finetune_steps=4, architectures=("UNet",),
-                               methods="ccfv,ccfv_no_variety,logme,leep", patch_size=(24, 24, 24), progress=False)
+
+    def make():
+        return demo_config(
+            tmp_path / "data",
+            target="Task09",
+            sources=("Task03", "Task06"),
+            n_cases=5,
+            shape=(32, 32, 24),
+            pretrain_steps=4,
+            finetune_steps=4,
+            architectures=("UNet",),
+            methods="ccfv,ccfv_no_variety,logme,leep",
+            patch_size=(24, 24, 24),
+            progress=False,
+        )
+
     first = run_transfer_study(make(), progress=False)
     bank = bank_versions("demo")
     # two sources + the random-init control, each scored and fine-tuned on Task09
@@ -32,7 +45,8 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     assert len(bank_versions("demo")) == 3  # the bank is reused, not pre-trained again
     assert all(o.reused for o in second.outcomes) and "finetune" not in second.seconds
     assert second.frame.sort_values(["model", "method"])["dice"].tolist() == pytest.approx(
-        first.frame.sort_values(["model", "method"])["dice"].tolist())
+        first.frame.sort_values(["model", "method"])["dice"].tolist()
+    )
 
     result = CliRunner().invoke(main, ["report", "--bank", "demo", "--datasets", "Task09"])
     assert result.exit_code == 0, result.output
@@ -46,21 +60,31 @@ def test_leave_one_out_over_two_targets_scores_and_reports_both(tracking_uri, tm
     """The study's per-target loop: each target scored in its own run, its bank leaving itself out."""
     import mlflow
 
-    from mlflow_ccfv.study.training import TrainConfig
+    from mlflow_ccfv.pipelines.study import Source, StudyConfig, ensure_synthetic, run_transfer_study
     from mlflow_ccfv.tracking.registry import bank_versions
-    from mlflow_ccfv.tracking.workflows import Source, StudyConfig, ensure_synthetic, run_transfer_study
+    from mlflow_ccfv.training.loops import TrainConfig
 
     mlflow.set_experiment("tiny-study")
     folders = ensure_synthetic(tmp_path / "data", ["Task03", "Task09"], 5, (32, 32, 24), progress=False)
     tiny = TrainConfig(steps=3, patch_size=(24, 24, 24), learning_rate=3e-3, seed=0)
-    config = StudyConfig(targets=folders, sources=[Source(f) for f in folders], bank="tiny", methods="ccfv,logme",
-                         architectures=("UNet",), pretrain=tiny, finetune=tiny)
+    config = StudyConfig(
+        targets=folders,
+        sources=[Source(f) for f in folders],
+        bank="tiny",
+        methods="ccfv,logme",
+        architectures=("UNet",),
+        pretrain=tiny,
+        finetune=tiny,
+    )
     result = run_transfer_study(config, progress=False)
 
     assert set(result.frame["dataset"]) == {"Task03", "Task09"}
     by_source = {v.tags["source_dataset"]: v.tags for v in bank_versions("tiny")}
     # leave-one-task-out: a model is scored and fine-tuned on the other target only (controls on both)
-    assert "transferability.ccfv.Task09" in by_source["Task03"] and "transferability.ccfv.Task03" not in by_source["Task03"]
+    assert (
+        "transferability.ccfv.Task09" in by_source["Task03"]
+        and "transferability.ccfv.Task03" not in by_source["Task03"]
+    )
     assert "finetune.dice.Task03" in by_source["Task09"] and "finetune.dice.Task09" not in by_source["Task09"]
     assert {"finetune.dice.Task03", "finetune.dice.Task09"} <= set(by_source["random-init"])
     score_runs = mlflow.search_runs(filter_string="attributes.run_name LIKE 'score %'")

@@ -18,11 +18,10 @@ from mlflow_ccfv.estimators import (
     logme,
     nce,
     nleep,
-    pearson,
     score_methods,
     transrate,
-    weighted_tau,
 )
+from mlflow_ccfv.study import pearson, weighted_tau
 
 
 def toy(seed: int = 0, n_per_class: int = 60, d: int = 12, n_classes: int = 3):
@@ -88,8 +87,14 @@ def dense_logme(f: np.ndarray, labels: np.ndarray, max_iter=11, tol=1e-3) -> flo
             if done:
                 break
         a, m = at(alpha, beta)
-        ev = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * np.linalg.slogdet(a)[1]
-              - beta / 2 * np.sum((y - f @ m) ** 2) - alpha / 2 * m @ m - n / 2 * np.log(2 * np.pi))
+        ev = (
+            d / 2 * np.log(alpha)
+            + n / 2 * np.log(beta)
+            - 0.5 * np.linalg.slogdet(a)[1]
+            - beta / 2 * np.sum((y - f @ m) ** 2)
+            - alpha / 2 * m @ m
+            - n / 2 * np.log(2 * np.pi)
+        )
         out.append(ev / n)
     return float(np.mean(out))
 
@@ -139,7 +144,9 @@ def test_hscore_matches_formula():
     expected = np.trace(np.linalg.pinv(np.cov(features, rowvar=False)) @ np.cov(g, rowvar=False))
     assert hscore(features, labels) == pytest.approx(expected, rel=1e-9)
     shrunk = hscore(features, labels, shrinkage=True)
-    assert np.isfinite(shrunk) and shrunk > hscore(features, np.random.default_rng(0).permutation(labels), shrinkage=True)
+    assert np.isfinite(shrunk) and shrunk > hscore(
+        features, np.random.default_rng(0).permutation(labels), shrinkage=True
+    )
 
 
 def test_hscore_shrinkage_matches_sklearn_ledoit_wolf():
@@ -168,7 +175,8 @@ def test_gbc_matches_formula_without_pca():
                 s = (s_a + s_b) / 2
                 dm = mu_a - mu_b
                 db = dm @ np.linalg.solve(s, dm) / 8 + 0.5 * np.log(
-                    np.linalg.det(s) / np.sqrt(np.linalg.det(s_a) * np.linalg.det(s_b)))
+                    np.linalg.det(s) / np.sqrt(np.linalg.det(s_a) * np.linalg.det(s_b))
+                )
                 expected -= np.exp(-db)
     assert gbc(features, labels, pca_dim=None) == pytest.approx(expected, rel=1e-10)
     # PCA keeping every dimension only rotates the features; diagonal covariances are not
@@ -256,8 +264,7 @@ def test_score_methods_returns_every_method_finite():
     rng = np.random.default_rng(10)
     layers = []
     for d in (8, 16):
-        cases = [{1: rng.standard_normal((20, d)) + 2, 2: rng.standard_normal((25, d)) - 2}
-                 for _ in range(3)]
+        cases = [{1: rng.standard_normal((20, d)) + 2, 2: rng.standard_normal((25, d)) - 2} for _ in range(3)]
         layers.append((cases, [rng.standard_normal((30, d)) for _ in range(3)]))
     features, labels, _ = toy(11)
     perfect, _ = source_heads(labels)

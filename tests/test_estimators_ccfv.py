@@ -118,8 +118,7 @@ def test_w2_accepts_torch_tensors():
 def test_pairwise_w2_matches_oracle_on_every_pair(n_threads):
     rng = np.random.default_rng(7)
     # ragged sample counts, some below and some above d
-    sets = [correlated(rng, n, 24, shift=0.1 * i, scale=1 + 0.1 * i) for i, n in
-            enumerate([10, 30, 18, 50, 25, 12])]
+    sets = [correlated(rng, n, 24, shift=0.1 * i, scale=1 + 0.1 * i) for i, n in enumerate([10, 30, 18, 50, 25, 12])]
     dist = pairwise_w2(sets, n_threads=n_threads)
     assert dist.shape == (6, 6)
     assert np.allclose(dist, dist.T) and np.all(np.diag(dist) == 0)
@@ -146,7 +145,8 @@ def dense_divergences(sets, reg=1e-3):
             kl[i, j] = 0.5 * (np.trace(pj @ covs[i]) + dm @ pj @ dm - d + logdet[j] - logdet[i])
             mid = (covs[i] + covs[j]) / 2
             bh[i, j] = dm @ np.linalg.solve(mid, dm) / 8 + 0.5 * (
-                np.linalg.slogdet(mid)[1] - 0.5 * (logdet[i] + logdet[j]))
+                np.linalg.slogdet(mid)[1] - 0.5 * (logdet[i] + logdet[j])
+            )
     return kl, bh
 
 
@@ -173,8 +173,7 @@ def make_class_cases(rng, n_cases=5, d=16, spread=0.0, classes=(1, 2)):
     """Per case {class: [n_k, d]}; ``spread`` moves each case's class mean apart."""
     centres = {k: rng.standard_normal(d) * 3 for k in classes}
     return [
-        {k: rng.standard_normal((12 + 3 * i, d)) + centres[k] + spread * rng.standard_normal(d)
-         for k in classes}
+        {k: rng.standard_normal((12 + 3 * i, d)) + centres[k] + spread * rng.standard_normal(d) for k in classes}
         for i in range(n_cases)
     ]
 
@@ -184,8 +183,7 @@ def test_class_consistency_is_eq2_sum_of_mean_pairwise_w2():
     cases = make_class_cases(rng, n_cases=4)
     n = len(cases)
     expected = sum(
-        gaussian_w2(cases[i][k], cases[j][k])
-        for k in (1, 2) for i in range(n) for j in range(n) if i != j
+        gaussian_w2(cases[i][k], cases[j][k]) for k in (1, 2) for i in range(n) for j in range(n) if i != j
     ) / (n * (n - 1))
     assert class_consistency(cases) == pytest.approx(expected, rel=1e-9)
 
@@ -330,8 +328,10 @@ def test_paper_ccfv_depends_on_feature_scale_unit_sphere_variant_does_not():
     assert ccfv(_scaled(layers, 1e-3), unit_sphere=True) == pytest.approx(sphere, rel=1e-9)
     assert sphere != pytest.approx(ccfv(layers))
     # it is Eq. 5 on the projected class features, not some other formula
-    projected = [([{k: x / np.linalg.norm(x, axis=1, keepdims=True) for k, x in case.items()} for case in c], g)
-                 for c, g in layers]
+    projected = [
+        ([{k: x / np.linalg.norm(x, axis=1, keepdims=True) for k, x in case.items()} for case in c], g)
+        for c, g in layers
+    ]
     assert sphere == pytest.approx(ccfv(projected), rel=1e-10)
     # torch input gives the same value
     as_torch = [([{k: torch.as_tensor(x) for k, x in case.items()} for case in c], g) for c, g in layers]

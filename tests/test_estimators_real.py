@@ -15,10 +15,10 @@ from mlflow_ccfv.estimators import (
     pairwise_w2,
     score_methods,
 )
-from mlflow_ccfv.features import SamplerConfig, sample_features, small_spec
+from mlflow_ccfv.features import SamplerConfig, sample_features
+from mlflow_ccfv.networks import small_spec
 
-CONFIG = dict(layer_budgets=(25, 50, 100), floor=5, cap=300, global_samples=64, sw_batch_size=4,
-              overlap=0.0)
+CONFIG = dict(layer_budgets=(25, 50, 100), floor=5, cap=300, global_samples=64, sw_batch_size=4, overlap=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,10 @@ def test_real_class_features_match_per_pair_oracle(feature_set):
             for j in range(i + 1, len(sets)):
                 s1, s2 = np.cov(sets[i], rowvar=False), np.cov(sets[j], rowvar=False)
                 covmean = scipy.linalg.sqrtm(s1 @ s2).real
-                w2_sq = (np.sum((sets[i].mean(0) - sets[j].mean(0)) ** 2) + np.trace(s1)
-                         + np.trace(s2) - 2 * np.trace(covmean))
+                w2_sq = (
+                    np.sum((sets[i].mean(0) - sets[j].mean(0)) ** 2)
+                    + np.trace(s1)
+                    + np.trace(s2)
+                    - 2 * np.trace(covmean)
+                )
                 assert dist[i, j] == pytest.approx(np.sqrt(max(w2_sq, 0)), rel=1e-6)

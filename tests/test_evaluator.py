@@ -6,8 +6,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_ccfv.data import MSDDataset
-from mlflow_ccfv.tracking import logged_model_id, make_target, score_versions, target_dataset
+from mlflow_ccfv.data import MSDDataset, make_target
+from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.tracking import logged_model_id, target_dataset
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")
@@ -27,13 +28,19 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
 
     with mlflow.start_run() as run:
         result = mlflow.models.evaluate(
-            model=f"models:/{mv.name}/{mv.version}", data=data, model_type="segmentation",
-            evaluators=["ccfv"], evaluator_config={"ccfv": {"methods": ["ccfv", "logme"]}},
+            model=f"models:/{mv.name}/{mv.version}",
+            data=data,
+            model_type="segmentation",
+            evaluators=["ccfv"],
+            evaluator_config={"ccfv": {"methods": ["ccfv", "logme"]}},
         )
     metrics = result.metrics
     assert {"ccfv", "logme", "ccfv.layer0.class_consistency", "ccfv.layer0.feature_variety"} <= set(metrics)
     n_layers = len(mv.tags["feature_layers"].split(","))
-    assert f"ccfv.layer{n_layers - 1}.feature_variety" in metrics and f"ccfv.layer{n_layers}.feature_variety" not in metrics
+    assert (
+        f"ccfv.layer{n_layers - 1}.feature_variety" in metrics
+        and f"ccfv.layer{n_layers}.feature_variety" not in metrics
+    )
     assert "ccfv_layers" in result.artifacts
 
     # Same code path as `score`: the same version on the same target gives the same CC-FV (cached features).
@@ -54,10 +61,19 @@ def test_evaluator_config_errors_are_clear(tracking_uri, tmp_path):
     root = make_target_folder(tmp_path / "data")
     (mv,) = register_tiny_bank("eval", seeds=(4,))
     with pytest.raises(ValueError, match="Unknown ccfv evaluator_config key\\(s\\) metods"):
-        mlflow.models.evaluate(model=f"models:/{mv.name}/1", data=target_dataset(root), model_type="segmentation",
-                               evaluators=["ccfv"], evaluator_config={"ccfv": {"metods": ["ccfv"]}})
+        mlflow.models.evaluate(
+            model=f"models:/{mv.name}/1",
+            data=target_dataset(root),
+            model_type="segmentation",
+            evaluators=["ccfv"],
+            evaluator_config={"ccfv": {"metods": ["ccfv"]}},
+        )
     import pandas as pd
 
     with pytest.raises(ValueError, match="manifest column\\(s\\) label"):
-        mlflow.models.evaluate(model=f"models:/{mv.name}/1", data=pd.DataFrame({"case_id": ["a"], "image": ["x"]}),
-                               model_type="segmentation", evaluators=["ccfv"])
+        mlflow.models.evaluate(
+            model=f"models:/{mv.name}/1",
+            data=pd.DataFrame({"case_id": ["a"], "image": ["x"]}),
+            model_type="segmentation",
+            evaluators=["ccfv"],
+        )

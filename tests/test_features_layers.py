@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlflow_ccfv.features import NetworkSpec, decoder_layers, output_head, resolve_layers, small_spec
-
+from mlflow_ccfv.networks import NetworkSpec, decoder_layers, output_head, resolve_layers, small_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,17 +36,37 @@ def _trace(model: nn.Module, names: list[str], head: str, x: torch.Tensor):
 CASES = [
     (small_spec("UNet", 2, 3), [16, 16], [4, 2]),
     (
-        NetworkSpec("UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": (4, 8, 16, 32, 64),
-                             "strides": (2, 2, 2, 2), "num_res_units": 0}),
-        [16, 8, 8], [8, 4, 2],
+        NetworkSpec(
+            "UNet",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "channels": (4, 8, 16, 32, 64),
+                "strides": (2, 2, 2, 2),
+                "num_res_units": 0,
+            },
+        ),
+        [16, 8, 8],
+        [8, 4, 2],
     ),
     (small_spec("BasicUNet", 2, 3), [32, 16, 8, 8], [8, 4, 2, 1]),
     (small_spec("DynUNet", 2, 3), [32, 16, 8], [4, 2, 1]),
     (
-        NetworkSpec("DynUNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "kernel_size": (3,) * 5,
-                                "strides": (1, 2, 2, 2, 2), "upsample_kernel_size": (2,) * 4,
-                                "filters": (4, 8, 16, 32, 32)}),
-        [32, 16, 8, 4], [8, 4, 2, 1],
+        NetworkSpec(
+            "DynUNet",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "kernel_size": (3,) * 5,
+                "strides": (1, 2, 2, 2, 2),
+                "upsample_kernel_size": (2,) * 4,
+                "filters": (4, 8, 16, 32, 32),
+            },
+        ),
+        [32, 16, 8, 4],
+        [8, 4, 2, 1],
     ),
     (small_spec("UNETR", 2, 3), [64, 32, 16, 8], [8, 4, 2, 1]),
     (small_spec("SwinUNETR", 1, 2, (64, 64, 64)), [96, 48, 24, 12, 12], [16, 8, 4, 2, 1]),

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from mlflow_ccfv.data import MSDDataset
-from mlflow_ccfv.estimators import pearson, weighted_tau
-from mlflow_ccfv.study.dice import constant_predictor_dice
-from mlflow_ccfv.study.training import TrainConfig
-from mlflow_ccfv.tracking.finetuning import finetune_version, pretrain_and_register, register_control
+from mlflow_ccfv.pipelines.finetune import finetune_version
+from mlflow_ccfv.pipelines.pretrain import pretrain_and_register, register_control
+from mlflow_ccfv.study import pearson, weighted_tau
 from mlflow_ccfv.tracking.registry import bank_versions
+from mlflow_ccfv.training.dice import constant_predictor_dice
+from mlflow_ccfv.training.loops import TrainConfig
 
 SHAPE = (32, 32, 32)
 
@@ -35,10 +36,18 @@ def write_blob_task(root: Path, name: str, n: int, seed: int, bright: float) -> 
         nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"c{i}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), folder / "labelsTr" / f"c{i}.nii.gz")
         training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
-    (folder / "dataset.json").write_text(json.dumps({
-        "name": name, "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "ball"},
-        "numTraining": n, "training": training, "test": [],
-    }))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "modality": {"0": "MRI"},
+                "labels": {"0": "background", "1": "ball"},
+                "numTraining": n,
+                "training": training,
+                "test": [],
+            }
+        )
+    )
     return folder
 
 
@@ -46,9 +55,9 @@ def write_blob_task(root: Path, name: str, n: int, seed: int, bright: float) -> 
 def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     import mlflow
 
-    from mlflow_ccfv.tracking.datasets import make_target
-    from mlflow_ccfv.tracking.reporting import report_bank, scores_from_tags
-    from mlflow_ccfv.tracking.scoring import score_versions
+    from mlflow_ccfv.data import make_target
+    from mlflow_ccfv.pipelines.report import report_bank, scores_from_tags
+    from mlflow_ccfv.pipelines.score import score_versions
 
     mlflow.set_experiment("test-finetune")
     source = write_blob_task(tmp_path, "Task01_Bright", 4, seed=1, bright=150)
@@ -58,9 +67,15 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     assert mv.tags["source_dataset"] == "Task01" and mv.tags["pretrain.steps"] == "12"
     again = pretrain_and_register(source, "UNet", pre, bank="t", progress=False)
     assert again.version == mv.version  # reused, not trained again
-    control = register_control("UNet", 1, 2, (24, 24, 24), bank="t")
-    other = pretrain_and_register(source, "UNet", TrainConfig(steps=4, patch_size=(24, 24, 24), seed=1),
-                                  name="unet-short", bank="t", progress=False)
+    register_control("UNet", 1, 2, (24, 24, 24), bank="t")
+    pretrain_and_register(
+        source,
+        "UNet",
+        TrainConfig(steps=4, patch_size=(24, 24, 24), seed=1),
+        name="unet-short",
+        bank="t",
+        progress=False,
+    )
     bank = bank_versions("t")
     assert {v.tags["source_dataset"] for v in bank} == {"Task01", "random-init"} and len(bank) == 3
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mlflow_ccfv.features import NetworkSpec, build_network, load_state_dict_strict, small_spec
+from mlflow_ccfv.networks import NetworkSpec, build_network, load_state_dict_strict, small_spec
 
 
 @pytest.mark.parametrize("arch", ["UNet", "BasicUNet", "DynUNet", "UNETR"])
@@ -22,8 +22,11 @@ def test_unknown_architecture_and_argument_are_named():
     with pytest.raises(ValueError, match="Supported MONAI networks"):
         build_network(NetworkSpec("ResNet", {}))
     with pytest.raises(ValueError, match="chanels.*Valid arguments"):
-        build_network(NetworkSpec("UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-                                          "chanels": (4, 8), "strides": (2,)}))
+        build_network(
+            NetworkSpec(
+                "UNet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "chanels": (4, 8), "strides": (2,)}
+            )
+        )
 
 
 def test_checkpoint_variants_and_mismatch():

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from mlflow_ccfv.cli import main
-from mlflow_ccfv.features import build_network, small_spec
+from mlflow_ccfv.networks import build_network, small_spec
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
 from mlflow_ccfv.tracking.registry import (
     BANK_TAG,
@@ -34,7 +34,9 @@ def _weights(seed: int) -> dict[str, torch.Tensor]:
 def _store_counts() -> tuple[int, int]:
     """(registered models, logged models) in the active store."""
     exp_ids = [e.experiment_id for e in mlflow.search_experiments()]
-    return len(mlflow.search_registered_models()), len(mlflow.search_logged_models(experiment_ids=exp_ids, output_format="list"))
+    return len(mlflow.search_registered_models()), len(
+        mlflow.search_logged_models(experiment_ids=exp_ids, output_format="list")
+    )
 
 
 def test_register_network_tags_and_reload_without_pickle(tracking_uri, tmp_path):
@@ -104,15 +106,45 @@ def test_cli_register_checkpoint_variants_and_unknown_parameter(tracking_uri, tm
     spec_file = tmp_path / "unet.json"
     spec_file.write_text(SPEC.to_json())
     runner = CliRunner()
-    result = runner.invoke(main, ["register", "--name", "unet-cli", "--source-dataset", "Task02",
-                                  "--spec", str(spec_file), "--checkpoint", str(nested), "--tag", "steps=3"])
+    result = runner.invoke(
+        main,
+        [
+            "register",
+            "--name",
+            "unet-cli",
+            "--source-dataset",
+            "Task02",
+            "--spec",
+            str(spec_file),
+            "--checkpoint",
+            str(nested),
+            "--tag",
+            "steps=3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "models:/unet-cli/1" in result.output
     loaded = load_version("models:/unet-cli/1")
-    assert torch.equal(loaded.module.state_dict()["model.0.conv.unit0.conv.weight"], state["model.0.conv.unit0.conv.weight"])
+    assert torch.equal(
+        loaded.module.state_dict()["model.0.conv.unit0.conv.weight"], state["model.0.conv.unit0.conv.weight"]
+    )
 
-    result = runner.invoke(main, ["register", "--name", "unet-rand", "--source-dataset", "none",
-                                  "--small-spec", "UNet:1:3", "--random-init", "true", "--seed", "7"])
+    result = runner.invoke(
+        main,
+        [
+            "register",
+            "--name",
+            "unet-rand",
+            "--source-dataset",
+            "none",
+            "--small-spec",
+            "UNet:1:3",
+            "--random-init",
+            "true",
+            "--seed",
+            "7",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_version("models:/unet-rand/1").tags["init"] == "random(seed=7)"
 
@@ -122,8 +154,20 @@ def test_cli_register_checkpoint_variants_and_unknown_parameter(tracking_uri, tm
 
     pickled = tmp_path / "pickled.pt"
     torch.save(build_network(SPEC), pickled)  # a whole module: refused by weights_only loading
-    result = runner.invoke(main, ["register", "--name", "unet-p", "--source-dataset", "y",
-                                  "--small-spec", "UNet:1:3", "--checkpoint", str(pickled)])
+    result = runner.invoke(
+        main,
+        [
+            "register",
+            "--name",
+            "unet-p",
+            "--source-dataset",
+            "y",
+            "--small-spec",
+            "UNet:1:3",
+            "--checkpoint",
+            str(pickled),
+        ],
+    )
     assert result.exit_code == 2 and "weights_only=True" in result.output
     assert [v.name for v in bank_versions()] == ["unet-cli", "unet-rand"]
 
@@ -131,7 +175,9 @@ def test_cli_register_checkpoint_variants_and_unknown_parameter(tracking_uri, tm
 def test_register_mlflow_pytorch_model(tracking_uri):
     net = build_network(SPEC)
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(net, name="net", serialization_format="pickle", pip_requirements=["torch", "monai"])
+        info = mlflow.pytorch.log_model(
+            net, name="net", serialization_format="pickle", pip_requirements=["torch", "monai"]
+        )
     with pytest.warns(UserWarning, match="unpickles"):
         mv = register_logged_model(info.model_uri, "unet-pt", "Task03")
     assert mv.tags["architecture"] == "UNet" and mv.tags["ccfv.flavor"] == "pytorch"
@@ -141,4 +187,6 @@ def test_register_mlflow_pytorch_model(tracking_uri):
         loaded = load_version("models:/unet-pt/1")
     assert any("unpickles" in str(w.message) for w in caught)
     assert type(loaded.module).__name__ == "UNet" and loaded.spec is None
-    assert torch.equal(loaded.module.state_dict()["model.0.conv.unit0.conv.weight"], net.state_dict()["model.0.conv.unit0.conv.weight"])
+    assert torch.equal(
+        loaded.module.state_dict()["model.0.conv.unit0.conv.weight"], net.state_dict()["model.0.conv.unit0.conv.weight"]
+    )

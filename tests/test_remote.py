@@ -35,9 +35,27 @@ def test_mlflow_run_register_and_score_against_server(remote_bank, tmp_path):
     # `register` through `mlflow run` on the server; a misspelled -P is rejected with the valid names.
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "MLFLOW_EXPERIMENT_NAME": "ccfv-remote"}
     env.pop("MLFLOW_EXPERIMENT_ID", None)
-    base = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "register", "--env-manager", "local",
-            "-P", "name=unet-remote", "-P", "source_dataset=none", "-P", "small_spec=UNet:1:3",
-            "-P", "random_init=true", "-P", "bank=remote"]
+    base = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        "register",
+        "--env-manager",
+        "local",
+        "-P",
+        "name=unet-remote",
+        "-P",
+        "source_dataset=none",
+        "-P",
+        "small_spec=UNet:1:3",
+        "-P",
+        "random_init=true",
+        "-P",
+        "bank=remote",
+    ]
     ok = subprocess.run(base, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert ok.returncode == 0, ok.stderr[-3000:]
     mv = client.get_model_version("unet-remote", "1")
@@ -50,7 +68,9 @@ def test_mlflow_run_register_and_score_against_server(remote_bank, tmp_path):
         assert load_version("models:/unet-remote/1").model_id == loaded_uri.removeprefix("models:/")
     finally:
         mlflow.set_tracking_uri(None)
-    bad = subprocess.run(base + ["-P", "patch_sise=3"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    bad = subprocess.run(
+        base + ["-P", "patch_sise=3"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
     assert bad.returncode != 0
     assert "Unknown parameter '--patch_sise'" in bad.stderr and "patch_size" in bad.stderr
     assert len(client.search_model_versions("name = 'unet-remote'")) == 1  # the rejected run created nothing

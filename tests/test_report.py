@@ -30,17 +30,25 @@ def frame_for(dice_by_dataset: dict[str, list[float]], scorers: dict[str, callab
     for dataset, dice in dice_by_dataset.items():
         for i, d in enumerate(dice):
             for method, f in scorers.items():
-                rows.append({"dataset": dataset, "model": f"m{i}", "method": method, "score": f(d, i),
-                             "dice": d, "architecture": "UNet",
-                             "source_dataset": "random-init" if i == 0 else f"T{i}"})
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": f"m{i}",
+                        "method": method,
+                        "score": f(d, i),
+                        "dice": d,
+                        "architecture": "UNet",
+                        "source_dataset": "random-init" if i == 0 else f"T{i}",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 DICE = {"TaskA": [0.2, 0.5, 0.7, 0.4, 0.9], "TaskB": [0.1, 0.3, 0.35, 0.6, 0.55]}
 SCORERS = {
-    "ccfv": lambda d, i: 3 * d + 1,                # perfectly ordered, linear
-    "logme": lambda d, i: -d,                      # reversed
-    "gbc": lambda d, i: float(np.exp(5 * d)),      # ordered, non-linear
+    "ccfv": lambda d, i: 3 * d + 1,  # perfectly ordered, linear
+    "logme": lambda d, i: -d,  # reversed
+    "gbc": lambda d, i: float(np.exp(5 * d)),  # ordered, non-linear
     "ccfv_kl": lambda d, i: float("nan") if i == 1 else d,
 }
 
@@ -71,8 +79,7 @@ def test_tables_have_methods_by_datasets_with_average():
     assert row["Avg"] == pytest.approx((row["TaskA"] + row["TaskB"]) / 2)
     t2 = table2(corr)
     assert list(t2.index) == ["CC-FV", "KL-divergence"]
-    assert regret_table(corr).loc["CC-FV", "Avg"] == pytest.approx(
-        (0.0 + (0.6 - 0.6)) / 2)
+    assert regret_table(corr).loc["CC-FV", "Avg"] == pytest.approx((0.0 + (0.6 - 0.6)) / 2)
 
 
 def test_ranked_table_orders_by_ccfv():
@@ -103,9 +110,11 @@ def test_too_few_models_gives_nan_not_an_error():
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(0, 1), min_size=3, max_size=8, unique=True), st.randoms(use_true_random=False))
 def test_correlations_invariant_to_model_order(dice, rnd):
-    scores = [d ** 2 + 0.1 * math.sin(7 * d) for d in dice]
-    rows = [{"dataset": "T", "model": f"m{i}", "method": "ccfv", "score": s, "dice": d}
-            for i, (s, d) in enumerate(zip(scores, dice))]
+    scores = [d**2 + 0.1 * math.sin(7 * d) for d in dice]
+    rows = [
+        {"dataset": "T", "model": f"m{i}", "method": "ccfv", "score": s, "dice": d}
+        for i, (s, d) in enumerate(zip(scores, dice))
+    ]
     shuffled = rows[:]
     rnd.shuffle(shuffled)
     a, b = correlations(pd.DataFrame(rows)), correlations(pd.DataFrame(shuffled))
@@ -122,8 +131,16 @@ def test_standardise():
 def test_write_report_files(tmp_path):
     frame = frame_for(DICE, SCORERS)
     report = write_report(frame, tmp_path)
-    for name in ("table1.md", "table1.csv", "table2.md", "correlations.csv", "report.md", "scatter_TaskA.png",
-                 "scatter_TaskB.png", "regret.csv"):
+    for name in (
+        "table1.md",
+        "table1.csv",
+        "table2.md",
+        "correlations.csv",
+        "report.md",
+        "scatter_TaskA.png",
+        "scatter_TaskB.png",
+        "regret.csv",
+    ):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "scatter_TaskA.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "table1.md").read_text()
@@ -151,8 +168,17 @@ def test_architecture_correlations_rank_within_each_architecture():
     rows = []
     for arch, offset, dice in (("UNet", 0.0, [0.5, 0.6, 0.7, 0.8]), ("UNETR", 10.0, [0.1, 0.2, 0.3, 0.4])):
         for i, d in enumerate(dice):
-            rows.append({"dataset": "TaskA", "model": f"{arch}-{i}", "method": "ccfv", "score": offset + d,
-                         "dice": d, "architecture": arch, "source_dataset": f"T{i}"})
+            rows.append(
+                {
+                    "dataset": "TaskA",
+                    "model": f"{arch}-{i}",
+                    "method": "ccfv",
+                    "score": offset + d,
+                    "dice": d,
+                    "architecture": arch,
+                    "source_dataset": f"T{i}",
+                }
+            )
     frame = pd.DataFrame(rows)
     mixed = correlations(frame).set_index("method")
     assert mixed.loc["ccfv", "top1_model"] == "UNETR-3" and mixed.loc["ccfv", "top1_regret"] == pytest.approx(0.4)

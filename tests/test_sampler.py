@@ -14,9 +14,9 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 from torch import nn
 
-from mlflow_ccfv.features import FeatureSet, SamplerConfig, decoder_layers, sample_features, sample_voxels, small_spec
+from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features, sample_voxels
 from mlflow_ccfv.features.sampler import _draw_class, class_budgets
-
+from mlflow_ccfv.networks import decoder_layers, small_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -139,8 +139,9 @@ def _coordinate_case(case_id, shape, seed):
 def test_alignment_features_equal_image_at_recorded_coordinates(shape):
     roi = (16, 16, 16)
     case = _coordinate_case("echo", shape, seed=3)
-    config = SamplerConfig(roi_size=roi, overlap=0.5, sw_batch_size=2, layer_budgets=(30, 60), floor=5,
-                           cap=200, global_samples=50, seed=7)
+    config = SamplerConfig(
+        roi_size=roi, overlap=0.5, sw_batch_size=2, layer_budgets=(30, 60), floor=5, cap=200, global_samples=50, seed=7
+    )
     fs = sample_features(Echo(4), [case], layers=["coarse", "decoder"], config=config, progress=False)
     cs = fs.case("echo")
     x, y, z = cs.coords.T
@@ -301,8 +302,13 @@ def test_bad_inputs_are_named():
         sample_features(model, [], layers=["model.9"], progress=False)
     unetr = small_spec("UNETR", 1, 2).build()
     with pytest.raises(ValueError, match=r"'vit.blocks.0' outputs .*\[B, C, X, Y, Z\]"):
-        sample_features(unetr, [Case("c", img, torch.ones(20, 20, 20, dtype=torch.int64))],
-                        layers=["vit.blocks.0"], config=SamplerConfig(**SMALL), progress=False)
+        sample_features(
+            unetr,
+            [Case("c", img, torch.ones(20, 20, 20, dtype=torch.int64))],
+            layers=["vit.blocks.0"],
+            config=SamplerConfig(**SMALL),
+            progress=False,
+        )
     assert all(not m._forward_hooks for m in unetr.modules())  # hooks removed after a failure too
 
 

@@ -8,8 +8,8 @@ import torch
 
 from mlflow_ccfv.data import MSDDataset
 from mlflow_ccfv.data.derive import derive_task
-from mlflow_ccfv.features import NetworkSpec, SamplerConfig, sample_features, small_spec
-
+from mlflow_ccfv.features import SamplerConfig, sample_features
+from mlflow_ccfv.networks import NetworkSpec, small_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,8 +27,13 @@ def brats(real_data):
 @pytest.fixture(scope="module")
 def spleen(real_data, tmp_path_factory):
     folder = real_data / "totalseg-ct"
-    task = derive_task(folder / "example_ct_sm.nii.gz", folder / "example_seg.nii.gz",
-                       tmp_path_factory.mktemp("tasks"), {1: "spleen"}, "Task09_Spleen")
+    task = derive_task(
+        folder / "example_ct_sm.nii.gz",
+        folder / "example_seg.nii.gz",
+        tmp_path_factory.mktemp("tasks"),
+        {1: "spleen"},
+        "Task09_Spleen",
+    )
     ds = MSDDataset.load(task)
     return ds, list(ds.iter_cases(progress=False))
 
@@ -54,8 +59,17 @@ def test_brats_multichannel_multiclass(brats):
     ds, cases = brats
     assert ds.n_channels == 2
     # A light MONAI UNet (the cost is the forward passes over every voxel of six volumes).
-    model = NetworkSpec("UNet", {"spatial_dims": 3, "in_channels": ds.n_channels, "out_channels": len(ds.labels),
-                                 "channels": (4, 8, 16, 32), "strides": (2, 2, 2), "num_res_units": 0}).build()
+    model = NetworkSpec(
+        "UNet",
+        {
+            "spatial_dims": 3,
+            "in_channels": ds.n_channels,
+            "out_channels": len(ds.labels),
+            "channels": (4, 8, 16, 32),
+            "strides": (2, 2, 2),
+            "num_res_units": 0,
+        },
+    ).build()
     torch.manual_seed(0)
     fs = sample_features(model, cases, config=SamplerConfig(**CONFIG), progress=False)
     assert fs.case_ids == ds.case_ids

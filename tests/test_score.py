@@ -8,10 +8,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlflow_ccfv.cli import main
-from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.estimators import METHODS
-from mlflow_ccfv.tracking import make_target, score_versions
-from mlflow_ccfv.tracking.scoring import DEFAULT_METHODS, parse_methods
+from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.scoring import DEFAULT_METHODS, parse_methods
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")
@@ -24,8 +24,19 @@ def scored(tracking_uri, tmp_path):
     make_target_folder(data)
     versions = register_tiny_bank("tiny")
     runner = CliRunner()
-    args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "tiny",
-            "--methods", "ccfv,logme,leep", "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "score",
+        "--dataset",
+        TARGET_TASK,
+        "--data-root",
+        str(data),
+        "--bank",
+        "tiny",
+        "--methods",
+        "ccfv,logme,leep",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     first = runner.invoke(main, args)
     return {"versions": versions, "data": data, "args": args, "first": first, "runner": runner, "tmp": tmp_path}
 
@@ -62,29 +73,38 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(children) == 3 and len(parents) == 1
     for run in children:
-        assert {"ccfv", "logme", "leep", "ccfv.layer0.class_consistency", "ccfv.layer0.feature_variety"} <= set(run.data.metrics)
+        assert {"ccfv", "logme", "leep", "ccfv.layer0.class_consistency", "ccfv.layer0.feature_variety"} <= set(
+            run.data.metrics
+        )
         assert run.data.params["dataset"] == TARGET_TASK and "sampler.roi_size" in run.data.params
         name = run.data.tags["ccfv.model"].split("/")[0]
         assert abs(_metric(run, "ccfv") - scores[name]) < 1e-4 * max(1, abs(scores[name]))
         assert [i.dataset.name for i in run.inputs.dataset_inputs] == [TARGET_TASK]
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "ranking")}
     assert artifacts == {f"ranking/ranking_{TARGET_TASK}.{s}" for s in ("csv", "md", "png")}
-    png = mlflow.artifacts.download_artifacts(run_id=parents[0].info.run_id, artifact_path=f"ranking/ranking_{TARGET_TASK}.png")
+    png = mlflow.artifacts.download_artifacts(
+        run_id=parents[0].info.run_id, artifact_path=f"ranking/ranking_{TARGET_TASK}.png"
+    )
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # The same metrics sit on each version's LoggedModel, linked to the dataset: the Models tab sorts by them.
     ordered = mlflow.search_logged_models(
-        experiment_ids=[exp.experiment_id], output_format="list",
+        experiment_ids=[exp.experiment_id],
+        output_format="list",
         order_by=[{"field_name": "metrics.ccfv", "ascending": False, "dataset_name": TARGET_TASK}],
     )
-    ranked_ids = [m.model_id for m in ordered if any(x.key == "ccfv" and x.dataset_name == TARGET_TASK for x in m.metrics or [])]
+    ranked_ids = [
+        m.model_id for m in ordered if any(x.key == "ccfv" and x.dataset_name == TARGET_TASK for x in m.metrics or [])
+    ]
     assert ranked_ids == [v.source.removeprefix("models:/") for v in by_rank]
 
     # Re-running reuses the cached features (same scores); force recomputes.
     runner, args = scored["runner"], scored["args"]
     again = runner.invoke(main, args)
     assert again.exit_code == 0, again.output
-    children = [r for r in mlflow.search_runs([exp.experiment_id], output_format="list") if "mlflow.parentRunId" in r.data.tags]
+    children = [
+        r for r in mlflow.search_runs([exp.experiment_id], output_format="list") if "mlflow.parentRunId" in r.data.tags
+    ]
     cached = sorted(r.data.params["features_cached"] for r in children)
     assert cached == ["False"] * 3 + ["True"] * 3
     values = {}
@@ -93,8 +113,14 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
     assert all(len(v) == 1 for v in values.values())  # cached features give the same scores
     forced = runner.invoke(main, args + ["--force", "true", "--models", "models:/unet-rand-0/1"])
     assert forced.exit_code == 0, forced.output
-    newest = max((r for r in mlflow.search_runs([exp.experiment_id], output_format="list") if "mlflow.parentRunId" in r.data.tags),
-                 key=lambda r: r.info.start_time)
+    newest = max(
+        (
+            r
+            for r in mlflow.search_runs([exp.experiment_id], output_format="list")
+            if "mlflow.parentRunId" in r.data.tags
+        ),
+        key=lambda r: r.info.start_time,
+    )
     assert newest.data.params["features_cached"] == "False"
     assert client.get_model_version("unet-rand-0", "1").tags[f"transferability.rank.{TARGET_TASK}"] == "1"
 
@@ -105,13 +131,29 @@ def test_failing_version_is_reported_and_gets_no_tags(tracking_uri, tmp_path):
     good = register_tiny_bank("mixed", seeds=(0,))
     bad = register_tiny_bank("mixed", seeds=(5,), prefix="unet-broken")[0]
     MlflowClient().set_model_version_tag(bad.name, bad.version, "feature_layers", "model.9.nothing")
-    result = CliRunner().invoke(main, ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "mixed",
-                                       "--methods", "ccfv", "--cache-dir", str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "score",
+            "--dataset",
+            TARGET_TASK,
+            "--data-root",
+            str(data),
+            "--bank",
+            "mixed",
+            "--methods",
+            "ccfv",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 1
     assert "FAILED unet-broken-5/1" in result.output and "model.9.nothing" in result.output
     client = MlflowClient()
     assert not [k for k in client.get_model_version(bad.name, bad.version).tags if k.startswith("transferability.")]
-    ranks = sorted(client.get_model_version(v.name, v.version).tags[f"transferability.rank.{TARGET_TASK}"] for v in good)
+    ranks = sorted(
+        client.get_model_version(v.name, v.version).tags[f"transferability.rank.{TARGET_TASK}"] for v in good
+    )
     assert ranks == ["1"]
 
 
@@ -120,11 +162,11 @@ def test_bad_parameters_are_rejected_before_work(tracking_uri, tmp_path):
     out = runner.invoke(main, ["score", "--dataset", "Task07", "--methods", "ccfv,nope"])
     assert out.exit_code == 2 and "Unknown method(s) nope" in out.output
     out = runner.invoke(main, ["score", "--dataset", "Task07", "--bank", "empty-bank"])
-    assert out.exit_code == 2 and "bank 'empty-bank' is empty" in out.output
+    assert out.exit_code == 4 and "bank 'empty-bank' is empty" in out.output
     out = runner.invoke(main, ["score", "--dataset", "Task07", "--bnak", "x"])
     assert out.exit_code == 2 and "Unknown parameter '--bnak'" in out.output and "bank" in out.output
     out = runner.invoke(main, ["score", "--dataset", "Task07", "--models", "models:/ghost/3"])
-    assert out.exit_code == 2 and "no registered model 'ghost'" in out.output
+    assert out.exit_code == 4 and "no registered model 'ghost'" in out.output
     assert parse_methods("logme") == ["ccfv", "logme"]
     assert parse_methods("default") == parse_methods(None) == parse_methods("") == list(DEFAULT_METHODS)
     assert len(parse_methods("all")) == len(METHODS) and "ccfv_unit_sphere" in parse_methods("all")
@@ -133,7 +175,13 @@ def test_bad_parameters_are_rejected_before_work(tracking_uri, tmp_path):
 def test_score_versions_api_without_logging(tracking_uri, tmp_path):
     versions = register_tiny_bank("api", seeds=(0, 1))
     target = make_target(MSDDataset.load(make_target_folder(tmp_path / "data")), "train")
-    table = score_versions(versions, target, methods=["ccfv"], sampler_config={"global_samples": 64},
-                           cache_dir=tmp_path / "cache", log=False)
+    table = score_versions(
+        versions,
+        target,
+        methods=["ccfv"],
+        sampler_config={"global_samples": 64},
+        cache_dir=tmp_path / "cache",
+        log=False,
+    )
     assert list(table["rank"]) == [1, 2] and table["ccfv"].is_monotonic_decreasing
     assert mlflow.search_runs(output_format="list") == []

@@ -16,7 +16,6 @@ from mlflow_ccfv.data.synthetic import (
     generate_family,
     generate_task,
     get_task,
-    plot_family,
     synthesize_case,
 )
 
@@ -100,6 +99,7 @@ def test_tasks_differ_and_relate_as_documented():
     assert get_task("pancreas").protocol.hu["liver"] < get_task("liver").protocol.hu["liver"] - 20
     assert len({get_task(t).protocol.name for t in ("liver", "pancreas", "colon", "lung")}) == 4
     assert {get_task(t).region for t in ("liver", "pancreas", "colon", "spleen")} == {"abdomen"}
+
     # the chest is mostly air-filled lung inside the body; the abdomen is not
     def lung_share(img):
         body = img > -500
@@ -155,9 +155,26 @@ def test_synth_command_and_figure(tmp_path):
     from mlflow_ccfv.cli import main
 
     png = tmp_path / "tasks.png"
-    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "out"), "--task", "lung", "--task", "colon",
-                                       "--n-cases", "1", "--shape", "48,48,32", "--spacing", "6.5,6.5,7.5",
-                                       "--figure", str(png)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "out"),
+            "--task",
+            "lung",
+            "--task",
+            "colon",
+            "--n-cases",
+            "1",
+            "--shape",
+            "48,48,32",
+            "--spacing",
+            "6.5,6.5,7.5",
+            "--figure",
+            str(png),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Task06_SynthLung", "Task10_SynthColon"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Training, fine-tuning and Dice (mlflow_ccfv.study.training / .dice) on tiny budgets."""
+"""Training, fine-tuning and Dice (mlflow_ccfv.training.loops / .dice) on tiny budgets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_ccfv.features.networks import small_spec
-from mlflow_ccfv.study.dice import constant_predictor_dice, dice_per_class, evaluate_dice
-from mlflow_ccfv.study.training import (
+from mlflow_ccfv.networks import small_spec
+from mlflow_ccfv.training.dice import constant_predictor_dice, dice_per_class, evaluate_dice
+from mlflow_ccfv.training.loops import (
     PatchSampler,
     TrainConfig,
     finetune,
@@ -41,7 +41,7 @@ def blob_cases(n: int, seed: int, shape=(40, 40, 40), classes: int = 2) -> list[
         label[((grid - centre[:, None, None, None]) ** 2).sum(0) < r**2] = 1
         if classes == 3:
             c2 = rng.uniform(6, np.array(shape) - 6).astype(int)
-            label[c2[0] - 3:c2[0] + 3, c2[1] - 3:c2[1] + 3, c2[2] - 3:c2[2] + 3] = 2
+            label[c2[0] - 3 : c2[0] + 3, c2[1] - 3 : c2[1] + 3, c2[2] - 3 : c2[2] + 3] = 2
         image = rng.normal(0, 0.3, shape) + 2.0 * (label == 1) - 2.0 * (label == 2)
         cases.append(Case(f"case{i}", torch.tensor(image[None], dtype=torch.float32), torch.tensor(label)))
     return cases
@@ -120,8 +120,9 @@ def test_finetune_init_keeps_all_but_the_head():
         else:
             assert torch.equal(new_state[k], v), k
     # a source with another number of input channels: the first convolution is re-created too
-    model2, spec2, reinit2 = init_for_finetuning(small_spec("UNet", 2, 2, (24, 24, 24)),
-                                                 small_spec("UNet", 2, 2).build().state_dict(), 1, 3)
+    model2, spec2, reinit2 = init_for_finetuning(
+        small_spec("UNet", 2, 2, (24, 24, 24)), small_spec("UNet", 2, 2).build().state_dict(), 1, 3
+    )
     assert spec2.in_channels == 1 and set(reinit) < set(reinit2)
 
 

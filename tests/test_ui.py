@@ -19,13 +19,20 @@ pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")
 from mlflow_server import REPO, TARGET_TASK, Chromium  # noqa: E402
 
-ROWS_JS = ("Array.from(document.querySelectorAll('[role=row]')).map(r => r.innerText)"
-           ".map(t => (t.match(/(\\S+\\/\\d+) on " + TARGET_TASK + "/) || [])[1]).filter(Boolean)")
+ROWS_JS = (
+    "Array.from(document.querySelectorAll('[role=row]')).map(r => r.innerText)"
+    ".map(t => (t.match(/(\\S+\\/\\d+) on " + TARGET_TASK + "/) || [])[1]).filter(Boolean)"
+)
 
 
 def ranking_url(base: str, experiment_id: str, dataset: str, ascending: bool = False) -> str:
-    query = urllib.parse.urlencode({"searchFilter": f"tags.`ccfv.dataset` = '{dataset}'",
-                                    "orderByKey": "metrics.`ccfv`", "orderByAsc": str(ascending).lower()})
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": f"tags.`ccfv.dataset` = '{dataset}'",
+            "orderByKey": "metrics.`ccfv`",
+            "orderByAsc": str(ascending).lower(),
+        }
+    )
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 

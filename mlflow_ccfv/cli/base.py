@@ -1,4 +1,4 @@
-"""What every command shares: the click command class, error exits, list options, training options."""
+"""What every command shares: the click command class, error exits, training options."""
 
 from __future__ import annotations
 
@@ -8,42 +8,64 @@ from contextlib import contextmanager
 
 import click
 
-#: The errors a command reports as one line ``<command> failed: ...`` with exit status 2 (bad input,
-#: missing registry entries, missing files); anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (ValueError, LookupError, FileNotFoundError)
+from mlflow_ccfv.errors import CCFVError, OptionError
+from mlflow_ccfv.options import parse_ints
+
+__all__ = ["INPUT_ERRORS", "CCFVCommand", "exit_on_input_error", "train_config_from_options", "train_options"]
+
+#: The errors a command reports as one line ``<command> failed: ...`` (bad input, missing registry
+#: entries, missing files); anything else is a bug and keeps its traceback. The exit status is the
+#: error's :attr:`~mlflow_ccfv.errors.CCFVError.exit_code` (2 for the built-in kinds).
+INPUT_ERRORS = (CCFVError, ValueError, LookupError, FileNotFoundError)
 
 
 @contextmanager
 def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = INPUT_ERRORS) -> Iterator[None]:
-    """Turn ``errors`` raised inside the block into ``<command> failed: <message>`` on stderr, exit 2."""
+    """Turn ``errors`` raised inside the block into ``<command> failed: <message>`` on stderr and exit
+    with the error kind's status (docs/cli.md)."""
     try:
         yield
     except errors as exc:
         click.echo(f"{command} failed: {exc}", err=True)
-        sys.exit(2)
-
-
-def split_list(text: str) -> list[str]:
-    """A comma-separated option as a list, blanks dropped (``""`` -> ``[]``)."""
-    return [item.strip() for item in str(text).split(",") if item.strip()]
+        sys.exit(exc.exit_code if isinstance(exc, CCFVError) else OptionError.exit_code)
 
 
 def train_options(steps: int, seed: int):
     """Decorator adding ``--steps``, ``--batch-size`` ... (strings, as MLproject passes them); see
-    :func:`mlflow_ccfv.tracking.entrypoints.train_config_from_options`."""
+    :func:`train_config_from_options`."""
     opts = [
         click.option("--steps", default=str(steps), show_default=True, help="Optimiser steps."),
         click.option("--batch-size", "batch_size", default="2", show_default=True, help="Patches per step."),
-        click.option("--patch-size", "patch_size", default="32,32,32", show_default=True,
-                     help="Patch (and sliding-window) size in voxels."),
-        click.option("--learning-rate", "learning_rate", default="0.003", show_default=True,
-                     help="Peak learning rate (polynomial decay to 0)."),
-        click.option("--optimizer", default="adamw", show_default=True,
-                     help="adamw, or sgd (nnU-Net: Nesterov momentum 0.99)."),
-        click.option("--foreground-fraction", "foreground_fraction", default="0.5", show_default=True,
-                     help="Share of patches centred on a foreground voxel."),
-        click.option("--seed", default=str(seed), show_default=True,
-                     help="Seed of initialisation, patch sampling and augmentation."),
+        click.option(
+            "--patch-size",
+            "patch_size",
+            default="32,32,32",
+            show_default=True,
+            help="Patch (and sliding-window) size in voxels.",
+        ),
+        click.option(
+            "--learning-rate",
+            "learning_rate",
+            default="0.003",
+            show_default=True,
+            help="Peak learning rate (polynomial decay to 0).",
+        ),
+        click.option(
+            "--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net: Nesterov momentum 0.99)."
+        ),
+        click.option(
+            "--foreground-fraction",
+            "foreground_fraction",
+            default="0.5",
+            show_default=True,
+            help="Share of patches centred on a foreground voxel.",
+        ),
+        click.option(
+            "--seed",
+            default=str(seed),
+            show_default=True,
+            help="Seed of initialisation, patch sampling and augmentation.",
+        ),
     ]
 
     def decorate(f):
@@ -52,6 +74,25 @@ def train_options(steps: int, seed: int):
         return f
 
     return decorate
+
+
+def train_config_from_options(options: dict):
+    """A :class:`~mlflow_ccfv.training.TrainConfig` from the command line's string options
+    (``steps``, ``patch_size`` "32,32,32" ...; see :func:`train_options`)."""
+    from mlflow_ccfv.training import TrainConfig
+
+    try:
+        return TrainConfig(
+            steps=int(options["steps"]),
+            batch_size=int(options["batch_size"]),
+            patch_size=parse_ints(str(options["patch_size"]), "patch_size"),
+            learning_rate=float(options["learning_rate"]),
+            optimizer=str(options["optimizer"]),
+            foreground_fraction=float(options["foreground_fraction"]),
+            seed=int(options["seed"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"Bad training option: {exc}") from exc
 
 
 class CCFVCommand(click.Command):
@@ -73,7 +114,6 @@ class CCFVCommand(click.Command):
                 if opt.startswith("--")
             )
             raise click.UsageError(
-                f"Unknown parameter {exc.option_name!r} for '{self.name}'. "
-                f"Valid parameters: {', '.join(valid)}.",
+                f"Unknown parameter {exc.option_name!r} for '{self.name}'. Valid parameters: {', '.join(valid)}.",
                 ctx,
             ) from exc

@@ -10,22 +10,35 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
 @click.command(cls=CCFVCommand)
 @click.option("--model", required=True, help="models:/<name>/<version> (or models:/<name>@<alias>).")
 @click.option("--dataset", required=True, help="Target: a task name under --data-root (Task09) or a folder path.")
-@click.option("--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders.")
+@click.option(
+    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
+)
 @click.option("--split-seed", "split_seed", default="0", show_default=True, help="Seed of the 80/20 split.")
 @click.option("--overlap", default="0.5", show_default=True, help="Sliding-window overlap at evaluation.")
-@click.option("--force", default="false", show_default=True, help="true: fine-tune even if this budget's Dice is tagged.")
+@click.option(
+    "--force", default="false", show_default=True, help="true: fine-tune even if this budget's Dice is tagged."
+)
 @train_options(steps=100, seed=0)
 def finetune(**options) -> None:
     """All pre-trained weights but the last convolution, nothing frozen; Dice (MONAI DiceMetric) on the held-out 20%."""
-    from mlflow_ccfv.tracking.entrypoints import parse_bool, train_config_from_options
-    from mlflow_ccfv.tracking.finetuning import finetune_version
+    from mlflow_ccfv.cli.base import train_config_from_options
+    from mlflow_ccfv.options import parse_bool
+    from mlflow_ccfv.pipelines.finetune import finetune_version
 
     with exit_on_input_error("finetune"):
         config = train_config_from_options(options)
-        outcome = finetune_version(options["model"], options["dataset"], config, data_root=options["data_root"] or None,
-                                   split_seed=int(options["split_seed"]), overlap=float(options["overlap"]),
-                                   force=parse_bool(options["force"], "force"))
+        outcome = finetune_version(
+            options["model"],
+            options["dataset"],
+            config,
+            data_root=options["data_root"] or None,
+            split_seed=int(options["split_seed"]),
+            overlap=float(options["overlap"]),
+            force=parse_bool(options["force"], "force"),
+        )
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
-    click.echo(f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}"
-               + (f" ({per_class})" if per_class else " (reused: same budget already measured)")
-               + (f"; run {outcome.run_id}" if outcome.run_id else ""))
+    click.echo(
+        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}"
+        + (f" ({per_class})" if per_class else " (reused: same budget already measured)")
+        + (f"; run {outcome.run_id}" if outcome.run_id else "")
+    )

@@ -19,32 +19,65 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.command(cls=CCFVCommand)
 @click.option("--name", required=True, help="Registered model name (a new version is added).")
-@click.option("--source-dataset", "source_dataset", required=True,
-              help="The dataset the network was trained on (tag source_dataset), or 'none' for random init.")
-@click.option("--spec", default="", help="NetworkSpec as JSON text or a .json file: "
-              '{"architecture": "UNet", "kwargs": {...}}.')
-@click.option("--small-spec", "small", default="",
-              help="Instead of --spec: ARCHITECTURE:IN_CHANNELS:OUT_CHANNELS of the CPU-sized preset (e.g. UNet:1:3).")
-@click.option("--checkpoint", default="", help="state_dict file (torch.save; also {'state_dict': ...} or module.-prefixed).")
-@click.option("--random-init", "random_init", default="false",
-              help="true: register the randomly initialised network (seeded) instead of a checkpoint.")
+@click.option(
+    "--source-dataset",
+    "source_dataset",
+    required=True,
+    help="The dataset the network was trained on (tag source_dataset), or 'none' for random init.",
+)
+@click.option(
+    "--spec", default="", help='NetworkSpec as JSON text or a .json file: {"architecture": "UNet", "kwargs": {...}}.'
+)
+@click.option(
+    "--small-spec",
+    "small",
+    default="",
+    help="Instead of --spec: ARCHITECTURE:IN_CHANNELS:OUT_CHANNELS of the CPU-sized preset (e.g. UNet:1:3).",
+)
+@click.option(
+    "--checkpoint", default="", help="state_dict file (torch.save; also {'state_dict': ...} or module.-prefixed)."
+)
+@click.option(
+    "--random-init",
+    "random_init",
+    default="false",
+    help="true: register the randomly initialised network (seeded) instead of a checkpoint.",
+)
 @click.option("--seed", default=0, type=int, show_default=True, help="Seed of --random-init.")
-@click.option("--logged-model", "logged_model", default="",
-              help="Instead of spec+checkpoint: a model logged with mlflow.pytorch (models:/m-... or runs:/...).")
+@click.option(
+    "--logged-model",
+    "logged_model",
+    default="",
+    help="Instead of spec+checkpoint: a model logged with mlflow.pytorch (models:/m-... or runs:/...).",
+)
 @click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")
-@click.option("--patch-size", "patch_size", default="",
-              help="Training patch / sliding-window ROI, e.g. 32,32,32 (default: UNETR img_size or 32,32,32).")
+@click.option(
+    "--patch-size",
+    "patch_size",
+    default="",
+    help="Training patch / sliding-window ROI, e.g. 32,32,32 (default: UNETR img_size or 32,32,32).",
+)
 @click.option("--description", default="", help="Version description.")
 @click.option("--tag", "tags", multiple=True, help="Extra version tag KEY=VALUE (repeatable).")
-def register(name, source_dataset, spec, small, checkpoint, random_init, seed, logged_model, bank,
-             patch_size, description, tags) -> None:
+def register(
+    name, source_dataset, spec, small, checkpoint, random_init, seed, logged_model, bank, patch_size, description, tags
+) -> None:
     """Register a MONAI network (spec + checkpoint) or an mlflow.pytorch model as a bank version."""
-    from mlflow_ccfv.tracking.entrypoints import register_from_options
+    from mlflow_ccfv.pipelines.register import register_from_options
 
     with exit_on_input_error("register", INPUT_ERRORS + (TypeError,)):
         mv = register_from_options(
-            name=name, source_dataset=source_dataset, spec=spec, small_spec=small, checkpoint=checkpoint,
-            random_init=random_init, seed=seed, logged_model=logged_model, bank=bank,
-            patch_size=patch_size or None, description=description or None, extra_tags=_parse_tags(tags),
+            name=name,
+            source_dataset=source_dataset,
+            spec=spec,
+            small_spec=small,
+            checkpoint=checkpoint,
+            random_init=random_init,
+            seed=seed,
+            logged_model=logged_model,
+            bank=bank,
+            patch_size=patch_size or None,
+            description=description or None,
+            extra_tags=_parse_tags(tags),
         )
     click.echo(f"Registered models:/{mv.name}/{mv.version} (bank {bank})")

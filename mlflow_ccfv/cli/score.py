@@ -11,24 +11,45 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Target: a task name under --data-root (Task07) or a folder path.")
-@click.option("--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders.")
+@click.option(
+    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
+)
 @click.option("--bank", default="default", show_default=True, help="Score every version tagged ccfv.bank=<bank>.")
 @click.option("--models", default="", help="Instead of the bank: comma-separated models:/<name>/<version> URIs.")
-@click.option("--methods", default="", help="Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations).")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test", "all"]),
-              help="Which cases of the target score the models.")
-@click.option("--roi-size", "roi_size", default="", help="Sliding-window ROI, e.g. 32,32,32 (default: each version's patch_size).")
+@click.option(
+    "--methods",
+    default="",
+    help="Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations).",
+)
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    type=click.Choice(["train", "test", "all"]),
+    help="Which cases of the target score the models.",
+)
+@click.option(
+    "--roi-size", "roi_size", default="", help="Sliding-window ROI, e.g. 32,32,32 (default: each version's patch_size)."
+)
 @click.option("--overlap", default="", help="Sliding-window overlap (default 0.25).")
-@click.option("--global-samples", "global_samples", default="", help="Voxels per case for feature variety (default 256).")
-@click.option("--layer-budgets", "layer_budgets", default="", help="Per-class samples per layer, bottleneck -> output (default 100,200,400).")
+@click.option(
+    "--global-samples", "global_samples", default="", help="Voxels per case for feature variety (default 256)."
+)
+@click.option(
+    "--layer-budgets",
+    "layer_budgets",
+    default="",
+    help="Per-class samples per layer, bottleneck -> output (default 100,200,400).",
+)
 @click.option("--sampler-seed", "sampler_seed", default="", help="Seed of the voxel sampling (default 0).")
 @click.option("--force", default="false", show_default=True, help="true: recompute features even if cached.")
 @click.option("--cache-dir", "cache_dir", default="", help="Feature cache (default .ccfv-cache or $MLFLOW_CCFV_CACHE).")
 @click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
-    from mlflow_ccfv.tracking.entrypoints import score_from_options
-    from mlflow_ccfv.tracking.scoring import parse_methods, table_markdown
+    from mlflow_ccfv.pipelines.score import score_from_options
+    from mlflow_ccfv.scoring import parse_methods
+    from mlflow_ccfv.study.ranking import table_markdown
 
     with exit_on_input_error("score"):
         table = score_from_options(**options)

@@ -4,35 +4,56 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, split_list
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.options import split_list
 
 
 @click.command(cls=CCFVCommand)
-@click.option("--data-root", "data_root", default="data/synthetic", show_default=True,
-              help="Where the synthetic family is (generated there if missing).")
+@click.option(
+    "--data-root",
+    "data_root",
+    default="data/synthetic",
+    show_default=True,
+    help="Where the synthetic family is (generated there if missing).",
+)
 @click.option("--n-cases", "n_cases", default="15", show_default=True, help="Cases per synthetic task.")
 @click.option("--shape", default="64,64,48", show_default=True, help="Synthetic volume shape in voxels.")
-@click.option("--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none.")
+@click.option(
+    "--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none."
+)
 @click.option("--architectures", default="UNet,UNETR", show_default=True, help="Architectures of the bank.")
 @click.option("--targets", default="", help="Comma-separated targets (default: all five tasks).")
-@click.option("--pretrain-steps", "pretrain_steps", default="300", show_default=True, help="Pre-training steps per model.")
-@click.option("--finetune-steps", "finetune_steps", default="200", show_default=True, help="Fine-tuning steps per model.")
+@click.option(
+    "--pretrain-steps", "pretrain_steps", default="300", show_default=True, help="Pre-training steps per model."
+)
+@click.option(
+    "--finetune-steps", "finetune_steps", default="200", show_default=True, help="Fine-tuning steps per model."
+)
 @click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
-@click.option("--experiment", default="ccfv-study", show_default=True,
-              help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).")
+@click.option(
+    "--experiment",
+    default="ccfv-study",
+    show_default=True,
+    help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).",
+)
 @click.option("--out-dir", "out_dir", default="", help="Also write the report's tables and plots here.")
 def study(**options) -> None:
     """Pre-train every source per architecture, then per target: score the bank, fine-tune it, report."""
-    from mlflow_ccfv.tracking.entrypoints import parse_ints
-    from mlflow_ccfv.tracking.workflows import print_summary, run_cli_workflow, study_config
+    from mlflow_ccfv.options import parse_ints
+    from mlflow_ccfv.pipelines.study import print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
-            options["data_root"], n_cases=int(options["n_cases"]),
-            shape=parse_ints(options["shape"], "shape"), brats=options["brats"] or None,
-            pretrain_steps=int(options["pretrain_steps"]), finetune_steps=int(options["finetune_steps"]),
+            options["data_root"],
+            n_cases=int(options["n_cases"]),
+            shape=parse_ints(options["shape"], "shape"),
+            brats=options["brats"] or None,
+            pretrain_steps=int(options["pretrain_steps"]),
+            finetune_steps=int(options["finetune_steps"]),
             architectures=split_list(options["architectures"]),
-            bank=options["bank"], targets=split_list(options["targets"]) or None)
+            bank=options["bank"],
+            targets=split_list(options["targets"]) or None,
+        )
 
     with exit_on_input_error("study"):
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)

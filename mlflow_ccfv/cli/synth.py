@@ -24,26 +24,51 @@ def _triple(kind: type):
 
 
 @click.command("synth", cls=CCFVCommand)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder to write the task folders into.")
-@click.option("--task", "tasks", multiple=True,
-              help="Task name, TaskNN or alias (liver, lung, pancreas, spleen, colon); repeat for several; default all five.")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder to write the task folders into."
+)
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    help="Task name, TaskNN or alias (liver, lung, pancreas, spleen, colon); repeat for several; default all five.",
+)
 @click.option("--n-cases", type=int, default=10, show_default=True, help="Cases per task.")
-@click.option("--shape", default="64,64,48", show_default=True, callback=_triple(int), help="Volume size X,Y,Z in voxels.")
+@click.option(
+    "--shape", default="64,64,48", show_default=True, callback=_triple(int), help="Volume size X,Y,Z in voxels."
+)
 @click.option("--spacing", default="5,5,5", show_default=True, callback=_triple(float), help="Voxel size in mm.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed writes the same files.")
-@click.option("--orientation", type=click.Choice(["LPS", "RAS"]), default="LPS", show_default=True,
-              help="Storage axis codes of the NIfTI files.")
+@click.option(
+    "--orientation",
+    type=click.Choice(["LPS", "RAS"]),
+    default="LPS",
+    show_default=True,
+    help="Storage axis codes of the NIfTI files.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing task folders.")
-@click.option("--figure", type=click.Path(dir_okay=False), default=None,
-              help="Also render one axial slice of each task to this PNG.")
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also render one axial slice of each task to this PNG.",
+)
 def synth(out_dir, tasks, n_cases, shape, spacing, seed, orientation, overwrite, figure) -> None:
     """Generate synthetic CT segmentation tasks (MSD layout) into OUT."""
     from mlflow_ccfv.data import DatasetError
     from mlflow_ccfv.data.synthetic import generate_family, plot_family
 
     try:
-        written = generate_family(out_dir, tasks=list(tasks) or None, n_cases=n_cases, shape=shape,
-                                  spacing=spacing, seed=seed, orientation=orientation, overwrite=overwrite)
+        written = generate_family(
+            out_dir,
+            tasks=list(tasks) or None,
+            n_cases=n_cases,
+            shape=shape,
+            spacing=spacing,
+            seed=seed,
+            orientation=orientation,
+            overwrite=overwrite,
+        )
         if figure:
             plot_family(figure, tasks=list(written), shape=shape, spacing=spacing, seed=seed)
     except (DatasetError, ValueError) as exc:

@@ -13,13 +13,13 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from mlflow_ccfv.data.errors import DatasetError
-from mlflow_ccfv.data.integrity import load_nifti, save_nifti
-from mlflow_ccfv.data.msd import _strip_nifti_suffix
+from mlflow_ccfv.data.nifti import load_nifti, save_nifti, strip_nifti_suffix
+from mlflow_ccfv.errors import DatasetError
 
 __all__ = ["derive_task", "TOTALSEG_ORGANS"]
 
@@ -96,7 +96,7 @@ def derive_task(
     found = np.zeros(len(label_map) + 1, dtype=bool)
     for case_id, img_path, lab_path in zip(case_ids, images, labels):
         source, lab_affine = load_nifti(lab_path, "label", case_id)
-        img_header = nib.load(str(img_path)).header if img_path.is_file() else None
+        img_header: Any = nib.load(str(img_path)).header if img_path.is_file() else None
         if img_header is None:
             raise DatasetError(f"case {case_id!r}: image file {img_path} does not exist.")
         if tuple(img_header.get_data_shape()[:3]) != tuple(source.shape[:3]):
@@ -125,7 +125,7 @@ def derive_task(
     meta = {
         "name": name,
         "description": description
-        or f"derived from {', '.join(_strip_nifti_suffix(p.name) for p in labels)} keeping "
+        or f"derived from {', '.join(strip_nifti_suffix(p.name) for p in labels)} keeping "
         + ", ".join(f"{k}->{v}" for k, v in label_map.items()),
         "tensorImageSize": "3D",
         "modality": {"0": modality},

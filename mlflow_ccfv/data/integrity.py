@@ -13,65 +13,24 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
-from nibabel.affines import voxel_sizes
-from nibabel.orientations import io_orientation
 from tqdm.auto import tqdm
 
-from mlflow_ccfv.data.errors import DatasetError
+from mlflow_ccfv.data.cases import CaseFiles, TaskFolder
+from mlflow_ccfv.data.nifti import affine_ras_spacing, load_nifti
+from mlflow_ccfv.errors import DatasetError
 
-if TYPE_CHECKING:
-    from mlflow_ccfv.data.msd import CaseFiles, MSDDataset
-
-__all__ = ["VerifyReport", "verify_case", "verify_dataset", "load_nifti"]
+__all__ = ["CaseReport", "VerifyReport", "verify_case", "verify_dataset"]
 
 log = logging.getLogger(__name__)
-
-
-def load_nifti(path: Path, what: str, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI file completely: ``(data, affine [4, 4])``; a clear DatasetError otherwise."""
-    if not Path(path).is_file():
-        raise DatasetError(
-            f"case {case_id!r}: {what} file {path} does not exist. Restore it, or remove the case from "
-            "dataset.json's 'training' list."
-        )
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel, gzip, zlib and OS errors all mean "unreadable"
-        raise DatasetError(
-            f"case {case_id!r}: {what} file {path} cannot be read as NIfTI ({type(exc).__name__}: {exc}). "
-            "The file is corrupt or truncated; re-download or re-export it."
-        ) from exc
-    return data, affine
-
-
-def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``data`` as NIfTI with ``affine`` as both qform and sform (code 1, scanner)."""
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
-def affine_ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel spacing in mm of a voxel-to-world ``affine``, permuted to RAS axis order."""
-    zooms = voxel_sizes(affine)
-    spacing = [0.0, 0.0, 0.0]
-    for axis, ras_axis in enumerate(io_orientation(affine)[:, 0]):
-        spacing[int(ras_axis)] = float(zooms[axis])
-    return tuple(spacing)
 
 
 @dataclass
 class CaseReport:
     case_id: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
     label_counts: dict[int, int]
     intensity_range: tuple[float, float]
 
@@ -105,8 +64,7 @@ class VerifyReport:
         spacings = np.array([c.spacing for c in self.cases])
         lines = [
             f"dataset {self.name!r} at {self.root}: OK",
-            f"  cases: {self.n_cases}; modalities: "
-            + ", ".join(f"{k}={v}" for k, v in self.modalities.items()),
+            f"  cases: {self.n_cases}; modalities: " + ", ".join(f"{k}={v}" for k, v in self.modalities.items()),
             f"  shape min {tuple(int(v) for v in shapes.min(0))}, max {tuple(int(v) for v in shapes.max(0))}",
             f"  spacing (mm) median {tuple(round(float(v), 3) for v in np.median(spacings, 0))}",
             "  labels (share of voxels): "
@@ -118,9 +76,7 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_case(
-    case: "CaseFiles", n_channels: int, labels: dict[int, str], affine_tol: float = 1e-3
-) -> CaseReport:
+def verify_case(case: CaseFiles, n_channels: int, labels: dict[int, str], affine_tol: float = 1e-3) -> CaseReport:
     """Check one case (see the module docstring); raises :class:`DatasetError` on the first problem."""
     cid = case.case_id
     image, img_aff = load_nifti(case.image, "image", cid)
@@ -142,15 +98,12 @@ def verify_case(
             )
     else:
         raise DatasetError(
-            f"case {cid!r}: image file {case.image} has shape {image.shape}; expected 3D [X, Y, Z] or "
-            "4D [X, Y, Z, C]."
+            f"case {cid!r}: image file {case.image} has shape {image.shape}; expected 3D [X, Y, Z] or 4D [X, Y, Z, C]."
         )
     if label.ndim == 4 and label.shape[3] == 1:
         label = label[..., 0]
     if label.ndim != 3:
-        raise DatasetError(
-            f"case {cid!r}: label file {case.label} has shape {label.shape}; expected a 3D label map."
-        )
+        raise DatasetError(f"case {cid!r}: label file {case.label} has shape {label.shape}; expected a 3D label map.")
     if tuple(image.shape[:3]) != tuple(label.shape):
         raise DatasetError(
             f"case {cid!r}: label file {case.label} has shape {tuple(label.shape)} but image file "
@@ -199,7 +152,7 @@ def verify_case(
     )
 
 
-def verify_dataset(dataset: "MSDDataset", affine_tol: float = 1e-3, progress: bool = True) -> VerifyReport:
+def verify_dataset(dataset: TaskFolder, affine_tol: float = 1e-3, progress: bool = True) -> VerifyReport:
     """Check every case of ``dataset``; raise one :class:`DatasetError` listing every failure.
 
     Args:
@@ -208,9 +161,7 @@ def verify_dataset(dataset: "MSDDataset", affine_tol: float = 1e-3, progress: bo
             the largest affine entry when that exceeds 1 (so about 1e-3 mm per mm of offset).
         progress: show a tqdm bar.
     """
-    report = VerifyReport(
-        name=dataset.name, root=dataset.root, modalities=dataset.modalities, labels=dataset.labels
-    )
+    report = VerifyReport(name=dataset.name, root=dataset.root, modalities=dataset.modalities, labels=dataset.labels)
     problems: list[str] = []
     for case in tqdm(dataset.cases, desc=f"verifying {dataset.name}", unit="case", disable=not progress):
         try:

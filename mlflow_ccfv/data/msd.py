@@ -20,7 +20,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mlflow_ccfv.data.errors import DatasetError
+from mlflow_ccfv.data.cases import CaseFiles
+from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
+from mlflow_ccfv.data.nifti import ras_spacing, sha256_file, strip_nifti_suffix
+from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase, preprocess_case
+from mlflow_ccfv.errors import DatasetError
 
 __all__ = ["CaseFiles", "MSDDataset", "Split", "resolve_dataset", "DATA_ROOT_ENV"]
 
@@ -31,13 +35,6 @@ DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
 
 #: Modality names (``dataset.json`` ``modality``) treated as CT for intensity normalisation.
 CT_MODALITIES = frozenset({"ct"})
-
-
-def _strip_nifti_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def resolve_dataset(name_or_path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
@@ -76,8 +73,7 @@ def resolve_dataset(name_or_path: str | os.PathLike, data_root: str | os.PathLik
     available = ", ".join(p.name for p in folders) or "(none)"
     if not matches:
         raise DatasetError(
-            f"No dataset folder named {name!r} or {name + '_*'!r} under {str(root)!r}. "
-            f"Available folders: {available}."
+            f"No dataset folder named {name!r} or {name + '_*'!r} under {str(root)!r}. Available folders: {available}."
         )
     if len(matches) > 1:
         raise DatasetError(
@@ -85,15 +81,6 @@ def resolve_dataset(name_or_path: str | os.PathLike, data_root: str | os.PathLik
             f"{', '.join(p.name for p in matches)}. Use the full folder name."
         )
     return matches[0].resolve()
-
-
-@dataclass(frozen=True)
-class CaseFiles:
-    """One training case: its id (the image file name without ``.nii.gz``) and its two files."""
-
-    case_id: str
-    image: Path
-    label: Path
 
 
 @dataclass(frozen=True)
@@ -114,7 +101,7 @@ class Split:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Split":
+    def from_dict(cls, data: dict) -> Split:
         return cls(
             train=list(data["train"]),
             test=list(data["test"]),
@@ -129,14 +116,6 @@ class Split:
         if case_id in self.train:
             return "train"
         raise KeyError(f"Case {case_id!r} is in neither part of the split.")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -162,7 +141,7 @@ class MSDDataset:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> "MSDDataset":
+    def load(cls, path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> MSDDataset:
         """Read ``dataset.json`` of a task folder (or task name, see :func:`resolve_dataset`).
 
         Only ``dataset.json`` is read here; :meth:`verify` checks the files themselves.
@@ -189,7 +168,7 @@ class MSDDataset:
                 f'{{"0": "background", "1": "spleen"}} ({exc}).'
             ) from exc
         if 0 not in labels:
-            raise DatasetError(f"{meta_path}: 'labels' must declare 0 (background); add \"0\": \"background\".")
+            raise DatasetError(f'{meta_path}: \'labels\' must declare 0 (background); add "0": "background".')
         if not modalities:
             raise DatasetError(f"{meta_path}: 'modality' is empty; declare one entry per image channel.")
         cases: list[CaseFiles] = []
@@ -201,7 +180,7 @@ class MSDDataset:
                 )
             image = (root / entry["image"]).resolve()
             label = (root / entry["label"]).resolve()
-            case_id = _strip_nifti_suffix(image.name)
+            case_id = strip_nifti_suffix(image.name)
             if case_id in seen:
                 raise DatasetError(f"{meta_path}: case {case_id!r} is listed twice in 'training'; remove one.")
             seen.add(case_id)
@@ -239,22 +218,18 @@ class MSDDataset:
         for c in self.cases:
             if c.case_id == case_id:
                 return c
-        raise DatasetError(
-            f"Dataset {self.name!r} has no case {case_id!r}. Cases: {', '.join(self.case_ids)}."
-        )
+        raise DatasetError(f"Dataset {self.name!r} has no case {case_id!r}. Cases: {', '.join(self.case_ids)}.")
 
     def __len__(self) -> int:
         return len(self.cases)
 
     # ---------------------------------------------------------------- integrity
-    def verify(self, affine_tol: float = 1e-3, progress: bool = True):
+    def verify(self, affine_tol: float = 1e-3, progress: bool = True) -> VerifyReport:
         """Check every case before any work; see :func:`mlflow_ccfv.data.integrity.verify_dataset`.
 
         Returns a :class:`~mlflow_ccfv.data.integrity.VerifyReport`; raises :class:`DatasetError`
         listing every failing case and file.
         """
-        from mlflow_ccfv.data.integrity import verify_dataset
-
         return verify_dataset(self, affine_tol=affine_tol, progress=progress)
 
     # -------------------------------------------------------------------- split
@@ -278,29 +253,25 @@ class MSDDataset:
         return Split(train=train, test=test, seed=seed, test_fraction=test_fraction)
 
     # ----------------------------------------------------------- pre-processing
-    def load_case(self, case_id: str, config=None):
+    def load_case(self, case_id: str, config: PreprocessConfig | None = None) -> PreprocessedCase:
         """Load and pre-process one case; see :func:`mlflow_ccfv.data.preprocess.preprocess_case`.
 
         Returns a :class:`~mlflow_ccfv.data.preprocess.PreprocessedCase` (``image`` float32
         ``[C, X, Y, Z]``, ``label`` int64 ``[X, Y, Z]``, ``spacing`` in mm, RAS axis order).
         """
-        from mlflow_ccfv.data.preprocess import PreprocessConfig, preprocess_case
-
         config = config or PreprocessConfig()
         return preprocess_case(self, self.case(case_id), config)
 
     def iter_cases(
-        self, case_ids: Iterable[str] | None = None, config=None, progress: bool = True
-    ) -> Iterator:
+        self, case_ids: Iterable[str] | None = None, config: PreprocessConfig | None = None, progress: bool = True
+    ) -> Iterator[PreprocessedCase]:
         """Yield pre-processed cases (all by default) one at a time, with a tqdm progress bar."""
         ids = list(self.case_ids if case_ids is None else case_ids)
         for case_id in tqdm(ids, desc=f"loading {self.name}", unit="case", disable=not progress):
             yield self.load_case(case_id, config)
 
-    def median_spacing(self) -> tuple[float, float, float]:
+    def median_spacing(self) -> tuple[float, ...]:
         """Median voxel spacing over the cases in mm, in RAS axis order (from the headers only)."""
-        from mlflow_ccfv.data.preprocess import ras_spacing
-
         if "median_spacing" not in self._intensity_cache:
             spacings = np.array([ras_spacing(c.image) for c in self.cases])
             self._intensity_cache["median_spacing"] = tuple(float(s) for s in np.median(spacings, axis=0))
@@ -328,8 +299,7 @@ class MSDDataset:
             for path in (c.image, c.label):
                 if not path.is_file():
                     raise DatasetError(
-                        f"Case {c.case_id!r}: file {path} is missing; restore it or remove the case "
-                        "from dataset.json."
+                        f"Case {c.case_id!r}: file {path} is missing; restore it or remove the case from dataset.json."
                     )
             rows.append(
                 {

@@ -26,19 +26,16 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from mlflow_ccfv.data.errors import DatasetError
-from mlflow_ccfv.data.integrity import affine_ras_spacing, load_nifti
+from mlflow_ccfv.data.cases import CaseFiles, TaskFolder
+from mlflow_ccfv.data.nifti import load_nifti
+from mlflow_ccfv.errors import DatasetError
 
-if TYPE_CHECKING:
-    from mlflow_ccfv.data.msd import CaseFiles, MSDDataset
-
-__all__ = ["PreprocessConfig", "PreprocessedCase", "preprocess_case", "ct_intensity_properties", "ras_spacing"]
+__all__ = ["PreprocessConfig", "PreprocessedCase", "preprocess_case", "ct_intensity_properties"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ class PreprocessConfig:
         seed: seed of the generator drawing those voxels.
     """
 
-    target_spacing: tuple[float, float, float] | None = None
+    target_spacing: tuple[float, ...] | None = None
     orientation: str = "RAS"
     image_interpolation: str = "bilinear"
     ct_clip_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -70,7 +67,9 @@ class PreprocessConfig:
             raise ValueError(f"ct_statistics must be 'dataset' or 'case', got {self.ct_statistics!r}.")
         lo, hi = self.ct_clip_percentiles
         if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError(f"ct_clip_percentiles must satisfy 0 <= low < high <= 100, got {self.ct_clip_percentiles}.")
+            raise ValueError(
+                f"ct_clip_percentiles must satisfy 0 <= low < high <= 100, got {self.ct_clip_percentiles}."
+            )
         if self.target_spacing is not None:
             if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
                 raise ValueError(f"target_spacing must be three positive mm values, got {self.target_spacing}.")
@@ -100,17 +99,12 @@ class PreprocessedCase:
     case_id: str
     image: torch.Tensor
     label: torch.Tensor
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, ...]
     affine: np.ndarray
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.label.shape)
-
-
-def ras_spacing(path: str | Path) -> tuple[float, float, float]:
-    """Voxel spacing in mm of a NIfTI file, permuted to RAS axis order (header only)."""
-    return affine_ras_spacing(nib.load(str(path)).affine)
 
 
 def _clipped_stats(values: np.ndarray, percentiles: tuple[float, float]) -> dict[str, float]:
@@ -119,7 +113,7 @@ def _clipped_stats(values: np.ndarray, percentiles: tuple[float, float]) -> dict
     return {"lower": float(lo), "upper": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std())}
 
 
-def ct_intensity_properties(dataset: "MSDDataset", config: PreprocessConfig) -> list[dict[str, float]]:
+def ct_intensity_properties(dataset: TaskFolder, config: PreprocessConfig) -> list[dict[str, float]]:
     """Dataset-level CT foreground statistics per channel: ``lower``, ``upper``, ``mean``, ``std`` (HU).
 
     Up to ``config.ct_samples_per_case`` foreground voxels (label > 0) are drawn from every case
@@ -138,7 +132,9 @@ def ct_intensity_properties(dataset: "MSDDataset", config: PreprocessConfig) -> 
         fg = np.flatnonzero(label.reshape(-1) > 0)
         if fg.size == 0:
             continue
-        pick = fg if fg.size <= config.ct_samples_per_case else rng.choice(fg, config.ct_samples_per_case, replace=False)
+        pick = (
+            fg if fg.size <= config.ct_samples_per_case else rng.choice(fg, config.ct_samples_per_case, replace=False)
+        )
         for c in range(image.shape[3]):
             samples[c].append(image[..., c].reshape(-1)[pick].astype(np.float64))
     if not samples[0]:
@@ -152,8 +148,9 @@ def ct_intensity_properties(dataset: "MSDDataset", config: PreprocessConfig) -> 
     return props
 
 
-def _normalise_ct(image: np.ndarray, label: np.ndarray, props: list[dict[str, float]] | None,
-                  config: PreprocessConfig, case_id: str) -> np.ndarray:
+def _normalise_ct(
+    image: np.ndarray, label: np.ndarray, props: list[dict[str, float]] | None, config: PreprocessConfig, case_id: str
+) -> np.ndarray:
     out = np.empty(image.shape, dtype=np.float32)
     fg = label > 0
     for c in range(image.shape[0]):
@@ -182,7 +179,7 @@ def _normalise_nonzero(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess_case(dataset: "MSDDataset", case: "CaseFiles", config: PreprocessConfig) -> PreprocessedCase:
+def preprocess_case(dataset: TaskFolder, case: CaseFiles, config: PreprocessConfig) -> PreprocessedCase:
     """Load one case and apply the pre-processing of the module docstring.
 
     Returns a :class:`PreprocessedCase` (image float32 ``[C, X, Y, Z]``, label int64 ``[X, Y, Z]``).
@@ -224,7 +221,9 @@ def preprocess_case(dataset: "MSDDataset", case: "CaseFiles", config: Preprocess
     data["image"].set_array(torch.from_numpy(normalised))
 
     target = config.target_spacing or dataset.median_spacing()
-    resampled = Spacingd(keys=["image", "label"], pixdim=target, mode=(config.image_interpolation, "nearest"))(data)
+    resampled: Any = Spacingd(keys=["image", "label"], pixdim=target, mode=(config.image_interpolation, "nearest"))(
+        data
+    )
     image_t = resampled["image"].as_tensor().to(torch.float32).contiguous()
     label_t = torch.round(resampled["label"].as_tensor()[0]).to(torch.int64).contiguous()
     affine = np.asarray(resampled["image"].affine, dtype=np.float64)

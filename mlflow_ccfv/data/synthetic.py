@@ -36,8 +36,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from mlflow_ccfv.data.errors import DatasetError
-from mlflow_ccfv.data.integrity import save_nifti
+from mlflow_ccfv.data.nifti import save_nifti
+from mlflow_ccfv.errors import DatasetError
 
 __all__ = [
     "SYNTHETIC_TASKS",
@@ -79,34 +79,85 @@ class Protocol:
 
 
 _COMMON_HU = {
-    "air": -1000.0, "fat": -100.0, "visceral_fat": -90.0, "muscle": 55.0, "bone_cortex": 700.0,
-    "bone_marrow": 220.0, "csf": 15.0, "stomach": 15.0, "stomach_air": -900.0, "colon_wall": 60.0,
-    "colon_lumen": -350.0, "bowel": 40.0, "lung": -860.0, "lung_vessel": 30.0, "heart": 45.0,
+    "air": -1000.0,
+    "fat": -100.0,
+    "visceral_fat": -90.0,
+    "muscle": 55.0,
+    "bone_cortex": 700.0,
+    "bone_marrow": 220.0,
+    "csf": 15.0,
+    "stomach": 15.0,
+    "stomach_air": -900.0,
+    "colon_wall": 60.0,
+    "colon_lumen": -350.0,
+    "bowel": 40.0,
+    "lung": -860.0,
+    "lung_vessel": 30.0,
+    "heart": 45.0,
 }
 
 PORTAL_VENOUS = Protocol(
     name="portal-venous phase, smooth kernel, standard dose",
-    hu={**_COMMON_HU, "liver": 105.0, "spleen": 112.0, "kidney": 170.0, "pancreas": 95.0, "aorta": 160.0,
-        "ivc": 150.0, "bowel": 70.0, "heart": 150.0},
-    noise_sd=12.0, kernel_sigma=0.8, texture_sd=8.0, texture_sigma=1.5,
+    hu={
+        **_COMMON_HU,
+        "liver": 105.0,
+        "spleen": 112.0,
+        "kidney": 170.0,
+        "pancreas": 95.0,
+        "aorta": 160.0,
+        "ivc": 150.0,
+        "bowel": 70.0,
+        "heart": 150.0,
+    },
+    noise_sd=12.0,
+    kernel_sigma=0.8,
+    texture_sd=8.0,
+    texture_sigma=1.5,
 )
 ARTERIAL = Protocol(
     name="late-arterial (pancreatic) phase, medium kernel, low dose",
-    hu={**_COMMON_HU, "liver": 70.0, "spleen": 135.0, "kidney": 230.0, "pancreas": 130.0, "aorta": 320.0,
-        "ivc": 75.0, "bowel": 90.0, "heart": 250.0},
-    noise_sd=25.0, kernel_sigma=0.5, texture_sd=14.0, texture_sigma=1.0,
+    hu={
+        **_COMMON_HU,
+        "liver": 70.0,
+        "spleen": 135.0,
+        "kidney": 230.0,
+        "pancreas": 130.0,
+        "aorta": 320.0,
+        "ivc": 75.0,
+        "bowel": 90.0,
+        "heart": 250.0,
+    },
+    noise_sd=25.0,
+    kernel_sigma=0.5,
+    texture_sd=14.0,
+    texture_sigma=1.0,
 )
 COLONOGRAPHY = Protocol(
     name="portal-venous phase, air-distended colon, medium kernel",
-    hu={**_COMMON_HU, "liver": 100.0, "spleen": 108.0, "kidney": 165.0, "pancreas": 90.0, "aorta": 150.0,
-        "ivc": 140.0, "colon_lumen": -950.0, "colon_wall": 75.0, "heart": 140.0},
-    noise_sd=20.0, kernel_sigma=0.6, texture_sd=10.0, texture_sigma=1.2,
+    hu={
+        **_COMMON_HU,
+        "liver": 100.0,
+        "spleen": 108.0,
+        "kidney": 165.0,
+        "pancreas": 90.0,
+        "aorta": 150.0,
+        "ivc": 140.0,
+        "colon_lumen": -950.0,
+        "colon_wall": 75.0,
+        "heart": 140.0,
+    },
+    noise_sd=20.0,
+    kernel_sigma=0.6,
+    texture_sd=10.0,
+    texture_sigma=1.2,
 )
 CHEST_NONCONTRAST = Protocol(
     name="non-contrast chest, sharp (lung) kernel, low dose",
-    hu={**_COMMON_HU, "liver": 58.0, "spleen": 48.0, "kidney": 35.0, "pancreas": 40.0, "aorta": 42.0,
-        "ivc": 40.0},
-    noise_sd=35.0, kernel_sigma=0.3, texture_sd=15.0, texture_sigma=0.8,
+    hu={**_COMMON_HU, "liver": 58.0, "spleen": 48.0, "kidney": 35.0, "pancreas": 40.0, "aorta": 42.0, "ivc": 40.0},
+    noise_sd=35.0,
+    kernel_sigma=0.3,
+    texture_sd=15.0,
+    texture_sigma=0.8,
 )
 
 
@@ -137,34 +188,59 @@ class SyntheticTask:
 
 _TASK_LIST = (
     SyntheticTask(
-        "Task03_SynthLiver", "liver", 3, "abdomen", PORTAL_VENOUS,
+        "Task03_SynthLiver",
+        "liver",
+        3,
+        "abdomen",
+        PORTAL_VENOUS,
         {0: "background", 1: "liver", 2: "cancer"},
         "large organ with 1-4 hypodense tumours (radius 11-22 mm), portal-venous abdomen",
-        mirrors="MSD Task03 Liver", related=("spleen",),
+        mirrors="MSD Task03 Liver",
+        related=("spleen",),
     ),
     SyntheticTask(
-        "Task06_SynthLung", "lung", 6, "thorax", CHEST_NONCONTRAST,
+        "Task06_SynthLung",
+        "lung",
+        6,
+        "thorax",
+        CHEST_NONCONTRAST,
         {0: "background", 1: "cancer"},
         "one or two small solid nodules (radius 11-19 mm) in low-intensity lung, non-contrast chest",
-        mirrors="MSD Task06 Lung", related=(),
+        mirrors="MSD Task06 Lung",
+        related=(),
     ),
     SyntheticTask(
-        "Task07_SynthPancreas", "pancreas", 7, "abdomen", ARTERIAL,
+        "Task07_SynthPancreas",
+        "pancreas",
+        7,
+        "abdomen",
+        ARTERIAL,
         {0: "background", 1: "pancreas", 2: "cancer"},
         "small elongated organ with a hypodense tumour, arterial-phase abdomen",
-        mirrors="MSD Task07 Pancreas", related=("colon",),
+        mirrors="MSD Task07 Pancreas",
+        related=("colon",),
     ),
     SyntheticTask(
-        "Task09_SynthSpleen", "spleen", 9, "abdomen", PORTAL_VENOUS,
+        "Task09_SynthSpleen",
+        "spleen",
+        9,
+        "abdomen",
+        PORTAL_VENOUS,
         {0: "background", 1: "spleen"},
         "medium compact organ, portal-venous abdomen (same scanner as the liver task)",
-        mirrors="MSD Task09 Spleen", related=("liver",),
+        mirrors="MSD Task09 Spleen",
+        related=("liver",),
     ),
     SyntheticTask(
-        "Task10_SynthColon", "colon", 10, "abdomen", COLONOGRAPHY,
+        "Task10_SynthColon",
+        "colon",
+        10,
+        "abdomen",
+        COLONOGRAPHY,
         {0: "background", 1: "colon cancer primaries"},
         "a large enhancing lesion on the wall of an air-distended colon, portal-venous abdomen",
-        mirrors="MSD Task10 Colon", related=("pancreas",),
+        mirrors="MSD Task10 Colon",
+        related=("pancreas",),
     ),
 )
 
@@ -182,7 +258,8 @@ def get_task(task: str | SyntheticTask) -> SyntheticTask:
             return t
     raise DatasetError(
         f"Unknown synthetic task {task!r}. Choose one of: "
-        + ", ".join(f"{t.name} ({t.alias})" for t in _TASK_LIST) + "."
+        + ", ".join(f"{t.name} ({t.alias})" for t in _TASK_LIST)
+        + "."
     )
 
 
@@ -195,8 +272,9 @@ class _Grid:
         self.spacing = np.asarray(spacing, dtype=np.float64)
         half_width_mm = self.shape[0] * self.spacing[0] / 2.0
         self.voxel_units = self.spacing / half_width_mm  # size of one voxel in units, per axis
-        self.axes = [((np.arange(n) - (n - 1) / 2.0) * self.voxel_units[i]).astype(np.float32)
-                     for i, n in enumerate(self.shape)]
+        self.axes = [
+            ((np.arange(n) - (n - 1) / 2.0) * self.voxel_units[i]).astype(np.float32) for i, n in enumerate(self.shape)
+        ]
         self.x, self.y, self.z = np.meshgrid(*self.axes, indexing="ij")
         self.z_half = float(self.axes[2][-1])
 
@@ -253,8 +331,9 @@ def _tube_distance(q, path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, frac
 
 
-def _place_lesion(grid: _Grid, rng, q, host: np.ndarray, radius: float, perturb: np.ndarray,
-                  margin: float = 0.6) -> np.ndarray | None:
+def _place_lesion(
+    grid: _Grid, rng, q, host: np.ndarray, radius: float, perturb: np.ndarray, margin: float = 0.6
+) -> np.ndarray | None:
     """A lobulated ball of ``radius`` units centred at a host voxel at least ``margin*radius`` deep."""
     depth = ndimage.distance_transform_edt(host, sampling=grid.voxel_units)
     candidates = np.flatnonzero((host & (depth >= margin * radius)).reshape(-1))
@@ -288,7 +367,7 @@ def _abdomen(grid: _Grid, rng: np.random.Generator, q, fields, air_colon: bool) 
     vb = np.sqrt((x - j(0.01)) ** 2 + (y + 0.5 * ay / 0.68 - 0.05) ** 2)
     m["bone_marrow"] = vb <= 0.1
     m["bone_cortex"] = (vb > 0.1) & (vb <= 0.125)
-    m["csf"] = np.sqrt(x ** 2 + (y + 0.5 * ay / 0.68 + 0.12) ** 2) <= 0.04
+    m["csf"] = np.sqrt(x**2 + (y + 0.5 * ay / 0.68 + 0.12) ** 2) <= 0.04
     m["paraspinal"] = (np.sqrt((np.abs(x) - 0.15) ** 2 + (y + 0.5 * ay / 0.68 + 0.15) ** 2) <= 0.09) & m["body"]
     m["aorta"] = np.sqrt((x + 0.06 + j(0.01)) ** 2 + (y + 0.28) ** 2) <= 0.05 + j(0.005)
     m["ivc"] = np.sqrt((x - 0.12 + j(0.01)) ** 2 + (y + 0.26) ** 2) <= 0.05 + j(0.005)
@@ -297,23 +376,43 @@ def _abdomen(grid: _Grid, rng: np.random.Generator, q, fields, air_colon: bool) 
     liver = _ellipsoid(q, (0.36 + j(), 0.0 + j(), top - 0.38 + j()), (0.42 * s, 0.46 * s, 0.42), fields[2], 0.25)
     liver |= _ellipsoid(q, (0.0 + j(), 0.22 + j(), top - 0.25 + j()), (0.3, 0.2, 0.22), fields[2], 0.25)
     m["liver"] = liver & inner
-    m["spleen"] = _ellipsoid(q, (-0.56 + j(), -0.2 + j(), top - 0.35 + j()), (0.15, 0.27, 0.27) * rng.uniform(0.85, 1.15, 3),
-                             fields[3], 0.3) & inner & ~m["liver"]
+    m["spleen"] = (
+        _ellipsoid(
+            q,
+            (-0.56 + j(), -0.2 + j(), top - 0.35 + j()),
+            (0.15, 0.27, 0.27) * rng.uniform(0.85, 1.15, 3),
+            fields[3],
+            0.3,
+        )
+        & inner
+        & ~m["liver"]
+    )
     for side, name in ((1, "kidney_right"), (-1, "kidney_left")):
         m[name] = _ellipsoid(q, (side * 0.36 + j(), -0.36 + j(), top - 0.72 + j()), (0.13, 0.15, 0.3), fields[4], 0.2)
     m["stomach"] = _ellipsoid(q, (-0.28 + j(), 0.25 + j(), top - 0.3 + j()), (0.2, 0.15, 0.2), fields[3], 0.3) & inner
     m["stomach"] &= ~m["liver"] & ~m["spleen"]
     m["stomach_air"] = m["stomach"] & (y > 0.25 + 0.07)
     # pancreas: a Bezier tube from the head (right, near the duodenum) to the tail (splenic hilum)
-    ctrl = np.array([[0.14, -0.06, top - 0.66], [0.0, 0.02, top - 0.56], [-0.25, -0.12, top - 0.5],
-                     [-0.45, -0.2, top - 0.42]]) + rng.normal(0.0, 0.025, (4, 3))
+    ctrl = np.array(
+        [[0.14, -0.06, top - 0.66], [0.0, 0.02, top - 0.56], [-0.25, -0.12, top - 0.5], [-0.45, -0.2, top - 0.42]]
+    ) + rng.normal(0.0, 0.025, (4, 3))
     dist, frac = _tube_distance(q, _bezier(ctrl, 20))
     radius = (0.1 - 0.05 * frac) * (1 + 0.15 * fields[4])
     m["pancreas"] = (dist <= radius) & inner & ~m["liver"] & ~m["spleen"] & ~m["stomach"]
     # colon: ascending (right) -> transverse (anterior) -> descending (left)
     lo = -zh + 0.08
-    ctrl = np.array([[0.56, -0.05, lo], [0.58, 0.0, top - 0.8], [0.45, 0.3, top - 0.72], [0.0, 0.42, top - 0.78],
-                     [-0.45, 0.3, top - 0.62], [-0.6, 0.0, top - 0.7], [-0.58, -0.05, lo], [-0.3, 0.2, lo - 0.05]])
+    ctrl = np.array(
+        [
+            [0.56, -0.05, lo],
+            [0.58, 0.0, top - 0.8],
+            [0.45, 0.3, top - 0.72],
+            [0.0, 0.42, top - 0.78],
+            [-0.45, 0.3, top - 0.62],
+            [-0.6, 0.0, top - 0.7],
+            [-0.58, -0.05, lo],
+            [-0.3, 0.2, lo - 0.05],
+        ]
+    )
     ctrl = ctrl + rng.normal(0.0, 0.03, ctrl.shape)
     path = np.concatenate([_bezier(ctrl[i : i + 3], 10)[:-1] for i in range(0, len(ctrl) - 2, 2)] + [ctrl[-1:]])
     cdist, _ = _tube_distance(q, path)
@@ -327,8 +426,19 @@ def _abdomen(grid: _Grid, rng: np.random.Generator, q, fields, air_colon: bool) 
     # bowel loops: blobs of a thresholded smooth field in the remaining anterior abdomen
     loops = grid.texture(rng, 2.0) > 0.6
     taken = np.zeros(grid.shape, bool)
-    for k in ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "pancreas", "aorta", "ivc",
-              "bone_marrow", "bone_cortex", "paraspinal"):
+    for k in (
+        "liver",
+        "spleen",
+        "kidney_right",
+        "kidney_left",
+        "stomach",
+        "pancreas",
+        "aorta",
+        "ivc",
+        "bone_marrow",
+        "bone_cortex",
+        "paraspinal",
+    ):
         taken |= m[k]
     taken |= colon
     m["bowel"] = loops & inner & ~taken & (y > -0.25) & (z < top - 0.45)
@@ -354,7 +464,7 @@ def _thorax(grid: _Grid, rng: np.random.Generator, q, fields) -> dict[str, np.nd
     phase = rng.uniform(0, 2 * np.pi)
     rib_band = (r > 0.8) & (r <= 0.87) & (y > -0.55)
     m["bone_cortex"] = rib_band & (np.sin(2 * np.pi * (z + 0.15 * y) / period + phase) > 0.55)
-    vb = np.sqrt(x ** 2 + (y + 0.47 * ay / 0.62 - 0.03) ** 2)
+    vb = np.sqrt(x**2 + (y + 0.47 * ay / 0.62 - 0.03) ** 2)
     m["bone_marrow"] = vb <= 0.1
     m["bone_cortex"] |= (vb > 0.1) & (vb <= 0.125)
     m["paraspinal"] = (np.sqrt((np.abs(x) - 0.15) ** 2 + (y + 0.47 * ay / 0.62 + 0.1) ** 2) <= 0.09) & m["body"]
@@ -362,7 +472,9 @@ def _thorax(grid: _Grid, rng: np.random.Generator, q, fields) -> dict[str, np.nd
     m["heart"] = _ellipsoid(q, (-0.08 + j(), 0.15 + j(), -0.15 + j()), (0.3, 0.26, 0.34), fields[2], 0.2) & inner
     lungs = np.zeros(grid.shape, bool)
     for side in (1, -1):
-        lungs |= _ellipsoid(q, (side * 0.42 + j(), 0.0 + j(), 0.1 + j()), (0.34, 0.52, 0.95), fields[3 if side > 0 else 4], 0.2)
+        lungs |= _ellipsoid(
+            q, (side * 0.42 + j(), 0.0 + j(), 0.1 + j()), (0.34, 0.52, 0.95), fields[3 if side > 0 else 4], 0.2
+        )
     mediastinum = np.abs(x + 0.03) < 0.1
     m["lung"] = lungs & inner & ~m["heart"] & ~mediastinum & ~m["aorta"] & ~m["paraspinal"] & ~m["bone_marrow"]
     # liver dome in the lowest slices (shares the abdominal anatomy)
@@ -377,15 +489,54 @@ def _thorax(grid: _Grid, rng: np.random.Generator, q, fields) -> dict[str, np.nd
 
 
 # Draw order: later tissues overwrite earlier ones.
-_ABDOMEN_ORDER = ("visceral_fat", "fat", "muscle", "paraspinal", "bowel", "colon_wall", "colon_lumen", "kidney_right",
-                  "kidney_left", "pancreas", "stomach", "stomach_air", "spleen", "liver", "aorta", "ivc",
-                  "bone_marrow", "bone_cortex", "csf")
-_THORAX_ORDER = ("visceral_fat", "fat", "muscle", "paraspinal", "liver", "heart", "aorta", "lung_parenchyma",
-                 "lung_vessel", "bone_marrow", "bone_cortex")
-_TISSUE_HU_KEY = {"kidney_right": "kidney", "kidney_left": "kidney", "paraspinal": "muscle",
-                  "lung_parenchyma": "lung"}
-_TEXTURED = {"liver", "spleen", "kidney_right", "kidney_left", "pancreas", "muscle", "paraspinal", "bowel", "heart",
-             "lesion", "lung_parenchyma"}
+_ABDOMEN_ORDER = (
+    "visceral_fat",
+    "fat",
+    "muscle",
+    "paraspinal",
+    "bowel",
+    "colon_wall",
+    "colon_lumen",
+    "kidney_right",
+    "kidney_left",
+    "pancreas",
+    "stomach",
+    "stomach_air",
+    "spleen",
+    "liver",
+    "aorta",
+    "ivc",
+    "bone_marrow",
+    "bone_cortex",
+    "csf",
+)
+_THORAX_ORDER = (
+    "visceral_fat",
+    "fat",
+    "muscle",
+    "paraspinal",
+    "liver",
+    "heart",
+    "aorta",
+    "lung_parenchyma",
+    "lung_vessel",
+    "bone_marrow",
+    "bone_cortex",
+)
+_TISSUE_HU_KEY = {"kidney_right": "kidney", "kidney_left": "kidney", "paraspinal": "muscle", "lung_parenchyma": "lung"}
+_TEXTURED = {
+    "liver",
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "pancreas",
+    "muscle",
+    "paraspinal",
+    "bowel",
+    "heart",
+    "lesion",
+    "lung_parenchyma",
+}
 
 
 def synthesize_case(
@@ -412,12 +563,16 @@ def synthesize_case(
         raise ValueError(f"spacing must be three positive mm values, got {tuple(spacing)}.")
     grid = _Grid(shape, spacing)
     amp = 0.035
-    q = (grid.x + amp * grid.smooth_field(rng), grid.y + amp * grid.smooth_field(rng), grid.z + amp * grid.smooth_field(rng))
+    q = (
+        grid.x + amp * grid.smooth_field(rng),
+        grid.y + amp * grid.smooth_field(rng),
+        grid.z + amp * grid.smooth_field(rng),
+    )
     fields = [grid.smooth_field(rng) for _ in range(6)]
     hu = t.protocol.hu
     if t.region == "abdomen":
         m = _abdomen(grid, rng, q, fields, air_colon=t.alias == "colon")
-        order = _ABDOMEN_ORDER
+        order: tuple[str, ...] = _ABDOMEN_ORDER
     else:
         m = _thorax(grid, rng, q, fields)
         order = _THORAX_ORDER
@@ -483,7 +638,7 @@ def synthesize_case(
 
 
 # --------------------------------------------------------------------------- writing tasks
-def _affine(shape: Sequence[int], spacing: Sequence[float], orientation: str) -> tuple[np.ndarray, tuple[int, int]]:
+def _affine(shape: Sequence[int], spacing: Sequence[float], orientation: str) -> tuple[np.ndarray, int]:
     """Voxel-to-RAS-mm affine centred on the volume; ``LPS`` storage flips the first two axes."""
     sx, sy, sz = (float(s) for s in spacing)
     centre = (np.asarray(shape) - 1) / 2.0
@@ -565,8 +720,12 @@ def generate_task(
         "training": training,
         "test": [],
         "synthetic": {
-            "seed": int(seed), "shape": [int(s) for s in shape], "spacing": [float(s) for s in spacing],
-            "region": t.region, "protocol": t.protocol.name, "orientation": orientation,
+            "seed": int(seed),
+            "shape": [int(s) for s in shape],
+            "spacing": [float(s) for s in spacing],
+            "region": t.region,
+            "protocol": t.protocol.name,
+            "orientation": orientation,
         },
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
@@ -587,8 +746,17 @@ def generate_family(
     """Write several tasks (all five by default) under ``out_dir``; returns task name -> folder."""
     chosen = [get_task(t) for t in (tasks if tasks is not None else SYNTHETIC_TASKS)]
     return {
-        t.name: generate_task(t, out_dir, n_cases=n_cases, shape=shape, spacing=spacing, seed=seed,
-                              orientation=orientation, overwrite=overwrite, progress=progress)
+        t.name: generate_task(
+            t,
+            out_dir,
+            n_cases=n_cases,
+            shape=shape,
+            spacing=spacing,
+            seed=seed,
+            orientation=orientation,
+            overwrite=overwrite,
+            progress=progress,
+        )
         for t in chosen
     }
 
@@ -606,13 +774,11 @@ def plot_family(
     Abdominal tasks are shown in a soft-tissue window (W 400, L 40), the chest in a lung window
     (W 1500, L -600); label outlines are drawn in colour, one colour per class.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend stays the caller's
 
     chosen = [get_task(t) for t in (tasks if tasks is not None else SYNTHETIC_TASKS)]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.0 * len(chosen), 3.8), squeeze=False)
+    fig = Figure(figsize=(3.0 * len(chosen), 3.8))
+    axes = fig.subplots(1, len(chosen), squeeze=False)
     colours = ["#ffcc00", "#ff3030", "#30a0ff"]
     for ax, t in zip(axes[0], chosen):
         image, label = synthesize_case(t, _case_rng(seed, t, 0), shape, spacing)
@@ -622,8 +788,13 @@ def plot_family(
         zi = int(zs[len(zs) // 2])
         level, width = (-600, 1500) if t.region == "thorax" else (40, 400)
         # rows = anterior at the top, columns = patient right on the left (radiological view)
-        ax.imshow(image[::-1, :, zi].T[::-1], cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
-                  aspect=spacing[1] / spacing[0])
+        ax.imshow(
+            image[::-1, :, zi].T[::-1],
+            cmap="gray",
+            vmin=level - width / 2,
+            vmax=level + width / 2,
+            aspect=spacing[1] / spacing[0],
+        )
         for k, colour in zip(classes, colours):
             ax.contour((label[::-1, :, zi] == k).T[::-1].astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
         ax.set_title(f"{t.name}\n" + ", ".join(t.labels[k] for k in classes), fontsize=8)
@@ -632,5 +803,4 @@ def plot_family(
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

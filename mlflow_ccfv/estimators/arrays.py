@@ -36,9 +36,7 @@ def check_features(x: Any, name: str, min_rows: int = 1) -> np.ndarray:
     """
     a = to_numpy(x, name)
     if a.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array [n_samples, n_features], got shape {tuple(a.shape)}"
-        )
+        raise ValueError(f"{name} must be a 2-D array [n_samples, n_features], got shape {tuple(a.shape)}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(a.shape)}); it needs samples and features")
     if a.shape[0] < min_rows:

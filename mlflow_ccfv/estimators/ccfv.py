@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,16 +78,13 @@ class LayerScore:
 def _check_layers(layers: Sequence[Layer]) -> None:
     if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Sequence):
         raise TypeError(
-            "layers must be a sequence over decoder layers of (class-features-per-case, "
-            "global-samples-per-case) pairs"
+            "layers must be a sequence over decoder layers of (class-features-per-case, global-samples-per-case) pairs"
         )
     if len(layers) == 0:
         raise ValueError("ccfv needs at least one decoder layer, got none")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Sequence) or len(layer) != 2:
-            raise TypeError(
-                f"layers[{i}] must be a (class-features-per-case, global-samples-per-case) pair"
-            )
+            raise TypeError(f"layers[{i}] must be a (class-features-per-case, global-samples-per-case) pair")
 
 
 def ccfv_layers(
@@ -161,7 +159,5 @@ def ccfv(
     Higher means better expected transfer. Arguments as in ``ccfv_layers``; pass one layer for the
     "single-scale" ablation; ``unit_sphere=True`` for the scale-invariant extension.
     """
-    per_layer = ccfv_layers(
-        layers, distance, use_consistency, use_variety, regularization, min_distance, unit_sphere
-    )
+    per_layer = ccfv_layers(layers, distance, use_consistency, use_variety, regularization, min_distance, unit_sphere)
     return float(sum(s.log_ratio for s in per_layer) / len(per_layer))

@@ -16,8 +16,10 @@ logged warning. An empty array, NaN/inf or mismatched feature dimensions raise a
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,18 +39,14 @@ DISTANCES = ("wasserstein", "kl", "bhattacharyya")
 def _check_cases(cases: Sequence[Mapping[Hashable, Any]]) -> None:
     if isinstance(cases, Mapping) or not isinstance(cases, Sequence):
         raise TypeError(
-            "cases must be a sequence (one entry per target case) of mappings "
-            "class id -> features [n_k, d]"
+            "cases must be a sequence (one entry per target case) of mappings class id -> features [n_k, d]"
         )
     if len(cases) < 2:
-        raise ValueError(
-            f"class consistency compares cases pairwise and needs at least 2 cases, got {len(cases)}"
-        )
+        raise ValueError(f"class consistency compares cases pairwise and needs at least 2 cases, got {len(cases)}")
     for i, case in enumerate(cases):
         if not isinstance(case, Mapping):
             raise TypeError(
-                f"cases[{i}] is a {type(case).__name__}; each case must be a mapping "
-                f"class id -> features [n_k, d]"
+                f"cases[{i}] is a {type(case).__name__}; each case must be a mapping class id -> features [n_k, d]"
             )
 
 
@@ -79,10 +77,8 @@ def per_class_consistency(
         for k in case:
             if k not in classes:
                 classes.append(k)
-    try:
+    with contextlib.suppress(TypeError):  # mixed key types keep their first-seen order
         classes = sorted(classes)  # type: ignore[type-var]
-    except TypeError:
-        pass
     if not classes:
         raise ValueError("no case holds any class features; sample foreground voxels first")
 
@@ -98,8 +94,10 @@ def per_class_consistency(
             x = check_features(case[k], name)
             if x.shape[0] < 2:
                 logger.warning(
-                    "%s has a single sample, too few for a covariance: case %d is treated as not "
-                    "containing class %r", name, i, k,
+                    "%s has a single sample, too few for a covariance: case %d is treated as not containing class %r",
+                    name,
+                    i,
+                    k,
                 )
                 continue
             holders.append(i)
@@ -115,7 +113,9 @@ def per_class_consistency(
         if len(holders) < 2:
             logger.warning(
                 "class %r is present in %d case(s); it needs two to form a pair and is skipped "
-                "in the class consistency", k, len(holders),
+                "in the class consistency",
+                k,
+                len(holders),
             )
             continue
         if distance == "wasserstein":

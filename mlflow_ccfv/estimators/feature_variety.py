@@ -25,7 +25,8 @@ Degenerate inputs, handled explicitly:
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,15 +46,16 @@ def unit_sphere(x: Any, name: str = "features") -> np.ndarray:
     if zero.any():
         logger.warning(
             "%s: %d of %d feature vectors are all zero and have no direction on the unit sphere; "
-            "they are left out of the feature variety", name, int(zero.sum()), a.shape[0],
+            "they are left out of the feature variety",
+            name,
+            int(zero.sum()),
+            a.shape[0],
         )
         a, norms = a[~zero], norms[~zero]
     return a / norms[:, None]
 
 
-def hyperspherical_energy(
-    x: Any, min_distance: float = DEFAULT_MIN_DISTANCE, name: str = "features"
-) -> float:
+def hyperspherical_energy(x: Any, min_distance: float = DEFAULT_MIN_DISTANCE, name: str = "features") -> float:
     """Mean over ordered pairs i != j of ``1 / ||v_i - v_j||`` for the rows of ``x [L, d]``
     projected onto the unit sphere (Eq. 3 with s = 1, divided by L(L - 1)).
 
@@ -65,9 +67,7 @@ def hyperspherical_energy(
     v = unit_sphere(x, name)
     n = v.shape[0]
     if n < 2:
-        raise ValueError(
-            f"{name} has {n} usable feature vector(s); the hyperspherical energy needs at least 2"
-        )
+        raise ValueError(f"{name} has {n} usable feature vector(s); the hyperspherical energy needs at least 2")
     total = 0.0
     clamped = 0
     block = max(1, int(_ROW_BLOCK_BYTES // (8 * n)))
@@ -83,15 +83,17 @@ def hyperspherical_energy(
     if clamped:
         logger.warning(
             "%s: %d of %d ordered pairs of feature vectors coincide on the unit sphere (distance "
-            "< %g); their distance is clamped to %g", name, clamped, n * (n - 1), min_distance,
+            "< %g); their distance is clamped to %g",
+            name,
+            clamped,
+            n * (n - 1),
+            min_distance,
             min_distance,
         )
     return total / (n * (n - 1))
 
 
-def case_energies(
-    cases: Sequence[Any], min_distance: float = DEFAULT_MIN_DISTANCE
-) -> np.ndarray:
+def case_energies(cases: Sequence[Any], min_distance: float = DEFAULT_MIN_DISTANCE) -> np.ndarray:
     """Per-case hyperspherical energies ``[N]`` for ``cases[i] [L_i, d]`` (one d for all)."""
     if isinstance(cases, np.ndarray) and cases.ndim == 2:
         raise TypeError(

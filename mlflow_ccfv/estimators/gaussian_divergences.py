@@ -22,7 +22,8 @@ work per pair is on r x r (KL) or 2r x 2r (Bhattacharyya) matrices, never d x d:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits

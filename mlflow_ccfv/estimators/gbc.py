@@ -53,8 +53,7 @@ def gbc(features: Any, labels: Any, pca_dim: int | None = 64) -> float:
         classes = classes[counts >= 2]
     if classes.size < 2:
         raise ValueError(
-            "GBC measures the overlap between classes and needs at least 2 classes with at least "
-            "2 samples each"
+            "GBC measures the overlap between classes and needs at least 2 classes with at least 2 samples each"
         )
     z = pca_project(f, pca_dim) if pca_dim is not None else f
     means = np.stack([z[y == c].mean(axis=0) for c in classes])

@@ -32,13 +32,14 @@ from mlflow_ccfv.estimators.arrays import check_features, check_labels
 _EPS = 1e-5
 
 
-def _evidence(sigma: np.ndarray, z: np.ndarray, y_perp_sq: float, n: int, d: int,
-              max_iter: int, tol: float) -> tuple[float, float, float]:
+def _evidence(
+    sigma: np.ndarray, z: np.ndarray, y_perp_sq: float, n: int, d: int, max_iter: int, tol: float
+) -> tuple[float, ...]:
     """Log evidence / n at the fixed point. ``sigma`` singular values of F, ``z = U^T y``."""
     s = sigma**2
     alpha, beta = 1.0, 1.0
 
-    def state(alpha: float, beta: float) -> tuple[float, float, float]:
+    def state(alpha: float, beta: float) -> tuple[float, ...]:
         gamma = float(np.sum(beta * s / (alpha + beta * s)))
         m_v = beta * sigma * z / (alpha + beta * s)  # m in the right-singular basis
         m_sq = float(np.sum(m_v**2))
@@ -55,8 +56,14 @@ def _evidence(sigma: np.ndarray, z: np.ndarray, y_perp_sq: float, n: int, d: int
             break
     _, m_sq, res = state(alpha, beta)
     log_det_a = float(np.sum(np.log(alpha + beta * s))) + (d - s.size) * math.log(alpha)
-    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * log_det_a
-                - beta / 2 * res - alpha / 2 * m_sq - n / 2 * math.log(2 * math.pi))
+    evidence = (
+        d / 2 * math.log(alpha)
+        + n / 2 * math.log(beta)
+        - 0.5 * log_det_a
+        - beta / 2 * res
+        - alpha / 2 * m_sq
+        - n / 2 * math.log(2 * math.pi)
+    )
     return evidence / n, alpha, beta
 
 

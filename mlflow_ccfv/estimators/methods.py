@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from mlflow_ccfv.errors import EstimatorError
 from mlflow_ccfv.estimators.ccfv import LayerScore, ccfv
 from mlflow_ccfv.estimators.gbc import gbc
 from mlflow_ccfv.estimators.hscore import hscore
@@ -48,12 +50,10 @@ PROBABILITY_METHODS = ("leep", "nce")
 METHODS: tuple[str, ...] = CCFV_METHODS + ("logme", "leep", "gbc", "transrate", "nleep", "nce", "hscore")
 
 
-class EstimatorError(RuntimeError):
-    """An estimator failed; the message starts with the method's name."""
-
-    def __init__(self, method: str, message: str):
-        super().__init__(f"{method}: {message}")
-        self.method = method
+def _required(value: float | None, method: str) -> float:
+    if value is None:
+        raise ValueError(f"{method} needs both C_cons and F_v of every layer; compute ccfv_layers with both on.")
+    return value
 
 
 #: The variants that are arithmetic on the per-layer C_cons and F_v of Eq. 5 (no other distance).
@@ -71,9 +71,9 @@ def ccfv_from_layer_scores(method: str, parts: Sequence[LayerScore]) -> float:
     if method == "ccfv":
         terms = [p.log_ratio for p in parts]
     elif method == "ccfv_no_consistency":
-        terms = [0.0 + math.log(p.feature_variety) for p in parts]
+        terms = [0.0 + math.log(_required(p.feature_variety, method)) for p in parts]
     elif method == "ccfv_no_variety":
-        terms = [0.0 - math.log(p.class_consistency) for p in parts]
+        terms = [0.0 - math.log(_required(p.class_consistency, method)) for p in parts]
     else:
         raise ValueError(f"{method} is not computed from per-layer scores; use one of {LAYER_SCORE_METHODS}")
     return float(sum(terms) / len(terms))
@@ -98,8 +98,13 @@ def _ccfv_variant(method: str, layers: Sequence, parts: Sequence[LayerScore] | N
 
 
 _BASELINES: dict[str, Callable[..., float]] = {
-    "logme": logme, "gbc": gbc, "transrate": transrate, "hscore": hscore, "nleep": nleep,
-    "leep": leep, "nce": nce,
+    "logme": logme,
+    "gbc": gbc,
+    "transrate": transrate,
+    "hscore": hscore,
+    "nleep": nleep,
+    "leep": leep,
+    "nce": nce,
 }
 
 
@@ -144,8 +149,8 @@ def score_methods(
             elif method in PROBABILITY_METHODS:
                 if probs is None or labels is None:
                     raise EstimatorError(
-                        method, "needs the source head's probabilities and the labels; pass probs "
-                        "or leave this method out"
+                        method,
+                        "needs the source head's probabilities and the labels; pass probs or leave this method out",
                     )
                 value = _BASELINES[method](probs, labels)
             else:

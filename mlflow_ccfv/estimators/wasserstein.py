@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -109,9 +110,7 @@ def fit_gaussians(samples: Sequence[Any], names: Sequence[str] | None = None) ->
     dims = {f.dim for f in factors}
     if len(dims) > 1:
         detail = ", ".join(f"{name}: d={f.dim}" for name, f in zip(names, factors))
-        raise ValueError(
-            f"feature dimensions differ ({detail}); every set must come from the same layer"
-        )
+        raise ValueError(f"feature dimensions differ ({detail}); every set must come from the same layer")
     return factors
 
 
@@ -138,9 +137,7 @@ def gaussian_w2(x: Any, y: Any) -> float:
     """
     fx, fy = fit_gaussian(x, "x"), fit_gaussian(y, "y")
     if fx.dim != fy.dim:
-        raise ValueError(
-            f"x has {fx.dim} features but y has {fy.dim}; both must come from the same layer"
-        )
+        raise ValueError(f"x has {fx.dim} features but y has {fy.dim}; both must come from the same layer")
     return float(pairwise_w2_factors([fx, fy], n_threads=1)[0, 1])
 
 
@@ -155,9 +152,7 @@ def _worker_count(n_threads: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def pairwise_w2_factors(
-    factors: Sequence[GaussianFactor], n_threads: int | None = None
-) -> np.ndarray:
+def pairwise_w2_factors(factors: Sequence[GaussianFactor], n_threads: int | None = None) -> np.ndarray:
     """All pairwise W2 distances ``[N, N]`` between already fitted Gaussians (see ``pairwise_w2``)."""
     n_cases = len(factors)
     if n_cases == 0:
@@ -174,13 +169,11 @@ def pairwise_w2_factors(
     # holds a [block * r, r] product and its [block, r, r] Gram matrices.
     block = max(1, int(_PAIR_BLOCK_BYTES // (workers * 8 * 3 * r * r)))
     tasks = [
-        (i, start, min(n_cases, start + block))
-        for i in range(n_cases - 1)
-        for start in range(i + 1, n_cases, block)
+        (i, start, min(n_cases, start + block)) for i in range(n_cases - 1) for start in range(i + 1, n_cases, block)
     ]
     tasks.sort(key=lambda t: t[1] - t[2])  # largest first, for balance across threads
 
-    def run(task: tuple[int, int, int]) -> None:
+    def run(task: tuple[int, ...]) -> None:
         i, start, stop = task
         # one GEMM for the whole block: rows [(j, a)] of B_j B_i^T, i.e. M_ij^T stacked over j
         mt = (flat[start * r : stop * r] @ stacked[i].T).reshape(stop - start, r, r)
@@ -209,9 +202,7 @@ def pairwise_w2_factors(
     return dist
 
 
-def pairwise_w2(
-    samples: Sequence[Any], names: Sequence[str] | None = None, n_threads: int | None = None
-) -> np.ndarray:
+def pairwise_w2(samples: Sequence[Any], names: Sequence[str] | None = None, n_threads: int | None = None) -> np.ndarray:
     """W2 (Eq. 1, square-rooted) between every pair of N sample sets, batched and exact.
 
     Each set ``samples[i] [n_i, d]`` is fitted once (O(n_i d min(n_i, d))); each pair then costs

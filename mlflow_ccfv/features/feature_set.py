@@ -173,11 +173,11 @@ class FeatureSet:
                 arrays[f"case{i}/layer{j}"] = c.features[layer]
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureSet":
+    def load(cls, path: str | Path) -> FeatureSet:
         """Read a FeatureSet written by :meth:`save`."""
         path = Path(path)
         with np.load(path, allow_pickle=False) as data:
@@ -189,7 +189,7 @@ class FeatureSet:
             layers = list(meta["layers"])
             cases = []
             for i, case_id in enumerate(meta["case_ids"]):
-                get = lambda name: data[f"case{i}/{name}"]  # noqa: E731
+                get = lambda name, i=i: data[f"case{i}/{name}"]  # noqa: E731
                 cases.append(
                     CaseSamples(
                         case_id=case_id,
@@ -211,4 +211,3 @@ class FeatureSet:
     def __repr__(self) -> str:
         dims = ", ".join(f"{k}: {v}" for k, v in self.layer_channels.items())
         return f"FeatureSet({len(self.cases)} cases; layers {{{dims}}})"
-

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlflow_ccfv.features.feature_set import CaseSamples, FeatureSet
-from mlflow_ccfv.features.layers import resolve_layers
+from mlflow_ccfv.networks.layers import resolve_layers
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class SamplerConfig:
     ``min(p_k, max(floor, round(p_k·b/B)))`` of them. The background gets ``min(n_0, b)``.
     """
 
-    roi_size: tuple[int, int, int] = (32, 32, 32)
+    roi_size: tuple[int, ...] = (32, 32, 32)
     overlap: float = 0.25
     sw_batch_size: int = 4
     layer_budgets: tuple[int, ...] = (100, 200, 400)
@@ -94,7 +94,7 @@ class SamplerConfig:
         """Per-layer reference budgets for ``n_layers`` layers, bottleneck -> output (rule in the class doc)."""
         given = self.layer_budgets
         if n_layers <= len(given):
-            return given[len(given) - n_layers:]
+            return given[len(given) - n_layers :]
         extra = [max(self.floor, given[0] >> j) for j in range(n_layers - len(given), 0, -1)]
         return tuple(extra) + given
 
@@ -139,9 +139,7 @@ def class_budgets(
     for k, n in fg.items():
         share = round(top * len(fg) * n / total)
         planned[k] = int(min(n, min(config.cap, max(config.floor, share))))
-    per_layer = [
-        {k: int(min(p, max(config.floor, round(p * b / top)))) for k, p in planned.items()} for b in budgets
-    ]
+    per_layer = [{k: int(min(p, max(config.floor, round(p * b / top)))) for k, p in planned.items()} for b in budgets]
     if config.include_background and counts.get(0, 0) > 0:
         planned[0] = int(min(counts[0], top))
         for layer_counts, b in zip(per_layer, budgets):
@@ -198,7 +196,7 @@ def sample_voxels(label: np.ndarray, config: SamplerConfig, n_layers: int, case_
     idx = np.concatenate(parts)
     coords = np.stack(np.unravel_index(idx, label.shape), axis=1).astype(np.int64)
     is_global = np.zeros(idx.size, dtype=bool)
-    is_global[idx.size - n_global:] = True
+    is_global[idx.size - n_global :] = True
     return VoxelPlan(coords, np.concatenate(labels), is_global, np.concatenate(ranks), per_layer)
 
 
@@ -386,9 +384,9 @@ def _sample_case(
     for b0 in range(0, len(visit), config.sw_batch_size):
         batch = visit[b0 : b0 + config.sw_batch_size]
         windows = [starts[w] for w in batch]
-        crops = torch.stack(
-            [image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in windows]
-        ).to(device=device, dtype=dtype)
+        crops = torch.stack([image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in windows]).to(
+            device=device, dtype=dtype
+        )
         hooks.reset()
         try:
             logits = _network_output(model(crops))

@@ -1,29 +1,13 @@
-"""The study layer: fine-tuning, Dice, rank correlation, tables and plots (no MLflow here).
+"""The study layer: how well scores predict fine-tune Dice, as numbers, tables and plots (no MLflow).
 
-- :mod:`~mlflow_ccfv.study.training`: nnU-Net-like pre-training and the paper's fine-tuning protocol;
-- :mod:`~mlflow_ccfv.study.dice`: sliding-window inference and MONAI ``DiceMetric`` on held-out cases;
-- :mod:`~mlflow_ccfv.study.report`: weighted tau / Pearson / top-1 regret, Tables 1-2, Fig.-2 scatter.
+- :mod:`~mlflow_ccfv.study.correlation`: weighted Kendall's tau and Pearson (the paper's evaluation);
+- :mod:`~mlflow_ccfv.study.report`: top-1 regret, Tables 1-2, the Fig.-2 scatter plots;
+- :mod:`~mlflow_ccfv.study.ranking`: one target's ranked table (Markdown) and bar plot;
+- :mod:`~mlflow_ccfv.study.plots`: training curves.
 
-``report`` is not imported here (it pulls in the estimators and matplotlib): import it directly.
+``report`` is not imported here (it pulls in matplotlib and pandas): import it directly.
 """
 
-from mlflow_ccfv.study.dice import DiceResult, constant_predictor_dice, dice_per_class, evaluate_dice, predict
-from mlflow_ccfv.study.training import (
-    PatchSampler,
-    TrainConfig,
-    TrainResult,
-    finetune,
-    head_parameter_names,
-    init_for_finetuning,
-    input_parameter_names,
-    pretrain,
-    seeded_network,
-    target_spec,
-    train_segmentation,
-)
+from mlflow_ccfv.study.correlation import pearson, weighted_tau
 
-__all__ = [
-    "DiceResult", "PatchSampler", "TrainConfig", "TrainResult", "constant_predictor_dice", "dice_per_class",
-    "evaluate_dice", "finetune", "head_parameter_names", "init_for_finetuning", "input_parameter_names",
-    "predict", "pretrain", "seeded_network", "target_spec", "train_segmentation",
-]
+__all__ = ["pearson", "weighted_tau"]

@@ -30,20 +30,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlflow_ccfv.estimators import METHODS, pearson, weighted_tau
+from mlflow_ccfv.estimators import METHODS
+from mlflow_ccfv.study.correlation import pearson, weighted_tau
 
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
 TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
 #: Table 2's rows: CC-FV and its ablations.
-TABLE2_METHODS = ("ccfv", "ccfv_no_consistency", "ccfv_no_variety", "ccfv_single_scale", "ccfv_kl",
-                  "ccfv_bhattacharyya", "ccfv_unit_sphere")
+TABLE2_METHODS = (
+    "ccfv",
+    "ccfv_no_consistency",
+    "ccfv_no_variety",
+    "ccfv_single_scale",
+    "ccfv_kl",
+    "ccfv_bhattacharyya",
+    "ccfv_unit_sphere",
+)
 #: Display names, as in the paper where it has one.
 METHOD_LABELS = {
-    "ccfv": "CC-FV", "ccfv_no_consistency": "CC-FV w/o C_cons", "ccfv_no_variety": "CC-FV w/o F_v",
-    "ccfv_single_scale": "Single-scale", "ccfv_kl": "KL-divergence", "ccfv_bhattacharyya": "Bha-distance",
+    "ccfv": "CC-FV",
+    "ccfv_no_consistency": "CC-FV w/o C_cons",
+    "ccfv_no_variety": "CC-FV w/o F_v",
+    "ccfv_single_scale": "Single-scale",
+    "ccfv_kl": "KL-divergence",
+    "ccfv_bhattacharyya": "Bha-distance",
     "ccfv_unit_sphere": "CC-FV, unit-sphere C_cons (not in the paper)",
-    "logme": "LogME", "transrate": "TransRate", "leep": "LEEP", "gbc": "GBC", "nleep": "N-LEEP",
-    "nce": "NCE", "hscore": "H-score",
+    "logme": "LogME",
+    "transrate": "TransRate",
+    "leep": "LEEP",
+    "gbc": "GBC",
+    "nleep": "N-LEEP",
+    "nce": "NCE",
+    "hscore": "H-score",
 }
 REQUIRED_COLUMNS = ("dataset", "model", "method", "score", "dice")
 
@@ -51,7 +68,9 @@ REQUIRED_COLUMNS = ("dataset", "model", "method", "score", "dice")
 def _check_frame(frame: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"The scores table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}.")
+        raise ValueError(
+            f"The scores table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
+        )
     unknown = sorted(set(frame["method"]) - set(METHODS))
     if unknown:
         raise ValueError(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}.")
@@ -82,10 +101,20 @@ def correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.DataFrame:
             regret = float(best_dice[dataset] - dice[i])
         if len(g) >= min_models and np.ptp(scores) > 0 and np.ptp(dice) > 0:
             tau, rho = float(weighted_tau(scores, dice)), float(pearson(scores, dice))
-        rows.append({"dataset": dataset, "method": method, "weighted_tau": tau, "pearson": rho,
-                     "top1_regret": regret, "top1_model": top, "n_models": int(len(g))})
-    return pd.DataFrame(rows, columns=["dataset", "method", "weighted_tau", "pearson", "top1_regret",
-                                       "top1_model", "n_models"])
+        rows.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "weighted_tau": tau,
+                "pearson": rho,
+                "top1_regret": regret,
+                "top1_model": top,
+                "n_models": int(len(g)),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["dataset", "method", "weighted_tau", "pearson", "top1_regret", "top1_model", "n_models"]
+    )
 
 
 def _ordered(methods: Sequence[str], present: Sequence[str]) -> list[str]:
@@ -103,9 +132,11 @@ def _metric_table(corr: pd.DataFrame, methods: Sequence[str], column: str) -> pd
     """Methods x datasets (+ ``Avg``) of one ``corr`` column, indexed by the methods' labels."""
     datasets = sorted(corr["dataset"].unique())
     present = _ordered(methods, corr["method"].unique())
-    return pd.DataFrame([_metric_row(corr, m, column, datasets) for m in present],
-                        index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
-                        columns=datasets + ["Avg"])
+    return pd.DataFrame(
+        [_metric_row(corr, m, column, datasets) for m in present],
+        index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
+        columns=datasets + ["Avg"],
+    )
 
 
 def table1(corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS) -> pd.DataFrame:
@@ -116,8 +147,9 @@ def table1(corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS) -> pd.Da
         for metric, col in (("tau", "weighted_tau"), ("pearson", "pearson")):
             rows.append(_metric_row(corr, m, col, datasets))
             index.append((METHOD_LABELS.get(m, m), metric))
-    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["method", "metric"]),
-                        columns=datasets + ["Avg"])
+    return pd.DataFrame(
+        rows, index=pd.MultiIndex.from_tuples(index, names=["method", "metric"]), columns=datasets + ["Avg"]
+    )
 
 
 def table2(corr: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> pd.DataFrame:
@@ -140,13 +172,16 @@ def architecture_correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.Da
     _check_frame(frame)
     if "architecture" not in frame.columns:
         raise ValueError("The scores table has no 'architecture' column; per-architecture correlations need it.")
-    parts = [correlations(g, min_models).assign(architecture=str(arch))
-             for arch, g in frame.groupby("architecture", sort=True)]
+    parts = [
+        correlations(g, min_models).assign(architecture=str(arch))
+        for arch, g in frame.groupby("architecture", sort=True)
+    ]
     return pd.concat(parts, ignore_index=True) if parts else correlations(frame, min_models).assign(architecture="")
 
 
-def architecture_table(arch_corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS + TABLE2_METHODS[1:]
-                       ) -> pd.DataFrame:
+def architecture_table(
+    arch_corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS + TABLE2_METHODS[1:]
+) -> pd.DataFrame:
     """Methods x architectures: the within-architecture weighted tau (:func:`architecture_correlations`)
     averaged over the datasets."""
     archs = sorted(arch_corr["architecture"].unique())
@@ -155,8 +190,11 @@ def architecture_table(arch_corr: pd.DataFrame, methods: Sequence[str] = TABLE1_
     for m in present:
         sub = arch_corr[arch_corr["method"] == m]
         rows.append([_nanmean(sub[sub["architecture"] == a]["weighted_tau"].tolist()) for a in archs])
-    return pd.DataFrame(rows, index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
-                        columns=[f"{a} (avg tau)" for a in archs])
+    return pd.DataFrame(
+        rows,
+        index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
+        columns=[f"{a} (avg tau)" for a in archs],
+    )
 
 
 def discrimination_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -168,15 +206,25 @@ def discrimination_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dataset, g in models.groupby("dataset", sort=True):
         dice = g["dice"].astype(float)
-        row = {"dataset": dataset, "n_models": int(len(g)), "dice_min": float(dice.min()),
-               "dice_max": float(dice.max()), "dice_spread": float(dice.max() - dice.min()),
-               "best_model": str(g["model"].iloc[int(np.argmax(dice.to_numpy()))])}
+        row = {
+            "dataset": dataset,
+            "n_models": int(len(g)),
+            "dice_min": float(dice.min()),
+            "dice_max": float(dice.max()),
+            "dice_spread": float(dice.max() - dice.min()),
+            "best_model": str(g["model"].iloc[int(np.argmax(dice.to_numpy()))]),
+        }
         if "source_dataset" in g.columns:
             control = g["source_dataset"].astype(str).eq("random-init")
             best_control = float(dice[control].max()) if control.any() else float("nan")
             best_pretrained = float(dice[~control].max()) if (~control).any() else float("nan")
-            row.update({"best_control_dice": best_control, "best_pretrained_dice": best_pretrained,
-                        "pretraining_wins": bool(best_pretrained > best_control)})
+            row.update(
+                {
+                    "best_control_dice": best_control,
+                    "best_pretrained_dice": best_pretrained,
+                    "pretraining_wins": bool(best_pretrained > best_control),
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows).set_index("dataset")
 
@@ -186,14 +234,20 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def ranked_table(frame: pd.DataFrame, dataset: str, by: str = "ccfv",
-                 methods: Sequence[str] = ("ccfv", "logme", "leep", "gbc", "transrate")) -> pd.DataFrame:
+def ranked_table(
+    frame: pd.DataFrame,
+    dataset: str,
+    by: str = "ccfv",
+    methods: Sequence[str] = ("ccfv", "logme", "leep", "gbc", "transrate"),
+) -> pd.DataFrame:
     """One row per bank model for ``dataset``, ranked by ``by`` (1 = best), with the chosen methods'
     scores, the measured Dice and its rank within the bank."""
     _check_frame(frame)
     sub = frame[frame["dataset"] == dataset]
     if sub.empty:
-        raise ValueError(f"No scores for dataset {dataset!r}; datasets present: {', '.join(sorted(frame['dataset'].unique()))}.")
+        raise ValueError(
+            f"No scores for dataset {dataset!r}; datasets present: {', '.join(sorted(frame['dataset'].unique()))}."
+        )
     wide = sub.pivot(index="model", columns="method", values="score")
     meta = sub.drop_duplicates("model").set_index("model")
     out = pd.DataFrame(index=wide.index)
@@ -235,14 +289,12 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
 
 
-def scatter_plot(frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: str | Path,
-                 methods: Sequence[str] = METHODS) -> Path:
+def scatter_plot(
+    frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: str | Path, methods: Sequence[str] = METHODS
+) -> Path:
     """Fig.-2-style figure for ``dataset``: per method, standardised score (x) vs fine-tune Dice (y),
     with a least-squares line and the method's tau and Pearson in the panel title. Saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend stays the caller's
 
     sub = frame[frame["dataset"] == dataset]
     present = _ordered(methods, sub["method"].unique())
@@ -250,12 +302,15 @@ def scatter_plot(frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: st
         raise ValueError(f"No scores for dataset {dataset!r}.")
     ncols = min(4, len(present))
     nrows = math.ceil(len(present) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False, sharey=True)
+    fig = Figure(figsize=(3.2 * ncols, 2.8 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     c = corr[corr["dataset"] == dataset].set_index("method")
     for ax, m in zip(axes.flat, present):
         g = sub[(sub["method"] == m) & np.isfinite(sub["score"].astype(float))]
         x, y = standardise(g["score"].to_numpy(float)), g["dice"].to_numpy(float)
-        control = g.get("source_dataset", pd.Series([""] * len(g), index=g.index)).astype(str).eq("random-init").to_numpy()
+        control = (
+            g.get("source_dataset", pd.Series([""] * len(g), index=g.index)).astype(str).eq("random-init").to_numpy()
+        )
         ax.scatter(x[~control], y[~control], s=22, color="tab:blue", label="pre-trained")
         if control.any():
             ax.scatter(x[control], y[control], s=30, marker="x", color="tab:red", label="random init")
@@ -270,7 +325,7 @@ def scatter_plot(frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: st
         ax.tick_params(labelsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("fine-tune Dice", fontsize=8)
-    for ax in list(axes.flat)[len(present):]:
+    for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Transferability vs fine-tune Dice on {dataset}", fontsize=11)
@@ -278,7 +333,6 @@ def scatter_plot(frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -298,16 +352,24 @@ class Report:
     files: dict[str, Path] = field(default_factory=dict)
 
     def markdown(self) -> str:
-        text = ("## Table 1: weighted Kendall's tau and Pearson vs fine-tune Dice\n\n" + to_markdown(self.table1)
-                + "\n## Table 2: ablations (weighted Kendall's tau)\n\n" + to_markdown(self.table2)
-                + "\n## Top-1 regret (best Dice in the bank minus Dice of the top-ranked model)\n\n"
-                + to_markdown(self.regret))
+        text = (
+            "## Table 1: weighted Kendall's tau and Pearson vs fine-tune Dice\n\n"
+            + to_markdown(self.table1)
+            + "\n## Table 2: ablations (weighted Kendall's tau)\n\n"
+            + to_markdown(self.table2)
+            + "\n## Top-1 regret (best Dice in the bank minus Dice of the top-ranked model)\n\n"
+            + to_markdown(self.regret)
+        )
         if not self.discrimination.empty:
-            text += ("\n## Does the bank discriminate? (fine-tune Dice spread; best control vs best pre-trained)\n\n"
-                     + to_markdown(self.discrimination))
+            text += (
+                "\n## Does the bank discriminate? (fine-tune Dice spread; best control vs best pre-trained)\n\n"
+                + to_markdown(self.discrimination)
+            )
         if not self.by_architecture.empty:
-            text += ("\n## Within one architecture (weighted tau over that architecture's models, averaged "
-                     "over datasets)\n\n" + to_markdown(self.by_architecture))
+            text += (
+                "\n## Within one architecture (weighted tau over that architecture's models, averaged "
+                "over datasets)\n\n" + to_markdown(self.by_architecture)
+            )
         return text
 
 
@@ -331,7 +393,8 @@ def write_report(frame: pd.DataFrame, out_dir: str | Path) -> Report:
     if not report.by_architecture.empty:
         tables.append(("by_architecture", report.by_architecture))
         report.architecture_correlations.to_csv(
-            files.setdefault("architecture_correlations.csv", out / "architecture_correlations.csv"), index=False)
+            files.setdefault("architecture_correlations.csv", out / "architecture_correlations.csv"), index=False
+        )
     for name, table in tables:
         table.to_csv(files.setdefault(f"{name}.csv", out / f"{name}.csv"))
         files.setdefault(f"{name}.md", out / f"{name}.md").write_text(to_markdown(table))

@@ -1,19 +1,18 @@
-"""MLflow layer: the model bank (registry), target datasets, scoring, tags/aliases, the ``ccfv`` evaluator.
+"""MLflow layer, and nothing else: the model bank (registry), the model flavor, target datasets as MLflow
+datasets, runs, the tag and metric names (:mod:`~mlflow_ccfv.tracking.tags`), the ``ccfv`` evaluator.
 
-Public API (see docs/mlflow.md)::
+Public API (see docs/api-contracts.md)::
 
     register_network(spec, state_dict, name, source_dataset, bank="default", extra_tags=None,
                      description=None, patch_size=None) -> ModelVersion
     register_logged_model(model_uri, name, source_dataset, bank="default", ...) -> ModelVersion
     load_version(model_uri | ModelVersion) -> LoadedModel(module, spec, tags, model_id, ...)
     bank_versions(bank="default") -> list[ModelVersion];  logged_model_id(version) -> "m-..."
-    make_target(dataset: MSDDataset, split="train") -> Target;  target_dataset(...) -> mlflow Dataset
+    target_dataset(name_or_path, split="train", data_root=None) -> mlflow Dataset of the manifest
     log_target_dataset(dataset: MSDDataset, split="train") -> mlflow Dataset (logged with log_input)
-    score_versions(versions_or_uris, target, methods=None, sampler_config=None, force=False) -> DataFrame
-    score_loaded(loaded, target, methods, sampler_config) -> (metrics, config, cached)
 """
 
-from mlflow_ccfv.tracking.datasets import Target, log_target_dataset, make_target, target_dataset, target_from_manifest
+from mlflow_ccfv.tracking.datasets import log_target_dataset, mlflow_dataset, target_dataset
 from mlflow_ccfv.tracking.registry import (
     BANK_TAG,
     DEFAULT_BANK,
@@ -28,39 +27,21 @@ from mlflow_ccfv.tracking.registry import (
     resolve_versions,
     version_uri,
 )
-from mlflow_ccfv.tracking.scoring import (
-    DEFAULT_METHODS,
-    parse_methods,
-    rank_table,
-    ranking_plot,
-    score_loaded,
-    score_versions,
-    write_transferability_tags,
-)
 
 __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
-    "DEFAULT_METHODS",
     "LoadedModel",
     "RegistryError",
-    "Target",
     "bank_versions",
     "get_version",
     "load_version",
     "log_target_dataset",
     "logged_model_id",
-    "make_target",
-    "parse_methods",
-    "rank_table",
-    "ranking_plot",
+    "mlflow_dataset",
     "register_logged_model",
     "register_network",
     "resolve_versions",
-    "score_loaded",
-    "score_versions",
     "target_dataset",
-    "target_from_manifest",
     "version_uri",
-    "write_transferability_tags",
 ]

@@ -1,146 +1,49 @@
-"""Target datasets as MLflow datasets: a manifest (one row per case) with a content digest.
+"""Target datasets as MLflow datasets: the manifest of a :class:`~mlflow_ccfv.data.target.Target`.
 
-The MLflow dataset of a target is a pandas manifest with the columns ``case_id, image, label,
-image_sha256, label_sha256, split`` (``image``/``label`` absolute paths), ``source`` the task folder
-(``file:///.../Task07_...``), ``name`` the task's short name (``Task07``) and ``digest`` a content digest
-of the selected cases. Metrics linked to it show in the Models tab under ``<name> (#<digest>)``.
+The MLflow dataset of a target is its pandas manifest (one row per case: ``case_id, image, label,
+image_sha256, label_sha256, split``), ``source`` the task folder (``file:///.../Task07_...``),
+``name`` the task's short name (``Task07``) and ``digest`` the target's content digest. Metrics linked
+to it show in the Models tab under ``<name> (#<digest>)``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import mlflow
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
-from mlflow_ccfv.data import DatasetError, MSDDataset
+from mlflow_ccfv.data.msd import MSDDataset
+from mlflow_ccfv.data.target import Target, make_target
 
-SPLITS = ("train", "test", "all")
-MANIFEST_COLUMNS = ("case_id", "image", "label", "image_sha256", "label_sha256", "split")
-_TASK = re.compile(r"^(Task\d+)(_|$)")
-
-
-def short_name(dataset: MSDDataset) -> str:
-    """``Task07_Pancreas`` -> ``Task07`` (the name used in tags and metric columns); other folders as is."""
-    match = _TASK.match(dataset.root.name)
-    return match.group(1) if match else dataset.root.name
+__all__ = ["log_target_dataset", "mlflow_dataset", "target_dataset"]
 
 
-@dataclass
-class Target:
-    """A target task resolved for scoring: the dataset, the chosen cases and their MLflow dataset."""
-
-    dataset: MSDDataset
-    name: str
-    split: str
-    case_ids: list[str]
-    manifest: pd.DataFrame
-    digest: str
-
-    def mlflow_dataset(self, name: str | None = None, digest: str | None = None):
-        """The manifest as an MLflow ``PandasDataset`` (name ``self.name``, digest ``self.digest`` unless given)."""
-        import mlflow
-
-        with warnings.catch_warnings():  # a file:// source "can be interpreted in multiple ways"
-            warnings.simplefilter("ignore", UserWarning)
-            return mlflow.data.from_pandas(
-                self.manifest, source=self.dataset.root.as_uri(), name=name or self.name, digest=digest or self.digest
-            )
+def mlflow_dataset(target: Target, name: str | None = None, digest: str | None = None) -> PandasDataset:
+    """The target's manifest as an MLflow ``PandasDataset`` (name ``target.name``, digest ``target.digest``
+    unless given)."""
+    with warnings.catch_warnings():  # a file:// source "can be interpreted in multiple ways"
+        warnings.simplefilter("ignore", UserWarning)
+        return from_pandas(
+            target.manifest,
+            source=target.dataset.root.as_uri(),
+            name=name or target.name,
+            digest=digest or target.digest,
+        )
 
 
-def _manifest_digest(dataset_digest: str, manifest: pd.DataFrame) -> str:
-    h = hashlib.sha256(dataset_digest.encode())
-    for row in manifest.sort_values("case_id").itertuples():
-        h.update(f"{row.case_id}:{row.image_sha256}:{row.label_sha256};".encode())
-    return h.hexdigest()[:12]
-
-
-def make_target(dataset: MSDDataset, split: str = "train", seed: int = 0) -> Target:
-    """Select ``split`` (``train`` = the 80% a model would be fine-tuned on, ``test``, ``all``) and build the manifest."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
-    manifest = dataset.manifest(dataset.split(seed=seed)).copy()
-    manifest["image"] = [str((dataset.root / p).resolve()) for p in manifest["image"]]
-    manifest["label"] = [str((dataset.root / p).resolve()) for p in manifest["label"]]
-    if split != "all":
-        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
-    if manifest.empty:
-        raise DatasetError(f"{dataset.root}: the {split!r} split has no cases; use split=all or add cases.")
-    return Target(
-        dataset=dataset,
-        name=short_name(dataset),
-        split=split,
-        case_ids=list(manifest["case_id"]),
-        manifest=manifest,
-        digest=_manifest_digest(dataset.digest(), manifest),
-    )
-
-
-def log_target_dataset(dataset: MSDDataset, split: str = "train", context: str = "target"):
+def log_target_dataset(dataset: MSDDataset, split: str = "train", context: str = "target") -> PandasDataset:
     """Log the target's manifest as an input of the active run (``mlflow.log_input``); returns the MLflow dataset."""
-    import mlflow
-
-    ds = make_target(dataset, split).mlflow_dataset()
+    ds = mlflow_dataset(make_target(dataset, split))
     mlflow.log_input(ds, context=context)
     return ds
 
 
-def target_from_manifest(manifest: pd.DataFrame, name: str | None = None, root: str | Path | None = None) -> Target:
-    """Rebuild a :class:`Target` from a manifest (the evaluator's input), checking every checksum.
-
-    ``root`` (the task folder) defaults to the folder above the images' ``imagesTr``.
-    """
-    missing = [c for c in ("case_id", "image", "label") if c not in manifest.columns]
-    if missing:
-        raise ValueError(
-            f"The dataset lacks the manifest column(s) {', '.join(missing)}; build it with "
-            "mlflow_ccfv.tracking.target_dataset(...) (columns: " + ", ".join(MANIFEST_COLUMNS) + ")."
-        )
-    if root is None:
-        parents = {Path(p).resolve().parent.parent for p in manifest["image"]}
-        if len(parents) != 1:
-            raise ValueError(
-                f"The manifest's images lie in {len(parents)} task folders; pass evaluator_config={{'data_root': <task folder>}}."
-            )
-        root = parents.pop()
-    dataset = MSDDataset.load(Path(root))
-    known = set(dataset.case_ids)
-    unknown = [c for c in manifest["case_id"] if c not in known]
-    if unknown:
-        raise DatasetError(f"Case(s) {', '.join(unknown)} of the manifest are not in {dataset.root}/dataset.json.")
-    full = dataset.manifest().set_index("case_id")  # the checksums on disk now, hashed once
-    if "image_sha256" in manifest.columns:
-        changed = [
-            row.case_id
-            for row in manifest.itertuples()
-            if full.loc[row.case_id, "image_sha256"] != row.image_sha256
-            or full.loc[row.case_id, "label_sha256"] != row.label_sha256
-        ]
-        if changed:
-            raise DatasetError(
-                f"Case(s) {', '.join(changed)} changed on disk since the manifest was made (checksum differs); "
-                "rebuild the manifest with target_dataset(...)."
-            )
-    rows = manifest.copy()
-    for col in ("image_sha256", "label_sha256"):
-        if col not in rows.columns:
-            rows[col] = [full.loc[c, col] for c in rows["case_id"]]
-    split = str(rows["split"].iloc[0]) if "split" in rows.columns and rows["split"].nunique() == 1 else "all"
-    return Target(
-        dataset=dataset,
-        name=name or short_name(dataset),
-        split=split,
-        case_ids=list(rows["case_id"]),
-        manifest=rows.reset_index(drop=True),
-        digest=_manifest_digest(dataset.digest(), rows),
-    )
-
-
-def target_dataset(dataset: str | Path | MSDDataset, split: str = "train", data_root: str | Path | None = None):
+def target_dataset(
+    dataset: str | Path | MSDDataset, split: str = "train", data_root: str | Path | None = None
+) -> PandasDataset:
     """The MLflow dataset (manifest) of a target, ready for ``mlflow.models.evaluate(data=...)``."""
     if not isinstance(dataset, MSDDataset):
         dataset = MSDDataset.load(dataset, data_root=data_root)
-    return make_target(dataset, split).mlflow_dataset()
+    return mlflow_dataset(make_target(dataset, split))

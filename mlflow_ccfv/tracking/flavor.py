@@ -9,12 +9,13 @@ An MLflow model directory written by :func:`save_model` holds::
 
 Loading (:func:`load_model`, or ``mlflow.pyfunc.load_model`` through :func:`_load_pyfunc`) builds the
 network from ``network.json`` and reads the weights with ``torch.load(..., weights_only=True)`` into it
-with :func:`~mlflow_ccfv.features.networks.load_state_dict_strict`: no pickled object is ever
+with :func:`~mlflow_ccfv.networks.specs.load_state_dict_strict`: no pickled object is ever
 unpickled, and a checkpoint that does not fit the architecture is an error listing the keys.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from pathlib import Path
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlflow_ccfv.features.networks import NetworkSpec, build_network, load_state_dict_strict
+from mlflow_ccfv.networks.checkpoints import build_with_weights, normalise_state_dict
+from mlflow_ccfv.networks.specs import NetworkSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -33,48 +35,9 @@ SPEC_FILE = "network.json"
 WEIGHTS_FILE = "state_dict.pt"
 
 
-def normalise_state_dict(state: Any) -> dict[str, torch.Tensor]:
-    """Return the plain ``{name: tensor}`` weights of a checkpoint.
-
-    Accepts a state_dict, one saved under a ``state_dict`` key (Lightning / MONAI bundles) and one
-    whose keys carry the ``module.`` prefix of ``nn.DataParallel``.
-    """
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            "The checkpoint is not a state_dict (a mapping of parameter names to tensors, optionally "
-            "under a 'state_dict' key). Save it with torch.save(model.state_dict(), path)."
-        )
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file safely (``weights_only=True``) and return its plain state_dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends
-        raise ValueError(
-            f"Cannot read checkpoint {path} safely with torch.load(weights_only=True): {exc}. "
-            "Save only the weights: torch.save(model.state_dict(), path)."
-        ) from exc
-    return normalise_state_dict(state)
-
-
-def build_with_weights(spec: NetworkSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Instantiate ``spec`` and load ``state_dict`` strictly (mismatched keys raise ``ValueError``)."""
-    module = build_network(spec)
-    load_state_dict_strict(module, normalise_state_dict(state_dict))
-    module.eval()
-    return module
-
-
 def _write_environment(path: str) -> None:
+    import monai
+    import yaml
     from mlflow.utils.environment import (
         _CONDA_ENV_FILE_NAME,
         _PYTHON_ENV_FILE_NAME,
@@ -82,13 +45,9 @@ def _write_environment(path: str) -> None:
         _mlflow_conda_env,
         _PythonEnv,
     )
-    import yaml
-    import monai
-
-    import mlflow_ccfv
 
     reqs = [
-        f"mlflow-ccfv=={mlflow_ccfv.__version__}",
+        f"mlflow-ccfv=={importlib.metadata.version('mlflow-ccfv')}",
         f"torch=={torch.__version__.split('+')[0]}",
         f"monai=={monai.__version__}",
     ]
@@ -157,8 +116,9 @@ def log_model(
 
     Validates the weights before anything is created in the tracking store.
     """
-    import mlflow_ccfv.tracking.flavor as flavor_module
     from mlflow.models import Model
+
+    import mlflow_ccfv.tracking.flavor as flavor_module
 
     state = normalise_state_dict(state_dict)
     build_with_weights(spec, state)
@@ -216,9 +176,7 @@ class CCFVPyfuncModel:
         if x.ndim == 4:
             x = x[None]
         if x.ndim != 5 or x.shape[1] != self.spec.in_channels:
-            raise ValueError(
-                f"Expected images of shape [B, {self.spec.in_channels}, X, Y, Z]; got {tuple(x.shape)}."
-            )
+            raise ValueError(f"Expected images of shape [B, {self.spec.in_channels}, X, Y, Z]; got {tuple(x.shape)}.")
         with torch.no_grad():
             return torch.softmax(self.module(x), dim=1).numpy()
 
@@ -229,25 +187,11 @@ def _load_pyfunc(path: str, model_config: dict | None = None) -> CCFVPyfuncModel
     return CCFVPyfuncModel(spec, module)
 
 
-def spec_from_json_or_file(text: str) -> NetworkSpec:
-    """A NetworkSpec from JSON text or the path of a JSON file (used by ``register``)."""
-    candidate = Path(text)
-    if not text.lstrip().startswith("{") and candidate.suffix == ".json":
-        if not candidate.is_file():
-            raise FileNotFoundError(f"Network specification file {candidate} does not exist.")
-        text = candidate.read_text()
-    return NetworkSpec.from_json(text)
-
-
 __all__ = [
     "FLAVOR_NAME",
     "CCFVPyfuncModel",
-    "build_with_weights",
-    "load_checkpoint",
     "load_model",
     "log_model",
-    "normalise_state_dict",
     "read_local_model",
     "save_model",
-    "spec_from_json_or_file",
 ]

@@ -2,7 +2,7 @@
 
 A *bank* is the set of model versions tagged ``ccfv.bank=<bank>`` (one tag filter). Each version
 points at a LoggedModel (``m-...``) in the ``mlflow_ccfv`` flavor (:mod:`mlflow_ccfv.tracking.flavor`:
-a declarative :class:`~mlflow_ccfv.features.networks.NetworkSpec` + a state_dict, no pickled code),
+a declarative :class:`~mlflow_ccfv.networks.specs.NetworkSpec` + a state_dict, no pickled code),
 or at a model a user logged earlier with ``mlflow.pytorch`` (pickled; loading it warns).
 
 Version tags written here: ``architecture``, ``source_dataset``, ``feature_layers``, ``in_channels``,
@@ -14,43 +14,43 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+import mlflow
+import pandas as pd
 import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from torch import nn
 
-from mlflow_ccfv.features.networks import NetworkSpec
-from mlflow_ccfv.tracking.flavor import (
-    FLAVOR_NAME,
-    build_with_weights,
-    log_model,
-    normalise_state_dict,
-    read_local_model,
-)
+import mlflow_ccfv.tracking.tags as T
+from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.networks import NetworkSpec, build_with_weights, decoder_layers, normalise_state_dict
+from mlflow_ccfv.options import format_ints, parse_ints
+from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
 
 _logger = logging.getLogger(__name__)
 
-BANK_TAG = "ccfv.bank"
-FLAVOR_TAG = "ccfv.flavor"
+BANK_TAG = T.BANK
+FLAVOR_TAG = T.FLAVOR
 DEFAULT_BANK = "default"
 #: Sliding-window ROI recorded when neither the caller nor the spec (UNETR's ``img_size``) gives one.
 DEFAULT_PATCH_SIZE = (32, 32, 32)
 VERSION_TAGS = (
-    "architecture",
-    "source_dataset",
-    "feature_layers",
-    "in_channels",
-    "out_channels",
-    "patch_size",
+    T.ARCHITECTURE,
+    T.SOURCE_DATASET,
+    T.FEATURE_LAYERS,
+    T.IN_CHANNELS,
+    T.OUT_CHANNELS,
+    T.PATCH_SIZE,
     BANK_TAG,
 )
 _MODEL_ID_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
-
-
-class RegistryError(LookupError):
-    """A registry entry (model, version, alias, bank) that does not exist or cannot be used."""
 
 
 @dataclass
@@ -78,14 +78,10 @@ class LoadedModel:
 
 
 def _client():
-    from mlflow import MlflowClient
-
     return MlflowClient()
 
 
 def _decoder_layers(module: nn.Module) -> list[str]:
-    from mlflow_ccfv.features import decoder_layers
-
     return list(decoder_layers(module))
 
 
@@ -106,15 +102,7 @@ def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None
             patch_size = spec.kwargs["img_size"]
         else:
             patch_size = DEFAULT_PATCH_SIZE
-    if isinstance(patch_size, str):
-        patch_size = [p for p in re.split(r"[,x\s]+", patch_size.strip()) if p]
-    try:
-        sizes = tuple(int(p) for p in patch_size)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"patch_size must be three integers like 32,32,32; got {patch_size!r}.") from exc
-    if len(sizes) != 3 or any(s <= 0 for s in sizes):
-        raise ValueError(f"patch_size must be three positive integers like 32,32,32; got {patch_size!r}.")
-    return sizes
+    return parse_ints(patch_size, "patch_size", length=3, minimum=1)
 
 
 def _version_tags(
@@ -130,12 +118,12 @@ def _version_tags(
     extra_tags: dict[str, Any] | None,
 ) -> dict[str, str]:
     tags = {
-        "architecture": architecture,
-        "source_dataset": source_dataset,
-        "feature_layers": ",".join(feature_layers),
-        "in_channels": str(int(in_channels)),
-        "out_channels": str(int(out_channels)),
-        "patch_size": ",".join(str(s) for s in patch_size),
+        T.ARCHITECTURE: architecture,
+        T.SOURCE_DATASET: source_dataset,
+        T.FEATURE_LAYERS: ",".join(feature_layers),
+        T.IN_CHANNELS: str(int(in_channels)),
+        T.OUT_CHANNELS: str(int(out_channels)),
+        T.PATCH_SIZE: format_ints(patch_size),
         BANK_TAG: bank,
         FLAVOR_TAG: flavor,
     }
@@ -153,8 +141,6 @@ def _version_tags(
 
 def _create_version(name: str, source: str, model_id: str, tags: dict[str, str], description: str | None):
     """Create the registered model if needed and a version carrying all tags at once."""
-    from mlflow.exceptions import MlflowException
-
     client = _client()
     created_model = False
     try:
@@ -163,9 +149,7 @@ def _create_version(name: str, source: str, model_id: str, tags: dict[str, str],
         client.create_registered_model(name, tags={BANK_TAG: tags[BANK_TAG]})
         created_model = True
     try:
-        return client.create_model_version(
-            name, source=source, tags=tags, description=description, model_id=model_id
-        )
+        return client.create_model_version(name, source=source, tags=tags, description=description, model_id=model_id)
     except Exception:
         if created_model:
             client.delete_registered_model(name)
@@ -214,12 +198,16 @@ def register_network(
     except Exception:
         _client().delete_logged_model(info.model_id)
         raise
-    _logger.info("registered %s version %s (%s, source %s, bank %s)", name, mv.version, spec.architecture, source_dataset, bank)
+    _logger.info(
+        "registered %s version %s (%s, source %s, bank %s)", name, mv.version, spec.architecture, source_dataset, bank
+    )
     return mv
 
 
 def _first_last_channels(module: nn.Module) -> tuple[int, int]:
-    convs = [m for m in module.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d))]
+    convs = [
+        m for m in module.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d))
+    ]
     if not convs:
         raise ValueError(
             f"Cannot infer in/out channels of {type(module).__name__} (no convolution); pass them explicitly."
@@ -267,8 +255,6 @@ def register_logged_model(
 
 
 def _resolve_logged_model_id(model_uri: str) -> str:
-    from mlflow.exceptions import MlflowException
-
     match = _MODEL_ID_URI.match(model_uri)
     if match:
         model_id = match.group(1)
@@ -278,7 +264,7 @@ def _resolve_logged_model_id(model_uri: str) -> str:
             raise RegistryError(f"No logged model {model_id} in the tracking store ({model_uri}).") from exc
         return model_id
     if model_uri.startswith("runs:/"):
-        run_id, _, artifact_path = model_uri[len("runs:/"):].partition("/")
+        run_id, _, artifact_path = model_uri[len("runs:/") :].partition("/")
         try:
             run = _client().get_run(run_id)
         except MlflowException as exc:
@@ -291,13 +277,11 @@ def _resolve_logged_model_id(model_uri: str) -> str:
                 "pass the model as models:/m-<id> instead."
             )
         return models[0].model_id
-    raise ValueError(
-        f"Expected a logged model URI (models:/m-<id> or runs:/<run_id>/<name>); got {model_uri!r}."
-    )
+    raise ValueError(f"Expected a logged model URI (models:/m-<id> or runs:/<run_id>/<name>); got {model_uri!r}.")
 
 
 def _load_pytorch(model_uri: str) -> nn.Module:
-    import mlflow.pytorch
+    import mlflow.pytorch  # imported here: only for the pickled flavor
 
     warnings.warn(
         f"{model_uri} is an mlflow.pytorch model: loading it unpickles code saved by whoever logged it. "
@@ -336,11 +320,9 @@ def logged_model_id(version) -> str:
 
 def get_version(model_uri: str):
     """The ``ModelVersion`` of ``models:/<name>/<version>`` or ``models:/<name>@<alias>``; clear errors otherwise."""
-    from mlflow.exceptions import MlflowException
-
     if not model_uri.startswith("models:/"):
         raise ValueError(f"Expected models:/<name>/<version> or models:/<name>@<alias>; got {model_uri!r}.")
-    body = model_uri[len("models:/"):].strip("/")
+    body = model_uri[len("models:/") :].strip("/")
     client = _client()
     if "@" in body:
         name, alias = body.split("@", 1)
@@ -360,7 +342,7 @@ def get_version(model_uri: str):
         except MlflowException:
             versions = []
         if not versions:
-            hint = f"there is no registered model {name!r}; list the bank with `mlflow-ccfv score --help` or the MLflow UI's Models page"
+            hint = f"there is no registered model {name!r}; list the registered models in the MLflow UI's Models page"
         else:
             hint = f"{name!r} has versions {', '.join(map(str, versions))}"
         raise RegistryError(f"{model_uri}: {what} not found ({hint}).") from exc
@@ -380,9 +362,6 @@ def load_version(model_uri) -> LoadedModel:
     ``mlflow_ccfv`` models load without unpickling (spec + ``weights_only`` state_dict);
     ``mlflow.pytorch`` models load the original ``nn.Module`` with a warning.
     """
-    import mlflow
-    from mlflow.models import Model
-
     name = version = None
     tags: dict[str, str] = {}
     mv = registered_version(model_uri)
@@ -402,10 +381,8 @@ def load_version(model_uri) -> LoadedModel:
     elif "pytorch" in flavors:
         spec, module, flavor = None, _load_pytorch(local), "pytorch"
     else:
-        raise ValueError(
-            f"{model_uri} has flavors {sorted(flavors)}; expected {FLAVOR_NAME} or pytorch."
-        )
-    layers = [l for l in tags.get("feature_layers", "").split(",") if l] or _decoder_layers(module)
+        raise ValueError(f"{model_uri} has flavors {sorted(flavors)}; expected {FLAVOR_NAME} or pytorch.")
+    layers = [l for l in tags.get(T.FEATURE_LAYERS, "").split(",") if l] or _decoder_layers(module)
     named = dict(module.named_modules())
     wrong = [l for l in layers if l not in named]
     if wrong:
@@ -418,8 +395,6 @@ def load_version(model_uri) -> LoadedModel:
 
 def bank_versions(bank: str = DEFAULT_BANK) -> list:
     """All model versions tagged ``ccfv.bank=<bank>``, ordered by name and version number."""
-    import mlflow
-
     _check_name("bank", bank)
     found = mlflow.search_model_versions(filter_string=f"tags.`{BANK_TAG}` = '{bank}'")
     return sorted(found, key=lambda mv: (mv.name, int(mv.version)))
@@ -439,6 +414,44 @@ def resolve_versions(models: Iterable[str] | None = None, bank: str = DEFAULT_BA
     return versions
 
 
+def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
+    """The newest version of ``name`` whose tags include ``tags`` (for reuse), or None."""
+    try:
+        found = mlflow.search_model_versions(filter_string=f"name = '{name}'")
+    except MlflowException:
+        return None
+    matching = [v for v in found if all((v.tags or {}).get(k) == val for k, val in tags.items())]
+    return max(matching, key=lambda v: int(v.version)) if matching else None
+
+
+def write_transferability_tags(
+    scored: Sequence[tuple[str, str | None, str, dict[str, float]]],
+    table: pd.DataFrame,
+    dataset_name: str,
+    methods: Sequence[str],
+) -> None:
+    """Version tags ``transferability.<method>.<dataset>``, ``transferability.rank.<dataset>`` and the
+    alias ``best-<dataset>`` on the registered model holding the top version.
+
+    ``scored``: ``(name, version, label, scores)`` of each scored registry version; ``table`` the ranked
+    table (``model`` = label, ``rank``).
+    """
+    client = _client()
+    ranks = {row.model: int(row.rank) for row in table.itertuples() if row.error is None or pd.isna(row.error)}
+    for name, version, label, scores in scored:
+        for m in methods:
+            client.set_model_version_tag(name, version, T.score_tag(m, dataset_name), f"{scores[m]:.6g}")
+        client.set_model_version_tag(name, version, T.rank_tag(dataset_name), str(ranks[label]))
+    if not scored:
+        return
+    alias = T.best_alias(dataset_name)
+    best_name, best_version = next((n, v) for n, v, label, _ in scored if ranks[label] == 1)
+    for name in sorted({n for n, *_ in scored} - {best_name}):
+        if alias in (client.get_registered_model(name).aliases or {}):
+            client.delete_registered_model_alias(name, alias)
+    client.set_registered_model_alias(best_name, alias, best_version)
+
+
 __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
@@ -446,6 +459,7 @@ __all__ = [
     "RegistryError",
     "VERSION_TAGS",
     "bank_versions",
+    "find_version",
     "get_version",
     "load_version",
     "logged_model_id",
@@ -453,4 +467,5 @@ __all__ = [
     "register_network",
     "resolve_versions",
     "version_uri",
+    "write_transferability_tags",
 ]

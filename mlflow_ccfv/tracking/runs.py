@@ -1,14 +1,28 @@
-"""The MLflow run a command writes to, inside or outside ``mlflow run``."""
+"""MLflow runs: the run a command writes to, a version's scoring run, and a training curve."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.dataset import Dataset
+from mlflow.entities import Metric, Run
+
+import mlflow_ccfv.tracking.tags as T
+from mlflow_ccfv.data.target import Target
+from mlflow_ccfv.study.plots import training_curve_png
+
+__all__ = ["command_run", "log_training_curve", "log_version_run"]
 
 
 @contextmanager
-def command_run(run_name: str) -> Iterator:
+def command_run(run_name: str) -> Iterator[Run]:
     """Start the run a step (pretrain, finetune, report, study) logs its own parameters to.
 
     - inside an active run (e.g. a study): a nested child run;
@@ -17,8 +31,6 @@ def command_run(run_name: str) -> Iterator:
       change; that run is resumed as the parent and the step gets a child run;
     - otherwise a new top-level run in the current experiment.
     """
-    import mlflow
-
     outer = mlflow.start_run() if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID") else None
     try:
         with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
@@ -26,3 +38,49 @@ def command_run(run_name: str) -> Iterator:
     finally:
         if outer is not None:
             mlflow.end_run()
+
+
+def log_version_run(
+    *,
+    label: str,
+    model_id: str | None,
+    target: Target,
+    ds: Dataset,
+    methods: Sequence[str],
+    cached: bool,
+    sampler: Mapping[str, Any],
+    metrics: Mapping[str, float],
+) -> str:
+    """One run nested in the active (score) run: a version's params and metrics on ``target``."""
+    with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True) as run:
+        mlflow.log_input(ds, context="target")
+        params = {
+            "model_uri": f"models:/{label}",
+            "model_id": model_id,
+            "dataset": target.name,
+            "dataset_digest": target.digest,
+            "split": target.split,
+            "n_cases": len(target.case_ids),
+            "methods": ",".join(methods),
+            "features_cached": cached,
+        }
+        params.update(T.prefixed_params("sampler", sampler))
+        mlflow.log_params(params)
+        mlflow.set_tags({T.RUN_DATASET: target.name, T.RUN_MODEL: label})
+        # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
+        mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=ds)
+        return run.info.run_id
+
+
+def log_training_curve(losses: Sequence[float], title: str) -> None:
+    """``train_loss`` per step on the active run (batched, 1000 steps a request) and ``training_curve.png``."""
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(losses)]
+    client = mlflow.MlflowClient()
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_training_curve needs an active run.")
+    for i in range(0, len(metrics), 1000):  # one request per 1000 steps, not one per step
+        client.log_batch(active.info.run_id, metrics=metrics[i : i + 1000])
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(training_curve_png(losses, Path(tmp) / "training_curve.png", title)))

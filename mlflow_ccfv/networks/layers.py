@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from mlflow_ccfv.features.networks import SUPPORTED_ARCHITECTURES
+from mlflow_ccfv.networks.specs import SUPPORTED_ARCHITECTURES
 
 
 def _names_of(model: nn.Module) -> dict[int, str]:

@@ -21,26 +21,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
+import mlflow
 import pandas as pd
 
-from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
-from mlflow_ccfv.study.report import Report, ranked_table
-from mlflow_ccfv.study.training import TrainConfig
-from mlflow_ccfv.tracking.datasets import make_target, short_name
-from mlflow_ccfv.tracking.finetuning import (
-    CONTROL_SOURCE,
-    FinetuneOutcome,
-    finetune_version,
-    pretrain_and_register,
-    register_control,
-)
+from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
+from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
+from mlflow_ccfv.pipelines.report import report_bank
+from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.scoring import DEFAULT_METHODS
+from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
+from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import version_uri
 from mlflow_ccfv.tracking.runs import command_run
-from mlflow_ccfv.tracking.reporting import report_bank
+from mlflow_ccfv.training import TrainConfig
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("UNet", "UNETR")
 
@@ -89,8 +88,14 @@ class StudyResult:
         return self.seconds.get("score", float("nan")) / ft if ft > 0 else float("nan")
 
 
-def ensure_synthetic(data_root: str | Path, tasks: Sequence[str], n_cases: int, shape: Sequence[int],
-                     seed: int = 0, progress: bool = True) -> list[Path]:
+def ensure_synthetic(
+    data_root: str | Path,
+    tasks: Sequence[str],
+    n_cases: int,
+    shape: Sequence[int],
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Path]:
     """The synthetic task folders under ``data_root``, generated only when missing or made differently."""
     root = Path(data_root)
     out = []
@@ -101,11 +106,14 @@ def ensure_synthetic(data_root: str | Path, tasks: Sequence[str], n_cases: int, 
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text())
             synth = meta.get("synthetic", {})
-            if (meta.get("numTraining") == n_cases and synth.get("seed") == seed
-                    and list(synth.get("shape", [])) == list(shape)):
+            if (
+                meta.get("numTraining") == n_cases
+                and synth.get("seed") == seed
+                and list(synth.get("shape", [])) == list(shape)
+            ):
                 out.append(folder)
                 continue
-            log.info("%s exists with other settings; regenerating", folder)
+            _logger.info("%s exists with other settings; regenerating", folder)
         out.append(generate_task(t, root, n_cases=n_cases, shape=shape, seed=seed, overwrite=True, progress=progress))
     return out
 
@@ -114,58 +122,75 @@ def _timed(seconds: dict[str, float], key: str, start: float) -> None:
     seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
 
 
-def run_transfer_study(config: StudyConfig, progress: bool = True, force_finetune: bool = False,
-                       force_score: bool = False, out_dir: str | Path | None = None) -> StudyResult:
+def run_transfer_study(
+    config: StudyConfig,
+    progress: bool = True,
+    force_finetune: bool = False,
+    force_score: bool = False,
+    out_dir: str | Path | None = None,
+) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
     ``out_dir``: also keep the report's tables and plots there."""
     with command_run(f"study {config.bank}") as parent:
         return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
 
 
-def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool,
-               out_dir: str | Path | None) -> StudyResult:
-    import mlflow
-
-    from mlflow_ccfv.tracking.scoring import score_versions
-
+def _run_study(
+    config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool, out_dir: str | Path | None
+) -> StudyResult:
     seconds: dict[str, float] = {}
     outcomes: list[FinetuneOutcome] = []
     wall = time.perf_counter()
     targets = [MSDDataset.load(p) for p in config.targets]
     target_names = [short_name(t) for t in targets]
-    mlflow.set_tags({"ccfv.stage": "study", "ccfv.bank": config.bank})
-    mlflow.log_params({
-        "bank": config.bank, "targets": ",".join(target_names), "architectures": ",".join(config.architectures),
-        "sources": ",".join(f"{s.path.name}{'' if s.channels is None else list(s.channels)}" for s in config.sources),
-        "methods": config.methods, "split_seed": config.split_seed,
-        **{f"pretrain.{k}": v for k, v in config.pretrain.to_dict().items()},
-        **{f"finetune.{k}": v for k, v in config.finetune.to_dict().items()},
-    })
+    mlflow.set_tags({T.RUN_STAGE: "study", T.RUN_BANK: config.bank})
+    mlflow.log_params(
+        {
+            "bank": config.bank,
+            "targets": ",".join(target_names),
+            "architectures": ",".join(config.architectures),
+            "sources": ",".join(
+                f"{s.path.name}{'' if s.channels is None else list(s.channels)}" for s in config.sources
+            ),
+            "methods": config.methods,
+            "split_seed": config.split_seed,
+            **T.prefixed_params("pretrain", config.pretrain.to_dict()),
+            **T.prefixed_params("finetune", config.finetune.to_dict()),
+        }
+    )
     # 1. the bank: one pre-training per source per architecture, plus the controls
     start = time.perf_counter()
     by_source: dict[str, list] = {}
     for source in config.sources:
         for arch in config.architectures:
-            mv = pretrain_and_register(source.path, arch, config.pretrain, bank=config.bank,
-                                       channels=source.channels, progress=progress)
-            by_source.setdefault(mv.tags["source_dataset"], []).append(mv)
+            mv = pretrain_and_register(
+                source.path, arch, config.pretrain, bank=config.bank, channels=source.channels, progress=progress
+            )
+            by_source.setdefault(mv.tags[T.SOURCE_DATASET], []).append(mv)
     in_channels = {t.n_channels for t in targets}
     if len(in_channels) != 1:
         raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
     n_in = in_channels.pop()
-    controls = [register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank,
-                                 seed=config.control_seed) for arch in config.architectures]
+    controls = [
+        register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank, seed=config.control_seed)
+        for arch in config.architectures
+    ]
     _timed(seconds, "pretrain", start)
     for ds, name in zip(targets, target_names):
         bank = [v for src, vs in sorted(by_source.items()) if src != name for v in vs] + controls
-        log.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
+        _logger.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
         # 2. score the bank on the target's training split (features cached per version and target)
         start = time.perf_counter()
         # one nested run per target: score_versions logs the target's params on its parent run,
         # and a run's params cannot change from one target to the next
         with mlflow.start_run(run_name=f"score {name}", nested=True):
-            score_versions(bank, make_target(ds, "train", seed=config.split_seed), methods=config.methods,
-                           force=force_score, cache_dir=config.cache_dir)
+            score_versions(
+                bank,
+                make_target(ds, "train", seed=config.split_seed),
+                methods=config.methods,
+                force=force_score,
+                cache_dir=config.cache_dir,
+            )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
         split = ds.split(seed=config.split_seed)
@@ -173,9 +198,16 @@ def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool
         test = list(ds.iter_cases(split.test, progress=progress))
         for v in bank:
             start = time.perf_counter()
-            outcome = finetune_version(version_uri(v), ds, config.finetune, split_seed=config.split_seed,
-                                       overlap=config.overlap, cases=(train, test), force=force_finetune,
-                                       progress=progress)
+            outcome = finetune_version(
+                version_uri(v),
+                ds,
+                config.finetune,
+                split_seed=config.split_seed,
+                overlap=config.overlap,
+                cases=(train, test),
+                force=force_finetune,
+                progress=progress,
+            )
             outcomes.append(outcome)
             if not outcome.reused:
                 _timed(seconds, "finetune", start)
@@ -189,42 +221,68 @@ def _run_study(config: StudyConfig, parent, progress: bool, force_finetune: bool
     mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
     if seconds.get("finetune"):
         mlflow.log_metric("cost_ratio.score_over_finetune", result.cost_ratio)
-    mlflow.log_metrics({f"{d}.dice_spread": float(s) for d, s in report.discrimination["dice_spread"].items()})
-    log.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
+    mlflow.log_metrics({T.dice_spread_metric(d): float(s) for d, s in report.discrimination["dice_spread"].items()})
+    _logger.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
     return result
 
 
-def demo_config(data_root: str | Path, target: str = "Task09", n_cases: int = 8, shape: Sequence[int] = (64, 64, 48),
-                sources: Sequence[str] = ("Task03", "Task07", "Task06"), pretrain_steps: int = 150,
-                finetune_steps: int = 60, bank: str = "demo", architectures: Sequence[str] = ARCHITECTURES,
-                methods: str = "all", patch_size: Sequence[int] = (32, 32, 32), seed: int = 0,
-                progress: bool = True) -> StudyConfig:
+def demo_config(
+    data_root: str | Path,
+    target: str = "Task09",
+    n_cases: int = 8,
+    shape: Sequence[int] = (64, 64, 48),
+    sources: Sequence[str] = ("Task03", "Task07", "Task06"),
+    pretrain_steps: int = 150,
+    finetune_steps: int = 60,
+    bank: str = "demo",
+    architectures: Sequence[str] = ARCHITECTURES,
+    methods: str = "all",
+    patch_size: Sequence[int] = (32, 32, 32),
+    seed: int = 0,
+    progress: bool = True,
+) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
     architecture, small budgets; synthetic cases generated with ``seed``."""
     names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
     folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
     patch = tuple(int(p) for p in patch_size)
     return StudyConfig(
-        targets=[folders[0]], sources=[Source(f) for f in folders[1:]], bank=bank, methods=methods,
+        targets=[folders[0]],
+        sources=[Source(f) for f in folders[1:]],
+        bank=bank,
+        methods=methods,
         architectures=tuple(architectures),
         pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
     )
 
 
-def study_config(data_root: str | Path, n_cases: int = 15, shape: Sequence[int] = (64, 64, 48),
-                 brats: str | Path | None = None, pretrain_steps: int = 300, finetune_steps: int = 200,
-                 architectures: Sequence[str] = ARCHITECTURES, bank: str = "study",
-                 targets: Sequence[str] | None = None, progress: bool = True) -> StudyConfig:
+def study_config(
+    data_root: str | Path,
+    n_cases: int = 15,
+    shape: Sequence[int] = (64, 64, 48),
+    brats: str | Path | None = None,
+    pretrain_steps: int = 300,
+    finetune_steps: int = 200,
+    architectures: Sequence[str] = ARCHITECTURES,
+    bank: str = "study",
+    targets: Sequence[str] | None = None,
+    progress: bool = True,
+) -> StudyConfig:
     """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
     with its FLAIR channel only (the targets are 1-channel CT; see docs/study.md)."""
     folders = ensure_synthetic(data_root, list(SYNTHETIC_TASKS), n_cases, shape, progress=progress)
     sources = [Source(f) for f in folders]
     if brats:
         sources.append(Source(Path(brats), channels=(0,)))
-    chosen = folders if not targets else [f for f in folders if any(f.name.startswith(get_task(t).name) for t in targets)]
+    chosen = (
+        folders if not targets else [f for f in folders if any(f.name.startswith(get_task(t).name) for t in targets)]
+    )
     return StudyConfig(
-        targets=chosen, sources=sources, architectures=tuple(architectures), bank=bank,
+        targets=chosen,
+        sources=sources,
+        architectures=tuple(architectures),
+        bank=bank,
         pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
     )
@@ -235,14 +293,22 @@ def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
     return ranked_table(result.frame, dataset, by="ccfv", methods=("ccfv", "logme", "leep", "gbc", "transrate"))
 
 
-__all__ = ["ARCHITECTURES", "CONTROL_SOURCE", "Source", "StudyConfig", "StudyResult", "demo_config", "demo_table",
-           "ensure_synthetic", "run_transfer_study", "study_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "CONTROL_SOURCE",
+    "Source",
+    "StudyConfig",
+    "StudyResult",
+    "demo_config",
+    "demo_table",
+    "ensure_synthetic",
+    "run_transfer_study",
+    "study_config",
+]
 
 
 def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
     """Choose the experiment (unless ``mlflow run`` or ``MLFLOW_EXPERIMENT_*`` did), build the config, run."""
-
-    import mlflow
 
     if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
         mlflow.set_experiment(experiment)
@@ -251,11 +317,6 @@ def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = 
 
 def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
     """The ranked table per target, the correlations, timings and (demo) how to sort models in the UI."""
-    import mlflow
-
-    from mlflow_ccfv.study.report import to_markdown
-    from mlflow_ccfv.tracking.scoring import DEFAULT_METHODS
-
     lines = []
     for dataset in sorted(result.frame["dataset"].unique()):
         lines.append(f"\n## {dataset}: the bank ranked by CC-FV (dice = measured after fine-tuning)\n")
@@ -263,17 +324,24 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
     corr = result.report.correlations
     main = corr[corr["method"].isin(DEFAULT_METHODS)]
     lines.append("\n## Correlation with the measured Dice (weighted Kendall's tau, Pearson, top-1 regret)\n")
-    lines.append(to_markdown(main[["dataset", "method", "weighted_tau", "pearson", "top1_regret", "n_models"]]
-                             .set_index(["dataset", "method"])))
+    lines.append(
+        to_markdown(
+            main[["dataset", "method", "weighted_tau", "pearson", "top1_regret", "n_models"]].set_index(
+                ["dataset", "method"]
+            )
+        )
+    )
     s = result.seconds
-    lines.append(f"\nTime: {s.get('total', 0):.0f} s in all (pre-training {s.get('pretrain', 0):.0f} s, scoring "
-                 f"{s.get('score', 0):.0f} s, fine-tuning {s.get('finetune', 0):.0f} s, report {s.get('report', 0):.0f} s).")
+    lines.append(
+        f"\nTime: {s.get('total', 0):.0f} s in all (pre-training {s.get('pretrain', 0):.0f} s, scoring "
+        f"{s.get('score', 0):.0f} s, fine-tuning {s.get('finetune', 0):.0f} s, report {s.get('report', 0):.0f} s)."
+    )
     if s.get("finetune"):
-        lines.append(f"Scoring the bank took {result.cost_ratio:.3f} x the time of fine-tuning it "
-                     f"(1/{1 / result.cost_ratio:.1f}) at this fine-tuning budget.")
+        lines.append(
+            f"Scoring the bank took {result.cost_ratio:.3f} x the time of fine-tuning it "
+            f"(1/{1 / result.cost_ratio:.1f}) at this fine-tuning budget."
+        )
     if ui_hint:
-        from urllib.parse import quote
-
         uri = mlflow.get_tracking_uri()
         last = mlflow.last_active_run()  # the study/demo run itself
         active = last.info.experiment_id if last is not None else "<experiment id>"
@@ -281,12 +349,16 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
             "\nOpen the MLflow UI to sort the models:\n"
             f"  mlflow ui --backend-store-uri {uri} --port 5000\n"
             "  then, per target, the experiment's Runs tab filtered to that dataset and sorted by ccfv\n"
-            "  (one run per model version; MLflow 3.17's Models tab shows the same columns but cannot sort them):")
+            "  (one run per model version; MLflow 3.17's Models tab shows the same columns but cannot sort them):"
+        )
         for dataset in sorted(result.frame["dataset"].unique()):
-            search = quote(f"tags.`ccfv.dataset` = '{dataset}'")
-            lines.append(f"  http://127.0.0.1:5000/#/experiments/{active}/runs?searchFilter={search}"
-                         "&orderByKey=metrics.%60ccfv%60&orderByAsc=false")
+            search = quote(f"tags.`{T.RUN_DATASET}` = '{dataset}'")
+            lines.append(
+                f"  http://127.0.0.1:5000/#/experiments/{active}/runs?searchFilter={search}"
+                "&orderByKey=metrics.%60ccfv%60&orderByAsc=false"
+            )
         lines.append(
             "  Registry: each version's tags transferability.<method>.<dataset>, finetune.dice.<dataset>,\n"
-            "  and the alias best-<dataset> on the top-ranked model.")
+            "  and the alias best-<dataset> on the top-ranked model."
+        )
     return "\n".join(lines)

@@ -26,6 +26,8 @@ Cases are any objects with ``.case_id: str``, ``.image`` ``[C, X, Y, Z]`` float 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +39,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mlflow_ccfv.features.networks import NetworkSpec, load_state_dict_strict
+from mlflow_ccfv.networks.specs import NetworkSpec, load_state_dict_strict
+from mlflow_ccfv.options import parse_ints
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class TrainConfig:
 
     steps: int = 100
     batch_size: int = 2
-    patch_size: tuple[int, int, int] = (32, 32, 32)
+    patch_size: tuple[int, ...] = (32, 32, 32)
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
@@ -90,13 +93,25 @@ class TrainConfig:
         d["patch_size"] = "x".join(str(s) for s in self.patch_size)
         return d
 
+    def digest(self, **extra: Any) -> str:
+        """A short digest of this budget plus any other settings (``extra``): equal budgets, equal digest."""
+        payload = json.dumps({**self.to_dict(), **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         if isinstance(d.get("patch_size"), str):
-            d["patch_size"] = tuple(int(s) for s in d["patch_size"].split("x"))
-        types = {"steps": int, "batch_size": int, "learning_rate": float, "weight_decay": float,
-                 "poly_power": float, "foreground_fraction": float, "seed": int}
+            d["patch_size"] = parse_ints(d["patch_size"], "patch_size", length=3, minimum=1)
+        types = {
+            "steps": int,
+            "batch_size": int,
+            "learning_rate": float,
+            "weight_decay": float,
+            "poly_power": float,
+            "foreground_fraction": float,
+            "seed": int,
+        }
         for k, t in types.items():
             if k in d:
                 d[k] = t(d[k])
@@ -123,7 +138,7 @@ def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype=dtype, device="cpu")
 
 
-def _checked_case(case: Any) -> tuple[str, torch.Tensor, torch.Tensor]:
+def checked_case(case: Any) -> tuple[str, torch.Tensor, torch.Tensor]:
     case_id = str(getattr(case, "case_id", "?"))
     try:
         image = _as_tensor(case.image, torch.float32)
@@ -166,8 +181,15 @@ class PatchSampler:
     ``images [B, C, *patch]`` float32 and ``labels [B, 1, *patch]`` int64.
     """
 
-    def __init__(self, cases: Sequence[Any], num_classes: int, patch_size: Sequence[int],
-                 foreground_fraction: float = 0.5, mirror: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cases: Sequence[Any],
+        num_classes: int,
+        patch_size: Sequence[int],
+        foreground_fraction: float = 0.5,
+        mirror: bool = False,
+        seed: int = 0,
+    ) -> None:
         from monai.transforms.utils import map_classes_to_indices
 
         if not cases:
@@ -182,7 +204,7 @@ class PatchSampler:
         self.cases: list[tuple[str, torch.Tensor, torch.Tensor, list, list[float]]] = []
         channels = None
         for case in cases:
-            case_id, image, label = _checked_case(case)
+            case_id, image, label = checked_case(case)
             if channels is not None and image.shape[0] != channels:
                 raise ValueError(f"Case {case_id!r} has {image.shape[0]} channels, others have {channels}.")
             channels = image.shape[0]
@@ -201,6 +223,8 @@ class PatchSampler:
             if not present:  # no foreground in this case: background patches only
                 ratios[0] = 1.0
             self.cases.append((case_id, image, label, indices, ratios))
+        if channels is None:
+            raise ValueError("PatchSampler needs at least one case.")
         self.in_channels = int(channels)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,12 +282,14 @@ def input_parameter_names(spec: NetworkSpec) -> list[str]:
 
 def target_spec(spec: NetworkSpec, in_channels: int, num_classes: int) -> NetworkSpec:
     """``spec`` re-targeted to ``in_channels`` input channels and ``num_classes`` outputs."""
-    return NetworkSpec(spec.architecture, {**spec.kwargs, "in_channels": int(in_channels),
-                                           "out_channels": int(num_classes)})
+    return NetworkSpec(
+        spec.architecture, {**spec.kwargs, "in_channels": int(in_channels), "out_channels": int(num_classes)}
+    )
 
 
-def init_for_finetuning(spec: NetworkSpec, state: dict[str, torch.Tensor] | None, in_channels: int,
-                        num_classes: int, seed: int = 0) -> tuple[nn.Module, NetworkSpec, list[str]]:
+def init_for_finetuning(
+    spec: NetworkSpec, state: dict[str, torch.Tensor] | None, in_channels: int, num_classes: int, seed: int = 0
+) -> tuple[nn.Module, NetworkSpec, list[str]]:
     """The network to fine-tune: pre-trained weights except the last convolution (paper, Sec. 3).
 
     ``spec``/``state``: the bank model (``state=None`` gives the random-initialisation control).
@@ -280,7 +306,9 @@ def init_for_finetuning(spec: NetworkSpec, state: dict[str, torch.Tensor] | None
         first = input_parameter_names(spec)
         log.warning(
             "Source has %d input channel(s), target %d: re-creating the first convolution too (%s).",
-            spec.in_channels, in_channels, ", ".join(first),
+            spec.in_channels,
+            in_channels,
+            ", ".join(first),
         )
         skip = skip + first
     load_state_dict_strict(model, state, skip_prefixes=tuple(skip))
@@ -292,21 +320,29 @@ def init_for_finetuning(spec: NetworkSpec, state: dict[str, torch.Tensor] | None
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.99, nesterov=True,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.learning_rate, momentum=0.99, nesterov=True, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def train_segmentation(model: nn.Module, cases: Sequence[Any], num_classes: int, config: TrainConfig,
-                       desc: str = "train", progress: bool = True) -> TrainResult:
+def train_segmentation(
+    model: nn.Module,
+    cases: Sequence[Any],
+    num_classes: int,
+    config: TrainConfig,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
     """Train ``model`` in place on patches of ``cases`` for ``config.steps`` steps; returns the curve.
 
     ``num_classes`` counts the background; the model's output channels must equal it.
     """
     from monai.losses import DiceCELoss
 
-    sampler = PatchSampler(cases, num_classes, config.patch_size, config.foreground_fraction,
-                           config.mirror, seed=config.seed)
+    sampler = PatchSampler(
+        cases, num_classes, config.patch_size, config.foreground_fraction, config.mirror, seed=config.seed
+    )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.steps, power=config.poly_power)
@@ -341,8 +377,9 @@ def train_segmentation(model: nn.Module, cases: Sequence[Any], num_classes: int,
     return TrainResult(model=model, losses=losses, seconds=time.perf_counter() - start)
 
 
-def pretrain(spec: NetworkSpec, cases: Sequence[Any], config: TrainConfig, progress: bool = True,
-             desc: str = "pretrain") -> TrainResult:
+def pretrain(
+    spec: NetworkSpec, cases: Sequence[Any], config: TrainConfig, progress: bool = True, desc: str = "pretrain"
+) -> TrainResult:
     """Train a freshly initialised ``spec`` (seeded with ``config.seed``) on a source task.
 
     ``spec.out_channels`` must equal the source task's number of classes (background included).
@@ -351,8 +388,15 @@ def pretrain(spec: NetworkSpec, cases: Sequence[Any], config: TrainConfig, progr
     return train_segmentation(model, cases, spec.out_channels, config, desc=desc, progress=progress)
 
 
-def finetune(spec: NetworkSpec, state: dict[str, torch.Tensor] | None, cases: Sequence[Any], num_classes: int,
-             config: TrainConfig, progress: bool = True, desc: str = "finetune") -> tuple[TrainResult, NetworkSpec]:
+def finetune(
+    spec: NetworkSpec,
+    state: dict[str, torch.Tensor] | None,
+    cases: Sequence[Any],
+    num_classes: int,
+    config: TrainConfig,
+    progress: bool = True,
+    desc: str = "finetune",
+) -> tuple[TrainResult, NetworkSpec]:
     """Fine-tune a bank model on a target's training cases, the paper's way (nothing frozen).
 
     ``state=None`` fine-tunes a randomly initialised network of the same architecture (the control).
@@ -361,7 +405,7 @@ def finetune(spec: NetworkSpec, state: dict[str, torch.Tensor] | None, cases: Se
     """
     if not cases:
         raise ValueError("No training cases: the training split is empty.")
-    in_channels = _checked_case(cases[0])[1].shape[0]
+    in_channels = checked_case(cases[0])[1].shape[0]
     model, new_spec, reinit = init_for_finetuning(spec, state, in_channels, num_classes, seed=config.seed)
     result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress)
     result.reinitialised = reinit

@@ -11,12 +11,13 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-#: Architectures whose decoder stages :func:`mlflow_ccfv.features.decoder_layers` understands.
+#: Architectures whose decoder stages :func:`mlflow_ccfv.networks.decoder_layers` understands.
 SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR")
 
 
@@ -31,7 +32,7 @@ class NetworkSpec:
         return json.dumps({"architecture": self.architecture, "kwargs": self.kwargs}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "NetworkSpec":
+    def from_json(cls, text: str) -> NetworkSpec:
         try:
             data = json.loads(text)
             return cls(architecture=data["architecture"], kwargs=dict(data.get("kwargs", {})))
@@ -59,8 +60,7 @@ def _network_class(architecture: str) -> type[nn.Module]:
 
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
-            f"Unknown architecture {architecture!r}. Supported MONAI networks: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)}."
+            f"Unknown architecture {architecture!r}. Supported MONAI networks: {', '.join(SUPPORTED_ARCHITECTURES)}."
         )
     return getattr(nets, architecture)
 
@@ -73,8 +73,7 @@ def build_network(spec: NetworkSpec) -> nn.Module:
     unknown = sorted(set(spec.kwargs) - set(valid))
     if unknown:
         raise ValueError(
-            f"{spec.architecture} has no argument(s) {', '.join(unknown)}. "
-            f"Valid arguments: {', '.join(valid)}."
+            f"{spec.architecture} has no argument(s) {', '.join(unknown)}. Valid arguments: {', '.join(valid)}."
         )
     missing = [
         p.name
@@ -90,7 +89,7 @@ def small_spec(
     architecture: str,
     in_channels: int,
     out_channels: int,
-    patch_size: tuple[int, int, int] = (32, 32, 32),
+    patch_size: tuple[int, ...] = (32, 32, 32),
 ) -> NetworkSpec:
     """A CPU-sized configuration of ``architecture`` (for tests, demos and synthetic studies).
 
@@ -129,7 +128,9 @@ def small_spec(
     return NetworkSpec(architecture, {**kwargs, **common})
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, skip_prefixes: tuple[str, ...] = ()) -> None:
+def load_state_dict_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], *, skip_prefixes: tuple[str, ...] = ()
+) -> None:
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error that lists them.
 
     Accepts checkpoints saved as ``{"state_dict": ...}`` and ones with a ``module.`` (DataParallel)
@@ -139,7 +140,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, 
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     own = model.state_dict()
     skipped = lambda k: any(k.startswith(p) for p in skip_prefixes)  # noqa: E731
     missing = [k for k in own if k not in state and not skipped(k)]
@@ -156,7 +157,25 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, 
                 shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
                 parts.append(f"{label}: {shown}")
         raise ValueError(
-            f"Checkpoint does not match {type(model).__name__}: " + "; ".join(parts)
+            f"Checkpoint does not match {type(model).__name__}: "
+            + "; ".join(parts)
             + ". Check the architecture specification (class and arguments) the checkpoint was trained with."
         )
     model.load_state_dict({k: v for k, v in state.items() if not skipped(k)}, strict=False)
+
+
+def random_state_dict(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The weights of ``spec`` randomly initialised under ``seed`` (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_network(spec).state_dict()
+
+
+def spec_from_json_or_file(text: str) -> NetworkSpec:
+    """A NetworkSpec from JSON text or the path of a JSON file (used by ``register``)."""
+    candidate = Path(text)
+    if not text.lstrip().startswith("{") and candidate.suffix == ".json":
+        if not candidate.is_file():
+            raise FileNotFoundError(f"Network specification file {candidate} does not exist.")
+        text = candidate.read_text()
+    return NetworkSpec.from_json(text)

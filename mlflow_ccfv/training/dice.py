@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mlflow_ccfv.study.training import _checked_case
+from mlflow_ccfv.training.loops import checked_case
 
 
 @dataclass
@@ -68,23 +68,36 @@ def dice_per_class(prediction: torch.Tensor, label: torch.Tensor, num_classes: i
 
 
 @torch.no_grad()
-def predict(model: nn.Module, image: torch.Tensor, roi_size: Sequence[int], overlap: float = 0.5,
-            sw_batch_size: int = 4) -> torch.Tensor:
+def predict(
+    model: nn.Module, image: torch.Tensor, roi_size: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 4
+) -> torch.Tensor:
     """Label map ``[X, Y, Z]`` of ``image [C, X, Y, Z]`` by sliding-window inference (Gaussian blend)."""
     from monai.inferers import sliding_window_inference
 
     model.eval()
     logits = sliding_window_inference(
-        image[None].float(), roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size,
-        predictor=model, overlap=overlap, mode="gaussian", padding_mode="constant",
+        image[None].float(),
+        roi_size=tuple(int(s) for s in roi_size),
+        sw_batch_size=sw_batch_size,
+        predictor=model,
+        overlap=overlap,
+        mode="gaussian",
+        padding_mode="constant",
         cval=float(image.min()),
     )
     return torch.as_tensor(logits).as_subclass(torch.Tensor)[0].argmax(0)
 
 
-def evaluate_dice(model: nn.Module, cases: Sequence[Any], num_classes: int, roi_size: Sequence[int],
-                  overlap: float = 0.5, sw_batch_size: int = 4, progress: bool = True,
-                  desc: str = "evaluate") -> DiceResult:
+def evaluate_dice(
+    model: nn.Module,
+    cases: Sequence[Any],
+    num_classes: int,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> DiceResult:
     """Per-class and mean foreground Dice of ``model`` on ``cases`` (the held-out split).
 
     ``cases``: objects with ``.case_id``, ``.image [C, X, Y, Z]``, ``.label [X, Y, Z]``;
@@ -94,7 +107,7 @@ def evaluate_dice(model: nn.Module, cases: Sequence[Any], num_classes: int, roi_
         raise ValueError("No evaluation cases: the held-out split is empty.")
     table: dict[str, dict[int, float]] = {}
     for case in tqdm(cases, desc=desc, disable=not progress, leave=False):
-        case_id, image, label = _checked_case(case)
+        case_id, image, label = checked_case(case)
         table[case_id] = dice_per_class(predict(model, image, roi_size, overlap, sw_batch_size), label, num_classes)
     return _dice_from_table(table, num_classes)
 
@@ -109,7 +122,7 @@ def constant_predictor_dice(cases: Sequence[Any], num_classes: int) -> float:
     for k in range(1, num_classes):
         table = {}
         for case in cases:
-            case_id, _, label = _checked_case(case)
+            case_id, _, label = checked_case(case)
             table[case_id] = dice_per_class(torch.full_like(label, k), label, num_classes)
         best = max(best, _dice_from_table(table, num_classes).mean)
     return best

@@ -1,0 +1,42 @@
+"""What the integrity check and pre-processing need to know of a task folder (no file access here).
+
+:class:`CaseFiles` is one training case; :class:`TaskFolder` is the part of
+:class:`~mlflow_ccfv.data.msd.MSDDataset` that :mod:`~mlflow_ccfv.data.integrity` and
+:mod:`~mlflow_ccfv.data.preprocess` read, so those modules do not import ``msd`` (which calls them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["CaseFiles", "TaskFolder"]
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """One training case: its id (the image file name without ``.nii.gz``) and its two files."""
+
+    case_id: str
+    image: Path
+    label: Path
+
+
+class TaskFolder(Protocol):
+    """A task folder as the integrity check and pre-processing see it (implemented by ``MSDDataset``)."""
+
+    name: str
+    root: Path
+    modalities: dict[int, str]
+    labels: dict[int, str]
+    cases: list[CaseFiles]
+    _intensity_cache: dict[Any, Any]
+
+    @property
+    def n_channels(self) -> int: ...
+
+    @property
+    def is_ct(self) -> bool: ...
+
+    def median_spacing(self) -> tuple[float, ...]: ...

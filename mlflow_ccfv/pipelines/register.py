@@ -1,0 +1,89 @@
+"""The ``register`` pipeline: add a network to the bank from what the user has.
+
+Exactly one source per call: a network specification (``--spec`` JSON or ``--small-spec`` preset) with
+its weights (``--checkpoint``, read with ``weights_only=True``) or randomly initialised
+(``--random-init``), or a model logged earlier with ``mlflow.pytorch`` (``--logged-model``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+
+from mlflow_ccfv.errors import OptionError
+from mlflow_ccfv.networks import NetworkSpec, load_checkpoint, random_state_dict, small_spec
+from mlflow_ccfv.networks.specs import spec_from_json_or_file
+from mlflow_ccfv.options import parse_bool
+from mlflow_ccfv.tracking.registry import register_logged_model, register_network
+
+__all__ = ["parse_small_spec", "register_from_options"]
+
+_logger = logging.getLogger(__name__)
+
+
+def parse_small_spec(text: str) -> NetworkSpec:
+    """``ARCHITECTURE:IN:OUT`` -> :func:`~mlflow_ccfv.networks.small_spec`."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise OptionError(
+            f"--small-spec must look like UNet:1:3 (architecture:in_channels:out_channels); got {text!r}."
+        )
+    return small_spec(parts[0], int(parts[1]), int(parts[2]))
+
+
+def register_from_options(
+    *,
+    name: str,
+    source_dataset: str,
+    spec: str = "",
+    small_spec: str = "",
+    checkpoint: str = "",
+    random_init: bool | str = "false",
+    seed: int = 0,
+    logged_model: str = "",
+    bank: str = "default",
+    patch_size: str | None = None,
+    description: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init) or logged_model."""
+    random_init = parse_bool(random_init, "random_init")
+    if logged_model:
+        if spec or small_spec or checkpoint or random_init:
+            raise OptionError(
+                "Pass either --logged-model or a network (--spec/--small-spec with --checkpoint/--random-init), not both."
+            )
+        return register_logged_model(
+            logged_model,
+            name,
+            source_dataset,
+            bank=bank,
+            extra_tags=extra_tags,
+            description=description,
+            patch_size=patch_size,
+        )
+    if bool(spec) == bool(small_spec):
+        raise OptionError(
+            "Pass exactly one of --spec (JSON or .json file) and --small-spec (e.g. UNet:1:3), or --logged-model."
+        )
+    net = spec_from_json_or_file(spec) if spec else parse_small_spec(small_spec)
+    if bool(checkpoint) == random_init:
+        raise OptionError("Pass exactly one of --checkpoint PATH and --random-init true.")
+    tags = dict(extra_tags or {})
+    if random_init:
+        state = random_state_dict(net, seed)
+        tags.setdefault("init", f"random(seed={seed})")
+    else:
+        state = load_checkpoint(checkpoint)
+    return register_network(
+        net,
+        state,
+        name,
+        source_dataset,
+        bank=bank,
+        extra_tags=tags,
+        description=description,
+        patch_size=patch_size,
+    )

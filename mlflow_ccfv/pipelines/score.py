@@ -1,0 +1,280 @@
+"""The ``score`` pipeline: score model versions on a target and record everything in MLflow.
+
+Each version is loaded from the registry (:mod:`mlflow_ccfv.tracking.registry`) and scored by
+:func:`mlflow_ccfv.scoring.score_model` (the code path of the ``ccfv`` evaluator too); then, in the
+active run or a new one, the target manifest is logged as an input, one nested run per version holds
+its params and metrics (linked to its LoggedModel and the dataset), the version tags and the
+``best-<dataset>`` alias are written, and the ranked table (CSV, Markdown) and plot (PNG) become
+artifacts of the parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from mlflow_ccfv.data import MSDDataset, Target, make_target
+from mlflow_ccfv.features import SamplerConfig
+from mlflow_ccfv.options import parse_bool, parse_ints, split_list
+from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
+from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
+from mlflow_ccfv.tracking import tags as T
+from mlflow_ccfv.tracking.datasets import mlflow_dataset
+from mlflow_ccfv.tracking.registry import (
+    LoadedModel,
+    load_version,
+    resolve_versions,
+    version_uri,
+    write_transferability_tags,
+)
+from mlflow_ccfv.tracking.runs import log_version_run
+
+__all__ = ["VersionResult", "score_from_options", "score_loaded", "score_versions"]
+
+_logger = logging.getLogger(__name__)
+
+
+def score_loaded(
+    loaded: LoadedModel,
+    target: Target,
+    methods: str | Sequence[str] | None = None,
+    sampler_config: SamplerConfig | Mapping[str, Any] | None = None,
+    *,
+    force: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    cases: CaseCache | None = None,
+) -> ModelScores:
+    """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
+    patch = loaded.tags.get(T.PATCH_SIZE)
+    return score_model(
+        loaded.module,
+        loaded.feature_layers,
+        target,
+        methods,
+        sampler_config,
+        model_id=loaded.model_id,
+        label=loaded.label,
+        patch_size=parse_ints(patch, T.PATCH_SIZE) if patch else None,
+        force=force,
+        cache_dir=cache_dir,
+        cases=cases,
+    )
+
+
+@dataclass
+class VersionResult:
+    """The outcome for one version: its scores, or the error that stopped it."""
+
+    label: str
+    name: str | None
+    version: str | None
+    model_id: str | None
+    tags: dict
+    result: ModelScores | None
+    seconds: float
+    error: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every MLflow metric of the version: the methods' scores and the per-layer C_cons, F_v."""
+        if self.result is None:
+            return {}
+        return {**self.result.scores, **T.layer_metrics(self.result.layers)}
+
+    def row(self) -> dict[str, Any]:
+        """The version's row of :func:`~mlflow_ccfv.study.ranking.rank_table`."""
+        return {
+            "model": self.label,
+            "name": self.name,
+            "version": self.version,
+            "model_id": self.model_id,
+            "architecture": self.tags.get(T.ARCHITECTURE),
+            "source_dataset": self.tags.get(T.SOURCE_DATASET),
+            **(self.result.scores if self.result else {}),
+            "cached": bool(self.result and self.result.cached),
+            "seconds": round(self.seconds, 2),
+            "error": self.error,
+        }
+
+
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -> VersionResult:
+    start = time.perf_counter()
+    label = item if isinstance(item, str) else version_uri(item)
+    loaded = None
+    try:
+        loaded = load_version(item)
+        result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
+        return VersionResult(
+            loaded.label,
+            loaded.name,
+            str(loaded.version),
+            loaded.model_id,
+            loaded.tags,
+            result,
+            time.perf_counter() - start,
+        )
+    except Exception as exc:  # reported by name; the other versions are still scored
+        _logger.error("%s failed: %s", label, exc)
+        return VersionResult(
+            loaded.label if loaded else label.removeprefix("models:/"),
+            getattr(loaded, "name", None),
+            None,
+            getattr(loaded, "model_id", None),
+            getattr(loaded, "tags", {}),
+            None,
+            time.perf_counter() - start,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+
+def score_versions(
+    versions_or_uris: Iterable,
+    dataset: Target,
+    methods: str | Sequence[str] | None = None,
+    sampler_config: SamplerConfig | Mapping[str, Any] | None = None,
+    force: bool = False,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    log: bool = True,
+    artifact_dir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
+
+    ``dataset`` is a :class:`~mlflow_ccfv.data.Target` (:func:`~mlflow_ccfv.data.make_target`). With
+    ``log`` (default), inside the active run or a new one: the target manifest as an input, one
+    (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
+    version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
+    as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
+    set (and no tags).
+    """
+    methods = parse_methods(methods)
+    items = list(versions_or_uris)
+    if not items:
+        raise ValueError("No model versions to score.")
+    cases = CaseCache(target=dataset)
+    results = []
+    for i, item in enumerate(items, 1):
+        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases)
+        status = (
+            f"FAILED: {result.error}"
+            if result.error or result.result is None
+            else (
+                f"ccfv={result.result.scores[RANK_METHOD]:.4f}" + (" (cached features)" if result.result.cached else "")
+            )
+        )
+        _logger.info("[%d/%d] %s on %s: %s (%.1fs)", i, len(items), result.label, dataset.name, status, result.seconds)
+        results.append(result)
+    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
+    if not log:
+        return table
+    ds = mlflow_dataset(dataset)
+    active = mlflow.active_run()
+    if active is None:
+        mlflow.start_run(run_name=f"score {dataset.name}")
+    try:
+        mlflow.log_input(ds, context="target")
+        # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
+        mlflow.log_params(
+            {
+                "ccfv.dataset": dataset.name,
+                "ccfv.dataset_digest": dataset.digest,
+                "ccfv.split": dataset.split,
+                "ccfv.methods": ",".join(methods),
+                "ccfv.n_versions": len(items),
+                "ccfv.force": force,
+            }
+        )
+        for r in results:
+            if r.result is not None and r.result.config is not None:
+                log_version_run(
+                    label=r.label,
+                    model_id=r.model_id,
+                    target=dataset,
+                    ds=ds,
+                    methods=methods,
+                    cached=r.result.cached,
+                    sampler=r.result.config.to_dict(),
+                    metrics=r.metrics,
+                )
+        failed = [r.label for r in results if r.error]
+        if failed:
+            mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
+        write_transferability_tags(
+            [(r.name, r.version, r.label, r.result.scores) for r in results if r.result is not None and r.name],
+            table,
+            dataset.name,
+            methods,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(artifact_dir) if artifact_dir else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = f"ranking_{dataset.name}"
+            table.to_csv(folder / f"{stem}.csv", index=False)
+            (folder / f"{stem}.md").write_text(table_markdown(table, methods))
+            ranking_plot(table, folder / f"{stem}.png")
+            for suffix in ("csv", "md", "png"):
+                mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
+    finally:
+        if active is None:
+            mlflow.end_run("FAILED" if table["error"].notna().any() else "FINISHED")
+    return table
+
+
+def score_from_options(
+    *,
+    dataset: str,
+    data_root: str = "data",
+    bank: str = "default",
+    models: str = "",
+    methods: str = "",
+    split: str = "train",
+    roi_size: str = "",
+    overlap: str = "",
+    global_samples: str = "",
+    layer_budgets: str = "",
+    sampler_seed: str = "",
+    force="false",
+    cache_dir: str = "",
+    verify="true",
+) -> pd.DataFrame:
+    """One ``score`` invocation from the command line's text options: resolve and verify the target,
+    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
+    method_list = parse_methods(methods)  # validate before any work
+    overrides: dict[str, Any] = {}
+    if roi_size:
+        overrides["roi_size"] = parse_ints(roi_size, "roi_size")
+    if overlap:
+        overrides["overlap"] = float(overlap)
+    if global_samples:
+        overrides["global_samples"] = int(global_samples)
+    if layer_budgets:
+        overrides["layer_budgets"] = parse_ints(layer_budgets, "layer_budgets")
+    if sampler_seed:
+        overrides["seed"] = int(sampler_seed)
+    if overrides:
+        SamplerConfig(**overrides)  # validate the values now
+    versions = resolve_versions(split_list(models), bank=bank)
+    ds = MSDDataset.load(dataset, data_root=data_root or None)
+    if parse_bool(verify, "verify"):
+        ds.verify()
+    target = make_target(ds, split)
+    _logger.info(
+        "scoring %d version(s) on %s (%s split, %d cases, digest %s)",
+        len(versions),
+        target.name,
+        split,
+        len(target.case_ids),
+        target.digest,
+    )
+    return score_versions(
+        versions, target, method_list, overrides or None, force=parse_bool(force, "force"), cache_dir=cache_dir or None
+    )

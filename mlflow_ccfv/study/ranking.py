@@ -1,0 +1,71 @@
+"""The ranked table of a bank on one target, as a DataFrame, Markdown and a bar plot (no MLflow)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+__all__ = ["rank_table", "ranking_plot", "table_markdown"]
+
+
+def rank_table(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], dataset_name: str, rank_method: str = "ccfv"
+) -> pd.DataFrame:
+    """One row per model, best ``rank_method`` first (``rank`` 1); failed models last with their ``error``.
+
+    ``rows``: per model ``model``, ``name``, ``version``, ``model_id``, ``architecture``,
+    ``source_dataset``, a score per method, ``cached``, ``seconds`` and ``error`` (None when scored).
+    """
+    columns = [
+        "model",
+        "name",
+        "version",
+        "model_id",
+        "architecture",
+        "source_dataset",
+        *methods,
+        "cached",
+        "seconds",
+        "error",
+    ]
+    df = pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns)
+    ok = df["error"].isna()
+    df["rank"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    df.loc[ok, "rank"] = df.loc[ok, rank_method].rank(ascending=False, method="first").astype(int)
+    df = df.sort_values(["rank", "model"], na_position="last").reset_index(drop=True)
+    df.insert(0, "dataset", dataset_name)
+    return df[["rank"] + [c for c in df.columns if c != "rank"]]
+
+
+def ranking_plot(table: pd.DataFrame, path: str | os.PathLike, method: str = "ccfv") -> Path:
+    """Horizontal bars of ``method`` per model, best at the top, rank in the label (PNG)."""
+    ok = table[table["error"].isna()].sort_values("rank", ascending=False)
+    fig = Figure(figsize=(7, 0.5 * max(len(ok), 2) + 1.2))
+    ax = fig.subplots()
+    labels = [f"#{int(r)}  {m} ({s})" for r, m, s in zip(ok["rank"], ok["model"], ok["source_dataset"])]
+    ax.barh(labels, ok[method].astype(float), color="tab:blue")
+    ax.set_xlabel(f"{method} (higher = expected to transfer better)")
+    ax.set_title(f"Transferability to {table['dataset'].iloc[0]}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def table_markdown(table: pd.DataFrame, methods: Sequence[str]) -> str:
+    """The ranked table as Markdown (rank, model, source, scores, errors)."""
+    cols = ["rank", "model", "architecture", "source_dataset"] + list(methods) + ["cached", "error"]
+    shown = table[cols].copy()
+    for m in methods:
+        shown[m] = [("" if pd.isna(v) else f"{v:.4f}") for v in shown[m]]
+    shown["rank"] = ["" if pd.isna(v) else str(int(v)) for v in shown["rank"]]
+    shown["error"] = ["" if (e is None or (isinstance(e, float) and math.isnan(e))) else str(e) for e in shown["error"]]
+    header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    return header + body

@@ -1,0 +1,183 @@
+"""The package's layering (docs/architecture.md): imports run one way, with no cycles, and each folder
+imports only what its job needs. Every import counts, at module level and inside functions."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mlflow_ccfv"
+
+#: Lower rank = lower layer. A module may import from its own folder or from a lower rank only.
+RANKS = {
+    "base": 0,  # errors.py, options.py
+    "data": 1,
+    "networks": 2,
+    "features": 3,
+    "estimators": 3,
+    "scoring": 4,
+    "training": 4,
+    "study": 5,
+    "tracking": 6,
+    "pipelines": 7,
+    "cli": 8,
+    "root": 9,  # mlflow_ccfv/__init__.py, __main__.py
+}
+NO_MLFLOW = ("data", "networks", "features", "estimators", "scoring", "training", "study", "base")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in ("__main__",):
+        return "root"
+    if parts[1] in ("errors", "options"):
+        return "base"
+    return parts[1]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    own = _module_name(path)
+    package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:  # `from pkg import submodule` depends on the submodule only
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if _exists(candidate) else base)
+    return found
+
+
+def _exists(module: str) -> bool:
+    if not module.startswith("mlflow_ccfv"):
+        return False
+    rel = Path(*module.split(".")[1:]) if "." in module else Path()
+    return (PACKAGE / rel).with_suffix(".py").is_file() or (PACKAGE / rel / "__init__.py").is_file()
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: _imports(p) for m, p in modules.items()}
+
+
+def _internal(imports: set[str]) -> set[str]:
+    return {i for i in imports if i == "mlflow_ccfv" or i.startswith("mlflow_ccfv.")}
+
+
+def test_every_folder_has_a_rank(graph):
+    assert {_layer(m) for m in graph} <= set(RANKS)
+
+
+def test_imports_run_downward_only(graph):
+    wrong = []
+    for module, imports in graph.items():
+        here = _layer(module)
+        for target in _internal(imports):
+            there = _layer(target)
+            if there != here and RANKS[there] >= RANKS[here]:
+                wrong.append(f"{module} ({here}) imports {target} ({there})")
+    assert not wrong, "upward or sideways imports:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles(graph):
+    edges = {m: {t for t in _internal(i) if t in graph and t != m} for m, i in graph.items()}
+    # A package __init__ re-exporting its submodules is the normal pattern; a submodule importing its
+    # own package's __init__ back closes a cycle and is counted.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def _third_party(imports: set[str]) -> set[str]:
+    return {i.split(".")[0] for i in imports}
+
+
+def test_lower_layers_never_import_mlflow(graph):
+    offenders = [m for m, i in graph.items() if _layer(m) in NO_MLFLOW and "mlflow" in _third_party(i)]
+    assert not offenders
+
+
+def test_estimators_are_pure_array_code(graph):
+    for module, imports in graph.items():
+        if _layer(module) != "estimators":
+            continue
+        assert not {"mlflow", "monai", "torch"} & _third_party(imports), module
+        assert not {i for i in _internal(imports) if _layer(i) in ("networks", "features", "data")}, module
+
+
+def test_every_tracking_module_is_mlflow_code(graph):
+    missing = [
+        m
+        for m, i in graph.items()
+        if _layer(m) == "tracking" and m != "mlflow_ccfv.tracking" and "mlflow" not in _third_party(i)
+    ]
+    assert not missing, f"tracking modules that do not use MLflow: {missing}"
+
+
+def test_library_never_switches_the_plotting_backend(graph):
+    assert not [m for m, i in graph.items() if "matplotlib.pyplot" in i]
+    assert "matplotlib.use(" not in "".join(p.read_text() for p in PACKAGE.rglob("*.py"))
+
+
+def test_tag_names_are_formatted_in_one_module():
+    """Only tracking/tags.py writes the registry's tag prefixes as text."""
+    formatting = re.compile(
+        r"""f["'](transferability|finetune|pretrain|train|sampler|best-|ccfv\.layer)[.\w-]*\{"""  # f"pretrain.{k}"
+        r"""|["'](transferability|finetune\.dice|pretrain)\.["']\s*\+"""  # "transferability." + name
+        r"""|re\.compile\(r?["']\^?(transferability|finetune|pretrain)"""  # parsing them with a regex
+    )
+    offenders = sorted(
+        f"{p.relative_to(PACKAGE)}: {m.group(0)}"
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "tags.py"
+        for m in formatting.finditer(p.read_text())
+    )
+    assert not offenders, offenders
