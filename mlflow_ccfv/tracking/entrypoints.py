@@ -6,6 +6,7 @@ calls of the registry / scoring API so that :mod:`mlflow_ccfv.cli` holds no logi
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
@@ -15,6 +16,11 @@ from mlflow_ccfv.tracking.flavor import load_checkpoint, spec_from_json_or_file
 from mlflow_ccfv.tracking.registry import register_logged_model, register_network
 
 _logger = logging.getLogger(__name__)
+
+#: Version tags ``import.<key>`` record where an imported network came from (``import.format``,
+#: ``import.source``, ``import.normalization`` ...): the ``info`` of :mod:`mlflow_ccfv.networks.bundle` /
+#: :mod:`mlflow_ccfv.networks.nnunet`.
+IMPORT_TAG_PREFIX = "import."
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -61,9 +67,18 @@ def register_from_options(
     patch_size=None,
     description: str | None = None,
     extra_tags: dict | None = None,
+    bundle: str = "",
+    nnunet: str = "",
+    fold: str = "0",
 ):
-    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init) or logged_model."""
+    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init), logged_model,
+    bundle (a MONAI bundle folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``)."""
     random_init = parse_bool(random_init, "random_init")
+    if bundle or nnunet:
+        if sum(map(bool, (bundle, nnunet, spec or small_spec or checkpoint or random_init, logged_model))) > 1:
+            raise ValueError("Pass one network source: --bundle, --nnunet, --logged-model or --spec/--small-spec.")
+        return _register_imported(bundle, nnunet, fold, name=name, source_dataset=source_dataset, bank=bank,
+                                  patch_size=patch_size, description=description, extra_tags=extra_tags)
     if logged_model:
         if spec or small_spec or checkpoint or random_init:
             raise ValueError("Pass either --logged-model or a network (--spec/--small-spec with --checkpoint/--random-init), not both.")
@@ -85,6 +100,31 @@ def register_from_options(
     return register_network(
         net, state, name, source_dataset, bank=bank, extra_tags=tags,
         description=description, patch_size=patch_size,
+    )
+
+
+def _register_imported(bundle: str, nnunet: str, fold: str, *, name, source_dataset, bank, patch_size,
+                       description, extra_tags):
+    """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags, its ROI the patch size."""
+    if bundle:
+        from mlflow_ccfv.networks.bundle import read_bundle
+
+        imported = read_bundle(bundle)
+    else:
+        from mlflow_ccfv.networks.nnunet import read_nnunet
+
+        fold = str(fold).strip()
+        if not (fold.isdigit() or fold == "all"):
+            raise ValueError(f"--fold must be a fold number (0-4) or 'all'; got {fold!r}.")
+        imported = read_nnunet(nnunet, fold)
+    tags = {
+        IMPORT_TAG_PREFIX + key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in imported.info.items()
+        if value is not None and key != "patch_size"
+    }
+    return register_network(
+        imported.spec, imported.state_dict, name, source_dataset, bank=bank, extra_tags={**tags, **(extra_tags or {})},
+        description=description, patch_size=patch_size or imported.info.get("patch_size"),
     )
 
 
