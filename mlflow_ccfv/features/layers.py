@@ -91,22 +91,24 @@ def _unetr_stages(model: nn.Module) -> tuple[list[str], str]:
 def _segresnet_stages(model: nn.Module) -> tuple[list[str], str]:
     if not model.use_conv_final:
         raise ValueError("This SegResNet has use_conv_final=False (no output head); pass `layers` explicitly.")
-    return [f"up_layers.{i}" for i in range(len(model.up_layers))], "conv_final"
+    n = len(list(model.get_submodule("up_layers").children()))
+    return [f"up_layers.{i}" for i in range(n)], "conv_final"
 
 
 def _segresnetds_stages(model: nn.Module) -> tuple[list[str], str]:
     # Each level is upsample -> (+ skip) -> blocks -> head; in eval mode the last level's head is the output.
-    n = len(model.up_layers)
+    n = len(list(model.get_submodule("up_layers").children()))
     return [f"up_layers.{i}.blocks" for i in range(n)], f"up_layers.{n - 1}.head"
 
 
 def _dynamic_unet_stages(model: nn.Module) -> tuple[list[str], str]:
-    if model.decoder.deep_supervision:
+    decoder = model.get_submodule("decoder")
+    if decoder.deep_supervision:
         raise ValueError(
             f"This {type(model).__name__} returns deep-supervision outputs; set "
             "model.decoder.deep_supervision = False before scoring."
         )
-    n = len(model.decoder.stages)
+    n = len(list(decoder.get_submodule("stages").children()))
     return [f"decoder.stages.{i}" for i in range(n)], f"decoder.seg_layers.{n - 1}"
 
 

@@ -65,6 +65,7 @@ def resolve_layer_class(key: str, name: str) -> type[nn.Module]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{key} must name a class like 'torch.nn.Conv3d'; got {name!r}.")
     module, _, cls_name = name.rpartition(".")
+    allowed: tuple[str, ...]
     if key == "block":
         if cls_name in _BLOCKS and (not module or module.startswith("dynamic_network_architectures.")):
             from dynamic_network_architectures.building_blocks import residual

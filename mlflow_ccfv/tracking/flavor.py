@@ -74,7 +74,7 @@ def build_with_weights(spec: NetworkSpec, state_dict: dict[str, torch.Tensor]) -
     return module
 
 
-def _write_environment(path: str) -> None:
+def _write_environment(path: str, spec: NetworkSpec) -> None:
     from mlflow.utils.environment import (
         _CONDA_ENV_FILE_NAME,
         _PYTHON_ENV_FILE_NAME,
@@ -92,6 +92,12 @@ def _write_environment(path: str) -> None:
         f"torch=={torch.__version__.split('+')[0]}",
         f"monai=={monai.__version__}",
     ]
+    from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES
+
+    if spec.architecture in DYNAMIC_ARCHITECTURES:  # nnU-Net networks
+        from importlib.metadata import version
+
+        reqs.append(f"dynamic-network-architectures=={version('dynamic-network-architectures')}")
     with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
         yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=reqs), f, default_flow_style=False)
     with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as f:
@@ -126,7 +132,7 @@ def save_model(
         mlflow_model.metadata = {**(mlflow_model.metadata or {}), **metadata}
     Path(path, SPEC_FILE).write_text(spec.to_json())
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(path, WEIGHTS_FILE))
-    _write_environment(path)
+    _write_environment(path, spec)
     mlflow_model.add_flavor(
         FLAVOR_NAME,
         spec=SPEC_FILE,
