@@ -1,4 +1,4 @@
-"""decoder_layers / output_head on the five MONAI architectures: names, order, channels, head input."""
+"""decoder_layers / output_head on every supported architecture: names, order, channels, head input."""
 
 import pytest
 import torch
@@ -70,6 +70,41 @@ CASES = [
     ),
     (small_spec("UNETR", 2, 3), [64, 32, 16, 8], [8, 4, 2, 1]),
     (small_spec("SwinUNETR", 1, 2, (64, 64, 64)), [96, 48, 24, 12, 12], [16, 8, 4, 2, 1]),
+    (small_spec("SegResNet", 2, 3), [32, 16, 8], [4, 2, 1]),
+    (
+        NetworkSpec(
+            "SegResNet",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "init_filters": 8,
+                "blocks_down": (1, 2, 2),
+                "blocks_up": (2, 0),
+                "upsample_mode": "deconv",
+            },
+        ),
+        [16, 8],
+        [2, 1],
+    ),
+    (small_spec("SegResNetDS", 2, 3), [32, 16, 8], [4, 2, 1]),
+    (
+        NetworkSpec(
+            "SegResNetDS",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "init_filters": 8,
+                "blocks_down": (1, 1, 1),
+                "dsdepth": 2,
+            },
+        ),
+        [16, 8],
+        [2, 1],
+    ),
+    (small_spec("PlainConvUNet", 2, 3), [32, 16, 8], [4, 2, 1]),
+    (small_spec("ResidualEncoderUNet", 2, 3), [32, 16, 8], [4, 2, 1]),
 ]
 
 

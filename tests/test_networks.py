@@ -4,7 +4,10 @@ import torch
 from mlflow_ccfv.networks import NetworkSpec, build_network, load_state_dict_strict, small_spec
 
 
-@pytest.mark.parametrize("arch", ["UNet", "BasicUNet", "DynUNet", "UNETR"])
+@pytest.mark.parametrize(
+    "arch",
+    ["UNet", "BasicUNet", "DynUNet", "UNETR", "SegResNet", "SegResNetDS", "PlainConvUNet", "ResidualEncoderUNet"],
+)
 def test_small_specs_build_and_run(arch):
     spec = small_spec(arch, in_channels=2, out_channels=3, patch_size=(32, 32, 32))
     net = NetworkSpec.from_json(spec.to_json()).build().eval()

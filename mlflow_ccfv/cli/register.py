@@ -50,6 +50,19 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     default="",
     help="Instead of spec+checkpoint: a model logged with mlflow.pytorch (models:/m-... or runs:/...).",
 )
+@click.option(
+    "--bundle",
+    default="",
+    help="Instead of spec+checkpoint: a MONAI bundle folder (configs/inference.json, "
+    "models/model.pt); its inferer roi_size is the default patch size.",
+)
+@click.option(
+    "--nnunet",
+    default="",
+    help="Instead of spec+checkpoint: an nnU-Net v2 trained-model folder "
+    "(plans.json, dataset.json, fold_N/checkpoint_final.pth); its plans' patch size is the default.",
+)
+@click.option("--fold", default="0", show_default=True, help="The fold of --nnunet: 0-4 or all.")
 @click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")
 @click.option(
     "--patch-size",
@@ -60,9 +73,24 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--description", default="", help="Version description.")
 @click.option("--tag", "tags", multiple=True, help="Extra version tag KEY=VALUE (repeatable).")
 def register(
-    name, source_dataset, spec, small, checkpoint, random_init, seed, logged_model, bank, patch_size, description, tags
+    name,
+    source_dataset,
+    spec,
+    small,
+    checkpoint,
+    random_init,
+    seed,
+    logged_model,
+    bundle,
+    nnunet,
+    fold,
+    bank,
+    patch_size,
+    description,
+    tags,
 ) -> None:
-    """Register a MONAI network (spec + checkpoint) or an mlflow.pytorch model as a bank version."""
+    """Register a MONAI network (spec + checkpoint, or a MONAI bundle), an nnU-Net v2 model or an
+    mlflow.pytorch model as a bank version."""
     from mlflow_ccfv.pipelines.register import register_from_options
 
     with exit_on_input_error("register", INPUT_ERRORS + (TypeError,)):
@@ -75,6 +103,9 @@ def register(
             random_init=random_init,
             seed=seed,
             logged_model=logged_model,
+            bundle=bundle,
+            nnunet=nnunet,
+            fold=fold,
             bank=bank,
             patch_size=patch_size or None,
             description=description or None,

@@ -3,7 +3,7 @@
 CC-FV (Eq. 5) averages over the D decoder layers of a network; the baselines (LogME, GBC,
 TransRate, LEEP ...) take "the layer before the final convolution". :func:`decoder_layers` finds
 both from the architecture's structure (module types and how they are nested), so it works for
-any depth or width of the five supported MONAI networks:
+any depth or width of the supported MONAI networks and nnU-Net's U-Nets:
 
 ===========  ==========================================================  ======================
 network      decoder stages (bottleneck -> output)                       output head
@@ -15,7 +15,13 @@ BasicUNet    the ``UpCat`` blocks ``upcat_4 ... upcat_1``                 ``fina
 DynUNet      ``upsamples.*`` in the order the skip chain runs them        ``output_block``
 UNETR        the ``UnetrUpBlock``s ``decoder5 ... decoder2``              ``out``
 SwinUNETR    the ``UnetrUpBlock``s ``decoder5 ... decoder1``              ``out``
+SegResNet    ``up_layers.*`` (each after its upsample + skip sum)         ``conv_final``
+SegResNetDS  ``up_layers.*.blocks``                                       ``up_layers[-1].head``
 ===========  ==========================================================  ======================
+
+nnU-Net's ``PlainConvUNet`` and ``ResidualEncoderUNet`` (``dynamic_network_architectures``): the
+stages ``decoder.stages.*`` (transposed conv ⊕ skip, then convolutions), head
+``decoder.seg_layers.<last>``; deep supervision must be off (specs built here always turn it off).
 
 In every case the last stage's output is exactly the head's input.
 """
@@ -82,21 +88,56 @@ def _unetr_stages(model: nn.Module) -> tuple[list[str], str]:
     return names, "out"
 
 
+def _segresnet_stages(model: nn.Module) -> tuple[list[str], str]:
+    if not model.use_conv_final:
+        raise ValueError("This SegResNet has use_conv_final=False (no output head); pass `layers` explicitly.")
+    n = len(list(model.get_submodule("up_layers").children()))
+    return [f"up_layers.{i}" for i in range(n)], "conv_final"
+
+
+def _segresnetds_stages(model: nn.Module) -> tuple[list[str], str]:
+    # Each level is upsample -> (+ skip) -> blocks -> head; in eval mode the last level's head is the output.
+    n = len(list(model.get_submodule("up_layers").children()))
+    return [f"up_layers.{i}.blocks" for i in range(n)], f"up_layers.{n - 1}.head"
+
+
+def _dynamic_unet_stages(model: nn.Module) -> tuple[list[str], str]:
+    decoder = model.get_submodule("decoder")
+    if decoder.deep_supervision:
+        raise ValueError(
+            f"This {type(model).__name__} returns deep-supervision outputs; set "
+            "model.decoder.deep_supervision = False before scoring."
+        )
+    n = len(list(decoder.get_submodule("stages").children()))
+    return [f"decoder.stages.{i}" for i in range(n)], f"decoder.seg_layers.{n - 1}"
+
+
 _RULES = {
     "UNet": _unet_stages,
     "BasicUNet": _basicunet_stages,
     "DynUNet": _dynunet_stages,
     "UNETR": _unetr_stages,
     "SwinUNETR": _unetr_stages,
+    "SegResNet": _segresnet_stages,
+    "SegResNetDS": _segresnetds_stages,
+    "PlainConvUNet": _dynamic_unet_stages,
+    "ResidualEncoderUNet": _dynamic_unet_stages,
 }
 
 
 def _architecture(model: nn.Module) -> str:
     import monai.networks.nets as nets
 
+    from mlflow_ccfv.networks.dynamic import dynamic_architecture_of
+
+    # SegResNetDS2 subclasses SegResNetDS but adds a second decoder: match the class exactly there.
     for arch in SUPPORTED_ARCHITECTURES:
-        if isinstance(model, getattr(nets, arch)):
+        cls = getattr(nets, arch)
+        if type(model) is cls or (isinstance(model, cls) and arch != "SegResNetDS"):
             return arch
+    dynamic = dynamic_architecture_of(model)
+    if dynamic is not None:
+        return dynamic
     raise ValueError(
         f"Cannot find the decoder stages of a {type(model).__name__}: supported MONAI networks are "
         f"{', '.join(SUPPORTED_ARCHITECTURES)}. Pass `layers=[...]` with module names from "

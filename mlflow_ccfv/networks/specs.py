@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 #: Architectures whose decoder stages :func:`mlflow_ccfv.networks.decoder_layers` understands.
-SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR")
+SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR", "SegResNet", "SegResNetDS")
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A MONAI network as data: ``architecture`` (class name in ``monai.networks.nets``) and ``kwargs``."""
+    """A network as data: ``architecture`` (class name in ``monai.networks.nets``, or an nnU-Net
+    ``dynamic_network_architectures`` U-Net, see :mod:`mlflow_ccfv.networks.dynamic`) and ``kwargs``."""
 
     architecture: str
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -60,13 +61,18 @@ def _network_class(architecture: str) -> type[nn.Module]:
 
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
-            f"Unknown architecture {architecture!r}. Supported MONAI networks: {', '.join(SUPPORTED_ARCHITECTURES)}."
+            f"Unknown architecture {architecture!r}. Supported MONAI networks: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}; nnU-Net networks: PlainConvUNet, ResidualEncoderUNet."
         )
     return getattr(nets, architecture)
 
 
 def build_network(spec: NetworkSpec) -> nn.Module:
     """Build ``spec`` as a MONAI module; unknown or missing arguments name the valid ones."""
+    from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES, build_dynamic_network
+
+    if spec.architecture in DYNAMIC_ARCHITECTURES:
+        return build_dynamic_network(spec.architecture, spec.kwargs)
     cls = _network_class(spec.architecture)
     params = inspect.signature(cls.__init__).parameters
     valid = [p for p in params if p != "self"]
@@ -97,6 +103,13 @@ def small_spec(
     SwinUNETR needs each side a multiple of 32 and at least 64 (its bottleneck is 1/32 of the
     input, and its instance norms need more than one voxel there).
     """
+    from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES, small_dynamic_kwargs
+
+    if architecture in DYNAMIC_ARCHITECTURES:
+        return NetworkSpec(
+            architecture,
+            {**small_dynamic_kwargs(architecture), "in_channels": in_channels, "out_channels": out_channels},
+        )
     _network_class(architecture)
     if architecture == "SwinUNETR" and any(s < 64 or s % 32 for s in patch_size):
         raise ValueError(
@@ -123,6 +136,10 @@ def small_spec(
             "mlp_dim": 192,
             "num_heads": 4,
         }
+    elif architecture == "SegResNet":
+        kwargs = {"spatial_dims": 3, "init_filters": 8, "blocks_down": (1, 1, 1, 1), "blocks_up": (1, 1, 1)}
+    elif architecture == "SegResNetDS":
+        kwargs = {"spatial_dims": 3, "init_filters": 8, "blocks_down": (1, 1, 1, 1), "norm": "instance"}
     else:  # SwinUNETR
         kwargs = {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (3, 3, 6, 6), "spatial_dims": 3}
     return NetworkSpec(architecture, {**kwargs, **common})

@@ -14,8 +14,11 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.networks import NetworkSpec, load_checkpoint, random_state_dict, small_spec
+from mlflow_ccfv.networks.bundle import read_bundle
+from mlflow_ccfv.networks.nnunet import read_nnunet
 from mlflow_ccfv.networks.specs import spec_from_json_or_file
 from mlflow_ccfv.options import parse_bool
+from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import register_logged_model, register_network
 
 __all__ = ["parse_small_spec", "register_from_options"]
@@ -33,6 +36,39 @@ def parse_small_spec(text: str) -> NetworkSpec:
     return small_spec(parts[0], int(parts[1]), int(parts[2]))
 
 
+def _register_imported(
+    bundle: str,
+    nnunet: str,
+    fold: str,
+    *,
+    name: str,
+    source_dataset: str,
+    bank: str,
+    patch_size: str | None,
+    description: str | None,
+    extra_tags: dict[str, Any] | None,
+) -> ModelVersion:
+    """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags, its ROI the patch size."""
+    if bundle:
+        imported = read_bundle(bundle)
+    else:
+        fold = str(fold).strip()
+        if not (fold.isdigit() or fold == "all"):
+            raise OptionError(f"--fold must be a fold number (0-4) or 'all'; got {fold!r}.")
+        imported = read_nnunet(nnunet, fold)
+    tags = T.import_tags({k: v for k, v in imported.info.items() if k != "patch_size"})
+    return register_network(
+        imported.spec,
+        imported.state_dict,
+        name,
+        source_dataset,
+        bank=bank,
+        extra_tags={**tags, **(extra_tags or {})},
+        description=description,
+        patch_size=patch_size or imported.info.get("patch_size"),
+    )
+
+
 def register_from_options(
     *,
     name: str,
@@ -47,9 +83,27 @@ def register_from_options(
     patch_size: str | None = None,
     description: str | None = None,
     extra_tags: dict[str, Any] | None = None,
+    bundle: str = "",
+    nnunet: str = "",
+    fold: str = "0",
 ) -> ModelVersion:
-    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init) or logged_model."""
+    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init), logged_model,
+    bundle (a MONAI bundle folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``)."""
     random_init = parse_bool(random_init, "random_init")
+    if bundle or nnunet:
+        if sum(map(bool, (bundle, nnunet, spec or small_spec or checkpoint or random_init, logged_model))) > 1:
+            raise OptionError("Pass one network source: --bundle, --nnunet, --logged-model or --spec/--small-spec.")
+        return _register_imported(
+            bundle,
+            nnunet,
+            fold,
+            name=name,
+            source_dataset=source_dataset,
+            bank=bank,
+            patch_size=patch_size,
+            description=description,
+            extra_tags=extra_tags,
+        )
     if logged_model:
         if spec or small_spec or checkpoint or random_init:
             raise OptionError(

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mlflow_ccfv.networks.checkpoints import build_with_weights, normalise_state_dict
+from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES
 from mlflow_ccfv.networks.specs import NetworkSpec
 
 _logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ SPEC_FILE = "network.json"
 WEIGHTS_FILE = "state_dict.pt"
 
 
-def _write_environment(path: str) -> None:
+def _write_environment(path: str, spec: NetworkSpec) -> None:
     import monai
     import yaml
     from mlflow.utils.environment import (
@@ -51,6 +52,8 @@ def _write_environment(path: str) -> None:
         f"torch=={torch.__version__.split('+')[0]}",
         f"monai=={monai.__version__}",
     ]
+    if spec.architecture in DYNAMIC_ARCHITECTURES:  # nnU-Net networks
+        reqs.append(f"dynamic-network-architectures=={importlib.metadata.version('dynamic-network-architectures')}")
     with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
         yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=reqs), f, default_flow_style=False)
     with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as f:
@@ -85,7 +88,7 @@ def save_model(
         mlflow_model.metadata = {**(mlflow_model.metadata or {}), **metadata}
     Path(path, SPEC_FILE).write_text(spec.to_json())
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(path, WEIGHTS_FILE))
-    _write_environment(path)
+    _write_environment(path, spec)
     mlflow_model.add_flavor(
         FLAVOR_NAME,
         spec=SPEC_FILE,

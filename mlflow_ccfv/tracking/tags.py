@@ -18,6 +18,7 @@ Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "dice_tag",
     "finetune_budget_tag",
     "finetune_run_tag",
+    "import_tags",
     "layer_metric",
     "layer_metrics",
     "parse_dice_tag",
@@ -117,6 +119,16 @@ def pretrain_tag(key: str) -> str:
 def prefixed_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """Run params ``<prefix>.<key>`` (``train.steps``, ``sampler.roi_size``, a study's ``pretrain.steps`` ...)."""
     return {f"{prefix}.{k}": v for k, v in values.items()}
+
+
+def import_tags(info: Mapping[str, Any]) -> dict[str, str]:
+    """``import.<key>`` version tags: where an imported network (MONAI bundle, nnU-Net fold) came from
+    (``import.format``, ``import.source``, ``import.normalization`` ...); JSON for non-text values."""
+    return {
+        f"import.{key}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in info.items()
+        if value is not None
+    }
 
 
 def parse_score_tag(key: str) -> tuple[str, str] | None:

@@ -1,0 +1,333 @@
+"""Import a MONAI bundle (``configs/inference.json``, ``models/model.pt``) without running its code.
+
+A bundle describes its network in a config file read by MONAI's :class:`monai.bundle.ConfigParser`::
+
+    "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, ...},
+    "network": "$@network_def.to(@device)",
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], ...}
+
+:func:`read_bundle` lets ``ConfigParser`` read the files and resolve ``%`` macros and ``@``
+references exactly as MONAI does, but with ``instantiate=False, eval_expr=False``: no ``_target_``
+is instantiated and no ``$`` expression (nor the bundle's ``imports``) is executed. The network
+definition's ``_target_`` must be a network of :mod:`monai.networks.nets` the project supports; its
+arguments become a :class:`~mlflow_ccfv.networks.specs.NetworkSpec`. ``$`` expressions among
+them (``"$len(@labels) + 1"``, ``"$[1] * 3"``) are evaluated by :func:`evaluate_expression`, which
+accepts only literals, arithmetic, comparisons, ``@`` references and a few pure built-ins
+(``len``, ``int``, ``min`` ...). The sliding-window ROI is read from ``inferer#roi_size`` when given.
+Weights come from ``models/model.pt`` with ``torch.load(weights_only=True)``.
+
+As in MONAI, a ``%configs/other.json#id`` macro names its file relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import operator
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlflow_ccfv.networks.imported import ImportedNetwork, read_weights
+from mlflow_ccfv.networks.specs import SUPPORTED_ARCHITECTURES, NetworkSpec, build_network, load_state_dict_strict
+
+__all__ = ["CONFIG_NAMES", "NETWORK_KEYS", "evaluate_expression", "read_bundle"]
+
+_logger = logging.getLogger(__name__)
+
+#: Config files tried, in order, under ``configs/``.
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+#: Config ids that may hold the network definition, in order.
+NETWORK_KEYS = ("network_def", "network")
+#: Config ids that may state the sliding-window ROI (voxels), in order.
+PATCH_KEYS = ("inferer#roi_size", "roi_size", "patch_size")
+_MONAI_PREFIX = "monai.networks.nets"
+_NON_ARG_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+
+_BINARY: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.AST], Callable[[Any], Any]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+}
+_COMPARE: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    f.__name__: f for f in (len, int, float, bool, str, tuple, list, min, max, abs, round, sum)
+}
+_MAX_ITEMS = 10_000  # "$[1] * 10**9" must not exhaust memory
+
+
+class _Unsafe(ValueError):
+    pass
+
+
+def evaluate_expression(text: str, refs: dict[str, Any]) -> Any:
+    """Evaluate a bundle ``$`` expression whose ``@id`` references ConfigParser rewrote to
+    ``__local_refs['id']``, looking them up in ``refs``; anything but literals, arithmetic,
+    comparisons, conditionals, indexing and calls of pure built-ins (``len``, ``int``, ``min`` ...)
+    raises ``ValueError`` without running any of it."""
+    source = text[1:] if text.startswith("$") else text
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise _Unsafe(f"not a Python expression ({exc.msg})") from exc
+    return _evaluate(tree.body, refs)
+
+
+def _evaluate(node: ast.AST, refs: dict[str, Any]) -> Any:
+    ev = lambda n: _evaluate(n, refs)  # noqa: E731
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [ev(e) for e in node.elts]
+        return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {ev(k): ev(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = ev(node.left), ev(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise _Unsafe("exponent larger than 64")
+        result = _BINARY[type(node.op)](left, right)
+        if hasattr(result, "__len__") and len(result) > _MAX_ITEMS:
+            raise _Unsafe(f"a sequence longer than {_MAX_ITEMS}")
+        return result
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](ev(node.operand))
+    if isinstance(node, ast.BoolOp):
+        values = [ev(v) for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+        left = ev(node.left)
+        for op, comp in zip(node.ops, node.comparators):
+            right = ev(comp)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.IfExp):
+        return ev(node.body) if ev(node.test) else ev(node.orelse)
+    if isinstance(node, ast.Subscript):
+        if isinstance(node.value, ast.Name) and node.value.id == "__local_refs":
+            key = ev(node.slice)
+            if key not in refs:
+                raise _Unsafe(f"reference @{key} is not resolved")
+            return _plain(refs[key], refs)
+        return ev(node.value)[ev(node.slice)]
+    if isinstance(node, ast.Slice):
+        return slice(*(ev(p) if p is not None else None for p in (node.lower, node.upper, node.step)))
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and not node.keywords
+    ):
+        result = _FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
+        if hasattr(result, "__len__") and len(result) > _MAX_ITEMS:
+            raise _Unsafe(f"a sequence longer than {_MAX_ITEMS}")
+        return result
+    raise _Unsafe(f"{type(node).__name__} is not allowed (it could run code)")
+
+
+def _plain(value: Any, refs: dict[str, Any]) -> Any:
+    """``value`` with every ``ConfigExpression`` evaluated safely; a nested component is refused."""
+    from monai.bundle.config_item import ConfigComponent, ConfigExpression
+
+    if isinstance(value, ConfigExpression):
+        return _plain(evaluate_expression(value.get_config(), refs), refs)
+    if isinstance(value, ConfigComponent):
+        target = value.get_config().get("_target_")
+        raise _Unsafe(f"a nested component (_target_ {target!r}) is not supported; give its value as a literal")
+    if isinstance(value, dict):
+        return {k: _plain(v, refs) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, refs) for v in value)
+    return value
+
+
+def _architecture(target: Any, where: str) -> str:
+    """``UNet`` for ``"UNet"``, ``"monai.networks.nets.UNet"``, ``"monai.networks.nets.unet.UNet"``."""
+    supported = f"supported: {', '.join(SUPPORTED_ARCHITECTURES)} (as 'UNet' or 'monai.networks.nets.UNet')"
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"{where} has _target_ {target!r}; expected the name of a MONAI network, {supported}.")
+    module, _, name = target.rpartition(".")
+    if (
+        module and module != _MONAI_PREFIX and not module.startswith(_MONAI_PREFIX + ".")
+    ) or name not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{where} has _target_ {target!r}, which is not a MONAI network this project can score; "
+            f"{supported}. Other networks can be registered with --spec/--checkpoint if MONAI has them."
+        )
+    return name
+
+
+def _config_file(bundle: Path, config: str | os.PathLike | None) -> Path:
+    if config:
+        path = Path(config) if Path(config).is_absolute() else bundle / config
+        if not path.is_file():
+            raise FileNotFoundError(f"Bundle config {path} does not exist.")
+        return path
+    for name in CONFIG_NAMES:
+        if (bundle / "configs" / name).is_file():
+            return bundle / "configs" / name
+    raise FileNotFoundError(
+        f"{bundle} is not a MONAI bundle: no configs/{' or configs/'.join(CONFIG_NAMES)}. Pass the bundle's root "
+        "folder (the one holding configs/ and models/), or name its config file explicitly."
+    )
+
+
+def _network_component(parser, config_file: Path):
+    from monai.bundle.config_item import ConfigComponent
+
+    for key in NETWORK_KEYS:
+        if key not in parser:
+            continue
+        item = parser.get_parsed_content(key, instantiate=False, eval_expr=False)
+        if isinstance(item, ConfigComponent):
+            return key, item
+    raise ValueError(
+        f"{config_file}: found no network definition (a dict with _target_) under "
+        f'{" or ".join(NETWORK_KEYS)}. Add "network_def": {{"_target_": "UNet", ...}} to the config.'
+    )
+
+
+def _patch_size(parser, refs: dict[str, Any], config_file: Path) -> tuple[int, int, int] | None:
+    for key in PATCH_KEYS:
+        if key not in parser:
+            continue
+        where = f"{config_file}: {key.replace('#', '.')}"
+        try:
+            value = _plain(parser.get_parsed_content(key, instantiate=False, eval_expr=False), refs)
+        except _Unsafe as exc:
+            _logger.warning("%s is not read (%s); register with an explicit patch size", where, exc)
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value] * 3
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ):
+            return tuple(value)
+        _logger.warning("%s is %r, not three positive sizes; register with an explicit patch size", where, value)
+        return None
+    return None
+
+
+def _metadata(bundle: Path) -> dict[str, Any]:
+    path = bundle / "configs" / "metadata.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); fix or remove it.") from exc
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_bundle(
+    bundle: str | os.PathLike,
+    *,
+    config: str | os.PathLike | None = None,
+    weights: str | os.PathLike = "models/model.pt",
+) -> ImportedNetwork:
+    """Read MONAI bundle folder ``bundle`` into ``(spec, state_dict, info)`` without running its code.
+
+    ``config``: the config file (default: the first of :data:`CONFIG_NAMES` under ``configs/``);
+    ``weights``: the state_dict file, relative to ``bundle``. ``info`` holds ``format``
+    (``"monai_bundle"``), ``source``, ``config``, ``network_key``, ``target``, ``patch_size`` (the
+    inferer's ``roi_size`` as three ints, or None) and the metadata's ``name`` and ``version``.
+    The weights are checked against the network: a mismatch is an error listing the keys.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Bundle folder {root} does not exist.")
+    config_file = _config_file(root, config)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config_file))
+        parser.parse(reset=True)  # resolves % macros and relative ids; instantiates nothing
+    except Exception as exc:
+        raise ValueError(f"{config_file}: MONAI cannot read this bundle config ({exc}). Check its syntax.") from exc
+    key, component = _network_component(parser, config_file)
+    where = f"{config_file}: {key}"
+    definition = component.get_config()
+    architecture = _architecture(definition.get("_target_"), where)
+    if definition.get("_disabled_") in (True, "true", "True"):
+        raise ValueError(f"{where} is marked _disabled_; enable it or point to the network the bundle uses.")
+    refs = parser.ref_resolver.resolved_content
+    try:
+        kwargs = _plain({k: v for k, v in definition.items() if k not in _NON_ARG_KEYS}, refs)
+    except _Unsafe as exc:
+        raise ValueError(
+            f"{where}: an argument is an expression that is not evaluated here ({exc}). Replace it by its value "
+            "in the config (only literals, arithmetic, @references and len/int/min/max... are evaluated)."
+        ) from exc
+    if kwargs.get("spatial_dims", 3) != 3:
+        raise ValueError(f"{where} is a {kwargs['spatial_dims']}D network; only 3D networks can be scored.")
+    try:
+        kwargs = json.loads(json.dumps(kwargs))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: the arguments are not plain data ({exc}); give them as literals.") from exc
+    spec = NetworkSpec(architecture, kwargs)
+    try:
+        module = build_network(spec)
+    except Exception as exc:
+        import monai
+
+        raise ValueError(
+            f"{where} ({definition['_target_']}) cannot be built with MONAI {monai.__version__}: {exc}. "
+            "The bundle may need another MONAI version; register it with --spec and --checkpoint after adapting it."
+        ) from exc
+    weights_file = root / weights
+    if not weights_file.is_file():
+        ts = (
+            " (it has models/model.ts, a TorchScript file, which is code, not weights)"
+            if (root / "models" / "model.ts").is_file()
+            else ""
+        )
+        raise FileNotFoundError(
+            f"Bundle weights {weights_file} do not exist{ts}. Download the bundle with its weights "
+            "(python -m monai.bundle download ...) or pass the state_dict file explicitly."
+        )
+    state = read_weights(
+        weights_file,
+        keys=("state_dict", "model", "network"),
+        fix="A bundle's models/model.pt should be a state_dict: torch.save(network.state_dict(), path).",
+    )
+    try:
+        load_state_dict_strict(module, state)
+    except ValueError as exc:
+        raise ValueError(f"{weights_file} does not fit {where}: {exc}") from exc
+    meta = _metadata(root)
+    info = {
+        "format": "monai_bundle",
+        "source": str(root),
+        "config": str(config_file.relative_to(root)) if config_file.is_relative_to(root) else str(config_file),
+        "network_key": key,
+        "target": definition["_target_"],
+        "patch_size": _patch_size(parser, refs, config_file),
+        "name": meta.get("name"),
+        "version": meta.get("version"),
+    }
+    return ImportedNetwork(spec, state, info)
