@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import mlflow
 import pytest
 import torch
@@ -18,7 +16,6 @@ from mlflow_ccfv.tracking.registry import (
     bank_versions,
     load_version,
     logged_model_id,
-    register_logged_model,
     register_network,
 )
 
@@ -170,23 +167,3 @@ def test_cli_register_checkpoint_variants_and_unknown_parameter(tracking_uri, tm
     )
     assert result.exit_code == 2 and "weights_only=True" in result.output
     assert [v.name for v in bank_versions()] == ["unet-cli", "unet-rand"]
-
-
-def test_register_mlflow_pytorch_model(tracking_uri):
-    net = build_network(SPEC)
-    with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            net, name="net", serialization_format="pickle", pip_requirements=["torch", "monai"]
-        )
-    with pytest.warns(UserWarning, match="unpickles"):
-        mv = register_logged_model(info.model_uri, "unet-pt", "Task03")
-    assert mv.tags["architecture"] == "UNet" and mv.tags["ccfv.flavor"] == "pytorch"
-    assert mv.tags["in_channels"] == "1" and mv.tags["out_channels"] == "3"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loaded = load_version("models:/unet-pt/1")
-    assert any("unpickles" in str(w.message) for w in caught)
-    assert type(loaded.module).__name__ == "UNet" and loaded.spec is None
-    assert torch.equal(
-        loaded.module.state_dict()["model.0.conv.unit0.conv.weight"], net.state_dict()["model.0.conv.unit0.conv.weight"]
-    )

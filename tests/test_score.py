@@ -105,12 +105,13 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
     children = [
         r for r in mlflow.search_runs([exp.experiment_id], output_format="list") if "mlflow.parentRunId" in r.data.tags
     ]
+    # One per-version run per (model, data, settings): the rerun's runs replace the first ones.
     cached = sorted(r.data.params["features_cached"] for r in children)
-    assert cached == ["False"] * 3 + ["True"] * 3
-    values = {}
-    for r in children:
-        values.setdefault(r.data.tags["ccfv.model"], set()).add(round(r.data.metrics["ccfv"], 6))
-    assert all(len(v) == 1 for v in values.values())  # cached features give the same scores
+    assert cached == ["True"] * 3
+    assert {r.data.tags["ccfv.model"] for r in children} == {f"{v.name}/{v.version}" for v in versions}
+    for r in children:  # cached features give the same scores
+        name = r.data.tags["ccfv.model"].split("/")[0]
+        assert abs(_metric(r, "ccfv") - scores[name]) < 1e-4 * max(1, abs(scores[name]))
     forced = runner.invoke(main, args + ["--force", "true", "--models", "models:/unet-rand-0/1"])
     assert forced.exit_code == 0, forced.output
     newest = max(
@@ -122,7 +123,10 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
         key=lambda r: r.info.start_time,
     )
     assert newest.data.params["features_cached"] == "False"
-    assert client.get_model_version("unet-rand-0", "1").tags[f"transferability.rank.{TARGET_TASK}"] == "1"
+    # Scoring one version re-ranks the whole registry: the ranks and the alias stay those of all three.
+    after = [client.get_model_version(v.name, v.version) for v in by_rank]
+    assert [int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for v in after] == [1, 2, 3]
+    assert client.get_model_version_by_alias(by_rank[0].name, f"best-{TARGET_TASK}").version == by_rank[0].version
 
 
 def test_failing_version_is_reported_and_gets_no_tags(tracking_uri, tmp_path):

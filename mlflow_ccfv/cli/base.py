@@ -11,7 +11,14 @@ import click
 from mlflow_ccfv.errors import CCFVError, OptionError
 from mlflow_ccfv.options import parse_ints
 
-__all__ = ["INPUT_ERRORS", "CCFVCommand", "exit_on_input_error", "train_config_from_options", "train_options"]
+__all__ = [
+    "INPUT_ERRORS",
+    "CCFVCommand",
+    "allow_pickle_option",
+    "exit_on_input_error",
+    "train_config_from_options",
+    "train_options",
+]
 
 #: The errors a command reports as one line ``<command> failed: ...`` (bad input, missing registry
 #: entries, missing files); anything else is a bug and keeps its traceback. The exit status is the
@@ -28,6 +35,19 @@ def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = 
     except errors as exc:
         click.echo(f"{command} failed: {exc}", err=True)
         sys.exit(exc.exit_code if isinstance(exc, CCFVError) else OptionError.exit_code)
+
+
+def allow_pickle_option(f):
+    """``--allow-pickle``: load ``mlflow.pytorch`` (pickled) models, which runs their code; absent, the
+    environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` decides (``tracking.registry.pickle_allowed``)."""
+    return click.option(
+        "--allow-pickle",
+        "allow_pickle",
+        is_flag=True,
+        default=None,
+        help="Load mlflow.pytorch (pickled) models: this runs code saved by whoever logged them. "
+        "Default: refused unless MLFLOW_CCFV_ALLOW_PICKLE=1.",
+    )(f)
 
 
 def train_options(steps: int, seed: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
+from mlflow_ccfv.cli.base import CCFVCommand, allow_pickle_option, exit_on_input_error, train_options
 
 
 @click.command(cls=CCFVCommand)
@@ -18,11 +18,19 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
 @click.option(
     "--force", default="false", show_default=True, help="true: fine-tune even if this budget's Dice is tagged."
 )
+@click.option(
+    "--checkpoint-every",
+    "checkpoint_every",
+    default="50",
+    show_default=True,
+    help="Save the training state every N steps (0: never); a rerun after a kill resumes from it.",
+)
+@allow_pickle_option
 @train_options(steps=100, seed=0)
 def finetune(**options) -> None:
     """All pre-trained weights but the last convolution, nothing frozen; Dice (MONAI DiceMetric) on the held-out 20%."""
     from mlflow_ccfv.cli.base import train_config_from_options
-    from mlflow_ccfv.options import parse_bool
+    from mlflow_ccfv.options import parse_bool, parse_ints
     from mlflow_ccfv.pipelines.finetune import finetune_version
 
     with exit_on_input_error("finetune"):
@@ -35,6 +43,8 @@ def finetune(**options) -> None:
             split_seed=int(options["split_seed"]),
             overlap=float(options["overlap"]),
             force=parse_bool(options["force"], "force"),
+            checkpoint_every=parse_ints(options["checkpoint_every"], "checkpoint_every", length=1, minimum=0)[0],
+            allow_pickle=options["allow_pickle"],
         )
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
     click.echo(

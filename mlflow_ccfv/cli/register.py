@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import INPUT_ERRORS, CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import INPUT_ERRORS, CCFVCommand, allow_pickle_option, exit_on_input_error
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
@@ -48,7 +48,8 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     "--logged-model",
     "logged_model",
     default="",
-    help="Instead of spec+checkpoint: a model logged with mlflow.pytorch (models:/m-... or runs:/...).",
+    help="Instead of spec+checkpoint: a model logged with mlflow.pytorch (models:/m-... or runs:/...); needs "
+    "--allow-pickle, and is converted to the pickle-free flavor (its spec read back, or given by --spec).",
 )
 @click.option(
     "--bundle",
@@ -72,6 +73,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--description", default="", help="Version description.")
 @click.option("--tag", "tags", multiple=True, help="Extra version tag KEY=VALUE (repeatable).")
+@allow_pickle_option
 def register(
     name,
     source_dataset,
@@ -88,6 +90,7 @@ def register(
     patch_size,
     description,
     tags,
+    allow_pickle,
 ) -> None:
     """Register a MONAI network (spec + checkpoint, or a MONAI bundle), an nnU-Net v2 model or an
     mlflow.pytorch model as a bank version."""
@@ -110,5 +113,6 @@ def register(
             patch_size=patch_size or None,
             description=description or None,
             extra_tags=_parse_tags(tags),
+            allow_pickle=allow_pickle,
         )
     click.echo(f"Registered models:/{mv.name}/{mv.version} (bank {bank})")

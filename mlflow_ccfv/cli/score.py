@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, allow_pickle_option, exit_on_input_error
 
 
 @click.command(cls=CCFVCommand)
@@ -45,6 +45,7 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 @click.option("--force", default="false", show_default=True, help="true: recompute features even if cached.")
 @click.option("--cache-dir", "cache_dir", default="", help="Feature cache (default .ccfv-cache or $MLFLOW_CCFV_CACHE).")
 @click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
+@allow_pickle_option
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options
@@ -54,7 +55,11 @@ def score(**options) -> None:
     with exit_on_input_error("score"):
         table = score_from_options(**options)
     click.echo(table_markdown(table, parse_methods(options["methods"])))
-    failed = table[table["error"].notna()]
+    errors = table[table["error"].notna()]
+    skipped = errors[errors["error"].str.startswith("skipped: ")]
+    for row in skipped.itertuples():  # pickled versions without the opt-in: not a failure
+        click.echo(f"SKIPPED {row.model}: {str(row.error).removeprefix('skipped: ')}", err=True)
+    failed = errors[~errors["error"].str.startswith("skipped: ")]
     if len(failed):
         for row in failed.itertuples():
             click.echo(f"FAILED {row.model}: {row.error}", err=True)

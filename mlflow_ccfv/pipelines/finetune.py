@@ -10,11 +10,17 @@ held-out 20%, recorded as
 - the version tag ``finetune.dice.<dataset>`` (and ``finetune.run.<dataset>``, ``finetune.budget.<dataset>``);
 - the metric ``finetune_dice`` on the version's LoggedModel, linked to the same MLflow dataset as the
   transferability metrics of ``score``, so the Models tab shows both columns side by side.
+
+Training saves a checkpoint every ``checkpoint_every`` steps under
+``<cache>/finetune/<model id>-<budget digest>.pt`` (``$MLFLOW_CCFV_CACHE`` or ``.ccfv-cache``); a
+rerun after a kill resumes from it (same weights as an uninterrupted run), closes the killed run as
+KILLED and, once finished, deletes it (one run per model and budget, tag ``ccfv.run_key``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,12 +33,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.pipelines.pretrain import load_dataset
+from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
 from mlflow_ccfv.tracking.registry import load_version, registered_version
-from mlflow_ccfv.tracking.runs import command_run, log_training_curve
-from mlflow_ccfv.training import DiceResult, TrainConfig, evaluate_dice, finetune
+from mlflow_ccfv.tracking.retry import retrying
+from mlflow_ccfv.tracking.runs import command_run, delete_replaced_runs, log_input, log_training_curve
+from mlflow_ccfv.training import DiceResult, TrainConfig, TrainingCheckpoint, evaluate_dice, finetune
 
 __all__ = ["FinetuneOutcome", "finetune_version"]
 
@@ -64,12 +72,17 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    checkpoint_every: int = 50,
+    checkpoint_dir: str | Path | None = None,
+    allow_pickle: bool | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split.
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned).
+    fine-tuned again (its tagged Dice is returned). Every ``checkpoint_every`` steps (0: never) the
+    training state is saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a
+    kill resumes from it.
     """
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
@@ -84,7 +97,7 @@ def finetune_version(
         return FinetuneOutcome(
             label, name, DiceResult({}, float(tags[tag])), tags.get(T.finetune_run_tag(name)), 0.0, reused=True
         )
-    loaded = load_version(mv if mv is not None else model_uri)
+    loaded = load_version(mv if mv is not None else model_uri, allow_pickle=allow_pickle)
     if loaded.spec is None:
         raise RegistryError(
             f"{loaded.label} is an mlflow.pytorch model without a network specification; fine-tuning re-creates "
@@ -98,15 +111,33 @@ def finetune_version(
         train, test = cases
     num_classes = len(ds.labels)
     start = time.perf_counter()
+    key = T.run_key(loaded.model_id or loaded.label, digest)
+    checkpoint = None
+    if checkpoint_every:
+        folder = Path(checkpoint_dir) if checkpoint_dir else Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+        checkpoint = TrainingCheckpoint(
+            (folder if checkpoint_dir else folder / "finetune") / f"{loaded.model_id or key}-{digest}.pt",
+            every=checkpoint_every,
+            fingerprint=f"{loaded.model_id}/{digest}",
+        )
     with command_run(f"finetune {loaded.label} on {name}") as run:
         mlflow_ds = mlflow_dataset(target)
-        mlflow.log_input(mlflow_ds, context="finetune")
-        mlflow.log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")
-        mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
+        log_input(mlflow_ds, context="finetune")
+        log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")
+        mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name, T.RUN_KEY: key})
         state = loaded.module.state_dict()
         result, new_spec = finetune(
-            loaded.spec, state, train, num_classes, config, progress=progress, desc=f"finetune {loaded.label}"
+            loaded.spec,
+            state,
+            train,
+            num_classes,
+            config,
+            progress=progress,
+            desc=f"finetune {loaded.label}",
+            checkpoint=checkpoint,
         )
+        if result.resumed_from:
+            mlflow.set_tag("ccfv.resumed_from_step", str(result.resumed_from))
         mlflow.log_params(
             {
                 "model_uri": f"models:/{loaded.label}" if loaded.name else loaded.uri,
@@ -157,8 +188,14 @@ def finetune_version(
         run_id = run.info.run_id
     if loaded.name:
         client = mlflow.MlflowClient()
-        client.set_model_version_tag(loaded.name, loaded.version, tag, f"{dice.mean:.6f}")
-        client.set_model_version_tag(loaded.name, loaded.version, T.finetune_run_tag(name), run_id)
-        client.set_model_version_tag(loaded.name, loaded.version, T.finetune_budget_tag(name), digest)
+        for key_, value in (
+            (tag, f"{dice.mean:.6f}"),
+            (T.finetune_run_tag(name), run_id),
+            (T.finetune_budget_tag(name), digest),
+        ):
+            retrying(client.set_model_version_tag, loaded.name, loaded.version, key_, value, what=f"tag {key_}")
+    delete_replaced_runs(key, keep=run_id)  # a killed or earlier run of this model and budget
+    if checkpoint is not None:
+        checkpoint.remove()
     _logger.info("%s fine-tuned on %s: Dice %.4f (%.0f s)", loaded.label, name, dice.mean, seconds)
     return FinetuneOutcome(loaded.label, name, dice, run_id, seconds)

@@ -2,7 +2,12 @@
 
 Exactly one source per call: a network specification (``--spec`` JSON or ``--small-spec`` preset) with
 its weights (``--checkpoint``, read with ``weights_only=True``) or randomly initialised
-(``--random-init``), or a model logged earlier with ``mlflow.pytorch`` (``--logged-model``).
+(``--random-init``), or a model logged earlier with ``mlflow.pytorch`` (``--logged-model``: loaded
+only with ``--allow-pickle``, and converted to the pickle-free ``mlflow_ccfv`` flavor, with the spec
+given by ``--spec``/``--small-spec`` or read back from the MONAI module).
+
+Every call first cleans up after killed processes (PENDING LoggedModels of a killed ``register``,
+RUNNING runs); registering a new name is create-or-get, so concurrent calls all succeed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from mlflow_ccfv.networks.specs import spec_from_json_or_file
 from mlflow_ccfv.options import parse_bool
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import register_logged_model, register_network
+from mlflow_ccfv.tracking.runs import recover_crashed
 
 __all__ = ["parse_small_spec", "register_from_options"]
 
@@ -86,10 +92,13 @@ def register_from_options(
     bundle: str = "",
     nnunet: str = "",
     fold: str = "0",
+    allow_pickle: bool | None = None,
 ) -> ModelVersion:
-    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init), logged_model,
-    bundle (a MONAI bundle folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``)."""
+    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init), logged_model
+    (optionally with spec|small_spec to convert it; needs ``allow_pickle``), bundle (a MONAI bundle
+    folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``)."""
     random_init = parse_bool(random_init, "random_init")
+    recover_crashed()
     if bundle or nnunet:
         if sum(map(bool, (bundle, nnunet, spec or small_spec or checkpoint or random_init, logged_model))) > 1:
             raise OptionError("Pass one network source: --bundle, --nnunet, --logged-model or --spec/--small-spec.")
@@ -105,9 +114,10 @@ def register_from_options(
             extra_tags=extra_tags,
         )
     if logged_model:
-        if spec or small_spec or checkpoint or random_init:
+        if checkpoint or random_init or (spec and small_spec):
             raise OptionError(
-                "Pass either --logged-model or a network (--spec/--small-spec with --checkpoint/--random-init), not both."
+                "With --logged-model pass no --checkpoint/--random-init (the weights are the logged model's); "
+                "--spec or --small-spec (one of them) only to name its network for the conversion."
             )
         return register_logged_model(
             logged_model,
@@ -117,6 +127,10 @@ def register_from_options(
             extra_tags=extra_tags,
             description=description,
             patch_size=patch_size,
+            allow_pickle=allow_pickle,
+            spec=(spec_from_json_or_file(spec) if spec else parse_small_spec(small_spec))
+            if spec or small_spec
+            else None,
         )
     if bool(spec) == bool(small_spec):
         raise OptionError(

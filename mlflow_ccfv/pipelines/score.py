@@ -3,9 +3,12 @@
 Each version is loaded from the registry (:mod:`mlflow_ccfv.tracking.registry`) and scored by
 :func:`mlflow_ccfv.scoring.score_model` (the code path of the ``ccfv`` evaluator too); then, in the
 active run or a new one, the target manifest is logged as an input, one nested run per version holds
-its params and metrics (linked to its LoggedModel and the dataset), the version tags and the
-``best-<dataset>`` alias are written, and the ranked table (CSV, Markdown) and plot (PNG) become
-artifacts of the parent run.
+its params and metrics (linked to its LoggedModel and the dataset), each version's score tags are
+written with their completeness marker last, then the ranks and the ``best-<dataset>`` alias are
+recomputed from the whole registry (:func:`~mlflow_ccfv.tracking.registry.rerank`), and the ranked
+table (CSV, Markdown) and plot (PNG) become artifacts of the parent run. A version whose scoring
+failed loses its stale score tags; an ``mlflow.pytorch`` (pickled) version is skipped without the
+pickle opt-in. docs/reliability.md lists what holds under concurrent scorers and kills.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.registry import (
     LoadedModel,
+    PickleRefusedError,
+    clear_version_scores,
     load_version,
+    rerank,
     resolve_versions,
     version_uri,
-    write_transferability_tags,
+    write_version_scores,
 )
-from mlflow_ccfv.tracking.runs import log_version_run
+from mlflow_ccfv.tracking.runs import log_input, log_version_run, recover_crashed, tag_process
 
-__all__ = ["VersionResult", "score_from_options", "score_loaded", "score_versions"]
+__all__ = ["VersionResult", "score_from_options", "score_loaded", "score_versions", "settings_of"]
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ class VersionResult:
     result: ModelScores | None
     seconds: float
     error: str | None = None
+    skipped: bool = False
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -106,12 +113,13 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -> VersionResult:
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, allow_pickle) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
+    name, version = (None, None) if isinstance(item, str) else (item.name, str(item.version))
     loaded = None
     try:
-        loaded = load_version(item)
+        loaded = load_version(item, allow_pickle=allow_pickle)
         result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
         return VersionResult(
             loaded.label,
@@ -122,18 +130,47 @@ def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -
             result,
             time.perf_counter() - start,
         )
+    except PickleRefusedError as exc:  # not a failure of the version: the user has not opted in
+        _logger.warning("skipped %s", exc)
+        return VersionResult(
+            label.removeprefix("models:/"), name, version, None, {}, None, 0.0, error=f"skipped: {exc}", skipped=True
+        )
     except Exception as exc:  # reported by name; the other versions are still scored
         _logger.error("%s failed: %s", label, exc)
         return VersionResult(
             loaded.label if loaded else label.removeprefix("models:/"),
-            getattr(loaded, "name", None),
-            None,
+            getattr(loaded, "name", None) or name,
+            str(loaded.version) if loaded and loaded.version else version,
             getattr(loaded, "model_id", None),
             getattr(loaded, "tags", {}),
             None,
             time.perf_counter() - start,
             error=f"{type(exc).__name__}: {exc}",
         )
+
+
+def settings_of(sampler_config: SamplerConfig | Mapping[str, Any] | None) -> str:
+    """The value of ``transferability.sampler.<dataset>``: ``default``, or the digest of the sampler
+    settings that differ from :class:`~mlflow_ccfv.features.SamplerConfig`'s defaults."""
+    if sampler_config is None:
+        return T.DEFAULT_SETTINGS
+    chosen = sampler_config.to_dict() if isinstance(sampler_config, SamplerConfig) else dict(sampler_config)
+    return T.settings_digest(chosen, SamplerConfig().to_dict())
+
+
+def _record(results: Sequence[VersionResult], dataset: Target, settings: str) -> None:
+    """Every version's score tags (marker last), stale tags of failed versions removed, then the ranks and
+    the alias recomputed from the registry."""
+    for r in results:
+        if r.name is None or r.version is None or r.skipped:
+            continue
+        if r.result is not None:
+            write_version_scores(
+                r.name, r.version, dataset.name, r.result.scores, settings=settings, data_digest=dataset.digest
+            )
+        elif removed := clear_version_scores(r.name, r.version, dataset.name):
+            _logger.warning("%s: scoring failed, removed its stale tags %s", r.label, ", ".join(removed))
+    rerank(dataset.name, settings, dataset.digest, method=RANK_METHOD)
 
 
 def score_versions(
@@ -146,6 +183,7 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    allow_pickle: bool | None = None,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -153,8 +191,11 @@ def score_versions(
     ``log`` (default), inside the active run or a new one: the target manifest as an input, one
     (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
-    as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
-    set (and no tags).
+    as artifacts of the parent run. The ranks and the alias are then recomputed over every version of
+    the registry scored on this dataset with the same sampler settings (:func:`rerank`), not only
+    over ``versions_or_uris``. Returns the ranked table; failed versions are rows with ``error`` set
+    (and their stale tags removed); ``mlflow.pytorch`` versions are skipped (``skipped`` true) unless
+    ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in.
     """
     methods = parse_methods(methods)
     items = list(versions_or_uris)
@@ -163,9 +204,11 @@ def score_versions(
     cases = CaseCache(target=dataset)
     results = []
     for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases)
+        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, allow_pickle)
         status = (
-            f"FAILED: {result.error}"
+            "SKIPPED (pickled model, no opt-in)"
+            if result.skipped
+            else f"FAILED: {result.error}"
             if result.error or result.result is None
             else (
                 f"ccfv={result.result.scores[RANK_METHOD]:.4f}" + (" (cached features)" if result.result.cached else "")
@@ -177,11 +220,15 @@ def score_versions(
     if not log:
         return table
     ds = mlflow_dataset(dataset)
+    settings = settings_of(sampler_config)
     active = mlflow.active_run()
     if active is None:
+        recover_crashed()
         mlflow.start_run(run_name=f"score {dataset.name}")
+        tag_process()
+    status = "FINISHED"
     try:
-        mlflow.log_input(ds, context="target")
+        log_input(ds, context="target")
         # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
         mlflow.log_params(
             {
@@ -191,6 +238,7 @@ def score_versions(
                 "ccfv.methods": ",".join(methods),
                 "ccfv.n_versions": len(items),
                 "ccfv.force": force,
+                "ccfv.sampler_settings": settings,
             }
         )
         for r in results:
@@ -204,16 +252,13 @@ def score_versions(
                     cached=r.result.cached,
                     sampler=r.result.config.to_dict(),
                     metrics=r.metrics,
+                    settings=settings,
                 )
-        failed = [r.label for r in results if r.error]
+        failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
-        write_transferability_tags(
-            [(r.name, r.version, r.label, r.result.scores) for r in results if r.result is not None and r.name],
-            table,
-            dataset.name,
-            methods,
-        )
+            status = "FAILED"
+        _record(results, dataset, settings)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
@@ -223,9 +268,12 @@ def score_versions(
             ranking_plot(table, folder / f"{stem}.png")
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
+    except BaseException:
+        status = "FAILED"
+        raise
     finally:
         if active is None:
-            mlflow.end_run("FAILED" if table["error"].notna().any() else "FINISHED")
+            mlflow.end_run(status)
     return table
 
 
@@ -245,6 +293,7 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    allow_pickle: bool | None = None,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
     score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
@@ -276,5 +325,11 @@ def score_from_options(
         target.digest,
     )
     return score_versions(
-        versions, target, method_list, overrides or None, force=parse_bool(force, "force"), cache_dir=cache_dir or None
+        versions,
+        target,
+        method_list,
+        overrides or None,
+        force=parse_bool(force, "force"),
+        cache_dir=cache_dir or None,
+        allow_pickle=allow_pickle,
     )

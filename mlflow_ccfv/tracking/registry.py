@@ -3,7 +3,12 @@
 A *bank* is the set of model versions tagged ``ccfv.bank=<bank>`` (one tag filter). Each version
 points at a LoggedModel (``m-...``) in the ``mlflow_ccfv`` flavor (:mod:`mlflow_ccfv.tracking.flavor`:
 a declarative :class:`~mlflow_ccfv.networks.specs.NetworkSpec` + a state_dict, no pickled code),
-or at a model a user logged earlier with ``mlflow.pytorch`` (pickled; loading it warns).
+or at a model a user logged earlier with ``mlflow.pytorch`` (pickled: loaded only with the opt-in of
+:func:`pickle_allowed`).
+
+After any scoring of a dataset, :func:`rerank` recomputes ``transferability.rank.<dataset>`` and the
+``best-<dataset>`` alias from every version in the registry that holds a complete, current score
+(docs/reliability.md).
 
 Version tags written here: ``architecture``, ``source_dataset``, ``feature_layers``, ``in_channels``,
 ``out_channels``, ``patch_size``, ``ccfv.bank`` and ``ccfv.flavor``.
@@ -11,8 +16,14 @@ Version tags written here: ``architecture``, ``source_dataset``, ``feature_layer
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import json
 import logging
+import os
+import random
 import re
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -33,6 +43,8 @@ from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks import NetworkSpec, build_with_weights, decoder_layers, normalise_state_dict
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
+from mlflow_ccfv.tracking.retry import retrying
+from mlflow_ccfv.tracking.runs import process_identity
 
 _logger = logging.getLogger(__name__)
 
@@ -51,6 +63,33 @@ VERSION_TAGS = (
     BANK_TAG,
 )
 _MODEL_ID_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
+#: ``1``/``true``/``yes``/``on``: load ``mlflow.pytorch`` (pickled) models without ``--allow-pickle``.
+ALLOW_PICKLE_ENV = "MLFLOW_CCFV_ALLOW_PICKLE"
+#: Page size of registry searches (every page is read: no silent truncation).
+_PAGE = 200
+
+
+class PickleRefusedError(RegistryError):
+    """An ``mlflow.pytorch`` (pickled) model was about to be loaded without the opt-in."""
+
+
+def pickle_allowed(allow: bool | None = None) -> bool:
+    """The one policy for loading pickled (``mlflow.pytorch``) models, which runs code saved by whoever
+    logged them: ``allow=True`` (``--allow-pickle``) allows, ``False`` refuses, ``None`` reads the
+    environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` (``1``, ``true``, ``yes``, ``on``)."""
+    if allow is not None:
+        return bool(allow)
+    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pickle_refusal(what: str) -> str:
+    """The line that says why a pickled model was not loaded and how to opt in or convert it."""
+    return (
+        f"{what} is an mlflow.pytorch (pickled) model; loading it would run code saved by whoever logged it. "
+        f"Pass --allow-pickle (or set {ALLOW_PICKLE_ENV}=1) if you trust it, or convert it once to the "
+        "pickle-free mlflow_ccfv flavor: mlflow-ccfv register --logged-model <its models:/m-... URI> "
+        "--name <name> --source-dataset <dataset> --allow-pickle."
+    )
 
 
 @dataclass
@@ -139,20 +178,43 @@ def _version_tags(
     return tags
 
 
-def _create_version(name: str, source: str, model_id: str, tags: dict[str, str], description: str | None):
-    """Create the registered model if needed and a version carrying all tags at once."""
+def _ensure_registered_model(name: str, bank: str) -> bool:
+    """Create-or-get the registered model ``name``: True if this call created it. Two processes creating
+    the same new name both succeed (the loser of the race gets the winner's model)."""
     client = _client()
-    created_model = False
     try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={BANK_TAG: tags[BANK_TAG]})
-        created_model = True
+        client.create_registered_model(name, tags={BANK_TAG: bank})
+        return True
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc).lower():
+            try:  # e.g. a lock error after the model was created by someone else
+                client.get_registered_model(name)
+            except MlflowException:
+                raise exc from None
+        return False
+
+
+def _create_version(name: str, source: str, model_id: str, tags: dict[str, str], description: str | None):
+    """Create the registered model if needed (idempotently) and a version carrying all tags at once.
+
+    Concurrent registrations of one name collide on the next version number; the insert is atomic,
+    so it is retried. A registered model this call created is removed again if it ends up empty."""
+    client = _client()
+    created_model = retrying(_ensure_registered_model, name, tags[BANK_TAG], what=f"create registered model {name}")
     try:
-        return client.create_model_version(name, source=source, tags=tags, description=description, model_id=model_id)
+        return retrying(
+            client.create_model_version,
+            name,
+            source=source,
+            tags=tags,
+            description=description,
+            model_id=model_id,
+            what=f"create a version of {name}",
+        )
     except Exception:
-        if created_model:
-            client.delete_registered_model(name)
+        if created_model and not _client().search_model_versions(f"name = '{name}'", max_results=1):
+            with contextlib.suppress(MlflowException):  # another process added a version meanwhile
+                client.delete_registered_model(name)
         raise
 
 
@@ -192,7 +254,8 @@ def register_network(
         flavor=FLAVOR_NAME,
         extra_tags=extra_tags,
     )
-    info = log_model(spec, state, name=name, tags=tags)
+    # The owner process on the LoggedModel: a killed register leaves it PENDING, the next run removes it.
+    info = log_model(spec, state, name=name, tags={**tags, T.PROCESS: process_identity()})
     try:
         mv = _create_version(name, info.model_uri, info.model_id, tags, description)
     except Exception:
@@ -215,6 +278,51 @@ def _first_last_channels(module: nn.Module) -> tuple[int, int]:
     return convs[0].in_channels, convs[-1].out_channels
 
 
+#: Constructor arguments MONAI stores under another attribute name.
+_ATTRIBUTE_ALIASES = {"spatial_dims": ("dimensions",)}
+
+
+def _json_value(value: Any) -> Any:
+    return [_json_value(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def spec_of_module(module: nn.Module, patch_size: Sequence[int] = DEFAULT_PATCH_SIZE) -> NetworkSpec | None:
+    """The :class:`NetworkSpec` of a MONAI network instance, read from the constructor arguments it keeps
+    as attributes, or None when they cannot be recovered. Accepted only if the spec rebuilds a network
+    that takes the module's weights strictly and gives the same output on a probe input."""
+    cls = type(module)
+    if not cls.__module__.startswith("monai.networks.nets"):
+        return None
+    kwargs: dict[str, Any] = {}
+    for pname, param in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        attr = next((a for a in (pname, *_ATTRIBUTE_ALIASES.get(pname, ())) if hasattr(module, a)), None)
+        if attr is None:
+            if param.default is param.empty:
+                return None
+            continue
+        value = _json_value(getattr(module, attr))
+        if param.default is not param.empty and value == _json_value(param.default):
+            continue
+        try:
+            json.dumps(value)
+        except TypeError:
+            return None
+        kwargs[pname] = value
+    try:
+        spec = NetworkSpec(cls.__name__, kwargs)
+        rebuilt = build_with_weights(spec, module.state_dict()).eval()
+        first, _ = _first_last_channels(module)
+        probe = torch.randn((1, first, *patch_size), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            same = torch.allclose(module.eval()(probe), rebuilt(probe), atol=1e-5)
+    except Exception as exc:  # any mismatch: not convertible
+        _logger.debug("%s is not convertible: %s", cls.__name__, exc)
+        return None
+    return spec if same else None
+
+
 def register_logged_model(
     model_uri: str,
     name: str,
@@ -225,18 +333,45 @@ def register_logged_model(
     patch_size: Sequence[int] | str | None = None,
     in_channels: int | None = None,
     out_channels: int | None = None,
+    *,
+    allow_pickle: bool | None = None,
+    spec: NetworkSpec | None = None,
 ):
-    """Register a model already logged with ``mlflow.pytorch`` (``models:/m-...`` or ``runs:/...``).
+    """Register a model already logged with ``mlflow.pytorch`` (``models:/m-...`` or ``runs:/...``),
+    converted to the pickle-free ``mlflow_ccfv`` flavor.
 
-    The model is loaded (pickled: only register models you trust; a warning says so) to check it is a
-    MONAI network whose decoder layers are known and to fill the version tags; channels are read from
-    its first and last convolution unless given.
+    Loading it unpickles code, so it needs the opt-in (:func:`pickle_allowed` of ``allow_pickle``). Its
+    weights are then registered with ``spec`` or, when not given, the spec read back from the MONAI
+    module (:func:`spec_of_module`); later loads need no opt-in. If no spec can be found, the pickled
+    model itself is registered (flavor ``pytorch``, every load needs the opt-in) with a warning that
+    says how to convert it (pass its spec).
     """
     _check_name("Registered model name", name)
     _check_name("source_dataset", source_dataset)
     _check_name("bank", bank)
     model_id = _resolve_logged_model_id(model_uri)
-    module = _load_pytorch(f"models:/{model_id}")
+    module = _load_pytorch(f"models:/{model_id}", allow_pickle)
+    patch = _patch_size(patch_size, spec)
+    converted = spec if spec is not None else spec_of_module(module, patch)
+    if converted is not None:
+        tags = {**(extra_tags or {}), "converted_from": f"models:/{model_id}"}
+        return register_network(
+            converted,
+            module.state_dict(),
+            name,
+            source_dataset,
+            bank=bank,
+            extra_tags=tags,
+            description=description,
+            patch_size=patch,
+        )
+    warnings.warn(
+        f"models:/{model_id} ({type(module).__name__}) could not be converted to the mlflow_ccfv flavor "
+        "(its constructor arguments are not recoverable); it is registered pickled, and every load needs "
+        "--allow-pickle. Pass its network spec (register --spec/--small-spec with --logged-model) to convert it.",
+        UserWarning,
+        stacklevel=2,
+    )
     first, last = _first_last_channels(module)
     tags = _version_tags(
         architecture=type(module).__name__,
@@ -244,7 +379,7 @@ def register_logged_model(
         feature_layers=_decoder_layers(module),
         in_channels=in_channels if in_channels is not None else first,
         out_channels=out_channels if out_channels is not None else last,
-        patch_size=_patch_size(patch_size, None),
+        patch_size=patch,
         bank=bank,
         flavor="pytorch",
         extra_tags=extra_tags,
@@ -280,15 +415,13 @@ def _resolve_logged_model_id(model_uri: str) -> str:
     raise ValueError(f"Expected a logged model URI (models:/m-<id> or runs:/<run_id>/<name>); got {model_uri!r}.")
 
 
-def _load_pytorch(model_uri: str) -> nn.Module:
+def _load_pytorch(model_uri: str, allow_pickle: bool | None = None, what: str | None = None) -> nn.Module:
+    what = what or model_uri
+    if not pickle_allowed(allow_pickle):
+        raise PickleRefusedError(pickle_refusal(what))
     import mlflow.pytorch  # imported here: only for the pickled flavor
 
-    warnings.warn(
-        f"{model_uri} is an mlflow.pytorch model: loading it unpickles code saved by whoever logged it. "
-        "Register weights with register_network (mlflow_ccfv flavor) to avoid this.",
-        UserWarning,
-        stacklevel=3,
-    )
+    _logger.warning("%s is an mlflow.pytorch model: unpickling it (opted in to pickle loading)", what)
     module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     if isinstance(module, torch.fx.GraphModule) or not any(True for _ in module.named_children()):
         raise ValueError(
@@ -356,11 +489,13 @@ def registered_version(model_uri):
     return None if _MODEL_ID_URI.match(model_uri) else get_version(model_uri)
 
 
-def load_version(model_uri) -> LoadedModel:
+def load_version(model_uri, *, allow_pickle: bool | None = None) -> LoadedModel:
     """Load a registered version (``models:/name/1``, ``models:/name@alias``, ``models:/m-...`` or a ModelVersion).
 
     ``mlflow_ccfv`` models load without unpickling (spec + ``weights_only`` state_dict);
-    ``mlflow.pytorch`` models load the original ``nn.Module`` with a warning.
+    ``mlflow.pytorch`` models load the original ``nn.Module`` only when :func:`pickle_allowed`
+    (``allow_pickle``, or ``MLFLOW_CCFV_ALLOW_PICKLE``); otherwise :class:`PickleRefusedError`, before
+    anything is downloaded when the version's ``ccfv.flavor`` tag says so.
     """
     name = version = None
     tags: dict[str, str] = {}
@@ -370,6 +505,8 @@ def load_version(model_uri) -> LoadedModel:
     if mv is not None:
         name, version, tags = mv.name, mv.version, dict(mv.tags or {})
         model_id = logged_model_id(mv)
+        if tags.get(FLAVOR_TAG) == "pytorch" and not pickle_allowed(allow_pickle):
+            raise PickleRefusedError(pickle_refusal(version_uri(mv)))
     else:
         model_id = _resolve_logged_model_id(model_uri)
         tags = dict(_client().get_logged_model(model_id).tags or {})
@@ -379,7 +516,7 @@ def load_version(model_uri) -> LoadedModel:
         spec, module = read_local_model(local)
         flavor = FLAVOR_NAME
     elif "pytorch" in flavors:
-        spec, module, flavor = None, _load_pytorch(local), "pytorch"
+        spec, module, flavor = None, _load_pytorch(local, allow_pickle, what=model_uri), "pytorch"
     else:
         raise ValueError(f"{model_uri} has flavors {sorted(flavors)}; expected {FLAVOR_NAME} or pytorch.")
     layers = [l for l in tags.get(T.FEATURE_LAYERS, "").split(",") if l] or _decoder_layers(module)
@@ -424,32 +561,185 @@ def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
     return max(matching, key=lambda v: int(v.version)) if matching else None
 
 
-def write_transferability_tags(
-    scored: Sequence[tuple[str, str | None, str, dict[str, float]]],
-    table: pd.DataFrame,
-    dataset_name: str,
-    methods: Sequence[str],
-) -> None:
-    """Version tags ``transferability.<method>.<dataset>``, ``transferability.rank.<dataset>`` and the
-    alias ``best-<dataset>`` on the registered model holding the top version.
-
-    ``scored``: ``(name, version, label, scores)`` of each scored registry version; ``table`` the ranked
-    table (``model`` = label, ``rank``).
-    """
+def _search_versions(filter_string: str) -> list[ModelVersion]:
+    """Every model version matching ``filter_string``, page by page (never a truncated first page)."""
     client = _client()
-    ranks = {row.model: int(row.rank) for row in table.itertuples() if row.error is None or pd.isna(row.error)}
-    for name, version, label, scores in scored:
-        for m in methods:
-            client.set_model_version_tag(name, version, T.score_tag(m, dataset_name), f"{scores[m]:.6g}")
-        client.set_model_version_tag(name, version, T.rank_tag(dataset_name), str(ranks[label]))
-    if not scored:
-        return
-    alias = T.best_alias(dataset_name)
-    best_name, best_version = next((n, v) for n, v, label, _ in scored if ranks[label] == 1)
-    for name in sorted({n for n, *_ in scored} - {best_name}):
-        if alias in (client.get_registered_model(name).aliases or {}):
-            client.delete_registered_model_alias(name, alias)
-    client.set_registered_model_alias(best_name, alias, best_version)
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        page = client.search_model_versions(filter_string, max_results=_PAGE, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _alias_holders(alias: str) -> dict[str, str]:
+    """``{registered model name: version}`` of every registered model holding ``alias`` (all pages)."""
+    client = _client()
+    holders: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_registered_models(max_results=_PAGE, page_token=token)
+        for rm in page:
+            aliases = rm.aliases or {}
+            if alias in aliases:
+                holders[rm.name] = str(aliases[alias])
+        token = page.token
+        if not token:
+            return holders
+
+
+def _set_version_tag(name: str, version: str, key: str, value: str) -> None:
+    retrying(_client().set_model_version_tag, name, version, key, value, what=f"tag {key} on {name}/{version}")
+
+
+def _delete_version_tag(name: str, version: str, key: str) -> None:
+    try:
+        retrying(_client().delete_model_version_tag, name, version, key, what=f"untag {key} on {name}/{version}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # already gone (another writer): the goal
+            raise
+
+
+def write_version_scores(
+    name: str,
+    version: str,
+    dataset: str,
+    scores: dict[str, float],
+    *,
+    settings: str = T.DEFAULT_SETTINGS,
+    data_digest: str,
+) -> None:
+    """Write one version's score tags on ``dataset`` so that no partial set is ever seen as complete.
+
+    MLflow has no batch write for version tags, so the completeness marker ``transferability.scored.
+    <dataset>`` (value ``<settings>/<data digest>``) is deleted first, then the scores, the sampler
+    settings (``transferability.sampler.<dataset>``) are written, then the marker last. Score tags of
+    methods not in ``scores`` left over from an earlier scoring are removed. The rank is not written
+    here: call :func:`rerank` once the scores of a batch are stored.
+    """
+    current = dict(_client().get_model_version(name, version).tags or {})
+    marker = T.scored_tag(dataset)
+    if marker in current:
+        _delete_version_tag(name, version, marker)
+    wanted = {T.score_tag(m, dataset): f"{v:.6g}" for m, v in scores.items()}
+    wanted[T.sampler_tag(dataset)] = settings
+    for key in T.dataset_score_keys(current, dataset):
+        if key not in wanted and key not in (marker, T.rank_tag(dataset)):
+            _delete_version_tag(name, version, key)
+    for key, value in wanted.items():
+        if current.get(key) != value:
+            _set_version_tag(name, version, key, value)
+    _set_version_tag(name, version, marker, T.scored_value(settings, data_digest))
+
+
+def clear_version_scores(name: str, version: str, dataset: str) -> list[str]:
+    """Remove every ``transferability.*.<dataset>`` tag of a version whose latest scoring failed (its old
+    scores are stale); the marker goes first. Returns the keys removed. Call :func:`rerank` afterwards."""
+    current = dict(_client().get_model_version(name, version).tags or {})
+    keys = T.dataset_score_keys(current, dataset)
+    for key in keys:
+        _delete_version_tag(name, version, key)
+    return keys
+
+
+@dataclass
+class Ranking:
+    """The outcome of :func:`rerank`: ``ranked`` = ``(name, version, score)`` best first (rank 1 first);
+    ``best`` = the alias holder ``(name, version)`` or None; ``group`` = the ranked scores' marker value."""
+
+    dataset: str
+    group: str
+    ranked: list[tuple[str, str, float]]
+    best: tuple[str, str] | None
+    rounds: int
+
+
+def _plan_ranking(dataset: str, group: str, method: str):
+    """Read the registry: the wanted ranks of ``group``, the rank tags to remove, the alias changes."""
+    marker, rank_key, score_key = T.scored_tag(dataset), T.rank_tag(dataset), T.score_tag(method, dataset)
+    members = []
+    for mv in _search_versions(f"tags.`{marker}` = '{group}'"):
+        tags = mv.tags or {}
+        try:
+            members.append((mv.name, str(mv.version), float(tags[score_key]), tags.get(rank_key)))
+        except (KeyError, ValueError):
+            continue  # a marker without a readable score: not comparable
+    # Best score first; ties broken by name and version so every process computes the same order.
+    members.sort(key=lambda m: (-m[2] if m[2] == m[2] else float("inf"), m[0], int(m[1])))
+    ranked = [(n, v, s) for n, v, s, _ in members]
+    set_ranks = [(n, v, str(i)) for i, (n, v, _, old) in enumerate(members, 1) if old != str(i)]
+    in_group = {(n, v) for n, v, _ in ranked}
+    drop_ranks = [
+        (mv.name, str(mv.version))
+        for mv in _search_versions(f"tags.`{rank_key}` LIKE '%'")
+        if (mv.name, str(mv.version)) not in in_group
+    ]
+    best = (ranked[0][0], ranked[0][1]) if ranked else None
+    holders = _alias_holders(T.best_alias(dataset))
+    drop_alias = sorted(n for n in holders if best is None or n != best[0])
+    set_alias = best if best is not None and holders.get(best[0]) != best[1] else None
+    return ranked, best, set_ranks, drop_ranks, drop_alias, set_alias
+
+
+def rerank(
+    dataset: str,
+    settings: str = T.DEFAULT_SETTINGS,
+    data_digest: str | None = None,
+    *,
+    method: str = "ccfv",
+    rounds: int = 10,
+) -> Ranking:
+    """Recompute ``transferability.rank.<dataset>`` and the ``best-<dataset>`` alias from the registry.
+
+    The ranked versions are every registered version whose completeness marker says its scores on
+    ``dataset`` were made with ``settings`` on data ``data_digest`` (None: the data digest of the
+    version scored last with these settings, i.e. the newest marker). Whatever subset or bank was just
+    scored, exactly one version is rank 1 and exactly one registered model holds the alias; versions
+    outside the group lose their rank tag (their scores stay, tagged with their settings).
+
+    Safe when several scorers (processes, Ray tasks) finish at once: each store its own versions'
+    scores (:func:`write_version_scores`) and then calls this; every round reads the whole registry,
+    writes only what differs, and repeats until a read finds nothing to change, so the last writer's
+    final read has seen every stored score. ``method`` orders the versions (higher = better).
+    """
+    if data_digest is None:
+        newest = [
+            mv
+            for mv in _search_versions(f"tags.`{T.scored_tag(dataset)}` LIKE '{settings}/%'")
+            if T.parse_scored_value((mv.tags or {}).get(T.scored_tag(dataset), ""))
+        ]
+        if newest:
+            latest = max(newest, key=lambda mv: (mv.last_updated_timestamp or 0, mv.name, int(mv.version)))
+            data_digest = T.parse_scored_value(latest.tags[T.scored_tag(dataset)])[1]  # type: ignore[index]
+    group = T.scored_value(settings, data_digest or "-")
+    client = _client()
+    jitter = random.Random()
+    alias = T.best_alias(dataset)
+    for round_ in range(1, rounds + 1):
+        ranked, best, set_ranks, drop_ranks, drop_alias, set_alias = _plan_ranking(dataset, group, method)
+        if not (set_ranks or drop_ranks or drop_alias or set_alias):
+            if best is not None:
+                _logger.info("%s: rank 1 of %d version(s) is %s/%s", dataset, len(ranked), *best)
+            return Ranking(dataset, group, ranked, best, round_)
+        for name, version, rank in set_ranks:
+            _set_version_tag(name, version, T.rank_tag(dataset), rank)
+        for name, version in drop_ranks:
+            _delete_version_tag(name, version, T.rank_tag(dataset))
+        if set_alias is not None:
+            retrying(client.set_registered_model_alias, set_alias[0], alias, set_alias[1], what=f"alias {alias}")
+        for name in drop_alias:
+            try:
+                retrying(client.delete_registered_model_alias, name, alias, what=f"remove alias {alias}")
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+        time.sleep(0.02 * jitter.random())  # let a concurrent reranker's writes land before re-reading
+    raise RegistryError(
+        f"The ranks of {dataset} kept changing under concurrent writers after {rounds} rounds; "
+        "run `mlflow-ccfv score` again once the other scorers have finished."
+    )
 
 
 __all__ = [
@@ -467,5 +757,13 @@ __all__ = [
     "register_network",
     "resolve_versions",
     "version_uri",
-    "write_transferability_tags",
+    "ALLOW_PICKLE_ENV",
+    "PickleRefusedError",
+    "Ranking",
+    "clear_version_scores",
+    "pickle_allowed",
+    "pickle_refusal",
+    "rerank",
+    "spec_of_module",
+    "write_version_scores",
 ]

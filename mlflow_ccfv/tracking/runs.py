@@ -1,8 +1,17 @@
-"""MLflow runs: the run a command writes to, a version's scoring run, and a training curve."""
+"""MLflow runs: the run a command writes to, a version's scoring run, a training curve, and the
+clean-up after a killed process.
+
+Every run this package starts carries the tag ``ccfv.process`` = ``<host>:<pid>:<process start>``,
+and so does every LoggedModel ``register`` creates. A process killed with ``kill -9`` cannot end its
+runs; :func:`recover_crashed` (called at the start of every command) closes the RUNNING runs of dead
+processes on this host as KILLED and deletes their PENDING LoggedModels.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,13 +21,143 @@ from typing import Any
 
 import mlflow
 from mlflow.data.dataset import Dataset
-from mlflow.entities import Metric, Run
+from mlflow.entities import Metric, Run, RunStatus
+from mlflow.exceptions import MlflowException
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.study.plots import training_curve_png
+from mlflow_ccfv.tracking.retry import retrying
 
-__all__ = ["command_run", "log_training_curve", "log_version_run"]
+__all__ = [
+    "command_run",
+    "delete_replaced_runs",
+    "log_input",
+    "log_training_curve",
+    "log_version_run",
+    "process_identity",
+    "recover_crashed",
+    "tag_process",
+]
+
+_logger = logging.getLogger(__name__)
+_PAGE = 500
+
+
+def _start_time(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), or ``?``: with the
+    pid it tells a live owner from a new process that reused the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def process_identity() -> str:
+    """``<host>:<pid>:<start>`` of this process (the value of the ``ccfv.process`` tag)."""
+    return T.process_value(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+
+
+def _is_dead(identity: str) -> bool:
+    """True only when ``identity`` names a process on this host that no longer runs (pid gone, or reused
+    by a process started at another time); processes on other hosts are never judged."""
+    parsed = T.parse_process(identity)
+    if parsed is None:
+        return False
+    host, pid, started = parsed
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    now = _start_time(pid)
+    return started != "?" and now != "?" and now != started
+
+
+def tag_process() -> None:
+    """Tag the active run with this process (``ccfv.process``), so a later command can close it if killed."""
+    mlflow.set_tag(T.PROCESS, process_identity())
+
+
+def _experiment_ids(client: mlflow.MlflowClient) -> list[str]:
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(max_results=_PAGE, page_token=token)
+        ids.extend(e.experiment_id for e in page)
+        token = page.token
+        if not token:
+            return ids
+
+
+def recover_crashed() -> dict[str, list[str]]:
+    """Close what killed processes of this host left behind: RUNNING runs tagged ``ccfv.process`` whose
+    process is dead end as KILLED, PENDING LoggedModels of dead processes (a killed ``register``) are
+    deleted. Returns ``{"runs": [...], "models": [...]}`` (ids); logs one line per kind."""
+    client = mlflow.MlflowClient()
+    closed: list[str] = []
+    deleted: list[str] = []
+    mine = f"tags.`{T.PROCESS}` LIKE '{socket.gethostname()}:%'"
+    ids = _experiment_ids(client)
+    for i in range(0, len(ids), 100):
+        chunk = ids[i : i + 100]
+        token = None
+        while True:
+            runs = client.search_runs(
+                chunk, f"attributes.status = 'RUNNING' and {mine}", max_results=_PAGE, page_token=token
+            )
+            for run in runs:
+                if _is_dead(run.data.tags.get(T.PROCESS, "")):
+                    retrying(client.set_terminated, run.info.run_id, "KILLED", what="close a killed run")
+                    closed.append(run.info.run_id)
+            token = runs.token
+            if not token:
+                break
+        token = None
+        while True:
+            models = client.search_logged_models(
+                chunk, filter_string=f"status = 'PENDING' AND {mine}", max_results=100, page_token=token
+            )
+            for model in models:
+                if _is_dead((model.tags or {}).get(T.PROCESS, "")):
+                    try:
+                        client.delete_logged_model(model.model_id)
+                        deleted.append(model.model_id)
+                    except MlflowException as exc:  # another command cleaned it first
+                        _logger.debug("could not delete %s: %s", model.model_id, exc)
+            token = models.token
+            if not token:
+                break
+    if closed:
+        _logger.warning("closed %d run(s) of killed processes as KILLED: %s", len(closed), ", ".join(closed))
+    if deleted:
+        _logger.warning(
+            "deleted %d PENDING LoggedModel(s) of killed registrations: %s", len(deleted), ", ".join(deleted)
+        )
+    return {"runs": closed, "models": deleted}
+
+
+def log_input(ds: Dataset, context: str) -> None:
+    """``mlflow.log_input`` on the active run, retried when a concurrent writer inserts the same dataset."""
+    retrying(mlflow.log_input, ds, context=context, what=f"log dataset {ds.name}")
+
+
+def delete_replaced_runs(key: str, keep: str) -> list[str]:
+    """Delete the runs of this experiment tagged ``ccfv.run_key=<key>`` other than ``keep`` (an earlier
+    or killed run of the same model, data and settings): one run per key. Returns the deleted ids."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(keep)
+    found = client.search_runs([run.info.experiment_id], f"tags.`{T.RUN_KEY}` = '{key}'", max_results=_PAGE)
+    gone = []
+    for other in found:
+        if other.info.run_id != keep:
+            retrying(client.delete_run, other.info.run_id, what="delete a replaced run")
+            gone.append(other.info.run_id)
+    return gone
 
 
 @contextmanager
@@ -30,14 +169,24 @@ def command_run(run_name: str) -> Iterator[Run]:
       entry point and logged the entry point's string parameters there, and a run's parameters cannot
       change; that run is resumed as the parent and the step gets a child run;
     - otherwise a new top-level run in the current experiment.
+
+    Runs of killed processes are closed first (:func:`recover_crashed`); the run carries this process
+    (``ccfv.process``); an exception ends it, and a resumed ``mlflow run`` parent, as FAILED.
     """
+    if mlflow.active_run() is None:
+        recover_crashed()
     outer = mlflow.start_run() if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID") else None
+    status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
+            tag_process()
             yield run
+    except BaseException:
+        status = RunStatus.to_string(RunStatus.FAILED)
+        raise
     finally:
         if outer is not None:
-            mlflow.end_run()
+            mlflow.end_run(status)
 
 
 def log_version_run(
@@ -50,10 +199,16 @@ def log_version_run(
     cached: bool,
     sampler: Mapping[str, Any],
     metrics: Mapping[str, float],
+    settings: str = T.DEFAULT_SETTINGS,
 ) -> str:
-    """One run nested in the active (score) run: a version's params and metrics on ``target``."""
+    """One run nested in the active (score) run: a version's params and metrics on ``target``.
+
+    Keyed (``ccfv.run_key``) by the LoggedModel, the target's digest and the sampler ``settings``:
+    once it has finished, earlier runs of the same key (a previous or killed scoring) are deleted."""
+    key = T.run_key(model_id or label, target.digest, settings)
     with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True) as run:
-        mlflow.log_input(ds, context="target")
+        mlflow.set_tags({T.PROCESS: process_identity(), T.RUN_KEY: key})
+        log_input(ds, context="target")
         params = {
             "model_uri": f"models:/{label}",
             "model_id": model_id,
@@ -69,7 +224,8 @@ def log_version_run(
         mlflow.set_tags({T.RUN_DATASET: target.name, T.RUN_MODEL: label})
         # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
         mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=ds)
-        return run.info.run_id
+    delete_replaced_runs(key, keep=run.info.run_id)
+    return run.info.run_id
 
 
 def log_training_curve(losses: Sequence[float], title: str) -> None:

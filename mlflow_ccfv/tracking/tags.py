@@ -5,19 +5,24 @@ Registry (model version) tags:
 - written by ``register``: ``architecture``, ``source_dataset``, ``feature_layers``, ``in_channels``,
   ``out_channels``, ``patch_size``, ``ccfv.bank``, ``ccfv.flavor``;
 - written by ``pretrain``: ``pretrain.<key>`` (the budget, its digest, the run);
-- written by ``score``: ``transferability.<method>.<dataset>``, ``transferability.rank.<dataset>``,
-  and the alias ``best-<dataset>`` on the registered model of the rank-1 version;
+- written by ``score``: ``transferability.<method>.<dataset>``, ``transferability.sampler.<dataset>``
+  (which sampler settings made the scores), ``transferability.scored.<dataset>`` (completeness marker,
+  written last: ``<settings>/<data digest>``), ``transferability.rank.<dataset>``, and the alias
+  ``best-<dataset>`` on the registered model of the rank-1 version (docs/reliability.md);
 - written by ``finetune``: ``finetune.dice.<dataset>``, ``finetune.run.<dataset>``,
   ``finetune.budget.<dataset>``.
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
 ``finetune_dice``; the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
-Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``.
+Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccfv.process`` (the
+``host:pid:start`` of the process that owns a run or a PENDING LoggedModel) and ``ccfv.run_key`` (one
+per-version run per key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,18 +34,22 @@ from mlflow.entities.model_registry import ModelVersion
 __all__ = [
     "ARCHITECTURE",
     "BANK",
+    "DEFAULT_SETTINGS",
     "FEATURE_LAYERS",
     "FLAVOR",
     "IN_CHANNELS",
     "OUT_CHANNELS",
     "PATCH_SIZE",
+    "PROCESS",
     "RANK",
     "RUN_BANK",
     "RUN_DATASET",
+    "RUN_KEY",
     "RUN_MODEL",
     "RUN_STAGE",
     "SOURCE_DATASET",
     "best_alias",
+    "dataset_score_keys",
     "dice_spread_metric",
     "dice_tag",
     "finetune_budget_tag",
@@ -49,12 +58,20 @@ __all__ = [
     "layer_metric",
     "layer_metrics",
     "parse_dice_tag",
+    "parse_process",
     "parse_score_tag",
+    "parse_scored_value",
+    "process_value",
     "prefixed_params",
     "pretrain_tag",
     "rank_tag",
     "report_metric",
+    "run_key",
+    "sampler_tag",
     "score_tag",
+    "scored_tag",
+    "scored_value",
+    "settings_digest",
     "scores_from_tags",
 ]
 
@@ -73,9 +90,18 @@ RUN_STAGE = "ccfv.stage"
 RUN_MODEL = "ccfv.model"
 RUN_DATASET = "ccfv.dataset"
 RUN_BANK = BANK
+#: ``<host>:<pid>:<process start>`` of the process that owns a RUNNING run or a PENDING LoggedModel.
+PROCESS = "ccfv.process"
+#: One per-version scoring run (or fine-tuning run) per key: a rerun replaces the runs of its key.
+RUN_KEY = "ccfv.run_key"
 
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"
+#: The pseudo-methods of ``transferability.sampler.<dataset>`` and ``transferability.scored.<dataset>``.
+SAMPLER = "sampler"
+SCORED = "scored"
+#: The value of ``transferability.sampler.<dataset>`` for scores made with the default sampler settings.
+DEFAULT_SETTINGS = "default"
 
 _SCORE_TAG = re.compile(r"^transferability\.(?P<method>[a-z_0-9]+)\.(?P<dataset>.+)$")
 _DICE_TAG = re.compile(r"^finetune\.dice\.(?P<dataset>.+)$")
@@ -89,6 +115,71 @@ def score_tag(method: str, dataset: str) -> str:
 def rank_tag(dataset: str) -> str:
     """``transferability.rank.<dataset>``: 1 = best-ranked version of every scored version of ``dataset``."""
     return score_tag(RANK, dataset)
+
+
+def sampler_tag(dataset: str) -> str:
+    """``transferability.sampler.<dataset>``: the digest of the sampler settings the scores were made with
+    (``default``, or :func:`settings_digest` of the overrides); ranks compare equal settings only."""
+    return score_tag(SAMPLER, dataset)
+
+
+def scored_tag(dataset: str) -> str:
+    """``transferability.scored.<dataset>``: the completeness marker of a version's score tags, written
+    after all of them (value :func:`scored_value`); a version without it holds no current score."""
+    return score_tag(SCORED, dataset)
+
+
+def scored_value(settings: str, data_digest: str) -> str:
+    """``<settings>/<data digest>``: the value of :func:`scored_tag` (the ranking group of the scores)."""
+    return f"{settings}/{data_digest}"
+
+
+def parse_scored_value(value: str) -> tuple[str, str] | None:
+    """``(settings, data digest)`` of a :func:`scored_value`; None if malformed."""
+    settings, sep, digest = (value or "").partition("/")
+    return (settings, digest) if sep and settings and digest else None
+
+
+def settings_digest(overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None = None) -> str:
+    """``default`` when ``overrides`` (sampler settings a user chose) equal ``defaults``, else the first
+    12 hex digits of the SHA-256 of their canonical JSON (tuples as lists, keys sorted)."""
+
+    def canonical(value: Any) -> Any:
+        return [canonical(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    changed = {
+        k: canonical(v)
+        for k, v in (overrides or {}).items()
+        if defaults is None or k not in defaults or canonical(defaults[k]) != canonical(v)
+    }
+    if not changed:
+        return DEFAULT_SETTINGS
+    text = json.dumps(changed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def dataset_score_keys(tags: Mapping[str, str], dataset: str) -> list[str]:
+    """Every ``transferability.<method>.<dataset>`` key among ``tags`` (scores, rank, sampler, marker),
+    the completeness marker first (the order in which a stale set is deleted)."""
+    keys = [k for k in tags if (p := parse_score_tag(k)) is not None and p[1] == dataset]
+    return sorted(keys, key=lambda k: (k != scored_tag(dataset), k))
+
+
+def process_value(host: str, pid: int, started: str) -> str:
+    """``<host>:<pid>:<started>``: the value of :data:`PROCESS`."""
+    return f"{host}:{pid}:{started}"
+
+
+def parse_process(value: str) -> tuple[str, int, str] | None:
+    """``(host, pid, started)`` of a :data:`PROCESS` value; None if malformed."""
+    host, _, rest = (value or "").rpartition(":")
+    host, _, pid = host.rpartition(":")
+    return (host, int(pid), rest) if host and pid.isdigit() else None
+
+
+def run_key(*parts: Any) -> str:
+    """The :data:`RUN_KEY` of a run made from ``parts`` (model id, data digest, settings ...): 16 hex digits."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def best_alias(dataset: str) -> str:
@@ -178,9 +269,10 @@ def scores_from_tags(
     version has both ``transferability.<method>.<dataset>`` and ``finetune.dice.<dataset>``.
 
     ``methods``: the estimator names to keep (the rank tag and unknown names are skipped);
-    ``datasets=None`` takes every dataset that has a Dice tag.
+    ``datasets=None`` takes every dataset that has a Dice tag. Score tags without their completeness
+    marker (:func:`scored_tag`) are partial and skipped.
     """
-    known = set(methods)
+    known = set(methods) - {RANK, SAMPLER, SCORED}
     rows = []
     for v in versions:
         tags: Mapping[str, str] = dict(v.tags or {})
@@ -191,6 +283,8 @@ def scores_from_tags(
                 continue
             method, dataset = parsed
             if dataset not in dice or (datasets and dataset not in datasets):
+                continue
+            if scored_tag(dataset) not in tags:  # a partial set (a killed score): not a current score
                 continue
             rows.append(
                 {

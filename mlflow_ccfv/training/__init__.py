@@ -4,6 +4,7 @@
 - :mod:`~mlflow_ccfv.training.dice`: sliding-window inference and MONAI ``DiceMetric`` on held-out cases.
 """
 
+from mlflow_ccfv.training.checkpoint import TrainingCheckpoint
 from mlflow_ccfv.training.dice import DiceResult, constant_predictor_dice, dice_per_class, evaluate_dice, predict
 from mlflow_ccfv.training.loops import (
     PatchSampler,
@@ -24,6 +25,7 @@ __all__ = [
     "PatchSampler",
     "TrainConfig",
     "TrainResult",
+    "TrainingCheckpoint",
     "constant_predictor_dice",
     "dice_per_class",
     "evaluate_dice",

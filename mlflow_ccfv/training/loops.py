@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from mlflow_ccfv.networks.specs import NetworkSpec, load_state_dict_strict
 from mlflow_ccfv.options import parse_ints
+from mlflow_ccfv.training.checkpoint import TrainingCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     reinitialised: list[str] = field(default_factory=list)
+    #: The step a checkpoint was resumed from (0: trained from the start).
+    resumed_from: int = 0
 
 
 # --------------------------------------------------------------------------- cases and patches
@@ -226,6 +229,19 @@ class PatchSampler:
         if channels is None:
             raise ValueError("PatchSampler needs at least one case.")
         self.in_channels = int(channels)
+
+    def get_state(self) -> str:
+        """The generators' state as JSON text (for a training checkpoint)."""
+        name, keys, pos, has_gauss, gauss = self._rand_state.get_state()
+        legacy = [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)]
+        return json.dumps({"rng": self._rng.bit_generator.state, "legacy": legacy})
+
+    def set_state(self, text: str) -> None:
+        """Restore :meth:`get_state`."""
+        state = json.loads(text)
+        self._rng.bit_generator.state = state["rng"]
+        name, keys, pos, has_gauss, gauss = state["legacy"]
+        self._rand_state.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         from monai.transforms import SpatialCrop
@@ -333,10 +349,14 @@ def train_segmentation(
     config: TrainConfig,
     desc: str = "train",
     progress: bool = True,
+    *,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on patches of ``cases`` for ``config.steps`` steps; returns the curve.
 
-    ``num_classes`` counts the background; the model's output channels must equal it.
+    ``num_classes`` counts the background; the model's output channels must equal it. With
+    ``checkpoint``, the state is saved every ``checkpoint.every`` steps and a saved state of the same
+    run is resumed (the result equals an uninterrupted run's); the caller removes the file when done.
     """
     from monai.losses import DiceCELoss
 
@@ -351,7 +371,20 @@ def train_segmentation(
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # dropout, if the architecture has any
-        bar = tqdm(range(config.steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
+        first = 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            sampler.set_state(saved["sampler"])
+            torch.set_rng_state(saved["torch_rng"])
+            losses = [float(v) for v in saved["losses"]]
+            first = int(saved["step"])
+            log.info("%s: resuming from the checkpoint at step %d/%d", desc, first, config.steps)
+        bar = tqdm(
+            range(first, config.steps), desc=desc, disable=not progress, leave=False, mininterval=1.0, initial=first
+        )
         for step in bar:
             images, labels = sampler.sample(config.batch_size)
             logits = model(images)
@@ -373,8 +406,20 @@ def train_segmentation(
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             if step % max(1, config.steps // 5) == 0 or step == config.steps - 1:
                 log.debug("%s step %d/%d loss %.4f", desc, step + 1, config.steps, value)
+            if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < config.steps:
+                checkpoint.save(
+                    {
+                        "step": step + 1,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "sampler": sampler.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "losses": list(losses),
+                    }
+                )
     model.eval()
-    return TrainResult(model=model, losses=losses, seconds=time.perf_counter() - start)
+    return TrainResult(model=model, losses=losses, seconds=time.perf_counter() - start, resumed_from=first)
 
 
 def pretrain(
@@ -396,17 +441,20 @@ def finetune(
     config: TrainConfig,
     progress: bool = True,
     desc: str = "finetune",
+    *,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> tuple[TrainResult, NetworkSpec]:
     """Fine-tune a bank model on a target's training cases, the paper's way (nothing frozen).
 
     ``state=None`` fine-tunes a randomly initialised network of the same architecture (the control).
     The re-created head is initialised from ``config.seed``, so every model of a comparison starts
-    its head, samples its patches and trains identically. Returns the result and the target spec.
+    its head, samples its patches and trains identically. ``checkpoint``: save and resume (see
+    :func:`train_segmentation`). Returns the result and the target spec.
     """
     if not cases:
         raise ValueError("No training cases: the training split is empty.")
     in_channels = checked_case(cases[0])[1].shape[0]
     model, new_spec, reinit = init_for_finetuning(spec, state, in_channels, num_classes, seed=config.seed)
-    result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress)
+    result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress, checkpoint=checkpoint)
     result.reinitialised = reinit
     return result, new_spec
