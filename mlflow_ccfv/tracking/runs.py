@@ -119,11 +119,10 @@ def recover_crashed() -> dict[str, list[str]]:
                 break
         token = None
         while True:
-            models = client.search_logged_models(
-                chunk, filter_string=f"status = 'PENDING' AND {mine}", max_results=100, page_token=token
-            )
+            # (the status is filtered here: the sqlite store stores it as a number and ignores the text)
+            models = client.search_logged_models(chunk, filter_string=mine, max_results=100, page_token=token)
             for model in models:
-                if _is_dead((model.tags or {}).get(T.PROCESS, "")):
+                if str(model.status) == "PENDING" and _is_dead((model.tags or {}).get(T.PROCESS, "")):
                     try:
                         client.delete_logged_model(model.model_id)
                         deleted.append(model.model_id)

@@ -1,0 +1,92 @@
+"""Helpers for the reliability tests: command-line processes on a shared store, and registry checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(tracking_uri: str, cache: Path, experiment: str | None = None) -> dict[str, str]:
+    """The environment of a ``python -m mlflow_ccfv`` child: this worktree's package, the store, one thread."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_CCFV_CACHE": str(cache),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_CCFV_ALLOW_PICKLE"):
+        env.pop(var, None)
+    if experiment:
+        env["MLFLOW_EXPERIMENT_NAME"] = experiment
+    return env
+
+
+def start_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """``python -m mlflow_ccfv <args>`` started in the background (stdout and stderr captured)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow_ccfv", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    """Wait for ``proc``; its return code and its output (stdout + stderr)."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> tuple[int, str]:
+    return finish(start_cli(args, env, cwd), timeout)
+
+
+def ranking_state(client: MlflowClient, dataset: str) -> dict:
+    """What the registry says about ``dataset``: ``ranks`` {label: rank}, ``scores`` {label: ccfv},
+    ``alias`` [(name, version)] of every registered model holding ``best-<dataset>``."""
+    versions = client.search_model_versions(f"tags.`transferability.scored.{dataset}` LIKE '%'", max_results=1000)
+    ranks, scores = {}, {}
+    for mv in versions:
+        label = f"{mv.name}/{mv.version}"
+        scores[label] = float(mv.tags[f"transferability.ccfv.{dataset}"])
+        if f"transferability.rank.{dataset}" in mv.tags:
+            ranks[label] = int(mv.tags[f"transferability.rank.{dataset}"])
+    alias = [
+        (rm.name, str(rm.aliases[f"best-{dataset}"]))
+        for rm in client.search_registered_models(max_results=1000)
+        if f"best-{dataset}" in (rm.aliases or {})
+    ]
+    return {"ranks": ranks, "scores": scores, "alias": alias}
+
+
+def assert_one_ranking(client: MlflowClient, dataset: str, expected: set[str]) -> dict:
+    """Every version of ``expected`` is ranked, ranks 1..n follow the ccfv scores, one alias holder."""
+    state = ranking_state(client, dataset)
+    assert set(state["ranks"]) == expected, state
+    order = sorted(state["ranks"], key=state["ranks"].get)
+    assert [state["ranks"][label] for label in order] == list(range(1, len(expected) + 1)), state
+    assert order == sorted(expected, key=lambda label: -state["scores"][label]), state
+    best_name, best_version = order[0].split("/")
+    assert state["alias"] == [(best_name, best_version)], state
+    return state
+
+
+def assert_runs_settled(client: MlflowClient, experiment_ids: list[str]) -> list:
+    """No RUNNING run, and one per-version scoring run per (model, dataset, settings) key."""
+    runs = client.search_runs(experiment_ids, max_results=5000)
+    running = [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert not running, f"RUNNING runs left: {running}"
+    keys = [r.data.tags["ccfv.run_key"] for r in runs if "ccfv.run_key" in r.data.tags]
+    assert len(keys) == len(set(keys)), f"duplicate per-version runs: {sorted(keys)}"
+    return runs
