@@ -146,16 +146,23 @@ def log_input(ds: Dataset, context: str) -> None:
 
 
 def delete_replaced_runs(key: str, keep: str) -> list[str]:
-    """Delete the runs of this experiment tagged ``ccfv.run_key=<key>`` other than ``keep`` (an earlier
-    or killed run of the same model, data and settings): one run per key. Returns the deleted ids."""
+    """Delete the ended runs of this experiment tagged ``ccfv.run_key=<key>`` that ended before ``keep``
+    (an earlier or killed run of the same model, data and settings): one run per key. Returns the ids.
+
+    A RUNNING run (another process scoring the same version right now) is left alone; when it ends, it
+    removes the runs that ended before it. Two runs ending at once are ordered by (end time, run id),
+    so exactly one survives whichever process looks first."""
     client = mlflow.MlflowClient()
-    run = client.get_run(keep)
-    found = client.search_runs([run.info.experiment_id], f"tags.`{T.RUN_KEY}` = '{key}'", max_results=_PAGE)
+    own = client.get_run(keep).info
+    mine = (own.end_time or 0, own.run_id)
+    found = client.search_runs([own.experiment_id], f"tags.`{T.RUN_KEY}` = '{key}'", max_results=_PAGE)
     gone = []
     for other in found:
-        if other.info.run_id != keep:
-            retrying(client.delete_run, other.info.run_id, what="delete a replaced run")
-            gone.append(other.info.run_id)
+        info = other.info
+        if info.run_id == keep or info.status == "RUNNING" or (info.end_time or 0, info.run_id) > mine:
+            continue
+        retrying(client.delete_run, info.run_id, what="delete a replaced run")
+        gone.append(info.run_id)
     return gone
 
 
