@@ -87,3 +87,37 @@ def test_concurrent_writers_on_a_server(mlflow_server, tmp_path, monkeypatch):
         _concurrent_scores_and_registrations(mlflow_server.url, tmp_path, "conc-srv", "ccfv-concurrency")
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_only_lost_races_are_retried():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    from mlflow_ccfv.tracking.retry import is_transient, retrying
+
+    assert is_transient(MlflowException("x", error_code=RESOURCE_ALREADY_EXISTS))
+    assert is_transient(RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.dataset_uuid"))
+    assert is_transient(MlflowException("(sqlite3.OperationalError) database is locked"))
+    assert not is_transient(MlflowException("RESOURCE_DOES_NOT_EXIST: no such run"))
+    assert not is_transient(ValueError("bad value"))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return "stored"
+
+    assert retrying(flaky, what="a write") == "stored" and len(calls) == 3
+    with pytest.raises(ValueError):
+        retrying(lambda: (_ for _ in ()).throw(ValueError("real error")), what="a write")
+    gives_up = []
+    with pytest.raises(MlflowException, match="locked"):
+        retrying(lambda: gives_up.append(1) or flaky_forever(), what="a write", attempts=3)
+    assert len(gives_up) == 3
+
+
+def flaky_forever():
+    from mlflow.exceptions import MlflowException
+
+    raise MlflowException("database is locked")

@@ -4,6 +4,7 @@ fine-tuning resumes from its checkpoint (docs/reliability.md, "Crashes")."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
@@ -164,3 +165,45 @@ def test_register_killed_with_a_pending_logged_model_then_rerun(tracking_uri, tm
     assert pending[0] not in {m.model_id for m in models}
     assert {str(m.status) for m in models} == {"READY"}
     assert [str(v.version) for v in client.search_model_versions("name = 'killed-reg'")] == ["1"]
+
+
+def test_recover_crashed_closes_only_runs_of_dead_local_processes(tracking_uri):
+    import socket
+    import subprocess
+    import sys
+
+    from mlflow_ccfv.tracking.runs import process_identity, recover_crashed
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)
+    client = MlflowClient()
+    identities = {
+        "dead": f"{socket.gethostname()}:{dead_pid}:1",
+        "alive": process_identity(),
+        "other host": f"not-{socket.gethostname()}:{dead_pid}:1",
+    }
+    runs = {
+        what: client.create_run("0", tags={"ccfv.process": ident}).info.run_id for what, ident in identities.items()
+    }
+    model = client.create_logged_model("0", name="half-written", tags={"ccfv.process": identities["dead"]})
+    live_model = client.create_logged_model("0", name="in-progress", tags={"ccfv.process": identities["alive"]})
+    recovered = recover_crashed()
+    assert recovered == {"runs": [runs["dead"]], "models": [model.model_id]}
+    status = {what: client.get_run(run_id).info.status for what, run_id in runs.items()}
+    assert status == {"dead": "KILLED", "alive": "RUNNING", "other host": "RUNNING"}
+    assert [m.model_id for m in client.search_logged_models(["0"])] == [live_model.model_id]
+    assert recover_crashed() == {"runs": [], "models": []}
+
+
+def test_a_failing_step_marks_its_run_and_the_mlflow_run_parent_failed(tracking_uri, monkeypatch):
+    from mlflow_ccfv.tracking.runs import command_run
+
+    parent = MlflowClient().create_run("0").info.run_id  # what `mlflow run` creates for an entry point
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent)
+    with pytest.raises(ValueError, match="boom"), command_run("finetune x") as run:
+        raise ValueError("boom")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)  # ending the resumed run may already unset it
+    client = MlflowClient()
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(run.info.run_id).data.tags["ccfv.process"].split(":")[1] == str(os.getpid())

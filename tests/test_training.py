@@ -143,3 +143,34 @@ def test_finetuned_dice_beats_a_trivial_predictor():
     floor = constant_predictor_dice(test, 2)
     assert 0.0 <= dice.mean <= 1.0 and set(dice.per_case) == {"case0", "case1"}
     assert dice.mean > floor + 0.2, (dice, floor)
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_training(tmp_path):
+    from mlflow_ccfv.training import TrainingCheckpoint
+
+    spec = small_spec("UNet", 1, 2, (24, 24, 24))
+    state = seeded_network_state(spec)
+    cfg = TrainConfig(steps=6, patch_size=(24, 24, 24), seed=3)
+    cases = blob_cases(2, seed=5)
+    whole, _ = finetune(spec, state, cases, 2, cfg, progress=False)
+    # Checkpoints at steps 2 and 4 (none at the end): the file left is what a kill after step 4 leaves.
+    ckpt = TrainingCheckpoint(tmp_path / "ft.pt", every=2, fingerprint="model/budget")
+    first, _ = finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=ckpt)
+    assert first.resumed_from == 0 and first.losses == whole.losses and ckpt.path.is_file()
+    resumed, _ = finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=ckpt)
+    assert resumed.resumed_from == 4 and resumed.losses == whole.losses
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    # A checkpoint of another run (other fingerprint) or a torn file is ignored: training starts over.
+    other = TrainingCheckpoint(ckpt.path, every=2, fingerprint="other")
+    assert finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=other)[0].resumed_from == 0
+    ckpt.path.write_bytes(b"torn")
+    assert finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=ckpt)[0].resumed_from == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainingCheckpoint(ckpt.path, every=0)
+
+
+def seeded_network_state(spec):
+    from mlflow_ccfv.training import seeded_network
+
+    return seeded_network(spec, 1).state_dict()
