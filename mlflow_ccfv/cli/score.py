@@ -55,12 +55,12 @@ def score(**options) -> None:
     with exit_on_input_error("score"):
         table = score_from_options(**options)
     click.echo(table_markdown(table, parse_methods(options["methods"])))
-    errors = table[table["error"].notna()]
-    skipped = errors[errors["error"].str.startswith("skipped: ")]
-    for row in skipped.itertuples():  # pickled versions without the opt-in: not a failure
-        click.echo(f"SKIPPED {row.model}: {str(row.error).removeprefix('skipped: ')}", err=True)
-    failed = errors[~errors["error"].str.startswith("skipped: ")]
-    if len(failed):
-        for row in failed.itertuples():
-            click.echo(f"FAILED {row.model}: {row.error}", err=True)
+    errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]
+    for model, error in errors:  # pickled versions without the opt-in are skipped, not failed
+        if error.startswith("skipped: "):
+            click.echo(f"SKIPPED {model}: {error.removeprefix('skipped: ')}", err=True)
+    failed = [(model, error) for model, error in errors if not error.startswith("skipped: ")]
+    for model, error in failed:
+        click.echo(f"FAILED {model}: {error}", err=True)
+    if failed:
         sys.exit(1)
