@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.pretrain import load_dataset
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
@@ -64,12 +65,14 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    device: str | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split.
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned).
+    fine-tuned again (its tagged Dice is returned). ``device``: where to fine-tune and evaluate (default
+    CUDA when available, else CPU).
     """
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
@@ -84,6 +87,7 @@ def finetune_version(
         return FinetuneOutcome(
             label, name, DiceResult({}, float(tags[tag])), tags.get(T.finetune_run_tag(name)), 0.0, reused=True
         )
+    run_on = resolve_device(device)
     loaded = load_version(mv if mv is not None else model_uri)
     if loaded.spec is None:
         raise RegistryError(
@@ -105,7 +109,14 @@ def finetune_version(
         mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
         state = loaded.module.state_dict()
         result, new_spec = finetune(
-            loaded.spec, state, train, num_classes, config, progress=progress, desc=f"finetune {loaded.label}"
+            loaded.spec,
+            state,
+            train,
+            num_classes,
+            config,
+            progress=progress,
+            desc=f"finetune {loaded.label}",
+            device=run_on,
         )
         mlflow.log_params(
             {
@@ -120,6 +131,7 @@ def finetune_version(
                 "n_test": len(test),
                 "eval.overlap": overlap,
                 "budget": digest,
+                "device": str(run_on),
                 "n_reinitialised": len(result.reinitialised),
                 "reinitialised": ",".join(result.reinitialised)[:6000],
                 **T.prefixed_params("train", config.to_dict()),
@@ -134,6 +146,7 @@ def finetune_version(
             overlap=overlap,
             progress=progress,
             desc=f"evaluate {loaded.label}",
+            device=run_on,
         )
         seconds = time.perf_counter() - start
         per_class = {f"dice.{ds.labels[k]}": v for k, v in dice.per_class.items() if v == v}

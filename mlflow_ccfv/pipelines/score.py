@@ -24,6 +24,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.features import SamplerConfig
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
@@ -52,6 +53,8 @@ def score_loaded(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | None = None,
+    amp: bool = False,
 ) -> ModelScores:
     """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
     patch = loaded.tags.get(T.PATCH_SIZE)
@@ -67,6 +70,8 @@ def score_loaded(
         force=force,
         cache_dir=cache_dir,
         cases=cases,
+        device=device,
+        amp=amp,
     )
 
 
@@ -106,13 +111,23 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -> VersionResult:
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, device, amp) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
     loaded = None
     try:
         loaded = load_version(item)
-        result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
+        result = score_loaded(
+            loaded,
+            target,
+            methods,
+            sampler_config,
+            force=force,
+            cache_dir=cache_dir,
+            cases=cases,
+            device=device,
+            amp=amp,
+        )
         return VersionResult(
             loaded.label,
             loaded.name,
@@ -146,6 +161,8 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    amp: bool = False,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -154,16 +171,18 @@ def score_versions(
     (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
-    set (and no tags).
+    set (and no tags). ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
+    inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
     """
     methods = parse_methods(methods)
+    run_on = resolve_device(device)  # checked before any work
     items = list(versions_or_uris)
     if not items:
         raise ValueError("No model versions to score.")
     cases = CaseCache(target=dataset)
     results = []
     for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases)
+        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, str(run_on), amp)
         status = (
             f"FAILED: {result.error}"
             if result.error or result.result is None
@@ -191,6 +210,8 @@ def score_versions(
                 "ccfv.methods": ",".join(methods),
                 "ccfv.n_versions": len(items),
                 "ccfv.force": force,
+                "ccfv.device": str(run_on),
+                "ccfv.amp": amp,
             }
         )
         for r in results:
@@ -245,10 +266,15 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    device: str | None = None,
+    amp=False,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
-    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
+    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
+    ``device``/``amp``: see :func:`score_versions`."""
     method_list = parse_methods(methods)  # validate before any work
+    use_amp = parse_bool(amp, "amp")
+    run_on = str(resolve_device(device or None))
     overrides: dict[str, Any] = {}
     if roi_size:
         overrides["roi_size"] = parse_ints(roi_size, "roi_size")
@@ -276,5 +302,12 @@ def score_from_options(
         target.digest,
     )
     return score_versions(
-        versions, target, method_list, overrides or None, force=parse_bool(force, "force"), cache_dir=cache_dir or None
+        versions,
+        target,
+        method_list,
+        overrides or None,
+        force=parse_bool(force, "force"),
+        cache_dir=cache_dir or None,
+        device=run_on,
+        amp=use_amp,
     )

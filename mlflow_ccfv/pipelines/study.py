@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +28,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
 from mlflow_ccfv.pipelines.report import report_bank
@@ -58,7 +59,9 @@ class StudyConfig:
 
     ``targets``: dataset folders fine-tuned on; ``sources``: pre-training sources (targets are also
     sources of each other, leave-one-out); ``pretrain``/``finetune``: the budgets, identical for every
-    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations).
+    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations); ``device``: where
+    the networks train and run (``None``: CUDA when available, else CPU); ``amp``: mixed-precision
+    inference when scoring (an opt-in, see :mod:`mlflow_ccfv.networks.devices`).
     """
 
     targets: list[Path]
@@ -72,6 +75,8 @@ class StudyConfig:
     split_seed: int = 0
     overlap: float = 0.5
     cache_dir: str | None = None
+    device: str | None = None
+    amp: bool = False
 
 
 @dataclass
@@ -128,9 +133,14 @@ def run_transfer_study(
     force_finetune: bool = False,
     force_score: bool = False,
     out_dir: str | Path | None = None,
+    device: str | None = None,
 ) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
-    ``out_dir``: also keep the report's tables and plots there."""
+    ``out_dir``: also keep the report's tables and plots there; ``device`` (when given) replaces
+    ``config.device``."""
+    if device is not None:
+        config = replace(config, device=device)
+    config = replace(config, device=str(resolve_device(config.device)))  # checked before any work
     with command_run(f"study {config.bank}") as parent:
         return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
 
@@ -154,6 +164,8 @@ def _run_study(
             ),
             "methods": config.methods,
             "split_seed": config.split_seed,
+            "device": config.device,
+            "amp": config.amp,
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -164,7 +176,13 @@ def _run_study(
     for source in config.sources:
         for arch in config.architectures:
             mv = pretrain_and_register(
-                source.path, arch, config.pretrain, bank=config.bank, channels=source.channels, progress=progress
+                source.path,
+                arch,
+                config.pretrain,
+                bank=config.bank,
+                channels=source.channels,
+                progress=progress,
+                device=config.device,
             )
             by_source.setdefault(mv.tags[T.SOURCE_DATASET], []).append(mv)
     in_channels = {t.n_channels for t in targets}
@@ -190,6 +208,8 @@ def _run_study(
                 methods=config.methods,
                 force=force_score,
                 cache_dir=config.cache_dir,
+                device=config.device,
+                amp=config.amp,
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
@@ -207,6 +227,7 @@ def _run_study(
                 cases=(train, test),
                 force=force_finetune,
                 progress=progress,
+                device=config.device,
             )
             outcomes.append(outcome)
             if not outcome.reused:
@@ -240,6 +261,7 @@ def demo_config(
     patch_size: Sequence[int] = (32, 32, 32),
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
     architecture, small budgets; synthetic cases generated with ``seed``."""
@@ -254,6 +276,7 @@ def demo_config(
         architectures=tuple(architectures),
         pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 
@@ -268,6 +291,7 @@ def study_config(
     bank: str = "study",
     targets: Sequence[str] | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
     with its FLAIR channel only (the targets are 1-channel CT; see docs/study.md)."""
@@ -285,6 +309,7 @@ def study_config(
         bank=bank,
         pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 
