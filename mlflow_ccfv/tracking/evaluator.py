@@ -43,7 +43,7 @@ from mlflow_ccfv.networks import decoder_layers
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
-from mlflow_ccfv.tracking.flavor import CCFVPyfuncModel
+from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
 from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
@@ -75,10 +75,9 @@ def _check_config(config: dict[str, Any]) -> None:
 
 def _network(model, config: dict[str, Any]) -> nn.Module:
     """The ``nn.Module`` behind a pyfunc model of the ``mlflow_ccfv`` or ``pytorch`` flavor."""
-    impl = getattr(model, "_model_impl", None)
-    if isinstance(impl, CCFVPyfuncModel):
-        return impl.module
     flavors = set(getattr(getattr(model, "metadata", None), "flavors", None) or {})
+    if FLAVOR_NAME in flavors:
+        return model.get_raw_model()
     if "pytorch" not in flavors:
         raise OptionError(
             "The ccfv evaluator needs a model in the mlflow_ccfv flavor (register it with `mlflow-ccfv register`) "
