@@ -36,7 +36,7 @@ from mlflow_ccfv.pipelines.score import score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
@@ -255,7 +255,7 @@ def demo_config(
     sources: Sequence[str] = ("Task03", "Task07", "Task06"),
     pretrain_steps: int = 150,
     finetune_steps: int = 60,
-    bank: str = "demo",
+    bank: str = DEFAULT_BANK,
     architectures: Sequence[str] = ARCHITECTURES,
     methods: str = "all",
     patch_size: Sequence[int] = (32, 32, 32),
@@ -264,7 +264,11 @@ def demo_config(
     device: str | None = None,
 ) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
-    architecture, small budgets; synthetic cases generated with ``seed``."""
+    architecture, small budgets; synthetic cases generated with ``seed``.
+
+    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks (target and
+    sources, e.g. Task07) are generated where ``score`` looks by default (``data``), so the headline
+    ``mlflow run . -e score -P dataset=Task07`` works right after it."""
     names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
     folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
     patch = tuple(int(p) for p in patch_size)
