@@ -32,7 +32,7 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
 from mlflow_ccfv.tracking.registry import load_version, registered_version
-from mlflow_ccfv.tracking.runs import command_run, log_training_curve
+from mlflow_ccfv.tracking.runs import command_run, log_dice_on_score_runs, log_training_curve
 from mlflow_ccfv.training import DiceResult, TrainConfig, evaluate_dice, finetune
 
 __all__ = ["FinetuneOutcome", "finetune_version"]
@@ -150,7 +150,7 @@ def finetune_version(
         )
         seconds = time.perf_counter() - start
         per_class = {f"dice.{ds.labels[k]}": v for k, v in dice.per_class.items() if v == v}
-        mlflow.log_metrics({**per_class, "finetune_dice": dice.mean, "finetune_seconds": seconds})
+        mlflow.log_metrics({**per_class, T.FINETUNE_DICE: dice.mean, "finetune_seconds": seconds})
         with tempfile.TemporaryDirectory() as tmp:
             table = pd.DataFrame(
                 [{"case_id": c, **{ds.labels[k]: v for k, v in d.items()}} for c, d in dice.per_case.items()]
@@ -166,12 +166,13 @@ def finetune_version(
             )
         # The bank version's LoggedModel gets the Dice next to its transferability metrics.
         if loaded.model_id:
-            mlflow.log_metric("finetune_dice", dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
+            mlflow.log_metric(T.FINETUNE_DICE, dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
         run_id = run.info.run_id
     if loaded.name:
         client = mlflow.MlflowClient()
         client.set_model_version_tag(loaded.name, loaded.version, tag, f"{dice.mean:.6f}")
         client.set_model_version_tag(loaded.name, loaded.version, T.finetune_run_tag(name), run_id)
         client.set_model_version_tag(loaded.name, loaded.version, T.finetune_budget_tag(name), digest)
+        log_dice_on_score_runs(loaded.label, name, dice.mean)
     _logger.info("%s fine-tuned on %s: Dice %.4f (%.0f s)", loaded.label, name, dice.mean, seconds)
     return FinetuneOutcome(loaded.label, name, dice, run_id, seconds)

@@ -216,7 +216,7 @@ def score_versions(
         )
         for r in results:
             if r.result is not None and r.result.config is not None:
-                log_version_run(
+                run_id = log_version_run(
                     label=r.label,
                     model_id=r.model_id,
                     target=dataset,
@@ -226,6 +226,9 @@ def score_versions(
                     sampler=r.result.config.to_dict(),
                     metrics=r.metrics,
                 )
+                dice = r.tags.get(T.dice_tag(dataset.name))
+                if dice is not None:  # fine-tuned before: the measured Dice beside the scores
+                    mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
         failed = [r.label for r in results if r.error]
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
