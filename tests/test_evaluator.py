@@ -19,6 +19,7 @@ def test_ccfv_is_a_listed_evaluator():
     assert "ccfv" in mlflow.models.list_evaluators()
 
 
+@pytest.mark.slow
 def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
     root = make_target_folder(tmp_path / "data")

@@ -38,7 +38,13 @@ def test_ccfv_is_installed_and_listed():
 
 
 @pytest.mark.parametrize("kind", ["regressor", "classifier"])
-@pytest.mark.parametrize("config", [None, {"log_model_explainability": False}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(None, marks=pytest.mark.slow, id="no-config"),
+        pytest.param({"log_model_explainability": False}, id="flat-config"),
+    ],
+)
 def test_mlflow_default_evaluation_passes_with_ccfv_installed(tracking_uri, kind, config):
     df = _frame(kind)
     with mlflow.start_run():
