@@ -188,3 +188,15 @@ def test_bank_sorted_by_ccfv_beside_the_dice_and_a_versions_tags(remote_bank, tm
         (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, REPO / "docs" / "img" / "ui_sorted_by_ccfv.png")
         shutil.copy(version_shot, REPO / "docs" / "img" / "ui_version_tags.png")
+
+
+def test_without_chromium_the_browser_test_skips_except_in_ci(monkeypatch):
+    import mlflow_server
+
+    monkeypatch.setattr(mlflow_server, "find_chromium", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium installed.*apt install chromium"):
+        require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser test"):
+        require_chromium()
