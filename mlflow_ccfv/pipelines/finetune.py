@@ -32,6 +32,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.pretrain import load_dataset
 from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
 from mlflow_ccfv.tracking import tags as T
@@ -39,7 +40,13 @@ from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
 from mlflow_ccfv.tracking.registry import load_version, registered_version
 from mlflow_ccfv.tracking.retry import retrying
-from mlflow_ccfv.tracking.runs import command_run, delete_replaced_runs, log_input, log_training_curve
+from mlflow_ccfv.tracking.runs import (
+    command_run,
+    delete_replaced_runs,
+    log_dice_on_score_runs,
+    log_input,
+    log_training_curve,
+)
 from mlflow_ccfv.training import DiceResult, TrainConfig, TrainingCheckpoint, evaluate_dice, finetune
 
 __all__ = ["FinetuneOutcome", "finetune_version"]
@@ -72,6 +79,7 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    device: str | None = None,
     checkpoint_every: int = 50,
     checkpoint_dir: str | Path | None = None,
     allow_pickle: bool | None = None,
@@ -80,9 +88,9 @@ def finetune_version(
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned). Every ``checkpoint_every`` steps (0: never) the
-    training state is saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a
-    kill resumes from it.
+    fine-tuned again (its tagged Dice is returned). ``device``: where to fine-tune and evaluate (default
+    CUDA when available, else CPU). Every ``checkpoint_every`` steps (0: never) the training state is
+    saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a kill resumes from it.
     """
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
@@ -97,6 +105,7 @@ def finetune_version(
         return FinetuneOutcome(
             label, name, DiceResult({}, float(tags[tag])), tags.get(T.finetune_run_tag(name)), 0.0, reused=True
         )
+    run_on = resolve_device(device)
     loaded = load_version(mv if mv is not None else model_uri, allow_pickle=allow_pickle)
     if loaded.spec is None:
         raise RegistryError(
@@ -134,6 +143,7 @@ def finetune_version(
             config,
             progress=progress,
             desc=f"finetune {loaded.label}",
+            device=run_on,
             checkpoint=checkpoint,
         )
         if result.resumed_from:
@@ -151,6 +161,7 @@ def finetune_version(
                 "n_test": len(test),
                 "eval.overlap": overlap,
                 "budget": digest,
+                "device": str(run_on),
                 "n_reinitialised": len(result.reinitialised),
                 "reinitialised": ",".join(result.reinitialised)[:6000],
                 **T.prefixed_params("train", config.to_dict()),
@@ -165,10 +176,11 @@ def finetune_version(
             overlap=overlap,
             progress=progress,
             desc=f"evaluate {loaded.label}",
+            device=run_on,
         )
         seconds = time.perf_counter() - start
         per_class = {f"dice.{ds.labels[k]}": v for k, v in dice.per_class.items() if v == v}
-        mlflow.log_metrics({**per_class, "finetune_dice": dice.mean, "finetune_seconds": seconds})
+        mlflow.log_metrics({**per_class, T.FINETUNE_DICE: dice.mean, "finetune_seconds": seconds})
         with tempfile.TemporaryDirectory() as tmp:
             table = pd.DataFrame(
                 [{"case_id": c, **{ds.labels[k]: v for k, v in d.items()}} for c, d in dice.per_case.items()]
@@ -184,7 +196,7 @@ def finetune_version(
             )
         # The bank version's LoggedModel gets the Dice next to its transferability metrics.
         if loaded.model_id:
-            mlflow.log_metric("finetune_dice", dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
+            mlflow.log_metric(T.FINETUNE_DICE, dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
         run_id = run.info.run_id
     if loaded.name:
         client = mlflow.MlflowClient()
@@ -194,6 +206,7 @@ def finetune_version(
             (T.finetune_budget_tag(name), digest),
         ):
             retrying(client.set_model_version_tag, loaded.name, loaded.version, key_, value, what=f"tag {key_}")
+        log_dice_on_score_runs(loaded.label, name, dice.mean)
     delete_replaced_runs(key, keep=run_id)  # a killed or earlier run of this model and budget
     if checkpoint is not None:
         checkpoint.remove()

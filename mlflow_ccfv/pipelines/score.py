@@ -27,6 +27,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.features import SamplerConfig
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
@@ -58,6 +59,8 @@ def score_loaded(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | None = None,
+    amp: bool = False,
 ) -> ModelScores:
     """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
     patch = loaded.tags.get(T.PATCH_SIZE)
@@ -73,6 +76,8 @@ def score_loaded(
         force=force,
         cache_dir=cache_dir,
         cases=cases,
+        device=device,
+        amp=amp,
     )
 
 
@@ -113,14 +118,26 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, allow_pickle) -> VersionResult:
+def _score_one(
+    item, target, methods, sampler_config, force, cache_dir, cases, device, amp, allow_pickle
+) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
     name, version = (None, None) if isinstance(item, str) else (item.name, str(item.version))
     loaded = None
     try:
         loaded = load_version(item, allow_pickle=allow_pickle)
-        result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
+        result = score_loaded(
+            loaded,
+            target,
+            methods,
+            sampler_config,
+            force=force,
+            cache_dir=cache_dir,
+            cases=cases,
+            device=device,
+            amp=amp,
+        )
         return VersionResult(
             loaded.label,
             loaded.name,
@@ -183,6 +200,8 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    amp: bool = False,
     allow_pickle: bool | None = None,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
@@ -195,16 +214,21 @@ def score_versions(
     the registry scored on this dataset with the same sampler settings (:func:`rerank`), not only
     over ``versions_or_uris``. Returns the ranked table; failed versions are rows with ``error`` set
     (and their stale tags removed); ``mlflow.pytorch`` versions are skipped (``skipped`` true) unless
-    ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in.
+    ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in. ``device`` (default CUDA when available,
+    else CPU) and ``amp`` (mixed-precision inference, an opt-in) say how the networks run; see
+    :func:`mlflow_ccfv.scoring.score_model`.
     """
     methods = parse_methods(methods)
+    run_on = resolve_device(device)  # checked before any work
     items = list(versions_or_uris)
     if not items:
         raise ValueError("No model versions to score.")
     cases = CaseCache(target=dataset)
     results = []
     for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, allow_pickle)
+        result = _score_one(
+            item, dataset, methods, sampler_config, force, cache_dir, cases, str(run_on), amp, allow_pickle
+        )
         status = (
             "SKIPPED (pickled model, no opt-in)"
             if result.skipped
@@ -239,11 +263,13 @@ def score_versions(
                 "ccfv.n_versions": len(items),
                 "ccfv.force": force,
                 "ccfv.sampler_settings": settings,
+                "ccfv.device": str(run_on),
+                "ccfv.amp": amp,
             }
         )
         for r in results:
             if r.result is not None and r.result.config is not None:
-                log_version_run(
+                run_id = log_version_run(
                     label=r.label,
                     model_id=r.model_id,
                     target=dataset,
@@ -254,6 +280,9 @@ def score_versions(
                     metrics=r.metrics,
                     settings=settings,
                 )
+                dice = r.tags.get(T.dice_tag(dataset.name))
+                if dice is not None:  # fine-tuned before: the measured Dice beside the scores
+                    mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
         failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
@@ -293,11 +322,16 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    device: str | None = None,
+    amp=False,
     allow_pickle: bool | None = None,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
-    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
+    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
+    ``device``/``amp``: see :func:`score_versions`."""
     method_list = parse_methods(methods)  # validate before any work
+    use_amp = parse_bool(amp, "amp")
+    run_on = str(resolve_device(device or None))
     overrides: dict[str, Any] = {}
     if roi_size:
         overrides["roi_size"] = parse_ints(roi_size, "roi_size")
@@ -331,5 +365,7 @@ def score_from_options(
         overrides or None,
         force=parse_bool(force, "force"),
         cache_dir=cache_dir or None,
+        device=run_on,
+        amp=use_amp,
         allow_pickle=allow_pickle,
     )

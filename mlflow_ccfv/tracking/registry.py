@@ -65,6 +65,7 @@ VERSION_TAGS = (
 _MODEL_ID_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 #: ``1``/``true``/``yes``/``on``: load ``mlflow.pytorch`` (pickled) models without ``--allow-pickle``.
 ALLOW_PICKLE_ENV = "MLFLOW_CCFV_ALLOW_PICKLE"
+PICKLE_ENV = ALLOW_PICKLE_ENV  # the name the evaluator imports
 #: Page size of registry searches (every page is read: no silent truncation).
 _PAGE = 200
 
@@ -746,6 +747,7 @@ __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
     "LoadedModel",
+    "PICKLE_ENV",
     "RegistryError",
     "VERSION_TAGS",
     "bank_versions",
@@ -753,6 +755,7 @@ __all__ = [
     "get_version",
     "load_version",
     "logged_model_id",
+    "pickle_allowed",
     "register_logged_model",
     "register_network",
     "resolve_versions",
@@ -761,7 +764,6 @@ __all__ = [
     "PickleRefusedError",
     "Ranking",
     "clear_version_scores",
-    "pickle_allowed",
     "pickle_refusal",
     "rerank",
     "spec_of_module",

@@ -14,7 +14,8 @@ Registry (model version) tags:
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
-``finetune_dice``; the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
+``finetune_dice`` (on the fine-tune run, the version's LoggedModel and the version's score runs of
+that dataset, so one Runs-tab row shows a model's scores beside its measured Dice); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccfv.process`` (the
 ``host:pid:start`` of the process that owns a run or a PENDING LoggedModel) and ``ccfv.run_key`` (one
 per-version run per key).
@@ -47,6 +48,7 @@ __all__ = [
     "RUN_KEY",
     "RUN_MODEL",
     "RUN_STAGE",
+    "FINETUNE_DICE",
     "SOURCE_DATASET",
     "best_alias",
     "dataset_score_keys",
@@ -94,6 +96,9 @@ RUN_BANK = BANK
 PROCESS = "ccfv.process"
 #: One per-version scoring run (or fine-tuning run) per key: a rerun replaces the runs of its key.
 RUN_KEY = "ccfv.run_key"
+
+#: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
+FINETUNE_DICE = "finetune_dice"
 
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"
