@@ -20,6 +20,7 @@ def cli_env(tracking_uri: str, cache: Path, experiment: str | None = None) -> di
         "MLFLOW_CCFV_CACHE": str(cache),
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # tiny networks; and CPU training is bit-reproducible (resume == uninterrupted)
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }

@@ -116,7 +116,9 @@ def test_finetune_killed_during_training_resumes_from_its_checkpoint(tracking_ur
     b = register_network(spec, state, "ft-b", "none", bank="ft")  # the same network under another name
     config = TrainConfig(steps=16, batch_size=2, patch_size=(24, 24, 24), seed=0)
     cache = tmp_path / "cache"
-    finetune_version("models:/ft-a/1", "Task09", config, data_root=data, checkpoint_dir=cache / "a", progress=False)
+    finetune_version(
+        "models:/ft-a/1", "Task09", config, data_root=data, checkpoint_dir=cache / "a", progress=False, device="cpu"
+    )
 
     env = cli_env(tracking_uri, cache)
     args = ["finetune", "--model", "models:/ft-b/1", "--dataset", "Task09", "--data-root", str(data)]

@@ -152,20 +152,21 @@ def test_resuming_from_a_checkpoint_continues_the_same_training(tmp_path):
     state = seeded_network_state(spec)
     cfg = TrainConfig(steps=6, patch_size=(24, 24, 24), seed=3)
     cases = blob_cases(2, seed=5)
-    whole, _ = finetune(spec, state, cases, 2, cfg, progress=False)
+    cpu = {"progress": False, "device": "cpu"}  # bit-reproducible training
+    whole, _ = finetune(spec, state, cases, 2, cfg, **cpu)
     # Checkpoints at steps 2 and 4 (none at the end): the file left is what a kill after step 4 leaves.
     ckpt = TrainingCheckpoint(tmp_path / "ft.pt", every=2, fingerprint="model/budget")
-    first, _ = finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=ckpt)
+    first, _ = finetune(spec, state, cases, 2, cfg, checkpoint=ckpt, **cpu)
     assert first.resumed_from == 0 and first.losses == whole.losses and ckpt.path.is_file()
-    resumed, _ = finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=ckpt)
+    resumed, _ = finetune(spec, state, cases, 2, cfg, checkpoint=ckpt, **cpu)
     assert resumed.resumed_from == 4 and resumed.losses == whole.losses
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
     # A checkpoint of another run (other fingerprint) or a torn file is ignored: training starts over.
     other = TrainingCheckpoint(ckpt.path, every=2, fingerprint="other")
-    assert finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=other)[0].resumed_from == 0
+    assert finetune(spec, state, cases, 2, cfg, checkpoint=other, **cpu)[0].resumed_from == 0
     ckpt.path.write_bytes(b"torn")
-    assert finetune(spec, state, cases, 2, cfg, progress=False, checkpoint=ckpt)[0].resumed_from == 0
+    assert finetune(spec, state, cases, 2, cfg, checkpoint=ckpt, **cpu)[0].resumed_from == 0
     with pytest.raises(ValueError, match="at least 1"):
         TrainingCheckpoint(ckpt.path, every=0)
 
