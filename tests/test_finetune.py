@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -117,3 +118,66 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     assert (tmp_path / "report" / "table1.md").is_file() and (tmp_path / "report" / "scatter_Task02.png").is_file()
     runs = mlflow.search_runs(filter_string="tags.`ccfv.stage` = 'report'")
     assert len(runs) == 1 and "metrics.Task02.ccfv.weighted_tau" in runs.columns
+
+
+@pytest.mark.slow
+def test_multi_seed_finetune_tags_mean_and_sd_and_resumes_per_seed(tracking_uri, tmp_path, one_torch_thread):
+    """Seeds 0,1,2: a parent run with the per-case, per-seed table; the version tags hold the mean and
+    sd; a seed measured before (here by a single-seed run) is read back, not trained again."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.tracking.runs import run_csv
+
+    mlflow.set_experiment("test-seeds")
+    target = write_blob_task(tmp_path, "Task02_Dim", 5, seed=2, bright=80)
+    mv = register_control("UNet", 1, 2, (24, 24, 24), bank="s")
+    uri = f"models:/{mv.name}/{mv.version}"
+    ft = TrainConfig(steps=4, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
+    single = finetune_version(uri, target, ft, progress=False, log_finetuned_model=False)
+    assert single.run_id and math.isnan(single.dice_sd)
+
+    def n_finetune_runs() -> int:
+        return len(mlflow.search_runs(search_all_experiments=True, filter_string="tags.`ccfv.stage` = 'finetune'"))
+
+    before = n_finetune_runs()
+    result = CliRunner().invoke(
+        main,
+        [
+            "finetune",
+            "--model",
+            uri,
+            "--dataset",
+            str(target),
+            "--steps",
+            "4",
+            "--patch-size",
+            "24,24,24",
+            "--learning-rate",
+            "0.01",
+            "--seeds",
+            "0,1,2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "over seeds" in result.output
+    assert n_finetune_runs() == before + 3  # the parent and seeds 1, 2; seed 0 was read back
+    v = mlflow.MlflowClient().get_model_version(mv.name, mv.version)
+    tags = v.tags
+    assert tags["finetune.seeds.Task02"] == "0,1,2"
+    parent = mlflow.get_run(tags["finetune.run.Task02"])
+    seed_dice = [parent.data.metrics[f"finetune_dice.seed{s}"] for s in (0, 1, 2)]
+    assert seed_dice[0] == pytest.approx(single.dice.mean)
+    assert float(tags["finetune.dice.Task02"]) == pytest.approx(np.mean(seed_dice), abs=1e-6)
+    assert float(tags["finetune.dice_sd.Task02"]) == pytest.approx(np.std(seed_dice, ddof=1), abs=1e-6)
+    assert parent.data.metrics["finetune_dice_sd"] == pytest.approx(np.std(seed_dice, ddof=1))
+    table = run_csv(parent.info.run_id, "dice_per_case.csv")
+    assert sorted(table["seed"].unique()) == [0, 1, 2] and set(table.columns) == {"case_id", "seed", "ball"}
+    assert table.groupby("seed")["case_id"].nunique().tolist() == [1, 1, 1]  # 5 cases: 4 train, 1 held out
+    # the same budget again: reused from the tags, no run at all
+    again = finetune_version(uri, target, ft, seeds=(0, 1, 2), progress=False)
+    assert again.reused and n_finetune_runs() == before + 3
+    assert again.dice_sd == pytest.approx(float(tags["finetune.dice_sd.Task02"]))
+    with pytest.raises(ValueError, match="distinct"):
+        finetune_version(uri, target, ft, seeds=(1, 1), progress=False)
