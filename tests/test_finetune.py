@@ -181,3 +181,56 @@ def test_multi_seed_finetune_tags_mean_and_sd_and_resumes_per_seed(tracking_uri,
     assert again.dice_sd == pytest.approx(float(tags["finetune.dice_sd.Task02"]))
     with pytest.raises(ValueError, match="distinct"):
         finetune_version(uri, target, ft, seeds=(1, 1), progress=False)
+
+
+@pytest.mark.slow
+def test_pretrain_curve_registers_an_early_and_a_final_checkpoint_with_source_dice(
+    tracking_uri, tmp_path, one_torch_thread
+):
+    import mlflow
+    from click.testing import CliRunner
+
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
+
+    source = write_blob_task(tmp_path, "Task01_Bright", 5, seed=1, bright=150)
+    config = TrainConfig(steps=6, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
+    with pytest.raises(ValueError, match="multiple of curve_every"):
+        pretrain_checkpoints(source, "UNet", config, bank="c", curve_every=4, early_step=3, progress=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "pretrain",
+            "--dataset",
+            str(source),
+            "--bank",
+            "c",
+            "--steps",
+            "6",
+            "--patch-size",
+            "24,24,24",
+            "--learning-rate",
+            "0.01",
+            "--seed",
+            "0",
+            "--curve-every",
+            "3",
+            "--early-step",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    early, final = pretrain_checkpoints(source, "UNet", config, bank="c", curve_every=3, early_step=3, progress=False)
+    assert early.name == "unet-Task01-early" and final.name == "unet-Task01"
+    assert str(early.version) == "1" and str(final.version) == "1"  # reused, not trained again
+    assert early.tags["pretrain.checkpoint"] == "early" and early.tags["pretrain.steps"] == "3"
+    assert final.tags["pretrain.checkpoint"] == "final" and final.tags["pretrain.steps"] == "6"
+    assert early.tags["pretrain.run_id"] == final.tags["pretrain.run_id"]  # one run, two checkpoints
+    for v in (early, final):
+        assert 0.0 <= float(v.tags["pretrain.source_dice"]) <= 1.0
+    run = mlflow.get_run(final.tags["pretrain.run_id"])
+    assert run.data.params["n_cases"] == "4" and run.data.params["n_held_out"] == "1"  # the 80/20 split
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "source_dice")
+    assert [m.step for m in history] == [3, 6]
+    assert history[0].value == pytest.approx(float(early.tags["pretrain.source_dice"]), abs=1e-6)
+    assert history[1].value == pytest.approx(float(final.tags["pretrain.source_dice"]), abs=1e-6)
