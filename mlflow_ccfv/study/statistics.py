@@ -341,8 +341,14 @@ class NoiseCeiling:
     n_pairs: int
 
 
+def _finite_tau(a: np.ndarray, b: np.ndarray) -> float:
+    keep = np.isfinite(a) & np.isfinite(b)
+    return _tau(a[keep], b[keep])
+
+
 def _seed_pair_tau(per_seed: np.ndarray) -> float:
-    values = [_tau(per_seed[:, i], per_seed[:, j]) for i, j in itertools.combinations(range(per_seed.shape[1]), 2)]
+    pairs = itertools.combinations(range(per_seed.shape[1]), 2)
+    values = [_finite_tau(per_seed[:, i], per_seed[:, j]) for i, j in pairs]
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
@@ -352,9 +358,7 @@ def _split_half_tau(dice: np.ndarray, case_index: np.ndarray, rng: np.random.Gen
     for _ in range(n_splits):
         perm = rng.permutation(case_index)
         half = len(perm) // 2
-        a, b = model_dice(dice, perm[:half]), model_dice(dice, perm[half : 2 * half])
-        keep = np.isfinite(a) & np.isfinite(b)
-        values.append(_tau(a[keep], b[keep]))
+        values.append(_finite_tau(model_dice(dice, perm[:half]), model_dice(dice, perm[half : 2 * half])))
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
