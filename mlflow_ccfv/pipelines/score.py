@@ -146,6 +146,7 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -154,9 +155,10 @@ def score_versions(
     (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
-    set (and no tags).
+    set (and no tags). ``rank_by``: the estimator whose score orders the table, the rank tags and the
+    ``best-<dataset>`` alias (scored even when not in ``methods``).
     """
-    methods = parse_methods(methods)
+    methods = _with_rank_method(parse_methods(methods), rank_by)
     items = list(versions_or_uris)
     if not items:
         raise ValueError("No model versions to score.")
@@ -173,7 +175,7 @@ def score_versions(
         )
         _logger.info("[%d/%d] %s on %s: %s (%.1fs)", i, len(items), result.label, dataset.name, status, result.seconds)
         results.append(result)
-    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
+    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
     if not log:
         return table
     ds = mlflow_dataset(dataset)
@@ -191,6 +193,7 @@ def score_versions(
                 "ccfv.methods": ",".join(methods),
                 "ccfv.n_versions": len(items),
                 "ccfv.force": force,
+                "ccfv.rank_by": rank_by,
             }
         )
         for r in results:
@@ -220,13 +223,26 @@ def score_versions(
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
             (folder / f"{stem}.md").write_text(table_markdown(table, methods))
-            ranking_plot(table, folder / f"{stem}.png")
+            ranking_plot(table, folder / f"{stem}.png", method=rank_by)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
     finally:
         if active is None:
             mlflow.end_run("FAILED" if table["error"].notna().any() else "FINISHED")
     return table
+
+
+def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
+    """``methods`` plus ``rank_by`` (an estimator name, checked here before any work)."""
+    from mlflow_ccfv.estimators import METHODS
+
+    if rank_by not in METHODS:
+        raise ValueError(
+            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} "
+            "(the pre-registered variants ccfv_twin and rank_aggregate are computed by `report`, from every "
+            "version's scores)."
+        )
+    return methods if rank_by in methods else [*methods, rank_by]
 
 
 def score_from_options(
@@ -245,10 +261,11 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
     score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
-    method_list = parse_methods(methods)  # validate before any work
+    method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
     overrides: dict[str, Any] = {}
     if roi_size:
         overrides["roi_size"] = parse_ints(roi_size, "roi_size")
@@ -276,5 +293,11 @@ def score_from_options(
         target.digest,
     )
     return score_versions(
-        versions, target, method_list, overrides or None, force=parse_bool(force, "force"), cache_dir=cache_dir or None
+        versions,
+        target,
+        method_list,
+        overrides or None,
+        force=parse_bool(force, "force"),
+        cache_dir=cache_dir or None,
+        rank_by=rank_by,
     )
