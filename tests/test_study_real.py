@@ -66,7 +66,13 @@ def test_study_on_real_folders_resumes_per_seed(real_data, tracking_uri, tmp_pat
     assert ev is not None and set(ev.noise["kind"]) == {"seeds"}
     source = result.report.source_dice.set_index("model")
     assert {"unet-Task91/1", "unet-Task91-early/1", "unet-Task90/1"} <= set(source.index)
-    for name in ("evidence.md", "source_dice.md", "dice_vs_ccfv_Task90.png", "noise_ceiling.csv"):
+    for name in (
+        "evidence.md",
+        "source_dice.md",
+        "dice_vs_ccfv_Task90.png",
+        "noise_ceiling.csv",
+        "pretraining_curves.png",
+    ):
         assert (tmp_path / "report" / name).is_file(), name
     with pytest.raises(ValueError, match="random-init twin"):
         check_twins([final], [])

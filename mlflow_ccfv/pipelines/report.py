@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.report import Report, write_report
@@ -29,7 +30,7 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, bank_versions, get_version
 from mlflow_ccfv.tracking.runs import command_run, run_csv
 
-__all__ = ["dice_tables", "report_bank", "report_metrics", "scores_from_tags"]
+__all__ = ["dice_tables", "pretraining_curves", "report_bank", "report_metrics", "scores_from_tags"]
 
 #: The fine-tune runs' artifact with the per-case, per-seed Dice (see ``pipelines.finetune``).
 DICE_TABLE = "dice_per_case.csv"
@@ -55,6 +56,35 @@ def dice_tables(frame) -> dict[tuple[str, str], object]:
         except Exception as exc:  # an old or deleted run: the report still runs, without that table
             _logger.warning("no Dice table for %s on %s (run %s): %s", row.model, row.dataset, run_id, exc)
     return out
+
+
+def pretraining_curves(versions: Sequence) -> pd.DataFrame:
+    """The ``source_dice`` history of every pre-training run of ``versions`` (tag ``pretrain.run_id``):
+    ``model``, ``architecture``, ``source_dataset``, ``step``, ``source_dice`` (one run counted once)."""
+    rows, seen = [], set()
+    client = mlflow.MlflowClient()
+    for v in versions:
+        tags = dict(v.tags or {})
+        run_id = tags.get(T.pretrain_tag("run_id"))
+        if not run_id or run_id in seen:
+            continue
+        seen.add(run_id)
+        try:
+            history = client.get_metric_history(run_id, T.SOURCE_DICE_METRIC)
+        except Exception as exc:  # a deleted run: no curve for it
+            _logger.warning("no pre-training curve for %s/%s: %s", v.name, v.version, exc)
+            continue
+        for m in history:
+            rows.append(
+                {
+                    "model": f"{v.name}/{v.version}",
+                    "architecture": tags.get(T.ARCHITECTURE, ""),
+                    "source_dataset": tags.get(T.SOURCE_DATASET, ""),
+                    "step": int(m.step),
+                    "source_dice": float(m.value),
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "architecture", "source_dataset", "step", "source_dice"])
 
 
 def report_bank(
@@ -84,7 +114,14 @@ def report_bank(
         raise ValueError(f"No scored and fine-tuned versions for dataset(s) {', '.join(missing)}.")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir else Path(tmp)
-        report = write_report(frame, folder, dice_tables(frame), rank_by=rank_by, n_resamples=n_resamples)
+        report = write_report(
+            frame,
+            folder,
+            dice_tables(frame),
+            rank_by=rank_by,
+            n_resamples=n_resamples,
+            curves=pretraining_curves(versions),
+        )
         if log_to_mlflow:
             with command_run(f"report {bank}"):
                 mlflow.set_tags({T.RUN_STAGE: "report", T.RUN_BANK: bank})

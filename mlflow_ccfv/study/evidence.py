@@ -45,6 +45,7 @@ __all__ = [
     "dice_score_plot",
     "evidence",
     "evidence_table",
+    "pretraining_curve_plot",
     "source_dice_table",
 ]
 
@@ -240,6 +241,31 @@ def dice_score_plot(frame: pd.DataFrame, dataset: str, method: str, path: str | 
     ax.set_ylabel("fine-tune Dice (mean ± sd over seeds)")
     ax.set_title(f"{dataset}: fine-tune Dice against {label or method}")
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def pretraining_curve_plot(curves: pd.DataFrame, path: str | Path) -> Path:
+    """The source Dice against the pre-training step (``curves``: ``architecture``, ``source_dataset``,
+    ``step``, ``source_dice``), one panel per architecture, one line per source. Saved as PNG."""
+    from matplotlib.figure import Figure  # no pyplot: the global backend stays the caller's
+
+    if curves.empty:
+        raise ValueError("No pre-training curve to plot: pre-train with curve_every > 0.")
+    archs = sorted(curves["architecture"].unique())
+    fig = Figure(figsize=(5 * len(archs), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(archs), sharey=True))
+    for ax, arch in zip(axes, archs):
+        for source, g in curves[curves["architecture"] == arch].groupby("source_dataset", sort=True):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["source_dice"], marker="o", label=str(source))
+        ax.set_title(f"{arch}: Dice on the source's held-out cases")
+        ax.set_xlabel("pre-training step")
+        ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel("source Dice")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,14 @@ import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.correlation import pearson, weighted_tau
-from mlflow_ccfv.study.evidence import Evidence, dice_score_plot, evidence, evidence_table, source_dice_table
+from mlflow_ccfv.study.evidence import (
+    Evidence,
+    dice_score_plot,
+    evidence,
+    evidence_table,
+    pretraining_curve_plot,
+    source_dice_table,
+)
 from mlflow_ccfv.study.variants import VARIANTS, add_variants
 
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
@@ -412,6 +419,7 @@ def write_report(
     rank_by: str = "ccfv",
     n_resamples: int = 1000,
     n_permutations: int = 1999,
+    curves: pd.DataFrame | None = None,
 ) -> Report:
     """Compute the correlations and write ``correlations.csv``, ``table1.{md,csv}``, ``table2.{md,csv}``,
     ``regret.{md,csv}``, ``discrimination.{md,csv}``, ``scores.csv``, ``report.md`` and
@@ -422,7 +430,9 @@ def write_report(
     The evidence (:mod:`mlflow_ccfv.study.evidence`; ``dice_tables``: ``(dataset, model)`` -> the
     per-case, per-seed Dice table) goes to ``evidence.{md,csv}`` (figures with 95% intervals),
     ``noise_ceiling.csv``, ``permutation.csv``, ``variants.csv`` (variant minus ``ccfv``), and per
-    target ``dice_vs_<rank_by>_<dataset>.png``; every bank model's source Dice to ``source_dice.{md,csv}``.
+    target ``dice_vs_<rank_by>_<dataset>.png``; every bank model's source Dice to ``source_dice.{md,csv}``;
+    ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
+    curves) to ``pretraining_curves.{csv,png}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -458,6 +468,9 @@ def write_report(
     ev.pvalues.to_csv(files.setdefault("permutation.csv", out / "permutation.csv"), index=False)
     ev.differences.to_csv(files.setdefault("variants.csv", out / "variants.csv"), index=False)
     files.setdefault("report.md", out / "report.md").write_text(report.markdown())
+    if curves is not None and not curves.empty:
+        curves.to_csv(files.setdefault("pretraining_curves.csv", out / "pretraining_curves.csv"), index=False)
+        files["pretraining_curves.png"] = pretraining_curve_plot(curves, out / "pretraining_curves.png")
     for dataset in sorted(frame["dataset"].unique()):
         files[f"scatter_{dataset}.png"] = scatter_plot(frame, corr, dataset, out / f"scatter_{dataset}.png")
         if ((frame["dataset"] == dataset) & (frame["method"] == rank_by)).any():
