@@ -187,7 +187,7 @@ def _run_study(
     if len(in_channels) != 1:
         raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
     n_in = in_channels.pop()
-    units = _Progress("pre-training", len(config.sources) * len(config.architectures))
+    units = _Progress("pre-training", len(config.sources) * len(config.architectures), unit="(source, architecture)")
     for source in config.sources:
         source_ds = MSDDataset.load(source.path)
         early = config.early_step if short_name(source_ds) in config.early_sources else None
@@ -309,14 +309,13 @@ class _Progress:
             else ("done" if not left else "time left unknown until a unit is measured")
         )
         _logger.info(
-            "%s [%d/%d %s]: %s, %s (%s); %s",
+            "%s [%d/%d %s]: %s, %s; %s",
             self.what,
             self.done,
             self.total,
             self.unit,
             label,
             "reused" if reused else f"{seconds:.0f} s",
-            f"{count} unit(s)",
             eta,
         )
 
