@@ -3,7 +3,7 @@
 ``finetune_version``: all pre-trained parameters but the last convolution, nothing frozen, Dice on the
 held-out 20%, repeated for each fine-tuning seed (``seeds``, default the config's one seed), recorded as
 
-- a run per seed ``finetune <model> on <dataset> (seed <s>)``: params (model, dataset, digest of that
+- a run per seed ``finetune <model> on <dataset> (seed <s>)`` (with one seed: ``finetune <model> on <dataset>``): params (model, dataset, digest of that
   seed's budget, split), the target's training manifest as input, metrics ``train_loss`` (per step),
   ``dice.<class>`` and ``finetune_dice``, artifacts ``training_curve.png`` and ``dice_per_case.csv``
   (``case_id``, ``seed``, one column per foreground class), and the fine-tuned network as a
@@ -287,7 +287,8 @@ def _finetune_seed(
     num_classes = len(ds.labels)
     start = time.perf_counter()
     labels = ds.labels
-    with command_run(f"finetune {loaded.label} on {name} (seed {config.seed})") as run:
+    suffix = "" if link_version else f" (seed {config.seed})"  # one seed: the fine-tuning's only run
+    with command_run(f"finetune {loaded.label} on {name}{suffix}") as run:
         mlflow.log_input(mlflow_ds, context="finetune")
         mlflow.log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")
         mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
