@@ -378,6 +378,8 @@ def noise_ceiling(
     halves of the held-out cases, averaged over ``n_splits`` splits (needs 2 or more cases). The
     interval resamples the held-out cases (``scipy.stats.bootstrap``, percentile). A single replicate
     is noisier than the seed mean the estimators are compared with, so this ceiling is conservative.
+    (In the split-half case a bootstrap resample may put copies of one case in both halves, which
+    widens the interval upwards; prefer 2 or more seeds.)
     """
     dice = _check_table(dice)
     _, n_seeds, n_cases, _ = dice.shape
