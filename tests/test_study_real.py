@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_ccfv.pipelines.study import check_twins, run_transfer_study, study_config
+from mlflow_ccfv.pipelines.study import check_twins, evidence_summary, run_transfer_study, study_config
 
 
 def brats_task(real: Path, root: Path, name: str, cases: range) -> Path:
@@ -74,6 +74,8 @@ def test_study_on_real_folders_resumes_per_seed(real_data, tracking_uri, tmp_pat
         "pretraining_curves.png",
     ):
         assert (tmp_path / "report" / name).is_file(), name
+    summary = evidence_summary(result)
+    assert "noise ceiling" in summary and "| Task90 | CC-FV |" in summary and "| avg | CC-FV |" in summary
     with pytest.raises(ValueError, match="random-init twin"):
         check_twins([final], [])
 

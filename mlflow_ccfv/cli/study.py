@@ -72,7 +72,7 @@ from mlflow_ccfv.options import split_list
 def study(**options) -> None:
     """Pre-train every source per architecture, then per target: score the bank, fine-tune it, report."""
     from mlflow_ccfv.options import parse_ints
-    from mlflow_ccfv.pipelines.study import print_summary, run_cli_workflow, study_config
+    from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
@@ -96,3 +96,4 @@ def study(**options) -> None:
     with exit_on_input_error("study"):
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
     click.echo(print_summary(result))
+    click.echo(evidence_summary(result))

@@ -54,6 +54,7 @@ __all__ = [
     "demo_config",
     "demo_table",
     "check_twins",
+    "evidence_summary",
     "ensure_synthetic",
     "run_transfer_study",
     "study_config",
@@ -534,3 +535,31 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
             "  and the alias best-<dataset> on the top-ranked model."
         )
     return "\n".join(lines)
+
+
+def evidence_summary(
+    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, "ccfv_twin", "rank_aggregate")
+) -> str:
+    """Per target and for the average: the noise ceiling beside every method's weighted tau, top-1
+    regret and selection value with their 95% intervals (the ``study`` command prints it)."""
+    from mlflow_ccfv.study.evidence import evidence_table
+    from mlflow_ccfv.study.report import METHOD_LABELS
+
+    ev = result.report.evidence
+    if ev is None:
+        return ""
+    table = evidence_table(ev, methods, METHOD_LABELS)
+    columns = [
+        "dataset",
+        "method",
+        "noise_ceiling",
+        "weighted_tau",
+        "top1_regret",
+        "top1_dice",
+        "random_dice",
+        "best_dice",
+    ]
+    return (
+        "\n## The evidence (bootstrap 95% intervals; the noise ceiling bounds what any estimator can reach)\n\n"
+        + to_markdown(table[columns])
+    )
