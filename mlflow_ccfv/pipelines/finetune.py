@@ -42,12 +42,13 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.pretrain import load_dataset
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
 from mlflow_ccfv.tracking.registry import LoadedModel, load_version, registered_version
-from mlflow_ccfv.tracking.runs import command_run, finished_run, log_training_curve, run_csv
+from mlflow_ccfv.tracking.runs import command_run, finished_run, log_dice_on_score_runs, log_training_curve, run_csv
 from mlflow_ccfv.training import DiceResult, TrainConfig, evaluate_dice, finetune
 
 __all__ = ["DICE_TABLE", "FinetuneOutcome", "budget_digest", "finetune_version"]
@@ -110,6 +111,7 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    device: str | None = None,
     seeds: Sequence[int] | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split,
@@ -118,7 +120,8 @@ def finetune_version(
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget (seeds
     included) is not fine-tuned again (its tagged Dice is returned), and a seed already measured by a
-    finished run with the same per-seed budget is read back from that run.
+    finished run with the same per-seed budget is read back from that run. ``device``: where to
+    fine-tune and evaluate (default CUDA when available, else CPU).
     """
     seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
     if not seeds or len(set(seeds)) != len(seeds):
@@ -142,6 +145,7 @@ def finetune_version(
             reused=True,
             dice_sd=float(tags.get(T.dice_sd_tag(name), "nan")),
         )
+    run_on = resolve_device(device)
     loaded = load_version(mv if mv is not None else model_uri)
     if loaded.spec is None:
         raise RegistryError(
@@ -171,7 +175,7 @@ def finetune_version(
             table = run_csv(done, DICE_TABLE)
             if "seed" not in table.columns:
                 table.insert(1, "seed", seed)
-            value = float(mlflow.MlflowClient().get_run(done).data.metrics["finetune_dice"])
+            value = float(mlflow.MlflowClient().get_run(done).data.metrics[T.FINETUNE_DICE])
             _logger.info(
                 "%s on %s, seed %d: Dice %.4f measured by run %s (reused)", loaded.label, name, seed, value, done
             )
@@ -192,6 +196,7 @@ def finetune_version(
             log_finetuned_model=log_finetuned_model,
             link_version=len(seeds) == 1,
             progress=progress,
+            device=run_on,
         )
         results[seed] = (dice.mean, _dice_table(dice, seed, labels), dice, seed_run)
 
@@ -217,7 +222,7 @@ def finetune_version(
             values = [results[s][0] for s in seeds]
             mlflow.log_metrics(
                 {
-                    "finetune_dice": float(np.mean(values)),
+                    T.FINETUNE_DICE: float(np.mean(values)),
                     **({"finetune_dice_sd": _sd(values)} if len(values) >= 2 else {}),
                     **{T.seed_dice_metric(s): results[s][0] for s in seeds},
                 }
@@ -226,7 +231,7 @@ def finetune_version(
                 pd.concat([results[s][1] for s in seeds], ignore_index=True).to_csv(Path(tmp) / DICE_TABLE, index=False)
                 mlflow.log_artifact(str(Path(tmp) / DICE_TABLE))
             if loaded.model_id:  # the bank version's LoggedModel: the mean, next to its transferability metrics
-                mlflow.log_metric("finetune_dice", float(np.mean(values)), model_id=loaded.model_id, dataset=mlflow_ds)
+                mlflow.log_metric(T.FINETUNE_DICE, float(np.mean(values)), model_id=loaded.model_id, dataset=mlflow_ds)
             run_id = parent.info.run_id
     seconds = time.perf_counter() - start
     values = [results[s][0] for s in seeds]
@@ -243,6 +248,7 @@ def finetune_version(
             version_tags[T.dice_sd_tag(name)] = f"{sd:.6f}"
         for key, value in version_tags.items():
             client.set_model_version_tag(loaded.name, loaded.version, key, value)
+        log_dice_on_score_runs(loaded.label, name, mean)
     first = results[seeds[0]][2]
     dice = DiceResult(first.per_class if first else {}, mean, first.per_case if first else {})
     _logger.info(
@@ -280,6 +286,7 @@ def _finetune_seed(
     log_finetuned_model: bool,
     link_version: bool,
     progress: bool,
+    device,
 ) -> tuple[DiceResult, str]:
     """One seed's fine-tuning and evaluation in its own run (nested in the active one, if any);
     returns the Dice and the run id. ``link_version``: log the Dice on the version's LoggedModel."""
@@ -296,7 +303,14 @@ def _finetune_seed(
         if loaded.spec is None:  # checked by the caller; keeps the type checker informed
             raise RegistryError(f"{loaded.label} has no network specification.")
         result, new_spec = finetune(
-            loaded.spec, state, train, num_classes, config, progress=progress, desc=f"finetune {loaded.label}"
+            loaded.spec,
+            state,
+            train,
+            num_classes,
+            config,
+            progress=progress,
+            desc=f"finetune {loaded.label}",
+            device=device,
         )
         mlflow.log_params(
             {
@@ -311,6 +325,7 @@ def _finetune_seed(
                 "n_test": len(test),
                 "eval.overlap": overlap,
                 "budget": digest,
+                "device": str(device),
                 "n_reinitialised": len(result.reinitialised),
                 "reinitialised": ",".join(result.reinitialised)[:6000],
                 **T.prefixed_params("train", config.to_dict()),
@@ -325,10 +340,11 @@ def _finetune_seed(
             overlap=overlap,
             progress=progress,
             desc=f"evaluate {loaded.label}",
+            device=device,
         )
         seconds = time.perf_counter() - start
         per_class = {f"dice.{labels[k]}": v for k, v in dice.per_class.items() if v == v}
-        mlflow.log_metrics({**per_class, "finetune_dice": dice.mean, "finetune_seconds": seconds})
+        mlflow.log_metrics({**per_class, T.FINETUNE_DICE: dice.mean, "finetune_seconds": seconds})
         with tempfile.TemporaryDirectory() as tmp:
             _dice_table(dice, config.seed, labels).to_csv(Path(tmp) / DICE_TABLE, index=False)
             mlflow.log_artifact(str(Path(tmp) / DICE_TABLE))
@@ -342,6 +358,6 @@ def _finetune_seed(
         # The bank version's LoggedModel gets the Dice next to its transferability metrics
         # (a multi-seed fine-tuning logs the mean there instead).
         if link_version and loaded.model_id:
-            mlflow.log_metric("finetune_dice", dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
+            mlflow.log_metric(T.FINETUNE_DICE, dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
     _logger.info("%s on %s, seed %d: Dice %.4f (%.0f s)", loaded.label, name, config.seed, dice.mean, seconds)
     return dice, run.info.run_id

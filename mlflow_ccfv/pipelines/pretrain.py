@@ -17,7 +17,6 @@ so a bank spans model quality the way a real model zoo does.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
-from mlflow_ccfv.networks import small_spec
+from mlflow_ccfv.networks import resolve_device, small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, find_version, register_network
@@ -84,12 +83,14 @@ def pretrain_and_register(
     reuse: bool = True,
     progress: bool = True,
     source_holdout: bool = True,
+    device: str | None = None,
 ) -> ModelVersion:
     """Pre-train ``architecture`` (a CPU-sized :func:`small_spec`) on ``source`` and register it in
     ``bank``. ``channels`` selects input channels (e.g. ``[0]``: BRATS's FLAIR only, to match 1-channel
     CT targets). ``source_holdout``: train on the source's 80% split and tag the Dice on its 20%
     (``pretrain.source_dice``); else train on every case. With ``reuse``, an existing version of the
-    same name, source, bank and budget is returned instead of training again. Returns the ``ModelVersion``.
+    same name, source, bank and budget is returned instead of training again (whatever device trained
+    it). ``device``: where to train (default CUDA when available, else CPU). Returns the ``ModelVersion``.
     """
     return pretrain_checkpoints(
         source,
@@ -103,13 +104,18 @@ def pretrain_and_register(
         reuse=reuse,
         progress=progress,
         source_holdout=source_holdout,
+        device=device,
     )[-1]
 
 
-def _source_dice(model, cases: list[PreprocessedCase], num_classes: int, config: TrainConfig, progress: bool) -> float:
+def _source_dice(
+    model, cases: list[PreprocessedCase], num_classes: int, config: TrainConfig, progress: bool, device=None
+) -> float:
     """Dice on the source's held-out cases; NaN (with a warning) when none of them has a foreground class."""
     try:
-        return evaluate_dice(model, cases, num_classes, config.patch_size, progress=progress, desc="source Dice").mean
+        return evaluate_dice(
+            model, cases, num_classes, config.patch_size, progress=progress, desc="source Dice", device=device
+        ).mean
     except ValueError as exc:
         _logger.warning("source Dice not measured: %s", exc)
         return float("nan")
@@ -130,6 +136,7 @@ def pretrain_checkpoints(
     source_holdout: bool = True,
     curve_every: int = 0,
     early_step: int | None = None,
+    device: str | None = None,
 ) -> list[ModelVersion]:
     """:func:`pretrain_and_register` with a pre-training curve: the source Dice every ``curve_every``
     steps (run metric ``source_dice`` at that step; needs ``source_holdout``) and, with ``early_step``
@@ -163,6 +170,7 @@ def pretrain_checkpoints(
         if early_step is None or early is not None:
             _logger.info("reusing %s/%s (pre-trained on %s, same budget)", name, existing.version, src)
             return [v for v in (early, existing) if v is not None]
+    run_on = resolve_device(device)
     if source_holdout:
         split = ds.split(seed=0)
         train = _select_channels(list(ds.iter_cases(split.train, config=preprocess, progress=progress)), channels)
@@ -187,17 +195,18 @@ def pretrain_checkpoints(
                 "spec": spec.to_json()[:6000],
                 "curve_every": curve_every,
                 "early_step": early_step,
+                "device": str(run_on),
                 **T.prefixed_params("train", config.to_dict()),
             }
         )
 
         def checkpoint(step: int, model) -> None:
             nonlocal early_state
-            curve[step] = _source_dice(model, held_out, num_classes, config, progress=False)
+            curve[step] = _source_dice(model, held_out, num_classes, config, progress=False, device=run_on)
             mlflow.log_metric(T.SOURCE_DICE_METRIC, curve[step], step=step)
             _logger.info("pretrain %s: step %d/%d, source Dice %.4f", name, step, config.steps, curve[step])
             if step == early_step:
-                early_state = copy.deepcopy(model.state_dict())
+                early_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
         result = pretrain(
             spec,
@@ -207,12 +216,13 @@ def pretrain_checkpoints(
             desc=f"pretrain {name}",
             checkpoint_every=curve_every,
             on_checkpoint=checkpoint if curve_every else None,
+            device=run_on,
         )
         log_training_curve(result.losses, f"pre-training {name} on {src}")
         mlflow.log_metrics({"train_seconds": result.seconds, "final_loss": result.losses[-1]})
         source_dice = float("nan")
         if held_out:
-            source_dice = _source_dice(result.model, held_out, num_classes, config, progress)
+            source_dice = _source_dice(result.model, held_out, num_classes, config, progress, device=run_on)
             mlflow.log_metric(T.SOURCE_DICE_METRIC, source_dice, step=config.steps)
         base = {
             "batch_size": config.batch_size,

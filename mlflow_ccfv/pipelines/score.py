@@ -24,6 +24,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.features import SamplerConfig
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
@@ -52,6 +53,8 @@ def score_loaded(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | None = None,
+    amp: bool = False,
 ) -> ModelScores:
     """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
     patch = loaded.tags.get(T.PATCH_SIZE)
@@ -67,6 +70,8 @@ def score_loaded(
         force=force,
         cache_dir=cache_dir,
         cases=cases,
+        device=device,
+        amp=amp,
     )
 
 
@@ -106,13 +111,23 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -> VersionResult:
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, device, amp) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
     loaded = None
     try:
         loaded = load_version(item)
-        result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
+        result = score_loaded(
+            loaded,
+            target,
+            methods,
+            sampler_config,
+            force=force,
+            cache_dir=cache_dir,
+            cases=cases,
+            device=device,
+            amp=amp,
+        )
         return VersionResult(
             loaded.label,
             loaded.name,
@@ -146,6 +161,8 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    amp: bool = False,
     rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
@@ -155,17 +172,20 @@ def score_versions(
     (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
-    set (and no tags). ``rank_by``: the estimator whose score orders the table, the rank tags and the
-    ``best-<dataset>`` alias (scored even when not in ``methods``).
+    set (and no tags). ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
+    inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
+    ``rank_by``: the estimator whose score orders the table, the rank tags and the ``best-<dataset>``
+    alias (scored even when not in ``methods``).
     """
     methods = _with_rank_method(parse_methods(methods), rank_by)
+    run_on = resolve_device(device)  # checked before any work
     items = list(versions_or_uris)
     if not items:
         raise ValueError("No model versions to score.")
     cases = CaseCache(target=dataset)
     results = []
     for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases)
+        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, str(run_on), amp)
         status = (
             f"FAILED: {result.error}"
             if result.error or result.result is None
@@ -193,12 +213,14 @@ def score_versions(
                 "ccfv.methods": ",".join(methods),
                 "ccfv.n_versions": len(items),
                 "ccfv.force": force,
+                "ccfv.device": str(run_on),
+                "ccfv.amp": amp,
                 "ccfv.rank_by": rank_by,
             }
         )
         for r in results:
             if r.result is not None and r.result.config is not None:
-                log_version_run(
+                run_id = log_version_run(
                     label=r.label,
                     model_id=r.model_id,
                     target=dataset,
@@ -208,6 +230,9 @@ def score_versions(
                     sampler=r.result.config.to_dict(),
                     metrics=r.metrics,
                 )
+                dice = r.tags.get(T.dice_tag(dataset.name))
+                if dice is not None:  # fine-tuned before: the measured Dice beside the scores
+                    mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
         failed = [r.label for r in results if r.error]
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
@@ -261,11 +286,16 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    device: str | None = None,
+    amp=False,
     rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
-    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
+    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
+    ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator that ranks."""
     method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
+    use_amp = parse_bool(amp, "amp")
+    run_on = str(resolve_device(device or None))
     overrides: dict[str, Any] = {}
     if roi_size:
         overrides["roi_size"] = parse_ints(roi_size, "roi_size")
@@ -299,5 +329,7 @@ def score_from_options(
         overrides or None,
         force=parse_bool(force, "force"),
         cache_dir=cache_dir or None,
+        device=run_on,
+        amp=use_amp,
         rank_by=rank_by,
     )

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,6 +33,7 @@ import pandas as pd
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
 from mlflow_ccfv.errors import DatasetError
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_source
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control
@@ -41,7 +42,7 @@ from mlflow_ccfv.pipelines.score import score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
@@ -79,7 +80,9 @@ class StudyConfig:
 
     ``targets``: dataset folders fine-tuned on; ``sources``: pre-training sources (targets are also
     sources of each other, leave-one-out); ``pretrain``/``finetune``: the budgets, identical for every
-    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations).
+    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations); ``device``: where
+    the networks train and run (``None``: CUDA when available, else CPU); ``amp``: mixed-precision
+    inference when scoring (an opt-in, see :mod:`mlflow_ccfv.networks.devices`).
     """
 
     targets: list[Path]
@@ -93,6 +96,8 @@ class StudyConfig:
     split_seed: int = 0
     overlap: float = 0.5
     cache_dir: str | None = None
+    device: str | None = None
+    amp: bool = False
     #: fine-tuning seeds per (model, target); None: the ``finetune`` config's one seed
     seeds: tuple[int, ...] | None = None
     #: pre-train on each source's 80% split and tag the Dice on its 20% (``pretrain.source_dice``)
@@ -160,9 +165,14 @@ def run_transfer_study(
     force_finetune: bool = False,
     force_score: bool = False,
     out_dir: str | Path | None = None,
+    device: str | None = None,
 ) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
-    ``out_dir``: also keep the report's tables and plots there."""
+    ``out_dir``: also keep the report's tables and plots there; ``device`` (when given) replaces
+    ``config.device``."""
+    if device is not None:
+        config = replace(config, device=device)
+    config = replace(config, device=str(resolve_device(config.device)))  # checked before any work
     with command_run(f"study {config.bank}") as parent:
         return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
 
@@ -186,6 +196,8 @@ def _run_study(
             ),
             "methods": config.methods,
             "split_seed": config.split_seed,
+            "device": config.device,
+            "amp": config.amp,
             "seeds": T.format_seeds(config.seeds or (config.finetune.seed,)),
             "source_holdout": config.source_holdout,
             "curve_every": config.curve_every,
@@ -218,6 +230,7 @@ def _run_study(
                 source_holdout=config.source_holdout,
                 curve_every=config.curve_every,
                 early_step=early,
+                device=config.device,
             )
             units.tick(
                 f"{arch} on {short_name(source_ds)} ({', '.join(version_uri(v) for v in versions)})",
@@ -250,6 +263,8 @@ def _run_study(
                 methods=config.methods,
                 force=force_score,
                 cache_dir=config.cache_dir,
+                device=config.device,
+                amp=config.amp,
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
@@ -275,6 +290,7 @@ def _run_study(
                 force=force_finetune,
                 progress=progress,
                 seeds=seeds,
+                device=config.device,
             )
             outcomes.append(outcome)
             elapsed = time.perf_counter() - start
@@ -363,15 +379,20 @@ def demo_config(
     sources: Sequence[str] = ("Task03", "Task07", "Task06"),
     pretrain_steps: int = 150,
     finetune_steps: int = 60,
-    bank: str = "demo",
+    bank: str = DEFAULT_BANK,
     architectures: Sequence[str] = ARCHITECTURES,
     methods: str = "all",
     patch_size: Sequence[int] = (32, 32, 32),
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
-    architecture, small budgets; synthetic cases generated with ``seed``."""
+    architecture, small budgets; synthetic cases generated with ``seed``.
+
+    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks (target and
+    sources, e.g. Task07) are generated where ``score`` looks by default (``data``), so the headline
+    ``mlflow run . -e score -P dataset=Task07`` works right after it."""
     names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
     folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
     patch = tuple(int(p) for p in patch_size)
@@ -383,6 +404,7 @@ def demo_config(
         architectures=tuple(architectures),
         pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 
@@ -434,6 +456,7 @@ def study_config(
     early_step: int | None = 250,
     early_sources: Sequence[str] = ("Task03", "Task09"),
     patch_size: Sequence[int] = (32, 32, 32),
+    device: str | None = None,
 ) -> StudyConfig:
     """Leave-one-task-out over the synthetic family (generated under ``data_root`` with
     ``synthetic_seed``) and/or real MSD folders.
@@ -472,6 +495,7 @@ def study_config(
         curve_every=curve_every,
         early_step=early_step if early_sources else None,
         early_sources=tuple(_short_source_name(t) for t in early_sources),
+        device=device,
     )
 
 

@@ -15,8 +15,9 @@ Registry (model version) tags:
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
-``finetune_dice``, ``finetune_dice_sd``, ``finetune_dice.seed<s>``; ``source_dice`` (pre-training); the
-report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``, their interval bounds
+``finetune_dice`` (on the fine-tune run, the version's LoggedModel and the version's score runs of
+that dataset, so one Runs-tab row shows a model's scores beside its measured Dice); ``finetune_dice_sd``,
+``finetune_dice.seed<s>``; ``source_dice`` (pre-training); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``, their interval bounds
 ``<...>.<statistic>.low`` / ``.high``, ``<dataset>.noise_ceiling`` (and bounds) and
 ``<dataset>.<method>.permutation_p``.
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``.
@@ -45,6 +46,7 @@ __all__ = [
     "RUN_DATASET",
     "RUN_MODEL",
     "RUN_STAGE",
+    "FINETUNE_DICE",
     "SCORE_COLUMNS",
     "SOURCE_DATASET",
     "PRETRAIN_CHECKPOINT",
@@ -91,6 +93,9 @@ RUN_STAGE = "ccfv.stage"
 RUN_MODEL = "ccfv.model"
 RUN_DATASET = "ccfv.dataset"
 RUN_BANK = BANK
+
+#: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
+FINETUNE_DICE = "finetune_dice"
 
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"

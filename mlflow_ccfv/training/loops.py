@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mlflow_ccfv.networks.devices import resolve_device
 from mlflow_ccfv.networks.specs import NetworkSpec, load_state_dict_strict
 from mlflow_ccfv.options import parse_ints
 
@@ -335,10 +336,14 @@ def train_segmentation(
     progress: bool = True,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+    *,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on patches of ``cases`` for ``config.steps`` steps; returns the curve.
 
-    ``num_classes`` counts the background; the model's output channels must equal it.
+    ``num_classes`` counts the background; the model's output channels must equal it. ``device``:
+    where the network trains (default CUDA when available, else CPU); the cases stay on the CPU and
+    each batch of patches is moved there; the trained model is left on that device.
     ``on_checkpoint(step, model)`` is called every ``checkpoint_every`` steps before the last (``step``
     counts the steps done), with the model in eval mode (a pre-training curve evaluates it there).
     """
@@ -348,16 +353,21 @@ def train_segmentation(
         cases, num_classes, config.patch_size, config.foreground_fraction, config.mirror, seed=config.seed
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    device = resolve_device(device)
+    model.to(device)  # before the optimiser is built, so that its state lives there too
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.steps, power=config.poly_power)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    # fork the RNG of the device trained on too: manual_seed also seeds CUDA's generators
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.seed)  # dropout, if the architecture has any
         bar = tqdm(range(config.steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             images, labels = sampler.sample(config.batch_size)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = model(images)
             if logits.shape[1] != num_classes:
                 raise ValueError(
@@ -383,7 +393,7 @@ def train_segmentation(
                 and done < config.steps
             ):
                 model.eval()
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=cuda):  # evaluating leaves training's RNG as it was
                     on_checkpoint(done, model)
                 model.train()
             if step % max(1, config.steps // 5) == 0 or step == config.steps - 1:
@@ -400,10 +410,13 @@ def pretrain(
     desc: str = "pretrain",
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+    *,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train a freshly initialised ``spec`` (seeded with ``config.seed``) on a source task.
 
-    ``spec.out_channels`` must equal the source task's number of classes (background included);
+    ``spec.out_channels`` must equal the source task's number of classes (background included).
+    ``device``: see :func:`train_segmentation` (the initialisation is drawn on the CPU either way);
     ``on_checkpoint``: see :func:`train_segmentation`.
     """
     model = seeded_network(spec, config.seed)
@@ -416,6 +429,7 @@ def pretrain(
         progress=progress,
         checkpoint_every=checkpoint_every,
         on_checkpoint=on_checkpoint,
+        device=device,
     )
 
 
@@ -427,17 +441,20 @@ def finetune(
     config: TrainConfig,
     progress: bool = True,
     desc: str = "finetune",
+    *,
+    device: str | torch.device | None = None,
 ) -> tuple[TrainResult, NetworkSpec]:
     """Fine-tune a bank model on a target's training cases, the paper's way (nothing frozen).
 
     ``state=None`` fine-tunes a randomly initialised network of the same architecture (the control).
     The re-created head is initialised from ``config.seed``, so every model of a comparison starts
     its head, samples its patches and trains identically. Returns the result and the target spec.
+    ``device``: see :func:`train_segmentation`.
     """
     if not cases:
         raise ValueError("No training cases: the training split is empty.")
     in_channels = checked_case(cases[0])[1].shape[0]
     model, new_spec, reinit = init_for_finetuning(spec, state, in_channels, num_classes, seed=config.seed)
-    result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress)
+    result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress, device=device)
     result.reinitialised = reinit
     return result, new_spec
