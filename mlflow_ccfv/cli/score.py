@@ -45,6 +45,13 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 @click.option("--force", default="false", show_default=True, help="true: recompute features even if cached.")
 @click.option("--cache-dir", "cache_dir", default="", help="Feature cache (default .ccfv-cache or $MLFLOW_CCFV_CACHE).")
 @click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
+@click.option(
+    "--rank-by",
+    "rank_by",
+    default="ccfv",
+    show_default=True,
+    help="Estimator whose score sets the rank tags and the best-<dataset> alias.",
+)
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options
