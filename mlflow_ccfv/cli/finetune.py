@@ -19,6 +19,9 @@ from mlflow_ccfv.cli.base import CCFVCommand, allow_pickle_option, exit_on_input
     "--force", default="false", show_default=True, help="true: fine-tune even if this budget's Dice is tagged."
 )
 @click.option(
+    "--seeds", default="", help="Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed."
+)
+@click.option(
     "--checkpoint-every",
     "checkpoint_every",
     default="50",
@@ -43,12 +46,14 @@ def finetune(**options) -> None:
             split_seed=int(options["split_seed"]),
             overlap=float(options["overlap"]),
             force=parse_bool(options["force"], "force"),
+            seeds=parse_ints(options["seeds"], "seeds") or None,
             checkpoint_every=parse_ints(options["checkpoint_every"], "checkpoint_every", length=1, minimum=0)[0],
             allow_pickle=options["allow_pickle"],
         )
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
+    spread = f" ± {outcome.dice_sd:.4f} over seeds" if outcome.dice_sd == outcome.dice_sd else ""
     click.echo(
-        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}"
+        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}{spread}"
         + (f" ({per_class})" if per_class else " (reused: same budget already measured)")
         + (f"; run {outcome.run_id}" if outcome.run_id else "")
     )

@@ -46,6 +46,13 @@ from mlflow_ccfv.cli.base import CCFVCommand, allow_pickle_option, exit_on_input
 @click.option("--cache-dir", "cache_dir", default="", help="Feature cache (default .ccfv-cache or $MLFLOW_CCFV_CACHE).")
 @click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
 @allow_pickle_option
+@click.option(
+    "--rank-by",
+    "rank_by",
+    default="ccfv",
+    show_default=True,
+    help="Estimator whose score sets the rank tags and the best-<dataset> alias.",
+)
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options

@@ -175,7 +175,7 @@ def settings_of(sampler_config: SamplerConfig | Mapping[str, Any] | None) -> str
     return T.settings_digest(chosen, SamplerConfig().to_dict())
 
 
-def _record(results: Sequence[VersionResult], dataset: Target, settings: str) -> None:
+def _record(results: Sequence[VersionResult], dataset: Target, settings: str, rank_by: str = RANK_METHOD) -> None:
     """Every version's score tags (marker last), stale tags of failed versions removed, then the ranks and
     the alias recomputed from the registry."""
     for r in results:
@@ -187,7 +187,7 @@ def _record(results: Sequence[VersionResult], dataset: Target, settings: str) ->
             )
         elif removed := clear_version_scores(r.name, r.version, dataset.name):
             _logger.warning("%s: scoring failed, removed its stale tags %s", r.label, ", ".join(removed))
-    rerank(dataset.name, settings, dataset.digest, method=RANK_METHOD)
+    rerank(dataset.name, settings, dataset.digest, method=rank_by)
 
 
 def score_versions(
@@ -202,6 +202,7 @@ def score_versions(
     artifact_dir: str | os.PathLike | None = None,
     device: str | None = None,
     amp: bool = False,
+    rank_by: str = RANK_METHOD,
     allow_pickle: bool | None = None,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
@@ -216,9 +217,10 @@ def score_versions(
     (and their stale tags removed); ``mlflow.pytorch`` versions are skipped (``skipped`` true) unless
     ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in. ``device`` (default CUDA when available,
     else CPU) and ``amp`` (mixed-precision inference, an opt-in) say how the networks run; see
-    :func:`mlflow_ccfv.scoring.score_model`.
+    :func:`mlflow_ccfv.scoring.score_model`. ``rank_by``: the estimator whose score orders the table,
+    the rank tags and the ``best-<dataset>`` alias (scored even when not in ``methods``).
     """
-    methods = parse_methods(methods)
+    methods = _with_rank_method(parse_methods(methods), rank_by)
     run_on = resolve_device(device)  # checked before any work
     items = list(versions_or_uris)
     if not items:
@@ -240,7 +242,7 @@ def score_versions(
         )
         _logger.info("[%d/%d] %s on %s: %s (%.1fs)", i, len(items), result.label, dataset.name, status, result.seconds)
         results.append(result)
-    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
+    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
     if not log:
         return table
     ds = mlflow_dataset(dataset)
@@ -265,6 +267,7 @@ def score_versions(
                 "ccfv.sampler_settings": settings,
                 "ccfv.device": str(run_on),
                 "ccfv.amp": amp,
+                "ccfv.rank_by": rank_by,
             }
         )
         for r in results:
@@ -287,14 +290,14 @@ def score_versions(
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
             status = "FAILED"
-        _record(results, dataset, settings)
+        _record(results, dataset, settings, rank_by)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
             (folder / f"{stem}.md").write_text(table_markdown(table, methods))
-            ranking_plot(table, folder / f"{stem}.png")
+            ranking_plot(table, folder / f"{stem}.png", method=rank_by)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
     except BaseException:
@@ -304,6 +307,19 @@ def score_versions(
         if active is None:
             mlflow.end_run(status)
     return table
+
+
+def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
+    """``methods`` plus ``rank_by`` (an estimator name, checked here before any work)."""
+    from mlflow_ccfv.estimators import METHODS
+
+    if rank_by not in METHODS:
+        raise ValueError(
+            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} "
+            "(the pre-registered variants ccfv_twin and rank_aggregate are computed by `report`, from every "
+            "version's scores)."
+        )
+    return methods if rank_by in methods else [*methods, rank_by]
 
 
 def score_from_options(
@@ -324,12 +340,13 @@ def score_from_options(
     verify="true",
     device: str | None = None,
     amp=False,
+    rank_by: str = RANK_METHOD,
     allow_pickle: bool | None = None,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
     score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
-    ``device``/``amp``: see :func:`score_versions`."""
-    method_list = parse_methods(methods)  # validate before any work
+    ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator that ranks."""
+    method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
     use_amp = parse_bool(amp, "amp")
     run_on = str(resolve_device(device or None))
     overrides: dict[str, Any] = {}
@@ -367,5 +384,6 @@ def score_from_options(
         cache_dir=cache_dir or None,
         device=run_on,
         amp=use_amp,
+        rank_by=rank_by,
         allow_pickle=allow_pickle,
     )

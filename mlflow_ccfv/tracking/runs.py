@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric, Run, RunStatus
 from mlflow.exceptions import MlflowException
@@ -32,12 +33,14 @@ from mlflow_ccfv.tracking.retry import retrying
 __all__ = [
     "command_run",
     "delete_replaced_runs",
+    "finished_run",
     "log_dice_on_score_runs",
     "log_input",
     "log_training_curve",
     "log_version_run",
     "process_identity",
     "recover_crashed",
+    "run_csv",
     "tag_process",
 ]
 
@@ -265,3 +268,30 @@ def log_training_curve(losses: Sequence[float], title: str) -> None:
         client.log_batch(active.info.run_id, metrics=metrics[i : i + 1000])
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(training_curve_png(losses, Path(tmp) / "training_curve.png", title)))
+
+
+def _quoted(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def finished_run(params: Mapping[str, Any], tags: Mapping[str, str]) -> str | None:
+    """The id of the latest FINISHED run, in any experiment, with these ``params`` and run ``tags``
+    (how a stopped study finds the units of work it already did); None if there is none."""
+    clauses = [f"params.`{k}` = {_quoted(v)}" for k, v in params.items()]
+    clauses += [f"tags.`{k}` = {_quoted(v)}" for k, v in tags.items()]
+    clauses.append("attributes.status = 'FINISHED'")
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_csv(run_id: str, artifact_path: str) -> pd.DataFrame:
+    """A CSV artifact of a run (e.g. a fine-tune run's ``dice_per_case.csv``) as a table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        return pd.read_csv(local)
