@@ -4,31 +4,52 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
+from mlflow_ccfv.cli.base import (
+    BoolText,
+    CCFVCommand,
+    IntTuple,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+    train_options,
+)
 
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Source task: a name under --data-root (Task03) or a folder path.")
+@data_root_option()
 @click.option(
-    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
+    "--architecture",
+    default="UNet",
+    show_default=True,
+    help="MONAI network, CPU-sized: UNet, BasicUNet, DynUNet, UNETR, SwinUNETR, SegResNet, SegResNetDS.",
 )
-@click.option("--architecture", default="UNet", show_default=True, help="MONAI network: UNet or UNETR (CPU-sized).")
-@click.option("--channels", default="", help="Input channels to keep, e.g. 0 (BRATS FLAIR only); default all.")
+@click.option(
+    "--channels",
+    default="",
+    type=IntTuple(minimum=0, maximum=1023, empty_as_tuple=True),
+    help="Input channels to keep, e.g. 0 (BRATS FLAIR only); default all.",
+)
 @click.option("--name", default="", help="Registered model name (default <architecture>-<source>).")
 @click.option("--bank", default="default", show_default=True, help="Bank tag ccfv.bank of the new version.")
 @click.option(
-    "--reuse", default="true", show_default=True, help="true: return an existing version with the same budget."
+    "--reuse",
+    default="true",
+    type=BoolText(),
+    show_default=True,
+    help="true: return an existing version with the same budget.",
 )
 @train_options(steps=300, seed=1)
+@device_option()
 def pretrain(**options) -> None:
     """Pre-train a network (nnU-Net-like: foreground-oversampled patches, Dice+CE, AdamW + poly) and register it."""
     from mlflow_ccfv.cli.base import train_config_from_options
-    from mlflow_ccfv.options import parse_bool, parse_ints
     from mlflow_ccfv.pipelines.pretrain import pretrain_and_register
 
     with exit_on_input_error("pretrain"):
         config = train_config_from_options(options)
-        channels = list(parse_ints(options["channels"], "channels")) or None
+        check_tracking_server()
         mv = pretrain_and_register(
             options["dataset"],
             options["architecture"],
@@ -36,8 +57,9 @@ def pretrain(**options) -> None:
             name=options["name"] or None,
             bank=options["bank"],
             data_root=options["data_root"] or None,
-            channels=channels,
-            reuse=parse_bool(options["reuse"], "reuse"),
+            channels=list(options["channels"]) or None,
+            reuse=options["reuse"],
+            device=options["device"],
         )
     click.echo(
         f"registered models:/{mv.name}/{mv.version} (source {mv.tags['source_dataset']}, bank {mv.tags['ccfv.bank']}, "

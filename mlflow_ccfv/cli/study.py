@@ -4,30 +4,49 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    CCFVCommand,
+    IntTuple,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+)
 from mlflow_ccfv.options import split_list
 
 
 @click.command(cls=CCFVCommand)
+@data_root_option(default="data/synthetic", help_text="Where the synthetic family is (generated there if missing).")
 @click.option(
-    "--data-root",
-    "data_root",
-    default="data/synthetic",
-    show_default=True,
-    help="Where the synthetic family is (generated there if missing).",
+    "--n-cases", "n_cases", default=15, type=click.IntRange(2, 10_000), show_default=True, help="Cases per task."
 )
-@click.option("--n-cases", "n_cases", default="15", show_default=True, help="Cases per synthetic task.")
-@click.option("--shape", default="64,64,48", show_default=True, help="Synthetic volume shape in voxels.")
+@click.option(
+    "--shape",
+    default="64,64,48",
+    type=IntTuple(length=3, minimum=8, maximum=1024),
+    show_default=True,
+    help="Synthetic volume shape in voxels (8-1024 a side).",
+)
 @click.option(
     "--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none."
 )
 @click.option("--architectures", default="UNet,UNETR", show_default=True, help="Architectures of the bank.")
 @click.option("--targets", default="", help="Comma-separated targets (default: all five tasks).")
 @click.option(
-    "--pretrain-steps", "pretrain_steps", default="300", show_default=True, help="Pre-training steps per model."
+    "--pretrain-steps",
+    "pretrain_steps",
+    default=300,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Pre-training steps per model.",
 )
 @click.option(
-    "--finetune-steps", "finetune_steps", default="200", show_default=True, help="Fine-tuning steps per model."
+    "--finetune-steps",
+    "finetune_steps",
+    default=200,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Fine-tuning steps per model.",
 )
 @click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
 @click.option(
@@ -36,25 +55,36 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).",
 )
-@click.option("--out-dir", "out_dir", default="", help="Also write the report's tables and plots here.")
+@click.option(
+    "--out-dir",
+    "out_dir",
+    default="",
+    type=click.Path(file_okay=False),
+    help="Also write the report's tables and plots here.",
+)
+@device_option()
 def study(**options) -> None:
-    """Pre-train every source per architecture, then per target: score the bank, fine-tune it, report."""
-    from mlflow_ccfv.options import parse_ints
+    """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
+    bank, fine-tune it and report."""
+    from mlflow_ccfv.features.resources import resolve_device
     from mlflow_ccfv.pipelines.study import print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
             options["data_root"],
-            n_cases=int(options["n_cases"]),
-            shape=parse_ints(options["shape"], "shape"),
+            n_cases=options["n_cases"],
+            shape=options["shape"],
             brats=options["brats"] or None,
-            pretrain_steps=int(options["pretrain_steps"]),
-            finetune_steps=int(options["finetune_steps"]),
+            pretrain_steps=options["pretrain_steps"],
+            finetune_steps=options["finetune_steps"],
             architectures=split_list(options["architectures"]),
             bank=options["bank"],
             targets=split_list(options["targets"]) or None,
+            device=options["device"],
         )
 
     with exit_on_input_error("study"):
+        resolve_device(options["device"])
+        check_tracking_server()
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
     click.echo(print_summary(result))

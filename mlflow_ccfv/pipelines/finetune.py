@@ -26,7 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
-from mlflow_ccfv.pipelines.pretrain import load_dataset
+from mlflow_ccfv.pipelines.pretrain import check_training_resources, load_dataset
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
@@ -64,13 +64,16 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    device: str | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split.
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned).
+    fine-tuned again (its tagged Dice is returned). ``device``: cpu, cuda or cuda:N (checked here;
+    None: CUDA when available, else the CPU).
     """
+    check_training_resources(config, device)
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
     name = target.name

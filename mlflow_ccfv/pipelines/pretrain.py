@@ -17,6 +17,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
+from mlflow_ccfv.features.resources import check_memory, resolve_device, training_bytes
 from mlflow_ccfv.networks import small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
@@ -24,7 +25,14 @@ from mlflow_ccfv.tracking.registry import DEFAULT_BANK, find_version, register_n
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, pretrain, seeded_network
 
-__all__ = ["CONTROL_SOURCE", "bank_name", "load_dataset", "pretrain_and_register", "register_control"]
+__all__ = [
+    "CONTROL_SOURCE",
+    "bank_name",
+    "check_training_resources",
+    "load_dataset",
+    "pretrain_and_register",
+    "register_control",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +58,20 @@ def _select_channels(cases: list[PreprocessedCase], channels: Sequence[int] | No
     return cases
 
 
+def check_training_resources(config: TrainConfig, device: str | None = None) -> str:
+    """Refuse before any work a ``device`` that does not exist here, or a patch size and batch whose
+    memory lower bound (:func:`~mlflow_ccfv.features.resources.training_bytes`) exceeds the available
+    memory. Returns the device to train on."""
+    chosen = resolve_device(device)
+    check_memory(
+        training_bytes(config.patch_size, config.batch_size),
+        "--patch-size",
+        config.patch_size,
+        f"lower --patch-size or --batch-size (now {config.batch_size}).",
+    )
+    return chosen
+
+
 def bank_name(architecture: str, source: str, prefix: str = "") -> str:
     """Registered-model name of a bank entry: ``[<prefix>-]<arch>-<source>`` (``unet-Task03``)."""
     return "-".join(p for p in (prefix, architecture.lower(), source) if p)
@@ -67,12 +89,16 @@ def pretrain_and_register(
     preprocess: PreprocessConfig | None = None,
     reuse: bool = True,
     progress: bool = True,
+    device: str | None = None,
 ) -> ModelVersion:
     """Pre-train ``architecture`` (a CPU-sized :func:`small_spec`) on every case of ``source`` and
     register it in ``bank``. ``channels`` selects input channels (e.g. ``[0]``: BRATS's FLAIR only,
     to match 1-channel CT targets). With ``reuse``, an existing version of the same name, source,
-    bank and budget is returned instead of training again. Returns the ``ModelVersion``.
+    bank and budget is returned instead of training again. ``device``: cpu, cuda or cuda:N (checked
+    here; None: CUDA when available, else the CPU). Returns the ``ModelVersion``.
     """
+    small_spec(architecture, 1, 2, config.patch_size)  # an unknown architecture is refused before any work
+    check_training_resources(config, device)
     ds = load_dataset(source, data_root)
     src = short_name(ds)
     name = name or bank_name(architecture, src)

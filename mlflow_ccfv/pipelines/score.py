@@ -23,8 +23,10 @@ import mlflow
 import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
+from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import SamplerConfig
-from mlflow_ccfv.options import parse_bool, parse_ints, split_list
+from mlflow_ccfv.features.resources import check_memory, inference_bytes, resolve_device
+from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
@@ -38,7 +40,14 @@ from mlflow_ccfv.tracking.registry import (
 )
 from mlflow_ccfv.tracking.runs import log_version_run
 
-__all__ = ["VersionResult", "score_from_options", "score_loaded", "score_versions"]
+__all__ = [
+    "VersionResult",
+    "check_roi_against_volumes",
+    "sampler_overrides",
+    "score_from_options",
+    "score_loaded",
+    "score_versions",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -52,6 +61,7 @@ def score_loaded(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | None = None,
 ) -> ModelScores:
     """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
     patch = loaded.tags.get(T.PATCH_SIZE)
@@ -67,6 +77,7 @@ def score_loaded(
         force=force,
         cache_dir=cache_dir,
         cases=cases,
+        device=device,
     )
 
 
@@ -106,13 +117,15 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -> VersionResult:
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, device=None) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
     loaded = None
     try:
         loaded = load_version(item)
-        result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
+        result = score_loaded(
+            loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases, device=device
+        )
         return VersionResult(
             loaded.label,
             loaded.name,
@@ -146,6 +159,7 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -163,7 +177,7 @@ def score_versions(
     cases = CaseCache(target=dataset)
     results = []
     for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases)
+        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, device)
         status = (
             f"FAILED: {result.error}"
             if result.error or result.result is None
@@ -237,44 +251,110 @@ def score_from_options(
     models: str = "",
     methods: str = "",
     split: str = "train",
-    roi_size: str = "",
-    overlap: str = "",
-    global_samples: str = "",
-    layer_budgets: str = "",
-    sampler_seed: str = "",
-    force="false",
+    roi_size: str | Sequence[int] | None = "",
+    overlap: str | float | None = "",
+    global_samples: str | int | None = "",
+    layer_budgets: str | Sequence[int] | None = "",
+    sampler_seed: str | int | None = "",
+    force: str | bool = "false",
     cache_dir: str = "",
-    verify="true",
+    verify: str | bool = "true",
+    device: str | None = None,
 ) -> pd.DataFrame:
-    """One ``score`` invocation from the command line's text options: resolve and verify the target,
-    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
+    """One ``score`` invocation from the command line's options (text as MLproject passes it, or the
+    typed values of the click command): validate every option, resolve and verify the target, score the
+    bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
+
+    Everything that can be refused is refused before a run is started: unknown methods, sampler
+    settings (each error names its option), a ROI larger than twice the largest volume or whose
+    memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
+    maps hold no foreground.
+    """
     method_list = parse_methods(methods)  # validate before any work
-    overrides: dict[str, Any] = {}
-    if roi_size:
-        overrides["roi_size"] = parse_ints(roi_size, "roi_size")
-    if overlap:
-        overrides["overlap"] = float(overlap)
-    if global_samples:
-        overrides["global_samples"] = int(global_samples)
-    if layer_budgets:
-        overrides["layer_budgets"] = parse_ints(layer_budgets, "layer_budgets")
-    if sampler_seed:
-        overrides["seed"] = int(sampler_seed)
-    if overrides:
-        SamplerConfig(**overrides)  # validate the values now
+    overrides = sampler_overrides(
+        roi_size=roi_size,
+        overlap=overlap,
+        global_samples=global_samples,
+        layer_budgets=layer_budgets,
+        sampler_seed=sampler_seed,
+    )
+    chosen_device = resolve_device(device)
+    if "roi_size" in overrides:
+        check_memory(
+            inference_bytes(overrides["roi_size"], SamplerConfig().sw_batch_size),
+            "--roi-size",
+            overrides["roi_size"],
+            "lower --roi-size (a typical window is 32-128 voxels a side).",
+        )
     versions = resolve_versions(split_list(models), bank=bank)
     ds = MSDDataset.load(dataset, data_root=data_root or None)
     if parse_bool(verify, "verify"):
         ds.verify()
     target = make_target(ds, split)
+    if "roi_size" in overrides:
+        check_roi_against_volumes(overrides["roi_size"], ds, target.case_ids)
     _logger.info(
-        "scoring %d version(s) on %s (%s split, %d cases, digest %s)",
+        "scoring %d version(s) on %s (%s split, %d cases, digest %s, device %s)",
         len(versions),
         target.name,
         split,
         len(target.case_ids),
         target.digest,
+        chosen_device,
     )
     return score_versions(
-        versions, target, method_list, overrides or None, force=parse_bool(force, "force"), cache_dir=cache_dir or None
+        versions,
+        target,
+        method_list,
+        overrides or None,
+        force=parse_bool(force, "force"),
+        cache_dir=cache_dir or None,
+        device=chosen_device,
     )
+
+
+def sampler_overrides(
+    *,
+    roi_size: str | Sequence[int] | None = None,
+    overlap: str | float | None = None,
+    global_samples: str | int | None = None,
+    layer_budgets: str | Sequence[int] | None = None,
+    sampler_seed: str | int | None = None,
+) -> dict[str, Any]:
+    """The sampler settings a user gave (``""``/``None``: not given), each checked with its option's name
+    (:class:`~mlflow_ccfv.errors.OptionError`), then together by :class:`SamplerConfig`."""
+    overrides: dict[str, Any] = {}
+    if _given(roi_size):
+        overrides["roi_size"] = parse_ints(roi_size, "--roi-size", length=3, minimum=1)
+    if _given(overlap):
+        overrides["overlap"] = parse_float(overlap, "--overlap", minimum=0, maximum=1, max_open=True)
+    if _given(global_samples):
+        overrides["global_samples"] = parse_int(global_samples, "--global-samples", minimum=1)
+    if _given(layer_budgets):
+        overrides["layer_budgets"] = parse_ints(layer_budgets, "--layer-budgets", minimum=1)
+        if not overrides["layer_budgets"]:
+            raise OptionError("--layer-budgets must list at least one sample count (e.g. 100,200,400).")
+    if _given(sampler_seed):
+        overrides["seed"] = parse_int(sampler_seed, "--sampler-seed", minimum=0)
+    if overrides:
+        try:
+            SamplerConfig(**overrides)  # validate the values together now
+        except ValueError as exc:
+            raise OptionError(f"Bad sampler option: {exc}") from exc
+    return overrides
+
+
+def _given(value: object) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def check_roi_against_volumes(roi_size: Sequence[int], ds: MSDDataset, case_ids: Sequence[str]) -> None:
+    """Refuse a ``--roi-size`` side above twice the largest side of any target volume (read from the
+    NIfTI headers): every window would be mostly padding."""
+    largest = ds.largest_side(case_ids)
+    if largest and max(roi_size) > 2 * largest:
+        raise OptionError(
+            f"--roi-size {format_ints(roi_size)} is far larger than the volumes of {ds.name} (largest side "
+            f"{largest} voxels): every window would be mostly padding. Use at most {2 * largest} a side, "
+            f"e.g. {format_ints([min(int(r), largest) for r in roi_size])}."
+        )

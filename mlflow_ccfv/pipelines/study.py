@@ -28,6 +28,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.features.resources import resolve_device
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
 from mlflow_ccfv.pipelines.report import report_bank
@@ -72,6 +73,7 @@ class StudyConfig:
     split_seed: int = 0
     overlap: float = 0.5
     cache_dir: str | None = None
+    device: str | None = None
 
 
 @dataclass
@@ -164,7 +166,13 @@ def _run_study(
     for source in config.sources:
         for arch in config.architectures:
             mv = pretrain_and_register(
-                source.path, arch, config.pretrain, bank=config.bank, channels=source.channels, progress=progress
+                source.path,
+                arch,
+                config.pretrain,
+                bank=config.bank,
+                channels=source.channels,
+                progress=progress,
+                device=config.device,
             )
             by_source.setdefault(mv.tags[T.SOURCE_DATASET], []).append(mv)
     in_channels = {t.n_channels for t in targets}
@@ -190,6 +198,7 @@ def _run_study(
                 methods=config.methods,
                 force=force_score,
                 cache_dir=config.cache_dir,
+                device=resolve_device(config.device),
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
@@ -207,6 +216,7 @@ def _run_study(
                 cases=(train, test),
                 force=force_finetune,
                 progress=progress,
+                device=config.device,
             )
             outcomes.append(outcome)
             if not outcome.reused:
@@ -240,6 +250,7 @@ def demo_config(
     patch_size: Sequence[int] = (32, 32, 32),
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
     architecture, small budgets; synthetic cases generated with ``seed``."""
@@ -254,6 +265,7 @@ def demo_config(
         architectures=tuple(architectures),
         pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 
@@ -268,6 +280,7 @@ def study_config(
     bank: str = "study",
     targets: Sequence[str] | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
     with its FLAIR channel only (the targets are 1-channel CT; see docs/study.md)."""
@@ -285,6 +298,7 @@ def study_config(
         bank=bank,
         pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 

@@ -42,15 +42,17 @@ def score_model(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | None = None,
 ) -> ModelScores:
     """Sample ``module``'s features at ``layers`` on ``target`` (cached) and run ``methods`` on them.
 
     ``model_id`` keys the feature cache (the LoggedModel id); ``patch_size`` is the default
-    sliding-window ROI; ``sampler_config`` overrides it and the other sampler settings.
+    sliding-window ROI; ``sampler_config`` overrides it and the other sampler settings; ``device``: where
+    the network runs (default: where its parameters are).
     """
     config = sampler_config_for(patch_size, sampler_config)
     features, cached = FeatureCache(cache_dir).features(
-        module, layers, target, config, model_id=model_id, label=label, force=force, cases=cases
+        module, layers, target, config, model_id=model_id, label=label, force=force, cases=cases, device=device
     )
     result = score_features(features, parse_methods(methods))
     result.config, result.cached = config, cached

@@ -30,7 +30,14 @@ from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.errors import RegistryError
-from mlflow_ccfv.networks import NetworkSpec, build_with_weights, decoder_layers, normalise_state_dict
+from mlflow_ccfv.networks import (
+    NetworkSpec,
+    build_with_weights,
+    check_finite_weights,
+    check_spec,
+    decoder_layers,
+    normalise_state_dict,
+)
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
 
@@ -102,7 +109,7 @@ def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None
             patch_size = spec.kwargs["img_size"]
         else:
             patch_size = DEFAULT_PATCH_SIZE
-    return parse_ints(patch_size, "patch_size", length=3, minimum=1)
+    return parse_ints(patch_size, "patch_size", length=3, minimum=1, maximum=4096)
 
 
 def _version_tags(
@@ -180,6 +187,8 @@ def register_network(
     if not isinstance(spec, NetworkSpec):
         raise TypeError(f"spec must be a NetworkSpec; got {type(spec).__name__}.")
     state = normalise_state_dict(state_dict)
+    check_spec(spec)
+    check_finite_weights(state)
     module = build_with_weights(spec, state)
     tags = _version_tags(
         architecture=spec.architecture,
@@ -342,7 +351,10 @@ def get_version(model_uri: str):
         except MlflowException:
             versions = []
         if not versions:
-            hint = f"there is no registered model {name!r}; list the registered models in the MLflow UI's Models page"
+            hint = (
+                f"there is no registered model {name!r}; list a bank's versions with "
+                "`mlflow-ccfv bank --bank <bank>` (default bank: default)"
+            )
         else:
             hint = f"{name!r} has versions {', '.join(map(str, versions))}"
         raise RegistryError(f"{model_uri}: {what} not found ({hint}).") from exc
