@@ -337,7 +337,7 @@ ROWS = [
         REGISTER + ["--small-spec", "UNet:1:2", "--random-init", "1", "--patch-size", "0,0,0"],
         OPTION,
         "patch_size",
-    ),  # fmt: skip
+    ),
     Row("nnU-Net fold 7", REGISTER + ["--nnunet", "x", "--fold", "7"], OPTION, "'7' is not one of"),
     # training: budgets and memory
     Row("finetune patch 512 (24 GB)", FINETUNE + ["--patch-size", "512,512,512"], OPTION, "of memory"),
@@ -351,7 +351,7 @@ ROWS = [
         ["finetune", "--model", "models:/nope/1", "--dataset", "Task09"] + ["--data-root", "data"],
         REGISTRY,
         "mlflow-ccfv bank",
-    ),  # fmt: skip
+    ),
     Row("pretrain unknown architecture", PRETRAIN + ["--architecture", "Magic"], OPTION, "Unknown architecture"),
     Row("pretrain channels text", PRETRAIN + ["--channels", "flair"], OPTION, "--channels"),
     # verify, synth: tolerances, shapes (before any folder is made)
@@ -366,7 +366,7 @@ ROWS = [
         ["verify", "Task09", "--data-root", "data", "--test-fraction", "1"],
         OPTION,
         "--test-fraction",
-    ),  # fmt: skip
+    ),
     Row("synth zero shape", SYNTH + ["--shape", "0,0,0"], OPTION, "shape must be three integer sides"),
     Row("synth zero spacing", SYNTH + ["--spacing", "0,5,5"], OPTION, "spacing must be three voxel sizes"),
     Row("synth nan spacing", SYNTH + ["--spacing", "nan,5,5"], OPTION, "spacing must be three voxel sizes"),
