@@ -338,7 +338,7 @@ ROWS = [
         OPTION,
         "patch_size",
     ),
-    Row("nnU-Net fold 7", REGISTER + ["--nnunet", "x", "--fold", "7"], OPTION, "'7' is not one of"),
+    Row("nnU-Net fold five", REGISTER + ["--nnunet", "x", "--fold", "five"], OPTION, "--fold must be a fold number"),
     # training: budgets and memory
     Row("finetune patch 512 (24 GB)", FINETUNE + ["--patch-size", "512,512,512"], OPTION, "of memory"),
     Row("finetune patch of two sides", FINETUNE + ["--patch-size", "16,16"], OPTION, "--patch-size must be 3"),

@@ -91,7 +91,7 @@ class OptionalInt(click.ParamType):
         except OptionError as exc:
             self.fail(str(exc), param, ctx)
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
         return "INTEGER"
 
 
@@ -114,7 +114,7 @@ class OptionalFloat(click.ParamType):
         except OptionError as exc:
             self.fail(str(exc), param, ctx)
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
         return "FLOAT"
 
 
@@ -146,7 +146,7 @@ class IntTuple(click.ParamType):
         except OptionError as exc:
             self.fail(str(exc), param, ctx)
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
         return "N,N,N" if self.length == 3 else "N[,N...]"
 
 
@@ -161,7 +161,7 @@ class BoolText(click.ParamType):
         except OptionError as exc:
             self.fail(str(exc), param, ctx)
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
         return "[true|false]"
 
 
@@ -176,7 +176,7 @@ class DeviceType(click.ParamType):
         except OptionError as exc:
             self.fail(str(exc), param, ctx)
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
         return "[cpu|cuda|cuda:N]"
 
 

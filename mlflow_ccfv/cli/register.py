@@ -66,13 +66,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     help="Instead of spec+checkpoint: an nnU-Net v2 trained-model folder "
     "(plans.json, dataset.json, fold_N/checkpoint_final.pth); its plans' patch size is the default.",
 )
-@click.option(
-    "--fold",
-    default="0",
-    show_default=True,
-    type=click.Choice(["0", "1", "2", "3", "4", "all"]),
-    help="The fold of --nnunet.",
-)
+@click.option("--fold", default="0", show_default=True, help="The fold of --nnunet: 0-4 (any fold number) or all.")
 @click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")
 @click.option(
     "--patch-size",
