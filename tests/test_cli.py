@@ -150,6 +150,14 @@ def test_a_bug_still_shows_its_traceback():
     result = CliRunner().invoke(broken, [])
     assert result.exit_code == 1 and isinstance(result.exception, ZeroDivisionError)
 
+    @click.command()
+    def missing_key():
+        with exit_on_input_error("missing_key"):
+            raise KeyError("steps")  # e.g. options["steps"] in a command: a bug, not bad input
+
+    result = CliRunner().invoke(missing_key, [])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
 
 @pytest.mark.slow
 def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):

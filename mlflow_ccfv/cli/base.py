@@ -64,8 +64,9 @@ def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = 
     try:
         yield
     except errors as exc:
-        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        click.echo(f"{command} failed: {cap_message(text)}", err=True)
+        if isinstance(exc, (KeyError, IndexError)) and not isinstance(exc, CCFVError):
+            raise  # a missing key or index is a bug, not an input error: keep the traceback
+        click.echo(f"{command} failed: {cap_message(str(exc))}", err=True)
         sys.exit(exit_code_of(exc))
 
 
