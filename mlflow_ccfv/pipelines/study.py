@@ -40,6 +40,19 @@ from mlflow_ccfv.tracking.registry import version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
+__all__ = [
+    "ARCHITECTURES",
+    "CONTROL_SOURCE",
+    "Source",
+    "StudyConfig",
+    "StudyResult",
+    "demo_config",
+    "demo_table",
+    "ensure_synthetic",
+    "run_transfer_study",
+    "study_config",
+]
+
 _logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("UNet", "UNETR")
@@ -305,20 +318,6 @@ def study_config(
 def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
     """The ranked table the demo prints: models by CC-FV with baselines' scores and the measured Dice."""
     return ranked_table(result.frame, dataset, by="ccfv", methods=("ccfv", "logme", "leep", "gbc", "transrate"))
-
-
-__all__ = [
-    "ARCHITECTURES",
-    "CONTROL_SOURCE",
-    "Source",
-    "StudyConfig",
-    "StudyResult",
-    "demo_config",
-    "demo_table",
-    "ensure_synthetic",
-    "run_transfer_study",
-    "study_config",
-]
 
 
 def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
