@@ -118,7 +118,7 @@ def check_spec(spec: NetworkSpec) -> NetworkSpec:
         raise OptionError(f"kwargs must be a JSON object of the network's arguments; got {type(spec.kwargs).__name__}.")
     where = f"{spec.architecture} specification"
     dims = spec.kwargs.get("spatial_dims", SPATIAL_DIMS)
-    if isinstance(dims, bool) or dims != SPATIAL_DIMS:
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims != SPATIAL_DIMS:
         raise OptionError(
             f"{where}: kwargs.spatial_dims must be {SPATIAL_DIMS} (3D volumes); got {dims!r}. "
             "2D networks are not supported."
