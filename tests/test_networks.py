@@ -77,3 +77,11 @@ def test_spec_fields_are_checked_by_name_before_anything_is_built():
                 assert value == 3 and type(value) is int
 
     check()
+
+
+def test_every_supported_preset_passes_the_spec_checks():
+    from mlflow_ccfv.networks import SUPPORTED_ARCHITECTURES, check_spec
+    from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES
+
+    for architecture in (*SUPPORTED_ARCHITECTURES, *DYNAMIC_ARCHITECTURES):
+        check_spec(small_spec(architecture, 1, 2, (64, 64, 64)))

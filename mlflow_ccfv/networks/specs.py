@@ -72,7 +72,6 @@ INT_FIELDS: dict[str, tuple[int, int]] = {
     "init_filters": (1, 4096),
     "hidden_size": (1, 16384),
     "mlp_dim": (1, 65536),
-    "num_heads": (1, 256),
     "num_res_units": (0, 64),
     "n_stages": (1, 16),
 }
@@ -87,6 +86,7 @@ SEQUENCE_FIELDS: dict[str, tuple[int, int]] = {
     "kernel_sizes": (1, 64),
     "upsample_kernel_size": (1, 64),
     "img_size": (1, 4096),
+    "num_heads": (1, 256),
     "blocks_down": (0, 64),
     "blocks_up": (0, 64),
     "depths": (0, 64),
