@@ -289,6 +289,20 @@ ROWS = [
     ),
     Row("missing model", SCORE + ["--models", "models:/nope/1"], REGISTRY, "mlflow-ccfv bank"),
     Row("missing version", SCORE + ["--models", "models:/good/7"], REGISTRY, "'good' has versions 1"),
+    Row("bank with a quote", SCORE[:-1] + ["b' OR '1'='1"], OPTION, "quotes"),
+    Row("rank bank with a quote", ["rank", "--dataset", "Task09", "--bank", "x'y"], OPTION, "quotes"),
+    Row(
+        "register name with a slash",
+        REGISTER[:2] + ["a/b"] + REGISTER[3:] + ["--small-spec", "UNet:1:2"] + ["--random-init", "1"],
+        OPTION,
+        "Registered model name 'a/b'",
+    ),
+    Row(
+        "pretrain name with a slash (before training)",
+        PRETRAIN + ["--name", "bad name/", "--steps", "1"],
+        OPTION,
+        "Registered model name",
+    ),
     Row("not a models URI", SCORE + ["--models", "good"], OPTION, "Expected models:/"),
     # datasets: containment, structure, content
     Row("no such dataset", ["score", "--dataset", "Task42", "--data-root", "data", "--bank", "b"], DATASET, "Task42"),

@@ -21,7 +21,7 @@ from mlflow_ccfv.features.resources import check_memory, resolve_device, trainin
 from mlflow_ccfv.networks import small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, find_version, register_network
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, pretrain, seeded_network
 
@@ -98,6 +98,9 @@ def pretrain_and_register(
     here; None: CUDA when available, else the CPU). Returns the ``ModelVersion``.
     """
     small_spec(architecture, 1, 2, config.patch_size)  # an unknown architecture is refused before any work
+    check_name("bank", bank)
+    if name is not None:
+        check_name("Registered model name", name)
     check_training_resources(config, device)
     ds = load_dataset(source, data_root)
     src = short_name(ds)

@@ -29,7 +29,7 @@ from mlflow.models import Model
 from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
-from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.networks import (
     NetworkSpec,
     build_with_weights,
@@ -92,15 +92,21 @@ def _decoder_layers(module: nn.Module) -> list[str]:
     return list(decoder_layers(module))
 
 
-def _check_name(kind: str, value: str) -> str:
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it can name a registered model, bank or dataset in URIs and search filters; else an
+    :class:`~mlflow_ccfv.errors.OptionError` naming ``kind``."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{kind} must be a non-empty string; got {value!r}.")
-    if any(c in value for c in "/@:") or value != value.strip():
-        raise ValueError(
-            f"{kind} {value!r} contains '/', '@', ':' or surrounding spaces, which break models:/ URIs; "
-            "use letters, digits, '-', '_' and '.'."
+        raise OptionError(f"{kind} must be a non-empty string; got {value!r}.")
+    if any(c in value for c in "/@:'\"`\\") or value != value.strip() or len(value) > 256:
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        raise OptionError(
+            f"{kind} {shown!r} contains '/', '@', ':', quotes, backslashes or surrounding spaces (or is over 256 "
+            "characters), which break models:/ URIs and registry searches; use letters, digits, '-', '_' and '.'."
         )
     return value
+
+
+_check_name = check_name
 
 
 def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None) -> tuple[int, ...]:
@@ -471,6 +477,7 @@ __all__ = [
     "RegistryError",
     "VERSION_TAGS",
     "bank_versions",
+    "check_name",
     "find_version",
     "get_version",
     "load_version",
