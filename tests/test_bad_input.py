@@ -303,6 +303,8 @@ ROWS = [
         OPTION,
         "Registered model name",
     ),
+    Row("cache dir is a file", SCORE + ["--cache-dir", "ok-spec.json"], OPTION, "is a file"),
+    Row("cache dir under a file", SCORE + ["--cache-dir", "ok-spec.json/cache"], OPTION, "cannot be created"),
     Row("not a models URI", SCORE + ["--models", "good"], OPTION, "Expected models:/"),
     # datasets: containment, structure, content
     Row("no such dataset", ["score", "--dataset", "Task42", "--data-root", "data", "--bank", "b"], DATASET, "Task42"),

@@ -27,7 +27,7 @@ from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.features.resources import check_memory, inference_bytes, resolve_device
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
-from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
+from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
@@ -279,6 +279,7 @@ def score_from_options(
         sampler_seed=sampler_seed,
     )
     chosen_device = resolve_device(device)
+    FeatureCache(cache_dir or None).check_writable()
     if "roi_size" in overrides:
         check_memory(
             inference_bytes(overrides["roi_size"], SamplerConfig().sw_batch_size),

@@ -19,6 +19,7 @@ from torch import nn
 
 from mlflow_ccfv.data.preprocess import PreprocessedCase
 from mlflow_ccfv.data.target import Target
+from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features
 
 __all__ = ["CACHE_ENV", "CHECKSUM_SUFFIX", "DEFAULT_CACHE_DIR", "CaseCache", "FeatureCache", "cache_key"]
@@ -60,6 +61,22 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+
+    def check_writable(self) -> None:
+        """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming ``--cache-dir``) a cache folder that is
+        a file or cannot be created or written, before any work; nothing is created here."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        problem = None
+        if existing == self.root and not self.root.is_dir():
+            problem = "is not a folder"
+        elif not existing.is_dir():
+            problem = f"cannot be created: {existing} is not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"cannot be written: no write permission on {existing}"
+        if problem:
+            raise OptionError(f"--cache-dir {self.root} {problem}. Pass a writable folder (or set ${CACHE_ENV}).")
 
     def path(self, model_id: str | None, key: str) -> Path:
         return self.root / "features" / (model_id or "unregistered") / f"{key}.npz"
