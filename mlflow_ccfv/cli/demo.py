@@ -15,7 +15,9 @@ from mlflow_ccfv.options import split_list
 
 
 @click.command(cls=CCFVCommand)
-@data_root_option(default="data/synthetic", help_text="Where the synthetic tasks are generated (reused when present).")
+@data_root_option(
+    default="data", help_text="Where the synthetic tasks are generated (reused when present); score's default data root."
+)
 @click.option("--target", default="Task09", show_default=True, help="Target task of the demo.")
 @click.option("--sources", default="Task03,Task07,Task06", show_default=True, help="Pre-training sources.")
 @click.option(
@@ -42,7 +44,9 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="Fine-tuning steps per model.",
 )
-@click.option("--bank", default="demo", show_default=True, help="Bank tag of the demo's models.")
+@click.option(
+    "--bank", default="default", show_default=True, help="Bank tag of the demo's models (score's default bank)."
+)
 @click.option(
     "--experiment",
     default="ccfv-demo",
@@ -60,7 +64,7 @@ from mlflow_ccfv.options import split_list
 def demo(**options) -> None:
     """Run the whole loop on one synthetic target: synthesise data, pre-train a bank (UNet + UNETR per source,
     + random-init controls), score, fine-tune, report."""
-    from mlflow_ccfv.features.resources import resolve_device
+    from mlflow_ccfv.networks import resolve_device
     from mlflow_ccfv.pipelines.study import demo_config, print_summary, run_cli_workflow
 
     def make():

@@ -66,7 +66,7 @@ from mlflow_ccfv.options import split_list
 def study(**options) -> None:
     """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
     bank, fine-tune it and report."""
-    from mlflow_ccfv.features.resources import resolve_device
+    from mlflow_ccfv.networks import resolve_device
     from mlflow_ccfv.pipelines.study import print_summary, run_cli_workflow, study_config
 
     def make():

@@ -1,6 +1,4 @@
-"""Where a network runs and whether a window fits: the device choice and a memory lower bound.
-
-Will a window fit? A lower bound on a network's activation memory is checked before any work.
+"""Will a window fit? A lower bound on a network's activation memory is checked before any work.
 
 A sliding window of ``--roi-size 100000,100000,100000`` asks for petabytes and a fine-tuning patch of
 512³ is killed by the kernel at tens of GB, minutes in and without a word. The estimates here are
@@ -24,7 +22,6 @@ __all__ = [
     "available_memory_bytes",
     "check_memory",
     "inference_bytes",
-    "resolve_device",
     "training_bytes",
 ]
 
@@ -76,23 +73,3 @@ def check_memory(needed: int, option: str, value: Sequence[int], fix: str, avail
             f"{option} {shown} needs at least {_gib(needed)} of memory, but {_gib(available)} is available; {fix}"
         )
 
-
-def resolve_device(device: str | None) -> str:
-    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given (checked: CUDA must be available and N in range);
-    ``None``/``""``: ``"cuda"`` when available, else ``"cpu"``."""
-    import torch
-
-    from mlflow_ccfv.options import parse_device
-
-    chosen = parse_device(device)
-    if chosen is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if chosen.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise OptionError(f"--device {chosen}: CUDA is not available here; use --device cpu (or leave it empty).")
-        index = int(chosen.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise OptionError(
-                f"--device {chosen}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)."
-            )
-    return chosen

@@ -17,8 +17,8 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
-from mlflow_ccfv.features.resources import check_memory, resolve_device, training_bytes
-from mlflow_ccfv.networks import small_spec
+from mlflow_ccfv.features.resources import check_memory, training_bytes
+from mlflow_ccfv.networks import resolve_device, small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, register_network
@@ -62,7 +62,7 @@ def check_training_resources(config: TrainConfig, device: str | None = None) -> 
     """Refuse before any work a ``device`` that does not exist here, or a patch size and batch whose
     memory lower bound (:func:`~mlflow_ccfv.features.resources.training_bytes`) exceeds the available
     memory. Returns the device to train on."""
-    chosen = resolve_device(device)
+    chosen = str(resolve_device(device or None))
     check_memory(
         training_bytes(config.patch_size, config.batch_size),
         "--patch-size",
@@ -94,8 +94,9 @@ def pretrain_and_register(
     """Pre-train ``architecture`` (a CPU-sized :func:`small_spec`) on every case of ``source`` and
     register it in ``bank``. ``channels`` selects input channels (e.g. ``[0]``: BRATS's FLAIR only,
     to match 1-channel CT targets). With ``reuse``, an existing version of the same name, source,
-    bank and budget is returned instead of training again. ``device``: cpu, cuda or cuda:N (checked
-    here; None: CUDA when available, else the CPU). Returns the ``ModelVersion``.
+    bank and budget is returned instead of training again (whatever device trained it). ``device``:
+    where to train (default CUDA when available, else CPU; checked before any work, with the memory
+    the patch size needs). Returns the ``ModelVersion``.
     """
     small_spec(architecture, 1, 2, config.patch_size)  # an unknown architecture is refused before any work
     check_name("bank", bank)
@@ -111,6 +112,7 @@ def pretrain_and_register(
     if reuse and (existing := find_version(name, wanted)) is not None:
         _logger.info("reusing %s/%s (pre-trained on %s, same budget)", name, existing.version, src)
         return existing
+    run_on = resolve_device(device)
     cases = _select_channels(list(ds.iter_cases(config=preprocess, progress=progress)), channels)
     in_channels = int(cases[0].image.shape[0])
     spec = small_spec(architecture, in_channels, len(ds.labels), config.patch_size)
@@ -123,10 +125,11 @@ def pretrain_and_register(
                 "n_cases": len(cases),
                 "channels": channel_text,
                 "spec": spec.to_json()[:6000],
+                "device": str(run_on),
                 **T.prefixed_params("train", config.to_dict()),
             }
         )
-        result = pretrain(spec, cases, config, progress=progress, desc=f"pretrain {name}")
+        result = pretrain(spec, cases, config, progress=progress, desc=f"pretrain {name}", device=run_on)
         log_training_curve(result.losses, f"pre-training {name} on {src}")
         mlflow.log_metrics({"train_seconds": result.seconds, "final_loss": result.losses[-1]})
         extra = {

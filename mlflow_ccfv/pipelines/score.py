@@ -23,9 +23,10 @@ import mlflow
 import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
-from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import SamplerConfig
-from mlflow_ccfv.features.resources import check_memory, inference_bytes, resolve_device
+from mlflow_ccfv.networks import resolve_device
+from mlflow_ccfv.errors import OptionError
+from mlflow_ccfv.features.resources import check_memory, inference_bytes
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
@@ -62,6 +63,7 @@ def score_loaded(
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
     device: str | None = None,
+    amp: bool = False,
 ) -> ModelScores:
     """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
     patch = loaded.tags.get(T.PATCH_SIZE)
@@ -78,6 +80,7 @@ def score_loaded(
         cache_dir=cache_dir,
         cases=cases,
         device=device,
+        amp=amp,
     )
 
 
@@ -117,14 +120,22 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, device=None) -> VersionResult:
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, device, amp) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
     loaded = None
     try:
         loaded = load_version(item)
         result = score_loaded(
-            loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases, device=device
+            loaded,
+            target,
+            methods,
+            sampler_config,
+            force=force,
+            cache_dir=cache_dir,
+            cases=cases,
+            device=device,
+            amp=amp,
         )
         return VersionResult(
             loaded.label,
@@ -160,6 +171,7 @@ def score_versions(
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
     device: str | None = None,
+    amp: bool = False,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -168,16 +180,18 @@ def score_versions(
     (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
-    set (and no tags).
+    set (and no tags). ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
+    inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
     """
     methods = parse_methods(methods)
+    run_on = resolve_device(device)  # checked before any work
     items = list(versions_or_uris)
     if not items:
         raise ValueError("No model versions to score.")
     cases = CaseCache(target=dataset)
     results = []
     for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, device)
+        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases, str(run_on), amp)
         status = (
             f"FAILED: {result.error}"
             if result.error or result.result is None
@@ -205,11 +219,13 @@ def score_versions(
                 "ccfv.methods": ",".join(methods),
                 "ccfv.n_versions": len(items),
                 "ccfv.force": force,
+                "ccfv.device": str(run_on),
+                "ccfv.amp": amp,
             }
         )
         for r in results:
             if r.result is not None and r.result.config is not None:
-                log_version_run(
+                run_id = log_version_run(
                     label=r.label,
                     model_id=r.model_id,
                     target=dataset,
@@ -219,6 +235,9 @@ def score_versions(
                     sampler=r.result.config.to_dict(),
                     metrics=r.metrics,
                 )
+                dice = r.tags.get(T.dice_tag(dataset.name))
+                if dice is not None:  # fine-tuned before: the measured Dice beside the scores
+                    mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
         failed = [r.label for r in results if r.error]
         if failed:
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
@@ -260,6 +279,7 @@ def score_from_options(
     cache_dir: str = "",
     verify: str | bool = "true",
     device: str | None = None,
+    amp: str | bool = False,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's options (text as MLproject passes it, or the
     typed values of the click command): validate every option, resolve and verify the target, score the
@@ -268,7 +288,7 @@ def score_from_options(
     Everything that can be refused is refused before a run is started: unknown methods, sampler
     settings (each error names its option), a ROI larger than twice the largest volume or whose
     memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
-    maps hold no foreground.
+    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`.
     """
     method_list = parse_methods(methods)  # validate before any work
     overrides = sampler_overrides(
@@ -278,7 +298,8 @@ def score_from_options(
         layer_budgets=layer_budgets,
         sampler_seed=sampler_seed,
     )
-    chosen_device = resolve_device(device)
+    use_amp = parse_bool(amp, "amp")
+    chosen_device = str(resolve_device(device or None))
     FeatureCache(cache_dir or None).check_writable()
     if "roi_size" in overrides:
         check_memory(
@@ -311,6 +332,7 @@ def score_from_options(
         force=parse_bool(force, "force"),
         cache_dir=cache_dir or None,
         device=chosen_device,
+        amp=use_amp,
     )
 
 

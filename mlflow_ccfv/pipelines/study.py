@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
-from mlflow_ccfv.features.resources import resolve_device
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
 from mlflow_ccfv.pipelines.report import report_bank
@@ -36,7 +36,7 @@ from mlflow_ccfv.pipelines.score import score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
@@ -72,7 +72,9 @@ class StudyConfig:
 
     ``targets``: dataset folders fine-tuned on; ``sources``: pre-training sources (targets are also
     sources of each other, leave-one-out); ``pretrain``/``finetune``: the budgets, identical for every
-    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations).
+    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations); ``device``: where
+    the networks train and run (``None``: CUDA when available, else CPU); ``amp``: mixed-precision
+    inference when scoring (an opt-in, see :mod:`mlflow_ccfv.networks.devices`).
     """
 
     targets: list[Path]
@@ -87,6 +89,7 @@ class StudyConfig:
     overlap: float = 0.5
     cache_dir: str | None = None
     device: str | None = None
+    amp: bool = False
 
 
 @dataclass
@@ -143,9 +146,14 @@ def run_transfer_study(
     force_finetune: bool = False,
     force_score: bool = False,
     out_dir: str | Path | None = None,
+    device: str | None = None,
 ) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
-    ``out_dir``: also keep the report's tables and plots there."""
+    ``out_dir``: also keep the report's tables and plots there; ``device`` (when given) replaces
+    ``config.device``."""
+    if device is not None:
+        config = replace(config, device=device)
+    config = replace(config, device=str(resolve_device(config.device)))  # checked before any work
     with command_run(f"study {config.bank}") as parent:
         return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
 
@@ -169,6 +177,8 @@ def _run_study(
             ),
             "methods": config.methods,
             "split_seed": config.split_seed,
+            "device": config.device,
+            "amp": config.amp,
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -211,7 +221,8 @@ def _run_study(
                 methods=config.methods,
                 force=force_score,
                 cache_dir=config.cache_dir,
-                device=resolve_device(config.device),
+                device=config.device,
+                amp=config.amp,
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
@@ -257,7 +268,7 @@ def demo_config(
     sources: Sequence[str] = ("Task03", "Task07", "Task06"),
     pretrain_steps: int = 150,
     finetune_steps: int = 60,
-    bank: str = "demo",
+    bank: str = DEFAULT_BANK,
     architectures: Sequence[str] = ARCHITECTURES,
     methods: str = "all",
     patch_size: Sequence[int] = (32, 32, 32),
@@ -266,7 +277,11 @@ def demo_config(
     device: str | None = None,
 ) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
-    architecture, small budgets; synthetic cases generated with ``seed``."""
+    architecture, small budgets; synthetic cases generated with ``seed``.
+
+    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks (target and
+    sources, e.g. Task07) are generated where ``score`` looks by default (``data``), so the headline
+    ``mlflow run . -e score -P dataset=Task07`` works right after it."""
     names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
     folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
     patch = tuple(int(p) for p in patch_size)

@@ -18,7 +18,7 @@ import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.study.plots import training_curve_png
 
-__all__ = ["command_run", "log_training_curve", "log_version_run"]
+__all__ = ["command_run", "log_dice_on_score_runs", "log_training_curve", "log_version_run"]
 
 
 @contextmanager
@@ -66,10 +66,28 @@ def log_version_run(
         }
         params.update(T.prefixed_params("sampler", sampler))
         mlflow.log_params(params)
-        mlflow.set_tags({T.RUN_DATASET: target.name, T.RUN_MODEL: label})
+        mlflow.set_tags({T.RUN_STAGE: "score", T.RUN_DATASET: target.name, T.RUN_MODEL: label})
         # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
         mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=ds)
         return run.info.run_id
+
+
+def log_dice_on_score_runs(label: str, dataset: str, dice: float) -> list[str]:
+    """Log ``finetune_dice`` on every score run of version ``label`` on ``dataset`` (all experiments), so
+    the Runs tab shows the measured Dice beside the scores; returns their run ids."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=(
+            f"tags.`{T.RUN_STAGE}` = 'score' AND tags.`{T.RUN_MODEL}` = '{label}' "
+            f"AND tags.`{T.RUN_DATASET}` = '{dataset}'"
+        ),
+        output_format="list",
+        max_results=1000,
+    )
+    client = mlflow.MlflowClient()
+    for run in runs:
+        client.log_metric(run.info.run_id, T.FINETUNE_DICE, float(dice))
+    return [run.info.run_id for run in runs]
 
 
 def log_training_curve(losses: Sequence[float], title: str) -> None:

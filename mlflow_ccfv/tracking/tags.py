@@ -12,7 +12,8 @@ Registry (model version) tags:
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
-``finetune_dice``; the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
+``finetune_dice`` (on the fine-tune run, the version's LoggedModel and the version's score runs of
+that dataset, so one Runs-tab row shows a model's scores beside its measured Dice); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``.
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "RUN_DATASET",
     "RUN_MODEL",
     "RUN_STAGE",
+    "FINETUNE_DICE",
     "SOURCE_DATASET",
     "best_alias",
     "dice_spread_metric",
@@ -74,6 +76,9 @@ RUN_STAGE = "ccfv.stage"
 RUN_MODEL = "ccfv.model"
 RUN_DATASET = "ccfv.dataset"
 RUN_BANK = BANK
+
+#: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
+FINETUNE_DICE = "finetune_dice"
 
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"
