@@ -280,7 +280,7 @@ ROWS = [
     Row("unknown method", SCORE + ["--methods", "ccfv,magic"], OPTION, "Unknown method(s) magic"),
     Row("unknown split", SCORE + ["--split", "validation"], OPTION, "'validation' is not one of"),
     Row("device tpu", SCORE + ["--device", "tpu"], OPTION, "device must be cpu, cuda or cuda:N"),
-    Row("device cuda:99", SCORE + ["--device", "cuda:99"], OPTION, "--device cuda:99"),
+    Row("device cuda:99", SCORE + ["--device", "cuda:99"], OPTION, "device 'cuda:99'"),
     Row("force maybe", SCORE + ["--force", "maybe"], OPTION, "--force must be true or false"),
     Row("misspelled -P name", SCORE + ["--roi_sise", "32"], OPTION, "Valid parameters"),
     # score: registry

@@ -16,7 +16,8 @@ from mlflow_ccfv.options import split_list
 
 @click.command(cls=CCFVCommand)
 @data_root_option(
-    default="data", help_text="Where the synthetic tasks are generated (reused when present); score's default data root."
+    default="data",
+    help_text="Where the synthetic tasks are generated (reused when present); score's default data root.",
 )
 @click.option("--target", default="Task09", show_default=True, help="Target task of the demo.")
 @click.option("--sources", default="Task03,Task07,Task06", show_default=True, help="Pre-training sources.")

@@ -72,4 +72,3 @@ def check_memory(needed: int, option: str, value: Sequence[int], fix: str, avail
         raise OptionError(
             f"{option} {shown} needs at least {_gib(needed)} of memory, but {_gib(available)} is available; {fix}"
         )
-

@@ -23,10 +23,10 @@ import mlflow
 import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
-from mlflow_ccfv.features import SamplerConfig
-from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.errors import OptionError
+from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.features.resources import check_memory, inference_bytes
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
