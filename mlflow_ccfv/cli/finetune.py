@@ -7,6 +7,7 @@ import click
 from mlflow_ccfv.cli.base import (
     BoolText,
     CCFVCommand,
+    IntTuple,
     check_tracking_server,
     data_root_option,
     device_option,
@@ -41,6 +42,12 @@ from mlflow_ccfv.cli.base import (
     show_default=True,
     help="true: fine-tune even if this budget's Dice is tagged.",
 )
+@click.option(
+    "--seeds",
+    default="",
+    type=IntTuple(minimum=0, maximum=2**32 - 1, empty_as_tuple=True),
+    help="Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed.",
+)
 @train_options(steps=100, seed=0)
 @device_option()
 def finetune(**options) -> None:
@@ -60,11 +67,13 @@ def finetune(**options) -> None:
             split_seed=options["split_seed"],
             overlap=options["overlap"],
             force=options["force"],
+            seeds=options["seeds"] or None,
             device=options["device"],
         )
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
+    spread = f" ± {outcome.dice_sd:.4f} over seeds" if outcome.dice_sd == outcome.dice_sd else ""
     click.echo(
-        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}"
+        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}{spread}"
         + (f" ({per_class})" if per_class else " (reused: same budget already measured)")
         + (f"; run {outcome.run_id}" if outcome.run_id else "")
     )

@@ -8,6 +8,7 @@ from mlflow_ccfv.cli.base import (
     BoolText,
     CCFVCommand,
     IntTuple,
+    OptionalInt,
     check_tracking_server,
     data_root_option,
     device_option,
@@ -40,17 +41,31 @@ from mlflow_ccfv.cli.base import (
     show_default=True,
     help="true: return an existing version with the same budget.",
 )
+@click.option(
+    "--curve-every",
+    "curve_every",
+    default="0",
+    type=OptionalInt(0),
+    help="Measure the source Dice every N steps (0: at the end).",
+)
+@click.option(
+    "--early-step",
+    "early_step",
+    default="",
+    type=OptionalInt(1),
+    help="Also register the step-N checkpoint as <name>-early.",
+)
 @train_options(steps=300, seed=1)
 @device_option()
 def pretrain(**options) -> None:
     """Pre-train a network (nnU-Net-like: foreground-oversampled patches, Dice+CE, AdamW + poly) and register it."""
     from mlflow_ccfv.cli.base import train_config_from_options
-    from mlflow_ccfv.pipelines.pretrain import pretrain_and_register
+    from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
 
     with exit_on_input_error("pretrain"):
         config = train_config_from_options(options)
         check_tracking_server()
-        mv = pretrain_and_register(
+        versions = pretrain_checkpoints(
             options["dataset"],
             options["architecture"],
             config,
@@ -59,9 +74,13 @@ def pretrain(**options) -> None:
             data_root=options["data_root"] or None,
             channels=list(options["channels"]) or None,
             reuse=options["reuse"],
+            curve_every=options["curve_every"] or 0,
+            early_step=options["early_step"],
             device=options["device"],
         )
-    click.echo(
-        f"registered models:/{mv.name}/{mv.version} (source {mv.tags['source_dataset']}, bank {mv.tags['ccfv.bank']}, "
-        f"{mv.tags.get('pretrain.steps')} steps)"
-    )
+    for mv in versions:
+        click.echo(
+            f"registered models:/{mv.name}/{mv.version} (source {mv.tags['source_dataset']}, bank "
+            f"{mv.tags['ccfv.bank']}, {mv.tags.get('pretrain.steps')} steps, source Dice "
+            f"{mv.tags.get('pretrain.source_dice', 'not measured')})"
+        )

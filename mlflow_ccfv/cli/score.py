@@ -78,6 +78,13 @@ from mlflow_ccfv.cli.base import (
     "--verify", default="true", type=BoolText(), show_default=True, help="Run the dataset integrity check first."
 )
 @device_option()
+@click.option(
+    "--rank-by",
+    "rank_by",
+    default="ccfv",
+    show_default=True,
+    help="Estimator whose score sets the rank tags and the best-<dataset> alias.",
+)
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options

@@ -7,6 +7,7 @@ import click
 from mlflow_ccfv.cli.base import (
     CCFVCommand,
     IntTuple,
+    OptionalInt,
     check_tracking_server,
     data_root_option,
     device_option,
@@ -18,7 +19,12 @@ from mlflow_ccfv.options import split_list
 @click.command(cls=CCFVCommand)
 @data_root_option(default="data/synthetic", help_text="Where the synthetic family is (generated there if missing).")
 @click.option(
-    "--n-cases", "n_cases", default=15, type=click.IntRange(2, 10_000), show_default=True, help="Cases per task."
+    "--n-cases",
+    "n_cases",
+    default=50,
+    type=click.IntRange(2, 10_000),
+    show_default=True,
+    help="Cases per synthetic task (80/20: 10 held out).",
 )
 @click.option(
     "--shape",
@@ -31,11 +37,58 @@ from mlflow_ccfv.options import split_list
     "--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none."
 )
 @click.option("--architectures", default="UNet,UNETR", show_default=True, help="Architectures of the bank.")
-@click.option("--targets", default="", help="Comma-separated targets (default: all five tasks).")
+@click.option(
+    "--targets",
+    default="",
+    help="Comma-separated targets: synthetic task names or MSD folder paths (default: all five).",
+)
+@click.option(
+    "--sources",
+    default="",
+    help="Comma-separated sources: task names or MSD folders, PATH:0 keeps channel 0 (default: the family + targets).",
+)
+@click.option(
+    "--seeds",
+    default="0,1,2",
+    type=IntTuple(minimum=0, maximum=2**32 - 1),
+    show_default=True,
+    help="Fine-tuning seeds per (model, target).",
+)
+@click.option(
+    "--synthetic-seed",
+    "synthetic_seed",
+    default=0,
+    type=click.IntRange(min=0),
+    show_default=True,
+    help="Seed of the synthetic family.",
+)
+@click.option(
+    "--curve-every",
+    "curve_every",
+    default="250",
+    type=OptionalInt(0),
+    show_default=True,
+    help="Source Dice every N pre-training steps (0 or empty: none).",
+)
+@click.option(
+    "--early-step",
+    "early_step",
+    default="250",
+    type=OptionalInt(1),
+    show_default=True,
+    help="Also register this step's checkpoint for --early-sources (empty: none).",
+)
+@click.option(
+    "--early-sources",
+    "early_sources",
+    default="Task03,Task09",
+    show_default=True,
+    help="Sources with an early checkpoint.",
+)
 @click.option(
     "--pretrain-steps",
     "pretrain_steps",
-    default=300,
+    default=2000,
     type=click.IntRange(min=1),
     show_default=True,
     help="Pre-training steps per model.",
@@ -67,7 +120,7 @@ def study(**options) -> None:
     """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
     bank, fine-tune it and report."""
     from mlflow_ccfv.networks import resolve_device
-    from mlflow_ccfv.pipelines.study import print_summary, run_cli_workflow, study_config
+    from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
@@ -80,6 +133,12 @@ def study(**options) -> None:
             architectures=split_list(options["architectures"]),
             bank=options["bank"],
             targets=split_list(options["targets"]) or None,
+            sources=split_list(options["sources"]) or None,
+            seeds=options["seeds"],
+            synthetic_seed=options["synthetic_seed"],
+            curve_every=options["curve_every"] or 0,
+            early_step=options["early_step"],
+            early_sources=split_list(options["early_sources"]),
             device=options["device"],
         )
 
@@ -88,3 +147,4 @@ def study(**options) -> None:
         check_tracking_server()
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
     click.echo(print_summary(result))
+    click.echo(evidence_summary(result))

@@ -172,6 +172,7 @@ def score_versions(
     artifact_dir: str | os.PathLike | None = None,
     device: str | None = None,
     amp: bool = False,
+    rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -182,8 +183,10 @@ def score_versions(
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
     set (and no tags). ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
     inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
+    ``rank_by``: the estimator whose score orders the table, the rank tags and the ``best-<dataset>``
+    alias (scored even when not in ``methods``).
     """
-    methods = parse_methods(methods)
+    methods = _with_rank_method(parse_methods(methods), rank_by)
     run_on = resolve_device(device)  # checked before any work
     items = list(versions_or_uris)
     if not items:
@@ -201,7 +204,7 @@ def score_versions(
         )
         _logger.info("[%d/%d] %s on %s: %s (%.1fs)", i, len(items), result.label, dataset.name, status, result.seconds)
         results.append(result)
-    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
+    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
     if not log:
         return table
     ds = mlflow_dataset(dataset)
@@ -221,6 +224,7 @@ def score_versions(
                 "ccfv.force": force,
                 "ccfv.device": str(run_on),
                 "ccfv.amp": amp,
+                "ccfv.rank_by": rank_by,
             }
         )
         for r in results:
@@ -253,13 +257,26 @@ def score_versions(
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
             (folder / f"{stem}.md").write_text(table_markdown(table, methods))
-            ranking_plot(table, folder / f"{stem}.png")
+            ranking_plot(table, folder / f"{stem}.png", method=rank_by)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
     finally:
         if active is None:
             mlflow.end_run("FAILED" if table["error"].notna().any() else "FINISHED")
     return table
+
+
+def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
+    """``methods`` plus ``rank_by`` (an estimator name, checked here before any work)."""
+    from mlflow_ccfv.estimators import METHODS
+
+    if rank_by not in METHODS:
+        raise ValueError(
+            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} "
+            "(the pre-registered variants ccfv_twin and rank_aggregate are computed by `report`, from every "
+            "version's scores)."
+        )
+    return methods if rank_by in methods else [*methods, rank_by]
 
 
 def score_from_options(
@@ -280,6 +297,7 @@ def score_from_options(
     verify: str | bool = "true",
     device: str | None = None,
     amp: str | bool = False,
+    rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's options (text as MLproject passes it, or the
     typed values of the click command): validate every option, resolve and verify the target, score the
@@ -288,9 +306,10 @@ def score_from_options(
     Everything that can be refused is refused before a run is started: unknown methods, sampler
     settings (each error names its option), a ROI larger than twice the largest volume or whose
     memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
-    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`.
+    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator
+    that ranks.
     """
-    method_list = parse_methods(methods)  # validate before any work
+    method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
     overrides = sampler_overrides(
         roi_size=roi_size,
         overlap=overlap,
@@ -333,6 +352,7 @@ def score_from_options(
         cache_dir=cache_dir or None,
         device=chosen_device,
         amp=use_amp,
+        rank_by=rank_by,
     )
 
 
