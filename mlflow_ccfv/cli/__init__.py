@@ -15,7 +15,19 @@ from mlflow_ccfv.cli.base import CCFVCommand
 __all__ = ["CCFVCommand", "main"]
 
 #: Command names; each is a module in this package defining a click command of the same name.
-COMMANDS = ("synth", "verify", "register", "score", "pretrain", "finetune", "report", "study", "demo")
+COMMANDS = (
+    "synth",
+    "verify",
+    "register",
+    "bank",
+    "score",
+    "rank",
+    "pretrain",
+    "finetune",
+    "report",
+    "study",
+    "demo",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -48,7 +48,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks import resolve_device
-from mlflow_ccfv.pipelines.pretrain import load_dataset
+from mlflow_ccfv.pipelines.pretrain import check_training_resources, load_dataset
 from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
@@ -139,11 +139,13 @@ def finetune_version(
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget (seeds
     included) is not fine-tuned again (its tagged Dice is returned), and a seed already measured by a
     finished run with the same per-seed budget is read back from that run. ``device``: where to
-    fine-tune and evaluate (default CUDA when available, else CPU). Every ``checkpoint_every`` steps
-    (0: never) a seed's training state is saved under ``checkpoint_dir`` (default ``<cache>/finetune``)
-    and a rerun after a kill resumes from it. ``allow_pickle``: see
-    :func:`~mlflow_ccfv.tracking.registry.pickle_allowed` (fine-tuning needs a network spec anyway).
+    fine-tune and evaluate (default CUDA when available, else CPU; checked before any work, with the
+    memory the patch size needs). Every ``checkpoint_every`` steps (0: never) a seed's training state
+    is saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a kill resumes
+    from it. ``allow_pickle``: see :func:`~mlflow_ccfv.tracking.registry.pickle_allowed`
+    (fine-tuning needs a network spec anyway).
     """
+    check_training_resources(config, device)
     seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {list(seeds)}.")
