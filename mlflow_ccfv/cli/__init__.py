@@ -15,7 +15,18 @@ from mlflow_ccfv.cli.base import CCFVCommand
 __all__ = ["CCFVCommand", "main"]
 
 #: Command names; each is a module in this package defining a click command of the same name.
-COMMANDS = ("synth", "verify", "register", "score", "pretrain", "finetune", "report", "study", "demo")
+COMMANDS = (
+    "synth",
+    "verify",
+    "register",
+    "log_dataset",
+    "score",
+    "pretrain",
+    "finetune",
+    "report",
+    "study",
+    "demo",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,4 +38,4 @@ def main(verbose: bool) -> None:
 
 
 for _name in COMMANDS:
-    main.add_command(getattr(importlib.import_module(f"mlflow_ccfv.cli.{_name}"), _name), _name)
+    main.add_command(getattr(importlib.import_module(f"mlflow_ccfv.cli.{_name}"), _name), _name.replace("_", "-"))

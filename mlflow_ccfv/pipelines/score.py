@@ -22,13 +22,13 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from mlflow_ccfv.data import MSDDataset, Target, make_target
+from mlflow_ccfv.data import Target, make_target
 from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.datasets import mlflow_dataset
+from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.registry import (
     LoadedModel,
     load_version,
@@ -263,7 +263,7 @@ def score_from_options(
     if overrides:
         SamplerConfig(**overrides)  # validate the values now
     versions = resolve_versions(split_list(models), bank=bank)
-    ds = MSDDataset.load(dataset, data_root=data_root or None)
+    ds = load_msd_dataset(dataset, data_root or None, cache_dir or None)
     if parse_bool(verify, "verify"):
         ds.verify()
     target = make_target(ds, split)

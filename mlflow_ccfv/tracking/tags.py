@@ -13,7 +13,9 @@ Registry (model version) tags:
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
 ``finetune_dice``; the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
-Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``.
+Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
+(``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
+and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ __all__ = [
     "PATCH_SIZE",
     "RANK",
     "RUN_BANK",
+    "RUN_DATASET_ARTIFACT",
+    "RUN_DATASET_DIGEST",
     "RUN_DATASET",
     "RUN_MODEL",
     "RUN_STAGE",
@@ -73,6 +77,10 @@ RUN_STAGE = "ccfv.stage"
 RUN_MODEL = "ccfv.model"
 RUN_DATASET = "ccfv.dataset"
 RUN_BANK = BANK
+#: On a dataset run: the MSD folder's content digest (``MSDDataset.digest()``), set once the upload is complete.
+RUN_DATASET_DIGEST = "ccfv.dataset.digest"
+#: On a dataset run: the artifact path of the uploaded task folder (``runs:/<run_id>/<this>``).
+RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
 
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"
