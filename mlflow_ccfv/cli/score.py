@@ -10,7 +10,11 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 
 
 @click.command(cls=CCFVCommand)
-@click.option("--dataset", required=True, help="Target: a task name under --data-root (Task07) or a folder path.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset (runs:/<run_id>/<folder>).",
+)
 @click.option(
     "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
 )
@@ -45,6 +49,16 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 @click.option("--force", default="false", show_default=True, help="true: recompute features even if cached.")
 @click.option("--cache-dir", "cache_dir", default="", help="Feature cache (default .ccfv-cache or $MLFLOW_CCFV_CACHE).")
 @click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
+@click.option(
+    "--executor",
+    default="serial",
+    show_default=True,
+    type=click.Choice(["serial", "ray"]),
+    help="serial: in this process; ray: one Ray task per model version.",
+)
+@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
+@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
+@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,31 @@ import pandas as pd
 from mlflow_ccfv.data import Target, make_target
 from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
+from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
+from mlflow_ccfv.tracking.datasets import is_dataset_reference, load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.registry import (
     LoadedModel,
     load_version,
     resolve_versions,
     version_uri,
+    write_score_tags,
     write_transferability_tags,
 )
 from mlflow_ccfv.tracking.runs import log_version_run
 
-__all__ = ["VersionResult", "score_from_options", "score_loaded", "score_versions"]
+__all__ = [
+    "TargetSource",
+    "VersionResult",
+    "VersionTask",
+    "score_from_options",
+    "score_loaded",
+    "score_version",
+    "score_version_remote",
+    "score_versions",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +94,7 @@ class VersionResult:
     result: ModelScores | None
     seconds: float
     error: str | None = None
+    target_digest: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -136,6 +149,72 @@ def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -
         )
 
 
+@dataclass(frozen=True)
+class TargetSource:
+    """Where a worker finds the target: ``dataset`` is a logged dataset (``runs:/<run_id>/<folder>``,
+    downloaded once per worker machine) or a task folder path every worker can read (a shared file
+    system); ``split`` and ``seed`` select the cases as :func:`~mlflow_ccfv.data.make_target` does."""
+
+    dataset: str
+    split: str = "train"
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+@lru_cache(maxsize=2)
+def _worker_target(source: TargetSource) -> tuple[Target, CaseCache]:
+    """The target and its pre-processed cases, loaded once per worker process (Ray reuses workers)."""
+    target = make_target(load_msd_dataset(source.dataset, cache_dir=source.cache_dir), source.split, source.seed)
+    return target, CaseCache(target=target)
+
+
+@dataclass(frozen=True)
+class VersionTask:
+    """One version's scoring: ``item`` (``models:/<name>/<version>``), the settings, and where it is
+    recorded: with ``parent_run_id``, its run is logged under that run and its score tags written."""
+
+    item: str
+    methods: tuple[str, ...]
+    sampler_config: Mapping[str, Any] | None = None
+    force: bool = False
+    cache_dir: str | None = None
+    parent_run_id: str | None = None
+    source: TargetSource | None = None
+
+
+def score_version(task: VersionTask, target: Target | None = None, cases: CaseCache | None = None) -> VersionResult:
+    """Score one version (on ``target``, or on ``task.source`` loaded in this process) and, with
+    ``task.parent_run_id``, record it: its run under the parent (idempotent: a retried task logs nothing
+    twice) and its ``transferability.<method>.<dataset>`` tags. Ranks and the alias are the driver's."""
+    if target is None:
+        if task.source is None:
+            raise ValueError("score_version needs a target or a task with a TargetSource.")
+        target, cases = _worker_target(task.source)
+    result = _score_one(task.item, target, list(task.methods), task.sampler_config, task.force, task.cache_dir, cases)
+    result.target_digest = target.digest
+    if task.parent_run_id and result.result is not None and result.result.config is not None:
+        log_version_run(
+            label=result.label,
+            model_id=result.model_id,
+            target=target,
+            ds=mlflow_dataset(target),
+            methods=list(task.methods),
+            cached=result.result.cached,
+            sampler=result.result.config.to_dict(),
+            metrics=result.metrics,
+            parent_run_id=task.parent_run_id,
+        )
+        if result.name and result.version:
+            write_score_tags(result.name, result.version, target.name, result.result.scores)
+    return result
+
+
+def score_version_remote(task: VersionTask) -> VersionResult:
+    """:func:`score_version` as a Ray task (the target from ``task.source``; tracking URI from the
+    worker's environment, set by the executor)."""
+    return score_version(task)
+
+
 def score_versions(
     versions_or_uris: Iterable,
     dataset: Target,
@@ -146,6 +225,8 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    executor: Executor | None = None,
+    source: TargetSource | None = None,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -155,59 +236,51 @@ def score_versions(
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
     set (and no tags).
+
+    ``executor``: where the versions are scored (default in this process;
+    :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one Ray task per version, each logging its own
+    run and score tags; ``source`` tells the workers where the target is, default its folder path).
+    Ranks, rank tags and the alias are written here, once every version is done.
     """
     methods = parse_methods(methods)
-    items = list(versions_or_uris)
+    items = [i if isinstance(i, str) else version_uri(i) for i in versions_or_uris]
     if not items:
         raise ValueError("No model versions to score.")
-    cases = CaseCache(target=dataset)
-    results = []
-    for i, item in enumerate(items, 1):
-        result = _score_one(item, dataset, methods, sampler_config, force, cache_dir, cases)
-        status = (
-            f"FAILED: {result.error}"
-            if result.error or result.result is None
-            else (
-                f"ccfv={result.result.scores[RANK_METHOD]:.4f}" + (" (cached features)" if result.result.cached else "")
-            )
-        )
-        _logger.info("[%d/%d] %s on %s: %s (%.1fs)", i, len(items), result.label, dataset.name, status, result.seconds)
-        results.append(result)
-    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
-    if not log:
-        return table
+    executor = executor or SerialExecutor()
+    if sampler_config is not None and isinstance(sampler_config, SamplerConfig):
+        sampler_config = sampler_config.to_dict()
     ds = mlflow_dataset(dataset)
     active = mlflow.active_run()
-    if active is None:
+    if log and active is None:
         mlflow.start_run(run_name=f"score {dataset.name}")
+    parent = mlflow.active_run() if log else None
+    status = "FINISHED"
     try:
-        mlflow.log_input(ds, context="target")
-        # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
-        mlflow.log_params(
-            {
-                "ccfv.dataset": dataset.name,
-                "ccfv.dataset_digest": dataset.digest,
-                "ccfv.split": dataset.split,
-                "ccfv.methods": ",".join(methods),
-                "ccfv.n_versions": len(items),
-                "ccfv.force": force,
-            }
+        if parent is not None:
+            mlflow.log_input(ds, context="target")
+            # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
+            mlflow.log_params(
+                {
+                    "ccfv.dataset": dataset.name,
+                    "ccfv.dataset_digest": dataset.digest,
+                    "ccfv.split": dataset.split,
+                    "ccfv.methods": ",".join(methods),
+                    "ccfv.n_versions": len(items),
+                    "ccfv.force": force,
+                    "ccfv.executor": executor.name,
+                }
+            )
+        results = _run_version_tasks(
+            items, dataset, methods, sampler_config, force, cache_dir, parent, executor, source
         )
-        for r in results:
-            if r.result is not None and r.result.config is not None:
-                log_version_run(
-                    label=r.label,
-                    model_id=r.model_id,
-                    target=dataset,
-                    ds=ds,
-                    methods=methods,
-                    cached=r.result.cached,
-                    sampler=r.result.config.to_dict(),
-                    metrics=r.metrics,
-                )
+        table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
+        if parent is None:
+            return table
         failed = [r.label for r in results if r.error]
         if failed:
+            status = "FAILED"
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
+        # The single place ranks, rank tags and the alias are written (after every task has finished).
         write_transferability_tags(
             [(r.name, r.version, r.label, r.result.scores) for r in results if r.result is not None and r.name],
             table,
@@ -223,10 +296,71 @@ def score_versions(
             ranking_plot(table, folder / f"{stem}.png")
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
+    except BaseException:
+        status = "FAILED"
+        raise
     finally:
-        if active is None:
-            mlflow.end_run("FAILED" if table["error"].notna().any() else "FINISHED")
+        if log and active is None:
+            mlflow.end_run(status)
     return table
+
+
+def _run_version_tasks(
+    items: list[str],
+    target: Target,
+    methods: list[str],
+    sampler_config: Mapping[str, Any] | None,
+    force: bool,
+    cache_dir: str | os.PathLike | None,
+    parent,
+    executor: Executor,
+    source: TargetSource | None,
+) -> list[VersionResult]:
+    """One :class:`VersionTask` per version, run by ``executor``; results in item order."""
+    remote_source = None
+    if not executor.in_process:
+        remote_source = source or TargetSource(str(target.dataset.root), target.split)
+    tasks = [
+        VersionTask(
+            item,
+            tuple(methods),
+            dict(sampler_config) if sampler_config else None,
+            force,
+            str(cache_dir) if cache_dir else None,
+            parent.info.run_id if parent is not None else None,
+            remote_source,
+        )
+        for item in items
+    ]
+
+    def report(i: int, result: VersionResult | TaskFailure) -> None:
+        if isinstance(result, TaskFailure):
+            return
+        status = (
+            f"FAILED: {result.error}"
+            if result.error or result.result is None
+            else (
+                f"ccfv={result.result.scores[RANK_METHOD]:.4f}" + (" (cached features)" if result.result.cached else "")
+            )
+        )
+        _logger.info(
+            "[%d/%d] %s on %s: %s (%.1fs)", i + 1, len(items), result.label, target.name, status, result.seconds
+        )
+
+    if executor.in_process:
+        cases = CaseCache(target=target)
+        raw = executor.map(lambda task: score_version(task, target, cases), tasks, report)
+    else:
+        raw = executor.map(score_version_remote, tasks, report)
+    results = []
+    for task, r in zip(tasks, raw):
+        if isinstance(r, TaskFailure):
+            r = VersionResult(task.item.removeprefix("models:/"), None, None, None, {}, None, 0.0, error=r.error)
+        elif r.target_digest not in (None, target.digest):
+            r.error = f"the worker's target (digest {r.target_digest}) differs from the driver's ({target.digest})"
+            r.result = None
+        results.append(r)
+    return results
 
 
 def score_from_options(
@@ -245,6 +379,10 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    executor: str = "serial",
+    ray_address: str = "",
+    num_cpus: str = "1",
+    num_gpus: str = "0",
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
     score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
@@ -275,6 +413,21 @@ def score_from_options(
         len(target.case_ids),
         target.digest,
     )
-    return score_versions(
-        versions, target, method_list, overrides or None, force=parse_bool(force, "force"), cache_dir=cache_dir or None
+    runner = make_executor(
+        executor or "serial", address=ray_address or None, num_cpus=float(num_cpus or 1), num_gpus=float(num_gpus or 0)
     )
+    # Workers read the target from the logged dataset when it is one, else from the folder's path.
+    source = TargetSource(dataset if is_dataset_reference(dataset) else str(ds.root), split, 0, cache_dir or None)
+    try:
+        return score_versions(
+            versions,
+            target,
+            method_list,
+            overrides or None,
+            force=parse_bool(force, "force"),
+            cache_dir=cache_dir or None,
+            executor=runner,
+            source=source,
+        )
+    finally:
+        runner.close()

@@ -50,9 +50,26 @@ def log_version_run(
     cached: bool,
     sampler: Mapping[str, Any],
     metrics: Mapping[str, float],
+    parent_run_id: str | None = None,
 ) -> str:
-    """One run nested in the active (score) run: a version's params and metrics on ``target``."""
-    with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True) as run:
+    """One run nested in the active (score) run, or under ``parent_run_id`` (a Ray worker has no active
+    run): a version's params and metrics on ``target``.
+
+    Idempotent per (parent run, version): a finished run of the same version under the same parent is
+    kept and returned (a retried task logs nothing twice); an unfinished one (its worker died mid-way)
+    is deleted first.
+    """
+    active = mlflow.active_run()
+    parent = parent_run_id or (active.info.run_id if active is not None else None)
+    if parent is not None:
+        done = _replace_partial_version_runs(parent, label)
+        if done is not None:
+            return done
+    where: dict[str, Any] = {}
+    if parent_run_id is not None and active is None:
+        where = {"parent_run_id": parent_run_id, "experiment_id": _experiment_of(parent_run_id)}
+    run_tags = {T.RUN_DATASET: target.name, T.RUN_MODEL: label}  # at creation: a partial run is findable
+    with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run:
         mlflow.log_input(ds, context="target")
         params = {
             "model_uri": f"models:/{label}",
@@ -66,10 +83,28 @@ def log_version_run(
         }
         params.update(T.prefixed_params("sampler", sampler))
         mlflow.log_params(params)
-        mlflow.set_tags({T.RUN_DATASET: target.name, T.RUN_MODEL: label})
         # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
         mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=ds)
         return run.info.run_id
+
+
+def _experiment_of(run_id: str) -> str:
+    return mlflow.MlflowClient().get_run(run_id).info.experiment_id
+
+
+def _replace_partial_version_runs(parent_run_id: str, label: str) -> str | None:
+    """The finished run of ``label`` under ``parent_run_id`` if there is one; unfinished ones are deleted."""
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [_experiment_of(parent_run_id)],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{T.RUN_MODEL}` = '{label}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    finished = next((r for r in runs if r.info.status == "FINISHED"), None)
+    for r in runs:  # one task per version and parent: any other run of it is a dead attempt's leftover
+        if r is not finished:
+            client.delete_run(r.info.run_id)
+    return finished.info.run_id if finished is not None else None
 
 
 def log_training_curve(losses: Sequence[float], title: str) -> None:
