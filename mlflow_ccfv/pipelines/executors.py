@@ -8,8 +8,8 @@ the results back in the same order:
 - :class:`RayExecutor`: one Ray task per item with ``num_cpus``/``num_gpus`` resources, retried up to
   ``max_retries`` times when its worker dies. It joins the cluster at ``address`` (``ray start
   --head`` elsewhere, ``auto`` for the local node's cluster) or starts a local Ray instance, and ships
-  this package's code to the workers (``runtime_env`` ``py_modules``), so a worker runs exactly the
-  driver's code. Each task talks to the tracking server itself (``MLFLOW_TRACKING_URI`` is passed to the
+  this package's code to the workers (:func:`ray_runtime_env`: ``py_modules``), so a worker runs
+  exactly the driver's code. Each task talks to the tracking server itself (``MLFLOW_TRACKING_URI`` is passed to the
   workers), so the tracking URI must be one every worker reaches (an ``http://`` server, not a local
   sqlite file on another node).
 
@@ -30,7 +30,15 @@ import mlflow
 
 from mlflow_ccfv.errors import OptionError
 
-__all__ = ["EXECUTORS", "Executor", "RayExecutor", "SerialExecutor", "TaskFailure", "make_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "RayExecutor",
+    "SerialExecutor",
+    "TaskFailure",
+    "make_executor",
+    "ray_runtime_env",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -120,16 +128,18 @@ class RayExecutor:
             num_cpus=self.local_cpus if self.address is None else None,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            runtime_env=ray_runtime_env(),
         )
         self._started = True
 
     def _runtime_env(self) -> dict[str, Any]:
+        """The tasks' environment variables (merged with the job's runtime environment by Ray)."""
         threads = str(max(1, int(self.num_cpus)))
         env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "OMP_NUM_THREADS": threads}
         for var in ("MLFLOW_CCFV_CACHE", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if os.environ.get(var):
                 env[var] = os.environ[var]
-        return {"py_modules": [str(_PACKAGE_DIR)], "env_vars": env}
+        return {"env_vars": env}
 
     def map(
         self, fn: Callable[[Any], Any], items: Sequence[Any], on_done: Callable[[int, Any], None] | None = None
@@ -167,6 +177,13 @@ class RayExecutor:
 
             ray.shutdown()
             self._started = False
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """The Ray job's ``runtime_env``: this package's folder as ``py_modules``, so every worker imports the
+    driver's code. :class:`RayExecutor` passes it when it starts Ray; pass it yourself when you call
+    ``ray.init`` (``ray.init(num_cpus=2, runtime_env=ray_runtime_env())``)."""
+    return {"py_modules": [str(_PACKAGE_DIR)]}
 
 
 def make_executor(

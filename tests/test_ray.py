@@ -1,0 +1,121 @@
+"""Scoring with Ray against the PostgreSQL-backed server: one task per version, the same scores as the
+serial path, one consistent result when a worker is killed mid-task (the task is retried).
+
+One local Ray instance for the module (``ray.init(num_cpus=2)``, ~5-8 s to start here)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mlflow_ccfv.cli import main
+from mlflow_ccfv.data import MSDDataset, make_target
+from mlflow_ccfv.pipelines.executors import RayExecutor, SerialExecutor, ray_runtime_env
+from mlflow_ccfv.pipelines.score import TargetSource, score_versions
+from mlflow_ccfv.tracking import tags as T
+
+ray = pytest.importorskip("ray")
+
+pytest_plugins = ["mlflow_server", "postgres_server"]
+pytest.register_assert_rewrite("mlflow_server", "postgres_server")
+from mlflow_server import TARGET_TASK, make_target_folder, register_tiny_bank  # noqa: E402
+from postgres_server import wait_for  # noqa: E402
+
+METHODS = ["ccfv", "logme"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test instance: no token file under ~/.ray
+    # The workers import this checkout's package (not whatever `pip install -e` points at).
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=ray_runtime_env())
+    yield
+    ray.shutdown()
+
+
+def _child_runs(client, parent_id):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def _scores(table):
+    return {row.model: (row.ccfv, row.logme) for row in table.itertuples()}
+
+
+@pytest.mark.slow
+def test_ray_scores_equal_serial_scores_and_the_driver_ranks(local_ray, on_server, tmp_path, one_torch_thread):
+    mlflow.set_experiment("ccfv-ray")
+    versions = register_tiny_bank("ray", seeds=(0, 1, 2), prefix="ray-unet")
+    folder = make_target_folder(tmp_path / "data")
+    target = make_target(MSDDataset.load(folder), "train")
+    serial = score_versions(versions, target, METHODS, cache_dir=tmp_path / "serial", executor=SerialExecutor())
+    # From the logged dataset: each worker downloads it (once per worker cache) and checks it.
+    uri = CliRunner().invoke(main, ["log-dataset", "--dataset", str(folder)]).output.strip().rsplit(" ", 1)[-1]
+    with mlflow.start_run(run_name="ray score") as parent:
+        remote = score_versions(
+            versions,
+            target,
+            METHODS,
+            cache_dir=tmp_path / "ray",
+            executor=RayExecutor(num_cpus=1),
+            source=TargetSource(uri, "train", 0, str(tmp_path / "ray")),
+        )
+    assert remote["error"].isna().all(), remote["error"].tolist()
+    assert _scores(remote) == _scores(serial)  # bit-identical floats
+    assert not remote["cached"].any()  # computed by the workers, not read from the serial cache
+    client = MlflowClient()
+    children = _child_runs(client, parent.info.run_id)
+    assert sorted(r.data.tags[T.RUN_MODEL] for r in children) == sorted(f"ray-unet-{s}/1" for s in (0, 1, 2))
+    assert all(r.info.status == "FINISHED" and "ccfv" in r.data.metrics for r in children)
+    tagged = {f"{v.name}/1": client.get_model_version(v.name, "1").tags for v in versions}
+    ranked = sorted(tagged, key=lambda m: -serial.set_index("model").loc[m, "ccfv"])
+    assert [int(tagged[m][T.rank_tag(TARGET_TASK)]) for m in ranked] == [1, 2, 3]
+    best = ranked[0].split("/")[0]
+    assert client.get_model_version_by_alias(best, T.best_alias(TARGET_TASK)).version == "1"
+
+
+def _task_pids(name: str = "ray::score_version_remote") -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if line.split(None, 1)[-1].startswith(name)]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_one_consistent_result(local_ray, on_server, tmp_path, one_torch_thread):
+    mlflow.set_experiment("ccfv-ray-kill")
+    versions = register_tiny_bank("ray-kill", seeds=(4, 5), prefix="kill-unet")
+    folder = make_target_folder(tmp_path / "data")
+    target = make_target(MSDDataset.load(folder), "train")
+    killed: list[int] = []
+
+    def kill_first_task():
+        pid = wait_for(lambda: _task_pids(), timeout=180, interval=0.05)[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_first_task)
+    killer.start()
+    with mlflow.start_run(run_name="ray score, one worker killed") as parent:
+        remote = score_versions(
+            versions, target, METHODS, cache_dir=tmp_path / "ray", executor=RayExecutor(num_cpus=1, max_retries=3)
+        )
+    killer.join()
+    assert killed, "no Ray task was seen running"
+    assert remote["error"].isna().all(), remote["error"].tolist()
+    serial = score_versions(versions, target, METHODS, cache_dir=tmp_path / "serial", log=False)
+    assert _scores(remote) == _scores(serial)
+    client = MlflowClient()
+    children = _child_runs(client, parent.info.run_id)  # deleted leftovers are not listed
+    assert sorted(r.data.tags[T.RUN_MODEL] for r in children) == ["kill-unet-4/1", "kill-unet-5/1"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    for v in versions:
+        tags = client.get_model_version(v.name, "1").tags
+        want = remote.set_index("model").loc[f"{v.name}/1"]
+        assert float(tags[T.score_tag("ccfv", TARGET_TASK)]) == pytest.approx(want["ccfv"], rel=1e-5)
+        assert int(tags[T.rank_tag(TARGET_TASK)]) == int(want["rank"])
