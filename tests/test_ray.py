@@ -119,3 +119,41 @@ def test_a_killed_worker_leaves_one_consistent_result(local_ray, on_server, tmp_
         want = remote.set_index("model").loc[f"{v.name}/1"]
         assert float(tags[T.score_tag("ccfv", TARGET_TASK)]) == pytest.approx(want["ccfv"], rel=1e-5)
         assert int(tags[T.rank_tag(TARGET_TASK)]) == int(want["rank"])
+
+
+@pytest.mark.slow
+def test_the_study_with_ray_matches_the_serial_study(local_ray, on_server, tmp_path, monkeypatch, one_torch_thread):
+    from mlflow_ccfv.pipelines.study import demo_config, run_transfer_study
+
+    monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
+    mlflow.set_experiment("ccfv-ray-study")
+    config = demo_config(
+        tmp_path / "data",
+        target="Task09",
+        n_cases=5,
+        shape=(32, 32, 24),
+        sources=("Task03", "Task07"),
+        pretrain_steps=2,
+        finetune_steps=3,
+        bank="ray-study",
+        architectures=("UNet",),
+        methods="ccfv",
+        progress=False,
+    )
+    serial = run_transfer_study(config, progress=False)
+    remote = run_transfer_study(
+        config, progress=False, force_finetune=True, force_score=True, executor=RayExecutor(num_cpus=1)
+    )
+    assert not any(o.reused for o in remote.outcomes) and len(remote.outcomes) == 3
+    assert {o.model: o.dice.mean for o in remote.outcomes} == {o.model: o.dice.mean for o in serial.outcomes}
+    cols = ["dataset", "model", "method", "score", "dice"]
+    pd_serial = serial.frame[cols].sort_values(cols[:3]).reset_index(drop=True)
+    pd_remote = remote.frame[cols].sort_values(cols[:3]).reset_index(drop=True)
+    assert pd_remote.equals(pd_serial)
+    client = MlflowClient()
+    study_run = mlflow.last_active_run()
+    finetunes = client.search_runs(
+        [study_run.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}' and tags.`{T.RUN_STAGE}` = 'finetune'",
+    )
+    assert len(finetunes) == 3 and all(r.info.status == "FINISHED" for r in finetunes)

@@ -64,12 +64,14 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    parent_run_id: str | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split.
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned).
+    fine-tuned again (its tagged Dice is returned). ``parent_run_id``: the run to nest under when there
+    is no active run (a Ray task of a study).
     """
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
@@ -98,7 +100,7 @@ def finetune_version(
         train, test = cases
     num_classes = len(ds.labels)
     start = time.perf_counter()
-    with command_run(f"finetune {loaded.label} on {name}") as run:
+    with command_run(f"finetune {loaded.label} on {name}", parent_run_id=parent_run_id) as run:
         mlflow_ds = mlflow_dataset(target)
         mlflow.log_input(mlflow_ds, context="finetune")
         mlflow.log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")

@@ -28,10 +28,11 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
 from mlflow_ccfv.pipelines.report import report_bank
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
@@ -128,15 +129,102 @@ def run_transfer_study(
     force_finetune: bool = False,
     force_score: bool = False,
     out_dir: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
-    ``out_dir``: also keep the report's tables and plots there."""
+    ``out_dir``: also keep the report's tables and plots there. ``executor``: where the bank is scored
+    and fine-tuned (default in this process; a :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`:
+    one task per version, and one per (model, target, seed), each logging its own runs and tags; the
+    targets are read from their folders, which every worker must see)."""
     with command_run(f"study {config.bank}") as parent:
-        return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
+        return _run_study(config, parent, progress, force_finetune, force_score, out_dir, executor or SerialExecutor())
+
+
+@dataclass(frozen=True)
+class FinetuneTask:
+    """One fine-tune of a study: version ``model`` on the task folder ``dataset`` with ``config``."""
+
+    model: str
+    dataset: str
+    config: TrainConfig
+    split_seed: int
+    overlap: float
+    force: bool
+    parent_run_id: str
+
+
+def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
+    """:func:`~mlflow_ccfv.pipelines.finetune.finetune_version` as a Ray task: its run nested under the
+    study's run, its Dice tags on the version. A retried task (its worker died) fine-tunes again; the
+    version's tags are written only once a fine-tune has finished."""
+    return finetune_version(
+        task.model,
+        task.dataset,
+        task.config,
+        split_seed=task.split_seed,
+        overlap=task.overlap,
+        force=task.force,
+        progress=False,
+        parent_run_id=task.parent_run_id,
+    )
+
+
+def _finetune_bank(bank, ds, config: StudyConfig, force: bool, progress: bool, parent, executor: Executor, seconds):
+    """Fine-tune every version of ``bank`` on ``ds``: in this process (cases loaded once) or one task each."""
+    if not executor.in_process:
+        tasks = [
+            FinetuneTask(
+                version_uri(v),
+                str(ds.root),
+                config.finetune,
+                config.split_seed,
+                config.overlap,
+                force,
+                parent.info.run_id,
+            )
+            for v in bank
+        ]
+        start = time.perf_counter()
+        got = executor.map(finetune_task_remote, tasks)
+        failed = [f"{t.model}: {o.error}" for t, o in zip(tasks, got) if isinstance(o, TaskFailure)]
+        if failed:
+            raise RuntimeError(f"fine-tuning on {ds.root.name} failed: {'; '.join(failed)}")
+        measured = [o for o in got if not o.reused]
+        if measured:
+            _timed(seconds, "finetune", start)
+            seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + len(measured)
+        return got
+    outcomes = []
+    split = ds.split(seed=config.split_seed)
+    train = list(ds.iter_cases(split.train, progress=progress))
+    test = list(ds.iter_cases(split.test, progress=progress))
+    for v in bank:
+        start = time.perf_counter()
+        outcome = finetune_version(
+            version_uri(v),
+            ds,
+            config.finetune,
+            split_seed=config.split_seed,
+            overlap=config.overlap,
+            cases=(train, test),
+            force=force,
+            progress=progress,
+        )
+        outcomes.append(outcome)
+        if not outcome.reused:
+            _timed(seconds, "finetune", start)
+            seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
+    return outcomes
 
 
 def _run_study(
-    config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool, out_dir: str | Path | None
+    config: StudyConfig,
+    parent,
+    progress: bool,
+    force_finetune: bool,
+    force_score: bool,
+    out_dir: str | Path | None,
+    executor: Executor,
 ) -> StudyResult:
     seconds: dict[str, float] = {}
     outcomes: list[FinetuneOutcome] = []
@@ -190,28 +278,12 @@ def _run_study(
                 methods=config.methods,
                 force=force_score,
                 cache_dir=config.cache_dir,
+                executor=executor,
+                source=TargetSource(str(ds.root), "train", config.split_seed),
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
-        split = ds.split(seed=config.split_seed)
-        train = list(ds.iter_cases(split.train, progress=progress))
-        test = list(ds.iter_cases(split.test, progress=progress))
-        for v in bank:
-            start = time.perf_counter()
-            outcome = finetune_version(
-                version_uri(v),
-                ds,
-                config.finetune,
-                split_seed=config.split_seed,
-                overlap=config.overlap,
-                cases=(train, test),
-                force=force_finetune,
-                progress=progress,
-            )
-            outcomes.append(outcome)
-            if not outcome.reused:
-                _timed(seconds, "finetune", start)
-                seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
+        outcomes += _finetune_bank(bank, ds, config, force_finetune, progress, parent, executor, seconds)
     # 4. the report, from the stored tags of every model involved
     start = time.perf_counter()
     report = report_bank(config.bank, datasets=target_names, out_dir=out_dir)
@@ -296,23 +368,27 @@ def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
 __all__ = [
     "ARCHITECTURES",
     "CONTROL_SOURCE",
+    "FinetuneTask",
     "Source",
     "StudyConfig",
     "StudyResult",
     "demo_config",
     "demo_table",
     "ensure_synthetic",
+    "finetune_task_remote",
     "run_transfer_study",
     "study_config",
 ]
 
 
-def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
+def run_cli_workflow(
+    make_config, experiment: str, out_dir: str | Path | None = None, executor: Executor | None = None
+) -> StudyResult:
     """Choose the experiment (unless ``mlflow run`` or ``MLFLOW_EXPERIMENT_*`` did), build the config, run."""
 
     if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
         mlflow.set_experiment(experiment)
-    return run_transfer_study(make_config(), out_dir=out_dir)
+    return run_transfer_study(make_config(), out_dir=out_dir, executor=executor)
 
 
 def print_summary(result: StudyResult, ui_hint: bool = False) -> str:

@@ -22,15 +22,22 @@ __all__ = ["command_run", "log_training_curve", "log_version_run"]
 
 
 @contextmanager
-def command_run(run_name: str) -> Iterator[Run]:
+def command_run(run_name: str, parent_run_id: str | None = None) -> Iterator[Run]:
     """Start the run a step (pretrain, finetune, report, study) logs its own parameters to.
 
     - inside an active run (e.g. a study): a nested child run;
     - under ``mlflow run`` (``MLFLOW_RUN_ID`` set, no active run): MLflow already created a run for the
       entry point and logged the entry point's string parameters there, and a run's parameters cannot
       change; that run is resumed as the parent and the step gets a child run;
+    - with ``parent_run_id`` and no active run (a Ray task of a study): a child of that run, in its experiment;
     - otherwise a new top-level run in the current experiment.
     """
+    if parent_run_id is not None and mlflow.active_run() is None:
+        with mlflow.start_run(
+            run_name=run_name, parent_run_id=parent_run_id, experiment_id=_experiment_of(parent_run_id)
+        ) as run:
+            yield run
+        return
     outer = mlflow.start_run() if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID") else None
     try:
         with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
