@@ -80,6 +80,7 @@ def test_log_dataset_stores_once_and_scores_the_same_from_the_reference(tracking
     pd.testing.assert_frame_equal(
         a[["model", "ccfv", "logme", "rank"]].reset_index(drop=True),
         b[["model", "ccfv", "logme", "rank"]].reset_index(drop=True),
+        check_exact=True,
     )
 
     # The CLI's `score` and the evaluator take the same reference.
