@@ -40,6 +40,21 @@ from mlflow_ccfv.tracking.registry import version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
+__all__ = [
+    "ARCHITECTURES",
+    "CONTROL_SOURCE",
+    "FinetuneTask",
+    "Source",
+    "StudyConfig",
+    "StudyResult",
+    "demo_config",
+    "demo_table",
+    "ensure_synthetic",
+    "finetune_task_remote",
+    "run_transfer_study",
+    "study_config",
+]
+
 _logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("UNet", "UNETR")
@@ -363,22 +378,6 @@ def study_config(
 def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
     """The ranked table the demo prints: models by CC-FV with baselines' scores and the measured Dice."""
     return ranked_table(result.frame, dataset, by="ccfv", methods=("ccfv", "logme", "leep", "gbc", "transrate"))
-
-
-__all__ = [
-    "ARCHITECTURES",
-    "CONTROL_SOURCE",
-    "FinetuneTask",
-    "Source",
-    "StudyConfig",
-    "StudyResult",
-    "demo_config",
-    "demo_table",
-    "ensure_synthetic",
-    "finetune_task_remote",
-    "run_transfer_study",
-    "study_config",
-]
 
 
 def run_cli_workflow(
