@@ -58,20 +58,31 @@ def test_ray_scores_equal_serial_scores_and_the_driver_ranks(local_ray, on_serve
     serial = score_versions(versions, target, METHODS, cache_dir=tmp_path / "serial", executor=SerialExecutor())
     # From the logged dataset: each worker downloads it (once per worker cache) and checks it.
     uri = CliRunner().invoke(main, ["log-dataset", "--dataset", str(folder)]).output.strip().rsplit(" ", 1)[-1]
-    with mlflow.start_run(run_name="ray score") as parent:
-        remote = score_versions(
+    # The command line: `score --executor ray` joins the Ray instance this module started.
+    cli = CliRunner().invoke(
+        main,
+        ["score", "--dataset", uri, "--bank", "ray", "--methods", ",".join(METHODS)]
+        + ["--cache-dir", str(tmp_path / "ray"), "--executor", "ray", "--num-cpus", "1"],
+    )
+    assert cli.exit_code == 0, cli.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("ccfv-ray").experiment_id
+    (parent,) = client.search_runs([exp], filter_string="params.`ccfv.executor` = 'ray'")
+    children = _child_runs(client, parent.info.run_id)
+    remote = {r.data.tags[T.RUN_MODEL]: (r.data.metrics["ccfv"], r.data.metrics["logme"]) for r in children}
+    assert remote == _scores(serial)  # bit-identical floats, computed by the workers
+    assert all(r.data.params["features_cached"] == "False" for r in children)
+    # The API, the target read from its folder path (a shared file system).
+    with mlflow.start_run(run_name="ray score, folder"):
+        table = score_versions(
             versions,
             target,
             METHODS,
-            cache_dir=tmp_path / "ray",
+            cache_dir=tmp_path / "ray2",
             executor=RayExecutor(num_cpus=1),
-            source=TargetSource(uri, "train", 0, str(tmp_path / "ray")),
+            source=TargetSource(str(folder), "train", 0),
         )
-    assert remote["error"].isna().all(), remote["error"].tolist()
-    assert _scores(remote) == _scores(serial)  # bit-identical floats
-    assert not remote["cached"].any()  # computed by the workers, not read from the serial cache
-    client = MlflowClient()
-    children = _child_runs(client, parent.info.run_id)
+    assert table["error"].isna().all() and _scores(table) == _scores(serial)
     assert sorted(r.data.tags[T.RUN_MODEL] for r in children) == sorted(f"ray-unet-{s}/1" for s in (0, 1, 2))
     assert all(r.info.status == "FINISHED" and "ccfv" in r.data.metrics for r in children)
     tagged = {f"{v.name}/1": client.get_model_version(v.name, "1").tags for v in versions}
