@@ -45,11 +45,14 @@ def test_log_dataset_stores_once_and_scores_the_same_from_the_reference(tracking
     assert uri.startswith("runs:/") and uri.endswith(f"/{folder.name}")
     again = runner.invoke(main, ["log-dataset", "--dataset", str(folder)])
     assert again.exit_code == 0 and "already logged" in again.output and again.output.strip().endswith(uri)
+    versions = register_tiny_bank("dsref", seeds=(0, 1))
+    flag = ["score", "--dataset", str(folder), "--bank", "dsref", "--methods", "ccfv", "--log-dataset", "true"]
+    assert runner.invoke(main, [*flag, "--cache-dir", str(tmp_path / "c0")]).exit_code == 0
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(DATASET_EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1  # logged twice, stored once
+    assert len(runs) == 1  # logged three times (twice, and by score --log-dataset), stored once
     run = runs[0]
     digest = MSDDataset.load(folder).digest()
     assert run.data.tags[T.RUN_DATASET_DIGEST] == digest and run.info.status == "FINISHED"
@@ -71,7 +74,6 @@ def test_log_dataset_stores_once_and_scores_the_same_from_the_reference(tracking
     assert resolve_dataset_reference(uri, cache) == local and (local / "dataset.json").stat().st_mtime_ns == stamp
     assert not [p for p in (cache / "datasets").iterdir() if p.name.startswith(".")]  # no staging left
 
-    versions = register_tiny_bank("dsref", seeds=(0, 1))
     from_ref = make_target(load_msd_dataset(uri, cache_dir=cache), "train")
     from_folder = make_target(MSDDataset.load(Path(moved) / folder.name), "train")
     assert from_ref.digest == from_folder.digest and from_ref.name == from_folder.name == TARGET_TASK

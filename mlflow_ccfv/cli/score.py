@@ -59,6 +59,13 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 @click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
 @click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
 @click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
+@click.option(
+    "--log-dataset",
+    "log_dataset",
+    default="false",
+    show_default=True,
+    help="true: upload the target folder as artifacts first (as log-dataset; once per content).",
+)
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options

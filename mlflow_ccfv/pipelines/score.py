@@ -30,7 +30,12 @@ from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailur
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.datasets import is_dataset_reference, load_msd_dataset, mlflow_dataset
+from mlflow_ccfv.tracking.datasets import (
+    is_dataset_reference,
+    load_msd_dataset,
+    log_dataset_artifacts,
+    mlflow_dataset,
+)
 from mlflow_ccfv.tracking.registry import (
     LoadedModel,
     load_version,
@@ -383,9 +388,12 @@ def score_from_options(
     ray_address: str = "",
     num_cpus: str = "1",
     num_gpus: str = "0",
+    log_dataset="false",
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
-    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set)."""
+    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
+    ``log_dataset``: upload the target folder first (``log-dataset``; nothing if already logged) and let
+    the workers read it from there."""
     method_list = parse_methods(methods)  # validate before any work
     overrides: dict[str, Any] = {}
     if roi_size:
@@ -416,8 +424,11 @@ def score_from_options(
     runner = make_executor(
         executor or "serial", address=ray_address or None, num_cpus=float(num_cpus or 1), num_gpus=float(num_gpus or 0)
     )
-    # Workers read the target from the logged dataset when it is one, else from the folder's path.
-    source = TargetSource(dataset if is_dataset_reference(dataset) else str(ds.root), split, 0, cache_dir or None)
+    reference = dataset if is_dataset_reference(dataset) else None
+    if reference is None and parse_bool(log_dataset, "log_dataset"):
+        reference = log_dataset_artifacts(ds).uri
+    # Workers read the target from the logged dataset when there is one, else from the folder's path.
+    source = TargetSource(reference or str(ds.root), split, 0, cache_dir or None)
     try:
         return score_versions(
             versions,
