@@ -72,8 +72,8 @@ class Executor(Protocol):
 class SerialExecutor:
     """Every item in this process, in order."""
 
-    name: str = "serial"
-    in_process: bool = True
+    name: str = field(default="serial", init=False)
+    in_process: bool = field(default=True, init=False)
 
     def map(
         self, fn: Callable[[Any], Any], items: Sequence[Any], on_done: Callable[[int, Any], None] | None = None
@@ -101,9 +101,9 @@ class RayExecutor:
     num_gpus: float = 0.0
     max_retries: int = 3
     local_cpus: int | None = None
-    name: str = "ray"
-    in_process: bool = False
-    _started: bool = field(default=False, repr=False)
+    name: str = field(default="ray", init=False)
+    in_process: bool = field(default=False, init=False)
+    _started: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_cpus <= 0 or self.num_gpus < 0 or self.max_retries < 0:
