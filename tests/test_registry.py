@@ -206,4 +206,4 @@ def test_registry_queries_page_through_every_result(tracking_uri):
     assert len(one_page) == 2 and one_page.token  # what a single request returns
     paged = search_versions("tags.`ccfv.bank` = 'paged'", page_size=2)
     assert sorted(int(v.version) for v in paged) == [1, 2, 3, 4, 5]
-    assert [v.version for v in bank_versions("paged")] == ["1", "2", "3", "4", "5"]
+    assert [int(v.version) for v in bank_versions("paged")] == [1, 2, 3, 4, 5]
