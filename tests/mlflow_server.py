@@ -180,6 +180,29 @@ def remote_bank(mlflow_server, tmp_path_factory):
             os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) executable, or None when none is installed."""
+    import shutil
+
+    # Debian's /usr/bin/chromium is a wrapper script; start the browser binary itself.
+    return (
+        next((p for p in ("/usr/lib/chromium/chromium",) if os.access(p, os.X_OK)), None)
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
+
+
+def require_chromium() -> None:
+    """Skip the calling test when no Chromium is installed, except in CI (``CI=true``), where it fails."""
+    if find_chromium() is not None:
+        return
+    message = "no Chromium installed (Debian/Ubuntu: `apt install chromium`, listed in .ci/apt-packages)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI must run the browser test")
+    pytest.skip(f"{message}; the browser test runs in CI")
+
+
 class Chromium:
     """Headless Chromium driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``).
 
@@ -187,15 +210,7 @@ class Chromium:
     """
 
     def __init__(self, profile_dir: Path, width: int = 1500, height: int = 900):
-        import shutil
-
-        # Debian's /usr/bin/chromium is a wrapper script; start the browser binary itself.
-        exe = (
-            next((p for p in ("/usr/lib/chromium/chromium",) if os.access(p, os.X_OK)), None)
-            or shutil.which("chromium")
-            or shutil.which("chromium-browser")
-            or shutil.which("google-chrome")
-        )
+        exe = find_chromium()
         if exe is None:
             raise RuntimeError("chromium not found; install Debian's `chromium` (listed in .ci/apt-packages)")
         cmd_r, self._cmd_w = os.pipe()

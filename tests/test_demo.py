@@ -32,7 +32,7 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
         )
 
     first = run_transfer_study(make(), progress=False)
-    bank = bank_versions("demo")
+    bank = bank_versions("default")
     # two sources + the random-init control, each scored and fine-tuned on Task09
     assert sorted(v.tags["source_dataset"] for v in bank) == ["Task03", "Task06", "random-init"]
     assert all("finetune.dice.Task09" in v.tags and "transferability.ccfv.Task09" in v.tags for v in bank)
@@ -42,13 +42,13 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     assert "mlflow ui --backend-store-uri" in text and "| 1 |" in text
 
     second = run_transfer_study(make(), progress=False)
-    assert len(bank_versions("demo")) == 3  # the bank is reused, not pre-trained again
+    assert len(bank_versions("default")) == 3  # the bank is reused, not pre-trained again
     assert all(o.reused for o in second.outcomes) and "finetune" not in second.seconds
     assert second.frame.sort_values(["model", "method"])["dice"].tolist() == pytest.approx(
         first.frame.sort_values(["model", "method"])["dice"].tolist()
     )
 
-    result = CliRunner().invoke(main, ["report", "--bank", "demo", "--datasets", "Task09"])
+    result = CliRunner().invoke(main, ["report", "--bank", "default", "--datasets", "Task09"])
     assert result.exit_code == 0, result.output
     assert "Table 1" in result.output and "CC-FV" in result.output
     bad = CliRunner().invoke(main, ["finetune", "--model", "models:/x/1", "--dataset", "Task09", "--stpes", "3"])

@@ -19,6 +19,7 @@ def test_ccfv_is_a_listed_evaluator():
     assert "ccfv" in mlflow.models.list_evaluators()
 
 
+@pytest.mark.slow
 def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
     root = make_target_folder(tmp_path / "data")
@@ -77,3 +78,46 @@ def test_evaluator_config_errors_are_clear(tracking_uri, tmp_path):
             model_type="segmentation",
             evaluators=["ccfv"],
         )
+
+
+def test_evaluate_an_mlflow_pytorch_model_only_with_the_pickle_opt_in(tracking_uri, tmp_path, monkeypatch):
+    """A model logged with mlflow.pytorch (as register/score accept) is scored like the same weights in
+    the mlflow_ccfv flavor, once pickles are allowed (config key or MLFLOW_CCFV_ALLOW_PICKLE)."""
+    import mlflow.pytorch
+
+    from mlflow_ccfv.networks import build_with_weights, random_state_dict, small_spec
+
+    monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_CCFV_ALLOW_PICKLE", raising=False)
+    root = make_target_folder(tmp_path / "data")
+    (mv,) = register_tiny_bank("eval", seeds=(5,))
+    spec = small_spec("UNet", 1, 3)
+    net = build_with_weights(spec, random_state_dict(spec, 5))
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            net, name="net", serialization_format="pickle", pip_requirements=["torch", "monai"]
+        )
+    data = target_dataset(root, split="train")
+
+    def evaluate(config):
+        with mlflow.start_run():
+            return mlflow.models.evaluate(
+                model=info.model_uri,
+                data=data,
+                model_type="segmentation",
+                evaluators=["ccfv"],
+                evaluator_config={"ccfv": config},
+            )
+
+    with pytest.raises(ValueError, match="logged with mlflow.pytorch.*allow_pickle.*MLFLOW_CCFV_ALLOW_PICKLE=1"):
+        evaluate({})
+    with pytest.raises(ValueError, match="logged with mlflow.pytorch"):
+        evaluate({"allow_pickle": False})
+    pickled = evaluate({"allow_pickle": True, "device": "cpu"}).metrics
+    with mlflow.start_run():
+        flavored = mlflow.models.evaluate(
+            model=f"models:/{mv.name}/{mv.version}", data=data, model_type="segmentation", evaluators=["ccfv"]
+        ).metrics
+    assert pickled["ccfv"] == pytest.approx(flavored["ccfv"], rel=1e-9)
+    monkeypatch.setenv("MLFLOW_CCFV_ALLOW_PICKLE", "yes")
+    assert evaluate({}).metrics["ccfv"] == pytest.approx(pickled["ccfv"], rel=1e-12)

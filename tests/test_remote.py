@@ -15,6 +15,7 @@ pytest.register_assert_rewrite("mlflow_server")
 from mlflow_server import REPO, TARGET_TASK  # noqa: E402
 
 
+@pytest.mark.slow
 def test_mlflow_run_register_and_score_against_server(remote_bank, tmp_path):
     server = remote_bank["server"]
     proc = remote_bank["score"]

@@ -12,9 +12,9 @@ from mlflow_ccfv.options import split_list
 @click.option(
     "--data-root",
     "data_root",
-    default="data/synthetic",
+    default="data",
     show_default=True,
-    help="Where the synthetic tasks are generated (reused when present).",
+    help="Where the synthetic tasks are generated (reused when present); score's default data root.",
 )
 @click.option("--target", default="Task09", show_default=True, help="Target task of the demo.")
 @click.option("--sources", default="Task03,Task07,Task06", show_default=True, help="Pre-training sources.")
@@ -25,7 +25,9 @@ from mlflow_ccfv.options import split_list
 @click.option(
     "--finetune-steps", "finetune_steps", default="60", show_default=True, help="Fine-tuning steps per model."
 )
-@click.option("--bank", default="demo", show_default=True, help="Bank tag of the demo's models.")
+@click.option(
+    "--bank", default="default", show_default=True, help="Bank tag of the demo's models (score's default bank)."
+)
 @click.option(
     "--experiment",
     default="ccfv-demo",

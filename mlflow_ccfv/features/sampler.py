@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlflow_ccfv.features.feature_set import CaseSamples, FeatureSet
+from mlflow_ccfv.networks.devices import autocast_inference, resolve_device
 from mlflow_ccfv.networks.layers import resolve_layers
 
 logger = logging.getLogger(__name__)
@@ -361,6 +362,7 @@ def _sample_case(
     config: SamplerConfig,
     device: torch.device,
     dtype: torch.dtype,
+    amp: bool = False,
 ) -> CaseSamples:
     roi = config.roi_size
     plan = sample_voxels(label, config, len(layer_names), case_id)
@@ -389,7 +391,8 @@ def _sample_case(
         )
         hooks.reset()
         try:
-            logits = _network_output(model(crops))
+            with autocast_inference(device, amp):
+                logits = _network_output(model(crops))
         except RuntimeError as exc:
             raise RuntimeError(
                 f"Case {case_id!r}: the network failed on a window batch of shape {tuple(crops.shape)}: {exc}"
@@ -413,11 +416,12 @@ def _sample_case(
         local = torch.as_tensor(points[rows] - starts_arr[np.asarray(batch)][window], device=device)
         window_t = torch.as_tensor(window, device=device)
         for name in layer_names:
-            vals = read_points(hooks.outputs[name], window_t, local, roi).float().cpu().numpy()
+            # .float(): a no-op in float32; under amp the read-back is done in float32
+            vals = read_points(hooks.outputs[name].float(), window_t, local, roi).cpu().numpy()
             if name not in feats:
                 feats[name] = np.empty((m, vals.shape[1]), dtype=np.float32)
             feats[name][rows] = vals
-        head = read_points(logits, window_t, local, roi).float().cpu().numpy()
+        head = read_points(logits.float(), window_t, local, roi).cpu().numpy()
         if head_logits is None:
             head_logits = np.empty((m, head.shape[1]), dtype=np.float32)
         head_logits[rows] = head
@@ -443,6 +447,8 @@ def sample_features(
     config: SamplerConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    *,
+    amp: bool = False,
 ) -> FeatureSet:
     """Sample ``model``'s features at planned voxels of every case through sliding windows.
 
@@ -457,6 +463,9 @@ def sample_features(
         device: where the network runs (default: the device of its parameters); the model is moved
             there, windows are moved one batch at a time and the volume stays on the CPU.
         progress: show a tqdm bar over cases.
+        amp: run the forward passes under ``torch.autocast`` (float16 on CUDA, bfloat16 on the CPU;
+            see :mod:`mlflow_ccfv.networks.devices`); off by default: the features then do not depend
+            on the device beyond floating-point rounding.
 
     Returns:
         a :class:`FeatureSet`. The model's train/eval mode is restored afterwards.
@@ -470,7 +479,7 @@ def sample_features(
     dtype = param.dtype if param is not None else torch.float32  # windows are cast to the weights' dtype
     if device is None:
         device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = resolve_device(device)
     model.to(device)
     was_training = model.training
     model.eval()
@@ -484,7 +493,9 @@ def sample_features(
                 if case_id in seen:
                     raise ValueError(f"Case id {case_id!r} appears twice; case ids must be unique.")
                 seen.add(case_id)
-                results.append(_sample_case(model, hooks, layer_names, case_id, image, label, config, device, dtype))
+                results.append(
+                    _sample_case(model, hooks, layer_names, case_id, image, label, config, device, dtype, amp)
+                )
                 logger.debug("sampled %d voxels from case %s", len(results[-1].labels), case_id)
     finally:
         hooks.remove()

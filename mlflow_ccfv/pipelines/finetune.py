@@ -26,12 +26,13 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.pretrain import load_dataset
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
 from mlflow_ccfv.tracking.registry import load_version, registered_version
-from mlflow_ccfv.tracking.runs import command_run, log_training_curve
+from mlflow_ccfv.tracking.runs import command_run, log_dice_on_score_runs, log_training_curve
 from mlflow_ccfv.training import DiceResult, TrainConfig, evaluate_dice, finetune
 
 __all__ = ["FinetuneOutcome", "finetune_version"]
@@ -64,14 +65,16 @@ def finetune_version(
     force: bool = False,
     log_finetuned_model: bool = True,
     progress: bool = True,
+    device: str | None = None,
     parent_run_id: str | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split.
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned). ``parent_run_id``: the run to nest under when there
-    is no active run (a Ray task of a study).
+    fine-tuned again (its tagged Dice is returned). ``device``: where to fine-tune and evaluate (default
+    CUDA when available, else CPU). ``parent_run_id``: the run to nest under when there is no active
+    run (a Ray task of a study).
     """
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
@@ -86,6 +89,7 @@ def finetune_version(
         return FinetuneOutcome(
             label, name, DiceResult({}, float(tags[tag])), tags.get(T.finetune_run_tag(name)), 0.0, reused=True
         )
+    run_on = resolve_device(device)
     loaded = load_version(mv if mv is not None else model_uri)
     if loaded.spec is None:
         raise RegistryError(
@@ -107,7 +111,14 @@ def finetune_version(
         mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
         state = loaded.module.state_dict()
         result, new_spec = finetune(
-            loaded.spec, state, train, num_classes, config, progress=progress, desc=f"finetune {loaded.label}"
+            loaded.spec,
+            state,
+            train,
+            num_classes,
+            config,
+            progress=progress,
+            desc=f"finetune {loaded.label}",
+            device=run_on,
         )
         mlflow.log_params(
             {
@@ -122,6 +133,7 @@ def finetune_version(
                 "n_test": len(test),
                 "eval.overlap": overlap,
                 "budget": digest,
+                "device": str(run_on),
                 "n_reinitialised": len(result.reinitialised),
                 "reinitialised": ",".join(result.reinitialised)[:6000],
                 **T.prefixed_params("train", config.to_dict()),
@@ -136,10 +148,11 @@ def finetune_version(
             overlap=overlap,
             progress=progress,
             desc=f"evaluate {loaded.label}",
+            device=run_on,
         )
         seconds = time.perf_counter() - start
         per_class = {f"dice.{ds.labels[k]}": v for k, v in dice.per_class.items() if v == v}
-        mlflow.log_metrics({**per_class, "finetune_dice": dice.mean, "finetune_seconds": seconds})
+        mlflow.log_metrics({**per_class, T.FINETUNE_DICE: dice.mean, "finetune_seconds": seconds})
         with tempfile.TemporaryDirectory() as tmp:
             table = pd.DataFrame(
                 [{"case_id": c, **{ds.labels[k]: v for k, v in d.items()}} for c, d in dice.per_case.items()]
@@ -155,12 +168,13 @@ def finetune_version(
             )
         # The bank version's LoggedModel gets the Dice next to its transferability metrics.
         if loaded.model_id:
-            mlflow.log_metric("finetune_dice", dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
+            mlflow.log_metric(T.FINETUNE_DICE, dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
         run_id = run.info.run_id
     if loaded.name:
         client = mlflow.MlflowClient()
         client.set_model_version_tag(loaded.name, loaded.version, tag, f"{dice.mean:.6f}")
         client.set_model_version_tag(loaded.name, loaded.version, T.finetune_run_tag(name), run_id)
         client.set_model_version_tag(loaded.name, loaded.version, T.finetune_budget_tag(name), digest)
+        log_dice_on_score_runs(loaded.label, name, dice.mean)
     _logger.info("%s fine-tuned on %s: Dice %.4f (%.0f s)", loaded.label, name, dice.mean, seconds)
     return FinetuneOutcome(loaded.label, name, dice, run_id, seconds)

@@ -17,7 +17,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
-from mlflow_ccfv.networks import small_spec
+from mlflow_ccfv.networks import resolve_device, small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
@@ -69,11 +69,13 @@ def pretrain_and_register(
     preprocess: PreprocessConfig | None = None,
     reuse: bool = True,
     progress: bool = True,
+    device: str | None = None,
 ) -> ModelVersion:
     """Pre-train ``architecture`` (a CPU-sized :func:`small_spec`) on every case of ``source`` and
     register it in ``bank``. ``channels`` selects input channels (e.g. ``[0]``: BRATS's FLAIR only,
     to match 1-channel CT targets). With ``reuse``, an existing version of the same name, source,
-    bank and budget is returned instead of training again. Returns the ``ModelVersion``.
+    bank and budget is returned instead of training again (whatever device trained it). ``device``:
+    where to train (default CUDA when available, else CPU). Returns the ``ModelVersion``.
     """
     ds = load_dataset(source, data_root)
     src = short_name(ds)
@@ -84,6 +86,7 @@ def pretrain_and_register(
     if reuse and (existing := find_version(name, wanted)) is not None:
         _logger.info("reusing %s/%s (pre-trained on %s, same budget)", name, existing.version, src)
         return existing
+    run_on = resolve_device(device)
     cases = _select_channels(list(ds.iter_cases(config=preprocess, progress=progress)), channels)
     in_channels = int(cases[0].image.shape[0])
     spec = small_spec(architecture, in_channels, len(ds.labels), config.patch_size)
@@ -96,10 +99,11 @@ def pretrain_and_register(
                 "n_cases": len(cases),
                 "channels": channel_text,
                 "spec": spec.to_json()[:6000],
+                "device": str(run_on),
                 **T.prefixed_params("train", config.to_dict()),
             }
         )
-        result = pretrain(spec, cases, config, progress=progress, desc=f"pretrain {name}")
+        result = pretrain(spec, cases, config, progress=progress, desc=f"pretrain {name}", device=run_on)
         log_training_curve(result.losses, f"pre-training {name} on {src}")
         mlflow.log_metrics({"train_seconds": result.seconds, "final_loss": result.losses[-1]})
         extra = {

@@ -25,6 +25,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import Target, make_target
 from mlflow_ccfv.features import SamplerConfig
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
@@ -69,6 +70,8 @@ def score_loaded(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | None = None,
+    amp: bool = False,
 ) -> ModelScores:
     """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
     patch = loaded.tags.get(T.PATCH_SIZE)
@@ -84,6 +87,8 @@ def score_loaded(
         force=force,
         cache_dir=cache_dir,
         cases=cases,
+        device=device,
+        amp=amp,
     )
 
 
@@ -124,13 +129,23 @@ class VersionResult:
         }
 
 
-def _score_one(item, target, methods, sampler_config, force, cache_dir, cases) -> VersionResult:
+def _score_one(item, target, methods, sampler_config, force, cache_dir, cases, device, amp) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
     loaded = None
     try:
         loaded = load_version(item)
-        result = score_loaded(loaded, target, methods, sampler_config, force=force, cache_dir=cache_dir, cases=cases)
+        result = score_loaded(
+            loaded,
+            target,
+            methods,
+            sampler_config,
+            force=force,
+            cache_dir=cache_dir,
+            cases=cases,
+            device=device,
+            amp=amp,
+        )
         return VersionResult(
             loaded.label,
             loaded.name,
@@ -185,6 +200,8 @@ class VersionTask:
     cache_dir: str | None = None
     parent_run_id: str | None = None
     source: TargetSource | None = None
+    device: str | None = None
+    amp: bool = False
 
 
 def score_version(task: VersionTask, target: Target | None = None, cases: CaseCache | None = None) -> VersionResult:
@@ -195,10 +212,20 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
         if task.source is None:
             raise ValueError("score_version needs a target or a task with a TargetSource.")
         target, cases = _worker_target(task.source)
-    result = _score_one(task.item, target, list(task.methods), task.sampler_config, task.force, task.cache_dir, cases)
+    result = _score_one(
+        task.item,
+        target,
+        list(task.methods),
+        task.sampler_config,
+        task.force,
+        task.cache_dir,
+        cases,
+        task.device,
+        task.amp,
+    )
     result.target_digest = target.digest
     if task.parent_run_id and result.result is not None and result.result.config is not None:
-        log_version_run(
+        run_id = log_version_run(
             label=result.label,
             model_id=result.model_id,
             target=target,
@@ -209,6 +236,9 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
             metrics=result.metrics,
             parent_run_id=task.parent_run_id,
         )
+        dice = result.tags.get(T.dice_tag(target.name))
+        if dice is not None:  # fine-tuned before: the measured Dice beside the scores
+            mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
         if result.name and result.version:
             write_score_tags(result.name, result.version, target.name, result.result.scores)
     return result
@@ -230,6 +260,8 @@ def score_versions(
     cache_dir: str | os.PathLike | None = None,
     log: bool = True,
     artifact_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    amp: bool = False,
     executor: Executor | None = None,
     source: TargetSource | None = None,
 ) -> pd.DataFrame:
@@ -240,18 +272,22 @@ def score_versions(
     (nested) run per version with params and metrics linked to its LoggedModel and the dataset, the
     version tags and the ``best-<dataset>`` alias, and the ranked table (CSV, Markdown) and plot (PNG)
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
-    set (and no tags).
+    set (and no tags). ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
+    inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
 
     ``executor``: where the versions are scored (default in this process;
     :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one Ray task per version, each logging its own
-    run and score tags; ``source`` tells the workers where the target is, default its folder path).
-    Ranks, rank tags and the alias are written here, once every version is done.
+    run and score tags, on the ``device`` given or its worker's default; ``source`` tells the workers
+    where the target is, default its folder path). Ranks, rank tags and the alias are written here, once
+    every version is done.
     """
     methods = parse_methods(methods)
     items = [i if isinstance(i, str) else version_uri(i) for i in versions_or_uris]
     if not items:
         raise ValueError("No model versions to score.")
     executor = executor or SerialExecutor()
+    # in this process: checked before any work; a Ray worker resolves its own (None: its GPU if it has one)
+    run_on = str(resolve_device(device)) if executor.in_process else device
     if sampler_config is not None and isinstance(sampler_config, SamplerConfig):
         sampler_config = sampler_config.to_dict()
     ds = mlflow_dataset(dataset)
@@ -272,11 +308,13 @@ def score_versions(
                     "ccfv.methods": ",".join(methods),
                     "ccfv.n_versions": len(items),
                     "ccfv.force": force,
+                    "ccfv.device": str(run_on),
+                    "ccfv.amp": amp,
                     "ccfv.executor": executor.name,
                 }
             )
         results = _run_version_tasks(
-            items, dataset, methods, sampler_config, force, cache_dir, parent, executor, source
+            items, dataset, methods, sampler_config, force, cache_dir, parent, executor, source, run_on, amp
         )
         table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
         if parent is None:
@@ -320,6 +358,8 @@ def _run_version_tasks(
     parent,
     executor: Executor,
     source: TargetSource | None,
+    device: str | None,
+    amp: bool,
 ) -> list[VersionResult]:
     """One :class:`VersionTask` per version, run by ``executor``; results in item order."""
     remote_source = None
@@ -334,6 +374,8 @@ def _run_version_tasks(
             str(cache_dir) if cache_dir else None,
             parent.info.run_id if parent is not None else None,
             remote_source,
+            device,
+            amp,
         )
         for item in items
     ]
@@ -384,6 +426,8 @@ def score_from_options(
     force="false",
     cache_dir: str = "",
     verify="true",
+    device: str | None = None,
+    amp=False,
     executor: str = "serial",
     ray_address: str = "",
     num_cpus: str = "1",
@@ -392,9 +436,11 @@ def score_from_options(
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
     score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
-    ``log_dataset``: upload the target folder first (``log-dataset``; nothing if already logged) and let
-    the workers read it from there."""
+    ``device``/``amp``: see :func:`score_versions`. ``log_dataset``: upload the target folder first
+    (``log-dataset``; nothing if already logged) and let the workers read it from there."""
     method_list = parse_methods(methods)  # validate before any work
+    use_amp = parse_bool(amp, "amp")
+    run_on = str(resolve_device(device or None))
     overrides: dict[str, Any] = {}
     if roi_size:
         overrides["roi_size"] = parse_ints(roi_size, "roi_size")
@@ -437,6 +483,8 @@ def score_from_options(
             overrides or None,
             force=parse_bool(force, "force"),
             cache_dir=cache_dir or None,
+            device=run_on if runner.in_process else (device or None),
+            amp=use_amp,
             executor=runner,
             source=source,
         )

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +28,7 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
@@ -36,7 +37,7 @@ from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import version_uri
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
@@ -74,7 +75,9 @@ class StudyConfig:
 
     ``targets``: dataset folders fine-tuned on; ``sources``: pre-training sources (targets are also
     sources of each other, leave-one-out); ``pretrain``/``finetune``: the budgets, identical for every
-    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations).
+    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations); ``device``: where
+    the networks train and run (``None``: CUDA when available, else CPU); ``amp``: mixed-precision
+    inference when scoring (an opt-in, see :mod:`mlflow_ccfv.networks.devices`).
     """
 
     targets: list[Path]
@@ -88,6 +91,8 @@ class StudyConfig:
     split_seed: int = 0
     overlap: float = 0.5
     cache_dir: str | None = None
+    device: str | None = None
+    amp: bool = False
 
 
 @dataclass
@@ -144,15 +149,22 @@ def run_transfer_study(
     force_finetune: bool = False,
     force_score: bool = False,
     out_dir: str | Path | None = None,
+    device: str | None = None,
     executor: Executor | None = None,
 ) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
-    ``out_dir``: also keep the report's tables and plots there. ``executor``: where the bank is scored
-    and fine-tuned (default in this process; a :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`:
-    one task per version, and one per (model, target, seed), each logging its own runs and tags; the
+    ``out_dir``: also keep the report's tables and plots there; ``device`` (when given) replaces
+    ``config.device``. ``executor``: where the bank is scored and fine-tuned (default in this process;
+    a :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one task per version, and one per (model,
+    target, seed), each logging its own runs and tags on ``device`` or its worker's default; the
     targets are read from their folders, which every worker must see)."""
+    executor = executor or SerialExecutor()
+    if device is not None:
+        config = replace(config, device=device)
+    if executor.in_process:  # checked before any work; a Ray worker resolves its own
+        config = replace(config, device=str(resolve_device(config.device)))
     with command_run(f"study {config.bank}") as parent:
-        return _run_study(config, parent, progress, force_finetune, force_score, out_dir, executor or SerialExecutor())
+        return _run_study(config, parent, progress, force_finetune, force_score, out_dir, executor)
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,7 @@ class FinetuneTask:
     overlap: float
     force: bool
     parent_run_id: str
+    device: str | None = None
 
 
 def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
@@ -181,6 +194,7 @@ def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
         force=task.force,
         progress=False,
         parent_run_id=task.parent_run_id,
+        device=task.device,
     )
 
 
@@ -196,6 +210,7 @@ def _finetune_bank(bank, ds, config: StudyConfig, force: bool, progress: bool, p
                 config.overlap,
                 force,
                 parent.info.run_id,
+                config.device,
             )
             for v in bank
         ]
@@ -224,6 +239,7 @@ def _finetune_bank(bank, ds, config: StudyConfig, force: bool, progress: bool, p
             cases=(train, test),
             force=force,
             progress=progress,
+            device=config.device,
         )
         outcomes.append(outcome)
         if not outcome.reused:
@@ -257,6 +273,8 @@ def _run_study(
             ),
             "methods": config.methods,
             "split_seed": config.split_seed,
+            "device": config.device,
+            "amp": config.amp,
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -267,7 +285,13 @@ def _run_study(
     for source in config.sources:
         for arch in config.architectures:
             mv = pretrain_and_register(
-                source.path, arch, config.pretrain, bank=config.bank, channels=source.channels, progress=progress
+                source.path,
+                arch,
+                config.pretrain,
+                bank=config.bank,
+                channels=source.channels,
+                progress=progress,
+                device=config.device,
             )
             by_source.setdefault(mv.tags[T.SOURCE_DATASET], []).append(mv)
     in_channels = {t.n_channels for t in targets}
@@ -293,6 +317,8 @@ def _run_study(
                 methods=config.methods,
                 force=force_score,
                 cache_dir=config.cache_dir,
+                device=config.device,
+                amp=config.amp,
                 executor=executor,
                 source=TargetSource(str(ds.root), "train", config.split_seed),
             )
@@ -321,15 +347,20 @@ def demo_config(
     sources: Sequence[str] = ("Task03", "Task07", "Task06"),
     pretrain_steps: int = 150,
     finetune_steps: int = 60,
-    bank: str = "demo",
+    bank: str = DEFAULT_BANK,
     architectures: Sequence[str] = ARCHITECTURES,
     methods: str = "all",
     patch_size: Sequence[int] = (32, 32, 32),
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
-    architecture, small budgets; synthetic cases generated with ``seed``."""
+    architecture, small budgets; synthetic cases generated with ``seed``.
+
+    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks (target and
+    sources, e.g. Task07) are generated where ``score`` looks by default (``data``), so the headline
+    ``mlflow run . -e score -P dataset=Task07`` works right after it."""
     names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
     folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
     patch = tuple(int(p) for p in patch_size)
@@ -341,6 +372,7 @@ def demo_config(
         architectures=tuple(architectures),
         pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 
@@ -355,6 +387,7 @@ def study_config(
     bank: str = "study",
     targets: Sequence[str] | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> StudyConfig:
     """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
     with its FLAIR channel only (the targets are 1-channel CT; see docs/study.md)."""
@@ -372,6 +405,7 @@ def study_config(
         bank=bank,
         pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+        device=device,
     )
 
 

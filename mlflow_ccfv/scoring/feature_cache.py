@@ -13,11 +13,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from mlflow_ccfv.data.preprocess import PreprocessedCase
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features
+from mlflow_ccfv.networks.devices import resolve_device
 
 __all__ = ["CACHE_ENV", "DEFAULT_CACHE_DIR", "CaseCache", "FeatureCache", "cache_key"]
 
@@ -28,15 +30,21 @@ DEFAULT_CACHE_DIR = ".ccfv-cache"
 CACHE_ENV = "MLFLOW_CCFV_CACHE"
 
 
-def cache_key(model_id: str, target: Target, config: SamplerConfig, layers: Sequence[str]) -> str:
-    """Hash of (LoggedModel id, dataset digest, case ids, pre-processing, sampler settings, layers)."""
-    payload = {
+def cache_key(model_id: str, target: Target, config: SamplerConfig, layers: Sequence[str], *, amp: bool = False) -> str:
+    """Hash of (LoggedModel id, dataset digest, case ids, pre-processing, sampler settings, layers[, amp]).
+
+    The device is not part of the key (features do not depend on it beyond rounding); mixed
+    precision is, and only when on, so the keys of float32 features stay what they were.
+    """
+    payload: dict[str, object] = {
         "model_id": model_id,
         "dataset_digest": target.digest,
         "cases": list(target.case_ids),
         "sampler": config.to_dict(),
         "layers": list(layers),
     }
+    if amp:
+        payload["amp"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -73,13 +81,17 @@ class FeatureCache:
         label: str,
         force: bool = False,
         cases: CaseCache | None = None,
+        device: str | torch.device | None = None,
+        amp: bool = False,
     ) -> tuple[FeatureSet, bool]:
         """Features of ``module`` at ``layers`` on ``target``: ``(features, from_cache)``.
 
         ``model_id`` identifies the weights in the key (``None``: ``label`` does); ``force`` re-runs
-        inference even when an entry exists.
+        inference even when an entry exists; ``device`` (default CUDA when available, else CPU) and
+        ``amp`` (mixed-precision inference, off by default) are passed to
+        :func:`~mlflow_ccfv.features.sample_features`.
         """
-        key = cache_key(model_id or label, target, config, layers)
+        key = cache_key(model_id or label, target, config, layers, amp=amp)
         path = self.path(model_id, key)
         if path.is_file() and not force:
             try:
@@ -89,7 +101,9 @@ class FeatureCache:
             except (ValueError, OSError, KeyError) as exc:
                 _logger.warning("%s: ignoring unreadable feature cache %s (%s)", label, path, exc)
         cases = cases or CaseCache(target)
-        features = sample_features(module, cases.cases(), layers=list(layers), config=config)
+        features = sample_features(
+            module, cases.cases(), layers=list(layers), config=config, device=resolve_device(device), amp=amp
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
         features.save(tmp)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from mlflow_ccfv.data.target import Target
@@ -42,15 +43,20 @@ def score_model(
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cases: CaseCache | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
 ) -> ModelScores:
     """Sample ``module``'s features at ``layers`` on ``target`` (cached) and run ``methods`` on them.
 
     ``model_id`` keys the feature cache (the LoggedModel id); ``patch_size`` is the default
-    sliding-window ROI; ``sampler_config`` overrides it and the other sampler settings.
+    sliding-window ROI; ``sampler_config`` overrides it and the other sampler settings. ``device``:
+    where the network runs (default CUDA when available, else CPU; the features, hence the scores,
+    do not depend on it beyond rounding). ``amp``: mixed-precision inference (an opt-in: see
+    :mod:`mlflow_ccfv.networks.devices`).
     """
     config = sampler_config_for(patch_size, sampler_config)
     features, cached = FeatureCache(cache_dir).features(
-        module, layers, target, config, model_id=model_id, label=label, force=force, cases=cases
+        module, layers, target, config, model_id=model_id, label=label, force=force, cases=cases, device=device, amp=amp
     )
     result = score_features(features, parse_methods(methods))
     result.config, result.cached = config, cached

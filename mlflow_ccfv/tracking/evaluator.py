@@ -8,7 +8,14 @@ MLflow's plugin API to :func:`mlflow_ccfv.scoring.score_model`, the code path of
   ``evaluator_config={"dataset": "Task07", "data_root": "data", "split": "train"}`` to name the target.
 - ``evaluator_config`` keys: ``methods`` (default ``["ccfv"]``; ``"default"`` = CC-FV and every
   baseline, ``"all"`` adds the ablations), ``sampler`` (dict of SamplerConfig overrides), ``force``,
-  ``cache_dir``, ``dataset``/``data_root``/``split``.
+  ``cache_dir``, ``dataset``/``data_root``/``split``, ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``;
+  default CUDA when available), ``amp`` (mixed-precision inference on CUDA, off by default) and
+  ``allow_pickle`` (see below).
+- ``model``: a model in the ``mlflow_ccfv`` flavor, or one logged with ``mlflow.pytorch`` (as
+  ``register`` and ``score`` accept). An ``mlflow.pytorch`` model is pickled code: MLflow's pyfunc
+  loader has already unpickled it by the time an evaluator runs, so pass URIs of such models only when
+  you trust whoever logged them; the evaluator uses it only with ``allow_pickle: True`` in the config
+  or ``MLFLOW_CCFV_ALLOW_PICKLE=1`` (:func:`~mlflow_ccfv.tracking.registry.pickle_allowed`).
 
 ``can_evaluate`` only answers (MLflow asks every installed evaluator, with configs meant for others);
 the config is validated in ``evaluate``. Returns ``ccfv``, ``ccfv.layer<i>.class_consistency`` /
@@ -27,6 +34,7 @@ import mlflow
 import pandas as pd
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact
+from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data import Target, make_target, target_from_manifest
@@ -35,14 +43,26 @@ from mlflow_ccfv.networks import decoder_layers
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
-from mlflow_ccfv.tracking.flavor import CCFVPyfuncModel
+from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
+from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
 
 _logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("segmentation",)
-CONFIG_KEYS = ("methods", "sampler", "force", "cache_dir", "dataset", "data_root", "split")
+CONFIG_KEYS = (
+    "methods",
+    "sampler",
+    "force",
+    "cache_dir",
+    "dataset",
+    "data_root",
+    "split",
+    "device",
+    "amp",
+    "allow_pickle",
+)
 
 
 def _check_config(config: dict[str, Any]) -> None:
@@ -51,6 +71,33 @@ def _check_config(config: dict[str, Any]) -> None:
         raise OptionError(
             f"Unknown ccfv evaluator_config key(s) {', '.join(unknown)}; valid: {', '.join(CONFIG_KEYS)}."
         )
+
+
+def _network(model, config: dict[str, Any]) -> nn.Module:
+    """The ``nn.Module`` behind a pyfunc model of the ``mlflow_ccfv`` or ``pytorch`` flavor."""
+    flavors = set(getattr(getattr(model, "metadata", None), "flavors", None) or {})
+    if FLAVOR_NAME in flavors:
+        return model.get_raw_model()
+    if "pytorch" not in flavors:
+        raise OptionError(
+            "The ccfv evaluator needs a model in the mlflow_ccfv flavor (register it with `mlflow-ccfv register`) "
+            f"or one logged with mlflow.pytorch; got a pyfunc model with flavors {sorted(flavors)}."
+        )
+    allow = config.get("allow_pickle")
+    if not pickle_allowed(None if allow is None else parse_bool(allow, "allow_pickle")):
+        raise OptionError(
+            "This model was logged with mlflow.pytorch, i.e. as pickled code that runs when it is loaded. "
+            "Use it only if you trust whoever logged it: pass evaluator_config={'allow_pickle': True} "
+            f"(or set {PICKLE_ENV}=1); or register its weights with a network specification (`mlflow-ccfv "
+            "register --spec ... --checkpoint ...`), which loads without unpickling."
+        )
+    module = model.get_raw_model()
+    if not isinstance(module, nn.Module) or not any(True for _ in module.named_children()):
+        raise OptionError(
+            "This mlflow.pytorch model reloads without its named modules (an exported 'pt2' graph?); log it "
+            "with mlflow.pytorch.log_model(..., serialization_format='pickle') or register its state_dict."
+        )
+    return module.eval()
 
 
 def _target(config: dict[str, Any], dataset) -> tuple[Target, str, str]:
@@ -94,22 +141,17 @@ class CCFVEvaluator(ModelEvaluator):
         _check_config(config)
         if model is None:
             raise OptionError("The ccfv evaluator scores a model: pass model='models:/<name>/<version>'.")
-        impl = getattr(model, "_model_impl", None)
-        if not isinstance(impl, CCFVPyfuncModel):
-            raise OptionError(
-                "The ccfv evaluator needs a model in the mlflow_ccfv flavor (register it with "
-                "`mlflow-ccfv register`); got a pyfunc model of another flavor."
-            )
+        module = _network(model, config)
         passed_model_id = kwargs.get("model_id")
         model_id = passed_model_id or getattr(getattr(model, "metadata", None), "model_id", None)
         model_tags = dict(mlflow.MlflowClient().get_logged_model(model_id).tags or {}) if model_id else {}
-        layers = split_list(model_tags.get(T.FEATURE_LAYERS)) or decoder_layers(impl.module)
+        layers = split_list(model_tags.get(T.FEATURE_LAYERS)) or decoder_layers(module)
         patch = model_tags.get(T.PATCH_SIZE)
 
         target, ds_name, ds_digest = _target(config, dataset)
         methods = config.get("methods", ["ccfv"])
         result = score_model(
-            impl.module,
+            module,
             layers,
             target,
             list(DEFAULT_METHODS) if methods == "default" else methods,
@@ -119,6 +161,8 @@ class CCFVEvaluator(ModelEvaluator):
             patch_size=parse_ints(patch, T.PATCH_SIZE) if patch else None,
             force=parse_bool(config.get("force", False), "force"),
             cache_dir=config.get("cache_dir"),
+            device=config.get("device") or None,
+            amp=parse_bool(config.get("amp", False), "amp"),
         )
         metrics = {**result.scores, **T.layer_metrics(result.layers)}
 

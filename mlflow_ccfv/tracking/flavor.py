@@ -5,7 +5,7 @@ An MLflow model directory written by :func:`save_model` holds::
     MLmodel            flavors: mlflow_ccfv (spec + weights) and python_function (loader_module)
     network.json       the declarative NetworkSpec (MONAI class name + keyword arguments)
     state_dict.pt      the weights, a plain ``{name: tensor}`` dict (``torch.save``)
-    requirements.txt / conda.yaml / python_env.yaml
+    requirements.txt / conda.yaml / python_env.yaml / wheels/   (:mod:`~mlflow_ccfv.tracking.environment`)
 
 Loading (:func:`load_model`, or ``mlflow.pyfunc.load_model`` through :func:`_load_pyfunc`) builds the
 network from ``network.json`` and reads the weights with ``torch.load(..., weights_only=True)`` into it
@@ -15,7 +15,6 @@ unpickled, and a checkpoint that does not fit the architecture is an error listi
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 from mlflow_ccfv.networks.checkpoints import build_with_weights, normalise_state_dict
 from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES
 from mlflow_ccfv.networks.specs import NetworkSpec
+from mlflow_ccfv.tracking.environment import CONDA_FILE, PYTHON_ENV_FILE, write_environment
 
 _logger = logging.getLogger(__name__)
 
@@ -37,28 +37,8 @@ WEIGHTS_FILE = "state_dict.pt"
 
 
 def _write_environment(path: str, spec: NetworkSpec) -> None:
-    import monai
-    import yaml
-    from mlflow.utils.environment import (
-        _CONDA_ENV_FILE_NAME,
-        _PYTHON_ENV_FILE_NAME,
-        _REQUIREMENTS_FILE_NAME,
-        _mlflow_conda_env,
-        _PythonEnv,
-    )
-
-    reqs = [
-        f"mlflow-ccfv=={importlib.metadata.version('mlflow-ccfv')}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"monai=={monai.__version__}",
-    ]
-    if spec.architecture in DYNAMIC_ARCHITECTURES:  # nnU-Net networks
-        reqs.append(f"dynamic-network-architectures=={importlib.metadata.version('dynamic-network-architectures')}")
-    with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
-        yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=reqs), f, default_flow_style=False)
-    with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as f:
-        f.write("mlflow\n" + "\n".join(reqs) + "\n")
-    _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+    extra = ["dynamic-network-architectures"] if spec.architecture in DYNAMIC_ARCHITECTURES else []
+    write_environment(path, extra)
 
 
 def save_model(
@@ -74,7 +54,6 @@ def save_model(
     """
     from mlflow import pyfunc
     from mlflow.models import Model
-    from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
 
     state = normalise_state_dict(state_dict)
     build_with_weights(spec, state)  # validates: raises listing mismatched keys
@@ -100,8 +79,8 @@ def save_model(
         mlflow_model,
         loader_module="mlflow_ccfv.tracking.flavor",
         data=".",
-        conda_env=_CONDA_ENV_FILE_NAME,
-        python_env=_PYTHON_ENV_FILE_NAME,
+        conda_env=CONDA_FILE,
+        python_env=PYTHON_ENV_FILE,
     )
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
@@ -153,9 +132,9 @@ def read_local_model(path: str | os.PathLike) -> tuple[NetworkSpec, nn.Module]:
 
 def load_model(model_uri: str, dst_path: str | None = None) -> nn.Module:
     """Load an ``mlflow_ccfv`` model (any MLflow model URI) as the MONAI ``nn.Module``."""
-    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+    import mlflow
 
-    local = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
     return read_local_model(local)[1]
 
 

@@ -12,6 +12,7 @@ Version tags written here: ``architecture``, ``source_dataset``, ``feature_layer
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -280,6 +281,17 @@ def _resolve_logged_model_id(model_uri: str) -> str:
     raise ValueError(f"Expected a logged model URI (models:/m-<id> or runs:/<run_id>/<name>); got {model_uri!r}.")
 
 
+#: Environment variable that opts in to unpickling ``mlflow.pytorch`` models (``1``/``true``/``yes``).
+PICKLE_ENV = "MLFLOW_CCFV_ALLOW_PICKLE"
+
+
+def pickle_allowed(allow: bool | None = None) -> bool:
+    """Whether ``mlflow.pytorch`` (pickled) models may be used: ``allow`` when given, else ``$MLFLOW_CCFV_ALLOW_PICKLE``."""
+    if allow is not None:
+        return bool(allow)
+    return os.environ.get(PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def _load_pytorch(model_uri: str) -> nn.Module:
     import mlflow.pytorch  # imported here: only for the pickled flavor
 
@@ -483,6 +495,7 @@ __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
     "LoadedModel",
+    "PICKLE_ENV",
     "RegistryError",
     "VERSION_TAGS",
     "bank_versions",
@@ -490,6 +503,7 @@ __all__ = [
     "get_version",
     "load_version",
     "logged_model_id",
+    "pickle_allowed",
     "register_logged_model",
     "register_network",
     "resolve_versions",

@@ -18,7 +18,7 @@ import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.study.plots import training_curve_png
 
-__all__ = ["command_run", "log_training_curve", "log_version_run"]
+__all__ = ["command_run", "log_dice_on_score_runs", "log_training_curve", "log_version_run"]
 
 
 @contextmanager
@@ -75,7 +75,8 @@ def log_version_run(
     where: dict[str, Any] = {}
     if parent_run_id is not None and active is None:
         where = {"parent_run_id": parent_run_id, "experiment_id": _experiment_of(parent_run_id)}
-    run_tags = {T.RUN_DATASET: target.name, T.RUN_MODEL: label}  # at creation: a partial run is findable
+    # at creation: a killed attempt's partial run is findable
+    run_tags = {T.RUN_STAGE: "score", T.RUN_DATASET: target.name, T.RUN_MODEL: label}
     with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run:
         mlflow.log_input(ds, context="target")
         params = {
@@ -112,6 +113,24 @@ def _replace_partial_version_runs(parent_run_id: str, label: str) -> str | None:
         if r is not finished:
             client.delete_run(r.info.run_id)
     return finished.info.run_id if finished is not None else None
+
+
+def log_dice_on_score_runs(label: str, dataset: str, dice: float) -> list[str]:
+    """Log ``finetune_dice`` on every score run of version ``label`` on ``dataset`` (all experiments), so
+    the Runs tab shows the measured Dice beside the scores; returns their run ids."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=(
+            f"tags.`{T.RUN_STAGE}` = 'score' AND tags.`{T.RUN_MODEL}` = '{label}' "
+            f"AND tags.`{T.RUN_DATASET}` = '{dataset}'"
+        ),
+        output_format="list",
+        max_results=1000,
+    )
+    client = mlflow.MlflowClient()
+    for run in runs:
+        client.log_metric(run.info.run_id, T.FINETUNE_DICE, float(dice))
+    return [run.info.run_id for run in runs]
 
 
 def log_training_curve(losses: Sequence[float], title: str) -> None:

@@ -12,7 +12,8 @@ Registry (model version) tags:
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
-``finetune_dice``; the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
+``finetune_dice`` (on the fine-tune run, the version's LoggedModel and the version's score runs of
+that dataset, so one Runs-tab row shows a model's scores beside its measured Dice); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
 (``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
 and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
@@ -43,6 +44,7 @@ __all__ = [
     "RUN_DATASET",
     "RUN_MODEL",
     "RUN_STAGE",
+    "FINETUNE_DICE",
     "SOURCE_DATASET",
     "best_alias",
     "dice_spread_metric",
@@ -81,6 +83,9 @@ RUN_BANK = BANK
 RUN_DATASET_DIGEST = "ccfv.dataset.digest"
 #: On a dataset run: the artifact path of the uploaded task folder (``runs:/<run_id>/<this>``).
 RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
+
+#: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
+FINETUNE_DICE = "finetune_dice"
 
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mlflow_ccfv.networks.devices import resolve_device
 from mlflow_ccfv.training.loops import checked_case
 
 
@@ -69,14 +70,23 @@ def dice_per_class(prediction: torch.Tensor, label: torch.Tensor, num_classes: i
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, image: torch.Tensor, roi_size: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 4
+    model: nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    *,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Label map ``[X, Y, Z]`` of ``image [C, X, Y, Z]`` by sliding-window inference (Gaussian blend)."""
+    """Label map ``[X, Y, Z]`` (on the CPU) of ``image [C, X, Y, Z]`` by sliding-window inference (Gaussian
+    blend); ``device``: where the network runs (default: where its parameters are)."""
     from monai.inferers import sliding_window_inference
 
-    model.eval()
+    param = next(model.parameters(), None)
+    run_on = resolve_device(device) if device is not None or param is None else param.device
+    model.to(run_on).eval()
     logits = sliding_window_inference(
-        image[None].float(),
+        image[None].float().to(run_on),
         roi_size=tuple(int(s) for s in roi_size),
         sw_batch_size=sw_batch_size,
         predictor=model,
@@ -85,7 +95,7 @@ def predict(
         padding_mode="constant",
         cval=float(image.min()),
     )
-    return torch.as_tensor(logits).as_subclass(torch.Tensor)[0].argmax(0)
+    return torch.as_tensor(logits).as_subclass(torch.Tensor)[0].argmax(0).cpu()
 
 
 def evaluate_dice(
@@ -97,18 +107,24 @@ def evaluate_dice(
     sw_batch_size: int = 4,
     progress: bool = True,
     desc: str = "evaluate",
+    *,
+    device: str | torch.device | None = None,
 ) -> DiceResult:
     """Per-class and mean foreground Dice of ``model`` on ``cases`` (the held-out split).
 
     ``cases``: objects with ``.case_id``, ``.image [C, X, Y, Z]``, ``.label [X, Y, Z]``;
-    ``num_classes`` includes background; ``roi_size``: the sliding window (the training patch size).
+    ``num_classes`` includes background; ``roi_size``: the sliding window (the training patch size);
+    ``device``: where the network runs (default CUDA when available, else CPU).
     """
+    device = resolve_device(device)
     if not cases:
         raise ValueError("No evaluation cases: the held-out split is empty.")
     table: dict[str, dict[int, float]] = {}
     for case in tqdm(cases, desc=desc, disable=not progress, leave=False):
         case_id, image, label = checked_case(case)
-        table[case_id] = dice_per_class(predict(model, image, roi_size, overlap, sw_batch_size), label, num_classes)
+        table[case_id] = dice_per_class(
+            predict(model, image, roi_size, overlap, sw_batch_size, device=device), label, num_classes
+        )
     return _dice_from_table(table, num_classes)
 
 

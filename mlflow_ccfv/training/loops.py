@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mlflow_ccfv.networks.devices import resolve_device
 from mlflow_ccfv.networks.specs import NetworkSpec, load_state_dict_strict
 from mlflow_ccfv.options import parse_ints
 
@@ -333,10 +334,14 @@ def train_segmentation(
     config: TrainConfig,
     desc: str = "train",
     progress: bool = True,
+    *,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on patches of ``cases`` for ``config.steps`` steps; returns the curve.
 
-    ``num_classes`` counts the background; the model's output channels must equal it.
+    ``num_classes`` counts the background; the model's output channels must equal it. ``device``:
+    where the network trains (default CUDA when available, else CPU); the cases stay on the CPU and
+    each batch of patches is moved there; the trained model is left on that device.
     """
     from monai.losses import DiceCELoss
 
@@ -344,16 +349,21 @@ def train_segmentation(
         cases, num_classes, config.patch_size, config.foreground_fraction, config.mirror, seed=config.seed
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    device = resolve_device(device)
+    model.to(device)  # before the optimiser is built, so that its state lives there too
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.steps, power=config.poly_power)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    # fork the RNG of the device trained on too: manual_seed also seeds CUDA's generators
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.seed)  # dropout, if the architecture has any
         bar = tqdm(range(config.steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             images, labels = sampler.sample(config.batch_size)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = model(images)
             if logits.shape[1] != num_classes:
                 raise ValueError(
@@ -378,14 +388,21 @@ def train_segmentation(
 
 
 def pretrain(
-    spec: NetworkSpec, cases: Sequence[Any], config: TrainConfig, progress: bool = True, desc: str = "pretrain"
+    spec: NetworkSpec,
+    cases: Sequence[Any],
+    config: TrainConfig,
+    progress: bool = True,
+    desc: str = "pretrain",
+    *,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train a freshly initialised ``spec`` (seeded with ``config.seed``) on a source task.
 
     ``spec.out_channels`` must equal the source task's number of classes (background included).
+    ``device``: see :func:`train_segmentation` (the initialisation is drawn on the CPU either way).
     """
     model = seeded_network(spec, config.seed)
-    return train_segmentation(model, cases, spec.out_channels, config, desc=desc, progress=progress)
+    return train_segmentation(model, cases, spec.out_channels, config, desc=desc, progress=progress, device=device)
 
 
 def finetune(
@@ -396,17 +413,20 @@ def finetune(
     config: TrainConfig,
     progress: bool = True,
     desc: str = "finetune",
+    *,
+    device: str | torch.device | None = None,
 ) -> tuple[TrainResult, NetworkSpec]:
     """Fine-tune a bank model on a target's training cases, the paper's way (nothing frozen).
 
     ``state=None`` fine-tunes a randomly initialised network of the same architecture (the control).
     The re-created head is initialised from ``config.seed``, so every model of a comparison starts
     its head, samples its patches and trains identically. Returns the result and the target spec.
+    ``device``: see :func:`train_segmentation`.
     """
     if not cases:
         raise ValueError("No training cases: the training split is empty.")
     in_channels = checked_case(cases[0])[1].shape[0]
     model, new_spec, reinit = init_for_finetuning(spec, state, in_channels, num_classes, seed=config.seed)
-    result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress)
+    result = train_segmentation(model, cases, num_classes, config, desc=desc, progress=progress, device=device)
     result.reinitialised = reinit
     return result, new_spec

@@ -1,0 +1,114 @@
+"""After the demo, the headline commands work as typed: the demo leaves its tasks where ``score`` looks
+(``data``) and its models in the bank ``score`` uses (``default``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _option_default(command, name: str):
+    return next(p.default for p in command.params if p.name == name)
+
+
+def test_the_demo_writes_where_score_and_rank_look():
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.pipelines.study import demo_config
+    from mlflow_ccfv.tracking.registry import DEFAULT_BANK
+
+    demo, score = main.commands["demo"], main.commands["score"]
+    assert _option_default(demo, "data_root") == _option_default(score, "data_root")
+    assert _option_default(demo, "bank") == _option_default(score, "bank") == DEFAULT_BANK
+    import inspect
+
+    assert inspect.signature(demo_config).parameters["bank"].default == DEFAULT_BANK
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    for key in ("data_root", "bank"):
+        assert entry["demo"]["parameters"][key]["default"] == entry["score"]["parameters"][key]["default"], key
+    sources = _option_default(demo, "sources").split(",")
+    assert "Task07" in sources and _option_default(demo, "target") != "Task07"  # Task07 exists after the demo
+
+
+def _project_copy(dest: Path) -> Path:
+    dest.mkdir()
+    shutil.copytree(REPO / "mlflow_ccfv", dest / "mlflow_ccfv", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("MLproject", "conda.yaml", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+@pytest.mark.slow
+def test_headline_commands_after_a_tiny_demo(tracking_uri, tmp_path, monkeypatch):
+    """In a copy of the project (``mlflow run .`` runs in the project folder): a tiny demo with the
+    command's default data root and bank, then, as typed, ``mlflow run . -e score -P dataset=Task07
+    --env-manager local``, ``mlflow-ccfv rank --dataset Task07`` and ``mlflow.models.evaluate(...,
+    evaluators=["ccfv"])`` on a demo model."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.pipelines.study import demo_config, run_transfer_study
+    from mlflow_ccfv.tracking import bank_versions, target_dataset
+
+    project = _project_copy(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
+    data_root = _option_default(main.commands["demo"], "data_root")
+    mlflow.set_experiment("ccfv-demo")
+    run_transfer_study(
+        demo_config(
+            data_root,
+            target="Task09",
+            sources=("Task03", "Task07"),
+            n_cases=5,
+            shape=(32, 32, 24),
+            pretrain_steps=2,
+            finetune_steps=2,
+            architectures=("UNet",),
+            methods="ccfv,logme",
+            patch_size=(24, 24, 24),
+            progress=False,
+        ),
+        progress=False,
+    )
+    bank = bank_versions()  # the default bank
+    assert sorted(v.tags["source_dataset"] for v in bank) == ["Task03", "Task07", "random-init"]
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", ".", "-e", "score", "-P", "dataset=Task07", "--env-manager", "local"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    tags = {f"{v.name}/{v.version}": v.tags for v in bank_versions()}
+    assert all("transferability.ccfv.Task07" in t for t in tags.values()), tags
+
+    if "rank" in main.commands:  # the read-only ranking command (another change adds it)
+        ranked = CliRunner().invoke(main, ["rank", "--dataset", "Task07"])
+        assert ranked.exit_code == 0, ranked.output
+        assert all(name.split("/")[0] in ranked.output for name in tags)
+
+    best = min(tags, key=lambda k: int(tags[k]["transferability.rank.Task07"]))
+    name, version = best.split("/")
+    with mlflow.start_run():
+        result = mlflow.models.evaluate(
+            model=f"models:/{name}/{version}",
+            data=target_dataset("Task07", data_root=data_root),
+            model_type="segmentation",
+            evaluators=["ccfv"],
+        )
+    assert result.metrics["ccfv"] == pytest.approx(float(tags[best]["transferability.ccfv.Task07"]), rel=1e-6)
