@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from mlflow_ccfv.errors import OptionError
 
-__all__ = ["format_ints", "parse_bool", "parse_ints", "split_list"]
+__all__ = ["format_ints", "parse_bool", "parse_ints", "parse_source", "split_list"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -78,3 +78,12 @@ def parse_bool(value: object, name: str) -> bool:
     if text in _FALSE:
         return False
     raise OptionError(f"{name} must be true or false; got {value!r}.")
+
+
+def parse_source(text: str) -> tuple[str, tuple[int, ...] | None]:
+    """A study source as typed: ``PATH_OR_TASK`` or ``PATH_OR_TASK:CHANNELS`` (``/data/Task01_BrainTumour:0``
+    keeps the FLAIR channel only) -> ``(path or task, channels or None)``."""
+    head, sep, tail = str(text).rpartition(":")
+    if sep and head and re.fullmatch(r"[\d,x\s]+", tail):
+        return head, parse_ints(tail, f"channels of source {head}", minimum=0)
+    return str(text), None

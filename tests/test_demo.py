@@ -36,7 +36,8 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     # two sources + the random-init control, each scored and fine-tuned on Task09
     assert sorted(v.tags["source_dataset"] for v in bank) == ["Task03", "Task06", "random-init"]
     assert all("finetune.dice.Task09" in v.tags and "transferability.ccfv.Task09" in v.tags for v in bank)
-    assert set(first.frame["method"]) == {"ccfv", "ccfv_no_variety", "logme", "leep"}
+    # the estimators scored, and the report-level variants pre-registered in issue 12
+    assert set(first.frame["method"]) == {"ccfv", "ccfv_no_variety", "logme", "leep", "ccfv_twin", "rank_aggregate"}
     assert first.seconds["finetune"] > 0 and first.seconds["score"] > 0
     text = print_summary(first, ui_hint=True)
     assert "mlflow ui --backend-store-uri" in text and "| 1 |" in text

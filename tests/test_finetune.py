@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -117,3 +118,119 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     assert (tmp_path / "report" / "table1.md").is_file() and (tmp_path / "report" / "scatter_Task02.png").is_file()
     runs = mlflow.search_runs(filter_string="tags.`ccfv.stage` = 'report'")
     assert len(runs) == 1 and "metrics.Task02.ccfv.weighted_tau" in runs.columns
+
+
+@pytest.mark.slow
+def test_multi_seed_finetune_tags_mean_and_sd_and_resumes_per_seed(tracking_uri, tmp_path, one_torch_thread):
+    """Seeds 0,1,2: a parent run with the per-case, per-seed table; the version tags hold the mean and
+    sd; a seed measured before (here by a single-seed run) is read back, not trained again."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.tracking.runs import run_csv
+
+    mlflow.set_experiment("test-seeds")
+    target = write_blob_task(tmp_path, "Task02_Dim", 5, seed=2, bright=80)
+    mv = register_control("UNet", 1, 2, (24, 24, 24), bank="s")
+    uri = f"models:/{mv.name}/{mv.version}"
+    ft = TrainConfig(steps=4, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
+    single = finetune_version(uri, target, ft, progress=False, log_finetuned_model=False)
+    assert single.run_id and math.isnan(single.dice_sd)
+
+    def n_finetune_runs() -> int:
+        return len(mlflow.search_runs(search_all_experiments=True, filter_string="tags.`ccfv.stage` = 'finetune'"))
+
+    before = n_finetune_runs()
+    result = CliRunner().invoke(
+        main,
+        [
+            "finetune",
+            "--model",
+            uri,
+            "--dataset",
+            str(target),
+            "--steps",
+            "4",
+            "--patch-size",
+            "24,24,24",
+            "--learning-rate",
+            "0.01",
+            "--seeds",
+            "0,1,2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "over seeds" in result.output
+    assert n_finetune_runs() == before + 3  # the parent and seeds 1, 2; seed 0 was read back
+    v = mlflow.MlflowClient().get_model_version(mv.name, mv.version)
+    tags = v.tags
+    assert tags["finetune.seeds.Task02"] == "0,1,2"
+    parent = mlflow.get_run(tags["finetune.run.Task02"])
+    seed_dice = [parent.data.metrics[f"finetune_dice.seed{s}"] for s in (0, 1, 2)]
+    assert seed_dice[0] == pytest.approx(single.dice.mean)
+    assert float(tags["finetune.dice.Task02"]) == pytest.approx(np.mean(seed_dice), abs=1e-6)
+    assert float(tags["finetune.dice_sd.Task02"]) == pytest.approx(np.std(seed_dice, ddof=1), abs=1e-6)
+    assert parent.data.metrics["finetune_dice_sd"] == pytest.approx(np.std(seed_dice, ddof=1))
+    table = run_csv(parent.info.run_id, "dice_per_case.csv")
+    assert sorted(table["seed"].unique()) == [0, 1, 2] and set(table.columns) == {"case_id", "seed", "ball"}
+    assert table.groupby("seed")["case_id"].nunique().tolist() == [1, 1, 1]  # 5 cases: 4 train, 1 held out
+    # the same budget again: reused from the tags, no run at all
+    again = finetune_version(uri, target, ft, seeds=(0, 1, 2), progress=False)
+    assert again.reused and n_finetune_runs() == before + 3
+    assert again.dice_sd == pytest.approx(float(tags["finetune.dice_sd.Task02"]))
+    with pytest.raises(ValueError, match="distinct"):
+        finetune_version(uri, target, ft, seeds=(1, 1), progress=False)
+
+
+@pytest.mark.slow
+def test_pretrain_curve_registers_an_early_and_a_final_checkpoint_with_source_dice(
+    tracking_uri, tmp_path, one_torch_thread
+):
+    import mlflow
+    from click.testing import CliRunner
+
+    from mlflow_ccfv.cli import main
+    from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
+
+    source = write_blob_task(tmp_path, "Task01_Bright", 5, seed=1, bright=150)
+    config = TrainConfig(steps=6, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
+    with pytest.raises(ValueError, match="multiple of curve_every"):
+        pretrain_checkpoints(source, "UNet", config, bank="c", curve_every=4, early_step=3, progress=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "pretrain",
+            "--dataset",
+            str(source),
+            "--bank",
+            "c",
+            "--steps",
+            "6",
+            "--patch-size",
+            "24,24,24",
+            "--learning-rate",
+            "0.01",
+            "--seed",
+            "0",
+            "--curve-every",
+            "3",
+            "--early-step",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    early, final = pretrain_checkpoints(source, "UNet", config, bank="c", curve_every=3, early_step=3, progress=False)
+    assert early.name == "unet-Task01-early" and final.name == "unet-Task01"
+    assert str(early.version) == "1" and str(final.version) == "1"  # reused, not trained again
+    assert early.tags["pretrain.checkpoint"] == "early" and early.tags["pretrain.steps"] == "3"
+    assert final.tags["pretrain.checkpoint"] == "final" and final.tags["pretrain.steps"] == "6"
+    assert early.tags["pretrain.run_id"] == final.tags["pretrain.run_id"]  # one run, two checkpoints
+    for v in (early, final):
+        assert 0.0 <= float(v.tags["pretrain.source_dice"]) <= 1.0
+    run = mlflow.get_run(final.tags["pretrain.run_id"])
+    assert run.data.params["n_cases"] == "4" and run.data.params["n_held_out"] == "1"  # the 80/20 split
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "source_dice")
+    assert [m.step for m in history] == [3, 6]
+    assert history[0].value == pytest.approx(float(early.tags["pretrain.source_dice"]), abs=1e-6)
+    assert history[1].value == pytest.approx(float(final.tags["pretrain.source_dice"]), abs=1e-6)

@@ -111,4 +111,5 @@ def test_headline_commands_after_a_tiny_demo(tracking_uri, tmp_path, monkeypatch
             model_type="segmentation",
             evaluators=["ccfv"],
         )
-    assert result.metrics["ccfv"] == pytest.approx(float(tags[best]["transferability.ccfv.Task07"]), rel=1e-6)
+    # the tag holds 6 significant digits
+    assert result.metrics["ccfv"] == pytest.approx(float(tags[best]["transferability.ccfv.Task07"]), rel=1e-5)

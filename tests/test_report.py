@@ -202,3 +202,82 @@ def test_write_report_adds_architecture_and_discrimination_tables(tmp_path):
     assert "Within one architecture" in report.markdown() and "dice_spread" in report.markdown()
     single = write_report(frame_for(DICE, SCORERS), tmp_path / "single")
     assert single.by_architecture.empty and not (tmp_path / "single" / "by_architecture.md").exists()
+
+
+def _seeded_tables(dice_by_dataset: dict[str, list[float]], n_seeds: int = 3, n_cases: int = 10, noise: float = 0.05):
+    """Per (dataset, model) a per-case, per-seed Dice table around the model's Dice."""
+    rng = np.random.default_rng(1)
+    tables, means, sds = {}, {}, {}
+    for dataset, dice in dice_by_dataset.items():
+        for i, d in enumerate(dice):
+            rows = [
+                {"case_id": f"c{c}", "seed": s, "organ": float(np.clip(d + rng.normal(0, noise), 0, 1))}
+                for s in range(n_seeds)
+                for c in range(n_cases)
+            ]
+            table = pd.DataFrame(rows)
+            per_seed = table.groupby("seed")["organ"].mean()
+            tables[(dataset, f"m{i}")] = table
+            means[(dataset, f"m{i}")] = float(per_seed.mean())
+            sds[(dataset, f"m{i}")] = float(per_seed.std(ddof=1))
+    return tables, means, sds
+
+
+@pytest.mark.slow
+def test_write_report_evidence_variants_source_dice_and_plots(tmp_path):
+    from mlflow_ccfv.pipelines.report import report_metrics
+
+    scorers = {
+        "ccfv": lambda d, i: 3 * d + (5 if i == 0 else 0),  # ranks the random-init control first
+        "ccfv_no_variety": lambda d, i: d,
+        "gbc": lambda d, i: d + 0.01 * i,
+        "logme": lambda d, i: -d,
+    }
+    tables, means, sds = _seeded_tables(DICE)
+    frame = frame_for(DICE, scorers)
+    frame["dice"] = [means[(r.dataset, r.model)] for r in frame.itertuples()]
+    frame["dice_sd"] = [sds[(r.dataset, r.model)] for r in frame.itertuples()]
+    frame["source_dice"] = [float("nan") if m == "m0" else 0.5 + 0.1 * int(m[1]) for m in frame["model"]]
+    frame["checkpoint"] = ""
+    report = write_report(frame, tmp_path, tables, n_resamples=200, n_permutations=199)
+    ev = report.evidence
+    # the twin-calibrated CC-FV: the control scores 0 and the others ccfv minus the control's ccfv
+    scores = report.scores
+    twin = scores[(scores["method"] == "ccfv_twin") & (scores["dataset"] == "TaskA")].set_index("model")["score"]
+    ccfv = scores[(scores["method"] == "ccfv") & (scores["dataset"] == "TaskA")].set_index("model")["score"]
+    assert twin["m0"] == 0.0 and twin["m3"] == pytest.approx(ccfv["m3"] - ccfv["m0"])
+    # the rank aggregate: minus the mean rank under ccfv_no_variety, gbc, logme; m4 (Dice 0.9): ranks 1, 1, 5
+    agg = scores[(scores["method"] == "rank_aggregate") & (scores["dataset"] == "TaskA")].set_index("model")["score"]
+    assert agg["m4"] == pytest.approx(-(1 + 1 + 5) / 3)
+    # the figures: every interval contains its estimate; the selection value by hand
+    for r in ev.figures.itertuples():
+        if r.low == r.low:
+            assert r.low - 1e-9 <= r.estimate <= r.high + 1e-9, r
+    top1, _, _ = ev.figure("TaskA", "ccfv_no_variety", "top1_dice")
+    assert top1 == pytest.approx(means[("TaskA", "m4")])
+    assert ev.figure("TaskA", "ccfv_no_variety", "top1_regret")[0] == pytest.approx(0.0)
+    regret = ev.figure("TaskA", "ccfv", "top1_regret")
+    assert regret[0] == pytest.approx(means[("TaskA", "m4")] - means[("TaskA", "m0")])
+    random_dice = ev.figure("TaskA", "", "random_dice")[0]
+    assert random_dice == pytest.approx(np.mean([means[("TaskA", f"m{i}")] for i in range(5)]))
+    avg = ev.figure("avg", "ccfv_no_variety", "weighted_tau")[0]
+    assert avg == pytest.approx(np.mean([ev.figure(d, "ccfv_no_variety", "weighted_tau")[0] for d in DICE]))
+    # the noise ceiling: three seeds, well-separated models -> high agreement between replicates
+    noise = ev.noise.set_index("dataset")
+    assert set(noise["kind"]) == {"seeds"} and noise.loc["TaskA", "estimate"] > 0.5
+    assert noise.loc["TaskA", "low"] <= noise.loc["TaskA", "estimate"] <= noise.loc["TaskA", "high"]
+    p = ev.pvalues.set_index(["dataset", "method"])["permutation_p"]
+    assert p[("TaskA", "ccfv_no_variety")] < 0.05 and p[("TaskA", "logme")] > 0.5
+    assert set(ev.differences["method"]) == {"ccfv_twin", "rank_aggregate"}
+    for name in ("evidence.md", "evidence.csv", "noise_ceiling.csv", "permutation.csv", "variants.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "dice_vs_ccfv_TaskA.png").stat().st_size > 10_000
+    source = pd.read_csv(tmp_path / "source_dice.csv")
+    assert len(source) == 5 and source.set_index("model").loc["m2", "source_dice"] == pytest.approx(0.7)
+    text = (tmp_path / "report.md").read_text()
+    assert "Noise ceiling" in text and "source" in text and "Rank aggregate" in text
+    metrics = report_metrics(report)
+    assert metrics["TaskA.noise_ceiling"] == pytest.approx(noise.loc["TaskA", "estimate"])
+    assert "TaskA.ccfv.weighted_tau.low" in metrics and "avg.ccfv.weighted_tau.high" in metrics
+    assert metrics["TaskA.ccfv_no_variety.top1_dice"] == pytest.approx(top1)
+    assert "TaskA.bank.random_dice.low" in metrics and "TaskA.logme.permutation_p" in metrics

@@ -185,3 +185,25 @@ def test_score_versions_api_without_logging(tracking_uri, tmp_path):
     )
     assert list(table["rank"]) == [1, 2] and table["ccfv"].is_monotonic_decreasing
     assert mlflow.search_runs(output_format="list") == []
+
+
+@pytest.mark.slow
+def test_rank_by_another_estimator_sets_the_rank_tags_and_the_alias(tracking_uri, tmp_path):
+    """--rank-by gbc: the rank tags and best-<dataset> follow GBC (scored although not asked for)."""
+    data = tmp_path / "data"
+    make_target_folder(data)
+    register_tiny_bank("rb")
+    args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "rb", "--methods", "ccfv"]
+    result = CliRunner().invoke(main, [*args, "--rank-by", "gbc", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    versions = [client.get_model_version(v.name, v.version) for v in mlflow.search_model_versions()]
+    gbc = {v.name: float(v.tags[f"transferability.gbc.{TARGET_TASK}"]) for v in versions}
+    ccfv = {v.name: float(v.tags[f"transferability.ccfv.{TARGET_TASK}"]) for v in versions}
+    assert sorted(gbc, key=gbc.get) != sorted(ccfv, key=ccfv.get)  # the two rankings differ here
+    rank = {v.name: int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for v in versions}
+    assert sorted(rank, key=rank.get) == sorted(gbc, key=gbc.get, reverse=True)
+    best = max(gbc, key=gbc.get)
+    assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
+    bad = CliRunner().invoke(main, [*args, "--rank-by", "ccfv_twin"])
+    assert bad.exit_code != 0 and "computed by `report`" in bad.output

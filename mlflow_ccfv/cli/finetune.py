@@ -18,11 +18,14 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
 @click.option(
     "--force", default="false", show_default=True, help="true: fine-tune even if this budget's Dice is tagged."
 )
+@click.option(
+    "--seeds", default="", help="Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed."
+)
 @train_options(steps=100, seed=0)
 def finetune(**options) -> None:
     """All pre-trained weights but the last convolution, nothing frozen; Dice (MONAI DiceMetric) on the held-out 20%."""
     from mlflow_ccfv.cli.base import train_config_from_options
-    from mlflow_ccfv.options import parse_bool
+    from mlflow_ccfv.options import parse_bool, parse_ints
     from mlflow_ccfv.pipelines.finetune import finetune_version
 
     with exit_on_input_error("finetune"):
@@ -35,10 +38,12 @@ def finetune(**options) -> None:
             split_seed=int(options["split_seed"]),
             overlap=float(options["overlap"]),
             force=parse_bool(options["force"], "force"),
+            seeds=parse_ints(options["seeds"], "seeds") or None,
         )
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
+    spread = f" ± {outcome.dice_sd:.4f} over seeds" if outcome.dice_sd == outcome.dice_sd else ""
     click.echo(
-        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}"
+        f"{outcome.model} on {outcome.dataset}: Dice {outcome.dice.mean:.4f}{spread}"
         + (f" ({per_class})" if per_class else " (reused: same budget already measured)")
         + (f"; run {outcome.run_id}" if outcome.run_id else "")
     )

@@ -66,6 +66,13 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
     show_default=True,
     help="true: upload the target folder as artifacts first (as log-dataset; once per content).",
 )
+@click.option(
+    "--rank-by",
+    "rank_by",
+    default="ccfv",
+    show_default=True,
+    help="Estimator whose score sets the rank tags and the best-<dataset> alias.",
+)
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.score import score_from_options

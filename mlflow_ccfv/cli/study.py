@@ -16,15 +16,47 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="Where the synthetic family is (generated there if missing).",
 )
-@click.option("--n-cases", "n_cases", default="15", show_default=True, help="Cases per synthetic task.")
+@click.option(
+    "--n-cases", "n_cases", default="50", show_default=True, help="Cases per synthetic task (80/20: 10 held out)."
+)
 @click.option("--shape", default="64,64,48", show_default=True, help="Synthetic volume shape in voxels.")
 @click.option(
     "--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none."
 )
 @click.option("--architectures", default="UNet,UNETR", show_default=True, help="Architectures of the bank.")
-@click.option("--targets", default="", help="Comma-separated targets (default: all five tasks).")
 @click.option(
-    "--pretrain-steps", "pretrain_steps", default="300", show_default=True, help="Pre-training steps per model."
+    "--targets",
+    default="",
+    help="Comma-separated targets: synthetic task names or MSD folder paths (default: all five).",
+)
+@click.option(
+    "--sources",
+    default="",
+    help="Comma-separated sources: task names or MSD folders, PATH:0 keeps channel 0 (default: the family + targets).",
+)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Fine-tuning seeds per (model, target).")
+@click.option(
+    "--synthetic-seed", "synthetic_seed", default="0", show_default=True, help="Seed of the synthetic family."
+)
+@click.option(
+    "--curve-every", "curve_every", default="250", show_default=True, help="Source Dice every N pre-training steps."
+)
+@click.option(
+    "--early-step",
+    "early_step",
+    default="250",
+    show_default=True,
+    help="Also register this step's checkpoint for --early-sources (empty: none).",
+)
+@click.option(
+    "--early-sources",
+    "early_sources",
+    default="Task03,Task09",
+    show_default=True,
+    help="Sources with an early checkpoint.",
+)
+@click.option(
+    "--pretrain-steps", "pretrain_steps", default="2000", show_default=True, help="Pre-training steps per model."
 )
 @click.option(
     "--finetune-steps", "finetune_steps", default="200", show_default=True, help="Fine-tuning steps per model."
@@ -51,7 +83,7 @@ def study(**options) -> None:
     """Pre-train every source per architecture, then per target: score the bank, fine-tune it, report."""
     from mlflow_ccfv.options import parse_ints
     from mlflow_ccfv.pipelines.executors import make_executor
-    from mlflow_ccfv.pipelines.study import print_summary, run_cli_workflow, study_config
+    from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
@@ -64,6 +96,12 @@ def study(**options) -> None:
             architectures=split_list(options["architectures"]),
             bank=options["bank"],
             targets=split_list(options["targets"]) or None,
+            sources=split_list(options["sources"]) or None,
+            seeds=parse_ints(options["seeds"], "seeds"),
+            synthetic_seed=int(options["synthetic_seed"]),
+            curve_every=int(options["curve_every"] or 0),
+            early_step=int(options["early_step"]) if options["early_step"] else None,
+            early_sources=split_list(options["early_sources"]),
         )
 
     with exit_on_input_error("study"):
@@ -78,3 +116,4 @@ def study(**options) -> None:
         finally:
             executor.close()
     click.echo(print_summary(result))
+    click.echo(evidence_summary(result))

@@ -1,26 +1,42 @@
 """The ``finetune`` pipeline: the paper's protocol on a target, the measured Dice recorded in MLflow.
 
 ``finetune_version``: all pre-trained parameters but the last convolution, nothing frozen, Dice on the
-held-out 20%, recorded as
+held-out 20%, repeated for each fine-tuning seed (``seeds``, default the config's one seed), recorded as
 
-- a run ``finetune <model> on <dataset>``: params (model, dataset, digest, split, budget), the target's
-  training manifest as input, metrics ``train_loss`` (per step), ``dice.<class>`` and
-  ``finetune_dice``, artifacts ``training_curve.png`` and ``dice_per_case.csv``, and the fine-tuned
-  network as a LoggedModel of that run;
-- the version tag ``finetune.dice.<dataset>`` (and ``finetune.run.<dataset>``, ``finetune.budget.<dataset>``);
+- a run per seed ``finetune <model> on <dataset> (seed <s>)`` (with one seed: ``finetune <model> on <dataset>``): params (model, dataset, digest of that
+  seed's budget, split), the target's training manifest as input, metrics ``train_loss`` (per step),
+  ``dice.<class>`` and ``finetune_dice``, artifacts ``training_curve.png`` and ``dice_per_case.csv``
+  (``case_id``, ``seed``, one column per foreground class), and the fine-tuned network as a
+  LoggedModel of that run. With several seeds these runs are nested in one run
+  ``finetune <model> on <dataset>`` that holds the metrics ``finetune_dice`` (the mean over seeds),
+  ``finetune_dice_sd`` and ``finetune_dice.seed<s>``, and every seed's rows in its
+  ``dice_per_case.csv``: the per-case, per-seed table the study's bootstrap resamples. With one seed
+  that run is the seed's own run.
+- the version tags ``finetune.dice.<dataset>`` (the mean over seeds), ``finetune.dice_sd.<dataset>``
+  (with 2 or more seeds), ``finetune.seeds.<dataset>``, ``finetune.run.<dataset>`` (the run holding
+  the table) and ``finetune.budget.<dataset>`` (the budget digest, seeds included);
 - the metric ``finetune_dice`` on the version's LoggedModel, linked to the same MLflow dataset as the
   transferability metrics of ``score``, so the Models tab shows both columns side by side.
+
+Resuming: a version already tagged with this budget's Dice is not fine-tuned again, and a seed
+whose run finished before (same model, dataset and per-seed budget digest: ``params.budget``) is
+read back from that run instead of being trained again, so a stopped study loses at most the seed
+it was in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
@@ -31,18 +47,24 @@ from mlflow_ccfv.pipelines.pretrain import load_dataset
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
-from mlflow_ccfv.tracking.registry import load_version, registered_version
-from mlflow_ccfv.tracking.runs import command_run, log_dice_on_score_runs, log_training_curve
+from mlflow_ccfv.tracking.registry import LoadedModel, load_version, registered_version
+from mlflow_ccfv.tracking.runs import command_run, finished_run, log_dice_on_score_runs, log_training_curve, run_csv
 from mlflow_ccfv.training import DiceResult, TrainConfig, evaluate_dice, finetune
 
-__all__ = ["FinetuneOutcome", "finetune_version"]
+__all__ = ["DICE_TABLE", "FinetuneOutcome", "budget_digest", "finetune_version"]
 
 _logger = logging.getLogger(__name__)
+
+#: The artifact holding the per-case, per-seed Dice table of a fine-tuning.
+DICE_TABLE = "dice_per_case.csv"
 
 
 @dataclass
 class FinetuneOutcome:
-    """``dice``: held-out Dice; ``run_id``: the fine-tune run; ``seconds``: training + evaluation time."""
+    """``dice``: held-out Dice (with several seeds: the mean over seeds; ``per_class`` and ``per_case``
+    of the first seed); ``seed_dice``: seed -> Dice; ``dice_sd``: their sd (NaN with one seed);
+    ``run_id``: the run holding the Dice table; ``seconds``: training + evaluation time spent now;
+    ``reused``: nothing was trained (every seed was measured before)."""
 
     model: str
     dataset: str
@@ -50,6 +72,30 @@ class FinetuneOutcome:
     run_id: str | None
     seconds: float
     reused: bool = False
+    seed_dice: dict[int, float] = field(default_factory=dict)
+    dice_sd: float = float("nan")
+
+
+def budget_digest(config: TrainConfig, seeds: Sequence[int], split_seed: int, overlap: float, dataset: str) -> str:
+    """The digest of a fine-tuning budget (tag ``finetune.budget.<dataset>``): one seed, the digest of
+    that seed's run; several, the config's digest with the seeds included (so other seeds never reuse)."""
+    if len(seeds) == 1:
+        return dataclasses.replace(config, seed=int(seeds[0])).digest(
+            split_seed=split_seed, overlap=overlap, dataset=dataset
+        )
+    return dataclasses.replace(config, seed=0).digest(
+        split_seed=split_seed, overlap=overlap, dataset=dataset, seeds=T.format_seeds(seeds)
+    )
+
+
+def _dice_table(dice: DiceResult, seed: int, labels: dict[int, str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"case_id": c, "seed": seed, **{labels[k]: v for k, v in d.items()}} for c, d in dice.per_case.items()]
+    )
+
+
+def _sd(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else float("nan")
 
 
 def finetune_version(
@@ -66,20 +112,26 @@ def finetune_version(
     log_finetuned_model: bool = True,
     progress: bool = True,
     device: str | None = None,
+    seeds: Sequence[int] | None = None,
     parent_run_id: str | None = None,
 ) -> FinetuneOutcome:
-    """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split.
+    """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split,
+    once per seed in ``seeds`` (default: ``config.seed`` only).
 
     ``cases``: pre-loaded ``(train, test)`` cases (a study loads a target once for the whole bank).
-    Unless ``force``, a version already tagged with this dataset's Dice for the same budget is not
-    fine-tuned again (its tagged Dice is returned). ``device``: where to fine-tune and evaluate (default
-    CUDA when available, else CPU). ``parent_run_id``: the run to nest under when there is no active
-    run (a Ray task of a study).
+    Unless ``force``, a version already tagged with this dataset's Dice for the same budget (seeds
+    included) is not fine-tuned again (its tagged Dice is returned), and a seed already measured by a
+    finished run with the same per-seed budget is read back from that run. ``device``: where to
+    fine-tune and evaluate (default CUDA when available, else CPU). ``parent_run_id``: the run to nest
+    under when there is no active run (a Ray task of a study).
     """
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, at least one; got {list(seeds)}.")
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
     name = target.name
-    digest = config.digest(split_seed=split_seed, overlap=overlap, dataset=target.digest)
+    digest = budget_digest(config, seeds, split_seed, overlap, target.digest)
     tag = T.dice_tag(name)
     mv = registered_version(model_uri)  # the tags, without downloading the weights
     tags = dict(mv.tags or {}) if mv is not None else {}
@@ -87,7 +139,13 @@ def finetune_version(
         label = f"{mv.name}/{mv.version}"
         _logger.info("%s already fine-tuned on %s with this budget: Dice %s (reused)", label, name, tags[tag])
         return FinetuneOutcome(
-            label, name, DiceResult({}, float(tags[tag])), tags.get(T.finetune_run_tag(name)), 0.0, reused=True
+            label,
+            name,
+            DiceResult({}, float(tags[tag])),
+            tags.get(T.finetune_run_tag(name)),
+            0.0,
+            reused=True,
+            dice_sd=float(tags.get(T.dice_sd_tag(name), "nan")),
         )
     run_on = resolve_device(device)
     loaded = load_version(mv if mv is not None else model_uri)
@@ -102,14 +160,152 @@ def finetune_version(
         test = list(ds.iter_cases(split.test, config=preprocess, progress=progress))
     else:
         train, test = cases
+    labels = ds.labels
+    start = time.perf_counter()
+    results: dict[int, tuple[float, pd.DataFrame, DiceResult | None, str]] = {}
+    mlflow_ds = mlflow_dataset(target)
+    reused_all = True
+
+    def one_seed(seed: int) -> None:
+        nonlocal reused_all
+        seed_config = dataclasses.replace(config, seed=seed)
+        seed_digest = seed_config.digest(split_seed=split_seed, overlap=overlap, dataset=target.digest)
+        done = (
+            None if force else finished_run({"budget": seed_digest}, {T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
+        )
+        if done is not None:
+            table = run_csv(done, DICE_TABLE)
+            if "seed" not in table.columns:
+                table.insert(1, "seed", seed)
+            value = float(mlflow.MlflowClient().get_run(done).data.metrics[T.FINETUNE_DICE])
+            _logger.info(
+                "%s on %s, seed %d: Dice %.4f measured by run %s (reused)", loaded.label, name, seed, value, done
+            )
+            results[seed] = (value, table, None, done)
+            return
+        reused_all = False
+        dice, seed_run = _finetune_seed(
+            loaded,
+            ds,
+            target,
+            mlflow_ds,
+            train,
+            test,
+            seed_config,
+            seed_digest,
+            split_seed=split_seed,
+            overlap=overlap,
+            log_finetuned_model=log_finetuned_model,
+            link_version=len(seeds) == 1,
+            progress=progress,
+            device=run_on,
+            parent_run_id=parent_run_id,
+        )
+        results[seed] = (dice.mean, _dice_table(dice, seed, labels), dice, seed_run)
+
+    if len(seeds) == 1:
+        one_seed(seeds[0])
+        run_id = results[seeds[0]][3]
+    else:
+        with command_run(f"finetune {loaded.label} on {name}", parent_run_id=parent_run_id) as parent:
+            mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
+            mlflow.log_params(
+                {
+                    "model_uri": f"models:/{loaded.label}" if loaded.name else loaded.uri,
+                    "dataset": name,
+                    "dataset_digest": target.digest,
+                    "split_seed": split_seed,
+                    "seeds": T.format_seeds(seeds),
+                    "budget": digest,
+                    **T.prefixed_params("train", {k: v for k, v in config.to_dict().items() if k != "seed"}),
+                }
+            )
+            for seed in seeds:
+                one_seed(seed)
+            values = [results[s][0] for s in seeds]
+            mlflow.log_metrics(
+                {
+                    T.FINETUNE_DICE: float(np.mean(values)),
+                    **({"finetune_dice_sd": _sd(values)} if len(values) >= 2 else {}),
+                    **{T.seed_dice_metric(s): results[s][0] for s in seeds},
+                }
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                pd.concat([results[s][1] for s in seeds], ignore_index=True).to_csv(Path(tmp) / DICE_TABLE, index=False)
+                mlflow.log_artifact(str(Path(tmp) / DICE_TABLE))
+            if loaded.model_id:  # the bank version's LoggedModel: the mean, next to its transferability metrics
+                mlflow.log_metric(T.FINETUNE_DICE, float(np.mean(values)), model_id=loaded.model_id, dataset=mlflow_ds)
+            run_id = parent.info.run_id
+    seconds = time.perf_counter() - start
+    values = [results[s][0] for s in seeds]
+    mean, sd = float(np.mean(values)), _sd(values)
+    if loaded.name:
+        client = mlflow.MlflowClient()
+        version_tags = {
+            tag: f"{mean:.6f}",
+            T.finetune_seeds_tag(name): T.format_seeds(seeds),
+            T.finetune_run_tag(name): run_id or "",
+            T.finetune_budget_tag(name): digest,
+        }
+        if not math.isnan(sd):
+            version_tags[T.dice_sd_tag(name)] = f"{sd:.6f}"
+        for key, value in version_tags.items():
+            client.set_model_version_tag(loaded.name, loaded.version, key, value)
+        log_dice_on_score_runs(loaded.label, name, mean)
+    first = results[seeds[0]][2]
+    dice = DiceResult(first.per_class if first else {}, mean, first.per_case if first else {})
+    _logger.info(
+        "%s fine-tuned on %s: Dice %.4f%s (%.0f s)",
+        loaded.label,
+        name,
+        mean,
+        f" ± {sd:.4f} over seeds {T.format_seeds(seeds)}" if len(seeds) > 1 else "",
+        seconds,
+    )
+    return FinetuneOutcome(
+        loaded.label,
+        name,
+        dice,
+        run_id,
+        seconds,
+        reused=reused_all,
+        seed_dice={s: results[s][0] for s in seeds},
+        dice_sd=sd,
+    )
+
+
+def _finetune_seed(
+    loaded: LoadedModel,
+    ds: MSDDataset,
+    target,
+    mlflow_ds,
+    train: list[PreprocessedCase],
+    test: list[PreprocessedCase],
+    config: TrainConfig,
+    digest: str,
+    *,
+    split_seed: int,
+    overlap: float,
+    log_finetuned_model: bool,
+    link_version: bool,
+    progress: bool,
+    device,
+    parent_run_id: str | None = None,
+) -> tuple[DiceResult, str]:
+    """One seed's fine-tuning and evaluation in its own run (nested in the active one, if any);
+    returns the Dice and the run id. ``link_version``: log the Dice on the version's LoggedModel."""
+    name = target.name
     num_classes = len(ds.labels)
     start = time.perf_counter()
-    with command_run(f"finetune {loaded.label} on {name}", parent_run_id=parent_run_id) as run:
-        mlflow_ds = mlflow_dataset(target)
+    labels = ds.labels
+    suffix = "" if link_version else f" (seed {config.seed})"  # one seed: the fine-tuning's only run
+    with command_run(f"finetune {loaded.label} on {name}{suffix}", parent_run_id=parent_run_id) as run:
         mlflow.log_input(mlflow_ds, context="finetune")
         mlflow.log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")
         mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
         state = loaded.module.state_dict()
+        if loaded.spec is None:  # checked by the caller; keeps the type checker informed
+            raise RegistryError(f"{loaded.label} has no network specification.")
         result, new_spec = finetune(
             loaded.spec,
             state,
@@ -118,7 +314,7 @@ def finetune_version(
             config,
             progress=progress,
             desc=f"finetune {loaded.label}",
-            device=run_on,
+            device=device,
         )
         mlflow.log_params(
             {
@@ -133,7 +329,7 @@ def finetune_version(
                 "n_test": len(test),
                 "eval.overlap": overlap,
                 "budget": digest,
-                "device": str(run_on),
+                "device": str(device),
                 "n_reinitialised": len(result.reinitialised),
                 "reinitialised": ",".join(result.reinitialised)[:6000],
                 **T.prefixed_params("train", config.to_dict()),
@@ -148,17 +344,14 @@ def finetune_version(
             overlap=overlap,
             progress=progress,
             desc=f"evaluate {loaded.label}",
-            device=run_on,
+            device=device,
         )
         seconds = time.perf_counter() - start
-        per_class = {f"dice.{ds.labels[k]}": v for k, v in dice.per_class.items() if v == v}
+        per_class = {f"dice.{labels[k]}": v for k, v in dice.per_class.items() if v == v}
         mlflow.log_metrics({**per_class, T.FINETUNE_DICE: dice.mean, "finetune_seconds": seconds})
         with tempfile.TemporaryDirectory() as tmp:
-            table = pd.DataFrame(
-                [{"case_id": c, **{ds.labels[k]: v for k, v in d.items()}} for c, d in dice.per_case.items()]
-            )
-            table.to_csv(Path(tmp) / "dice_per_case.csv", index=False)
-            mlflow.log_artifact(str(Path(tmp) / "dice_per_case.csv"))
+            _dice_table(dice, config.seed, labels).to_csv(Path(tmp) / DICE_TABLE, index=False)
+            mlflow.log_artifact(str(Path(tmp) / DICE_TABLE))
         if log_finetuned_model:
             log_model(
                 new_spec,
@@ -166,15 +359,9 @@ def finetune_version(
                 name="finetuned",
                 tags={"ccfv.finetuned_from": loaded.label, T.RUN_DATASET: name},
             )
-        # The bank version's LoggedModel gets the Dice next to its transferability metrics.
-        if loaded.model_id:
+        # The bank version's LoggedModel gets the Dice next to its transferability metrics
+        # (a multi-seed fine-tuning logs the mean there instead).
+        if link_version and loaded.model_id:
             mlflow.log_metric(T.FINETUNE_DICE, dice.mean, model_id=loaded.model_id, dataset=mlflow_ds)
-        run_id = run.info.run_id
-    if loaded.name:
-        client = mlflow.MlflowClient()
-        client.set_model_version_tag(loaded.name, loaded.version, tag, f"{dice.mean:.6f}")
-        client.set_model_version_tag(loaded.name, loaded.version, T.finetune_run_tag(name), run_id)
-        client.set_model_version_tag(loaded.name, loaded.version, T.finetune_budget_tag(name), digest)
-        log_dice_on_score_runs(loaded.label, name, dice.mean)
-    _logger.info("%s fine-tuned on %s: Dice %.4f (%.0f s)", loaded.label, name, dice.mean, seconds)
-    return FinetuneOutcome(loaded.label, name, dice, run_id, seconds)
+    _logger.info("%s on %s, seed %d: Dice %.4f (%.0f s)", loaded.label, name, config.seed, dice.mean, seconds)
+    return dice, run.info.run_id

@@ -5,6 +5,14 @@ in a run (params = the budget, metric ``train_loss`` per step, ``training_curve.
 it through :func:`~mlflow_ccfv.tracking.registry.register_network` with the bank tags plus
 ``pretrain.*`` tags (the budget and the run). ``register_control``: the randomly initialised network
 of an architecture (``source_dataset=random-init``), the control every study includes.
+
+Did the bank learn its source? With ``source_holdout`` (default) a model is pre-trained on its
+source's 80% split only and its Dice on the held-out 20% is measured (DiceMetric, sliding window,
+as for fine-tuning): the version tag ``pretrain.source_dice`` and the run metric ``source_dice``.
+``pretrain_checkpoints`` adds a pre-training curve: the source Dice every ``curve_every`` steps
+(metric ``source_dice`` per step) and, with ``early_step``, the network at that step registered as a
+second version ``<name>-early`` (tag ``pretrain.checkpoint=early``; the last step's is ``final``),
+so a bank spans model quality the way a real model zoo does.
 """
 
 from __future__ import annotations
@@ -23,9 +31,16 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, find_version, register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
-from mlflow_ccfv.training import TrainConfig, pretrain, seeded_network
+from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
 
-__all__ = ["CONTROL_SOURCE", "bank_name", "load_dataset", "pretrain_and_register", "register_control"]
+__all__ = [
+    "CONTROL_SOURCE",
+    "bank_name",
+    "load_dataset",
+    "pretrain_and_register",
+    "pretrain_checkpoints",
+    "register_control",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -69,78 +84,196 @@ def pretrain_and_register(
     preprocess: PreprocessConfig | None = None,
     reuse: bool = True,
     progress: bool = True,
+    source_holdout: bool = True,
     device: str | None = None,
 ) -> ModelVersion:
-    """Pre-train ``architecture`` (a CPU-sized :func:`small_spec`) on every case of ``source`` and
-    register it in ``bank``. ``channels`` selects input channels (e.g. ``[0]``: BRATS's FLAIR only,
-    to match 1-channel CT targets). With ``reuse``, an existing version of the same name, source,
-    bank and budget is returned instead of training again (whatever device trained it). ``device``:
-    where to train (default CUDA when available, else CPU). Returns the ``ModelVersion``.
+    """Pre-train ``architecture`` (a CPU-sized :func:`small_spec`) on ``source`` and register it in
+    ``bank``. ``channels`` selects input channels (e.g. ``[0]``: BRATS's FLAIR only, to match 1-channel
+    CT targets). ``source_holdout``: train on the source's 80% split and tag the Dice on its 20%
+    (``pretrain.source_dice``); else train on every case. With ``reuse``, an existing version of the
+    same name, source, bank and budget is returned instead of training again (whatever device trained
+    it). ``device``: where to train (default CUDA when available, else CPU). Returns the ``ModelVersion``.
     """
+    return pretrain_checkpoints(
+        source,
+        architecture,
+        config,
+        name=name,
+        bank=bank,
+        data_root=data_root,
+        channels=channels,
+        preprocess=preprocess,
+        reuse=reuse,
+        progress=progress,
+        source_holdout=source_holdout,
+        device=device,
+    )[-1]
+
+
+def _source_dice(
+    model, cases: list[PreprocessedCase], num_classes: int, config: TrainConfig, progress: bool, device=None
+) -> float:
+    """Dice on the source's held-out cases; NaN (with a warning) when none of them has a foreground class."""
+    try:
+        return evaluate_dice(
+            model, cases, num_classes, config.patch_size, progress=progress, desc="source Dice", device=device
+        ).mean
+    except ValueError as exc:
+        _logger.warning("source Dice not measured: %s", exc)
+        return float("nan")
+
+
+def pretrain_checkpoints(
+    source: str | Path | MSDDataset,
+    architecture: str,
+    config: TrainConfig,
+    *,
+    name: str | None = None,
+    bank: str = DEFAULT_BANK,
+    data_root: str | Path | None = None,
+    channels: Sequence[int] | None = None,
+    preprocess: PreprocessConfig | None = None,
+    reuse: bool = True,
+    progress: bool = True,
+    source_holdout: bool = True,
+    curve_every: int = 0,
+    early_step: int | None = None,
+    device: str | None = None,
+) -> list[ModelVersion]:
+    """:func:`pretrain_and_register` with a pre-training curve: the source Dice every ``curve_every``
+    steps (run metric ``source_dice`` at that step; needs ``source_holdout``) and, with ``early_step``
+    (a multiple of ``curve_every`` below ``config.steps``), the network at that step registered as
+    ``<name>-early`` (tag ``pretrain.checkpoint=early``, ``pretrain.steps`` = the step) besides the
+    final one (``pretrain.checkpoint=final``). Returns ``[early, final]`` or ``[final]``.
+    """
+    if early_step is not None and (not curve_every or early_step % curve_every or not 0 < early_step < config.steps):
+        raise ValueError(
+            f"early_step ({early_step}) must be a multiple of curve_every ({curve_every}) between 0 and the "
+            f"pre-training steps ({config.steps}); e.g. curve_every={max(1, config.steps // 4)}, "
+            f"early_step={max(1, config.steps // 4)}."
+        )
+    if curve_every and not source_holdout:
+        raise ValueError("A pre-training curve measures the source Dice on held-out cases: keep source_holdout.")
     ds = load_dataset(source, data_root)
     src = short_name(ds)
     name = name or bank_name(architecture, src)
+    early_name = f"{name}-early"
     channel_text = ",".join(map(str, channels)) if channels is not None else "all"
-    digest = config.digest(architecture=architecture, channels=channel_text, dataset=ds.digest())
+    digest = config.digest(
+        architecture=architecture,
+        channels=channel_text,
+        dataset=ds.digest(),
+        **({"holdout": "80/20 seed 0"} if source_holdout else {}),
+    )
     wanted = {T.SOURCE_DATASET: src, T.BANK: bank, T.pretrain_tag("budget"): digest}
+    early_wanted = {**wanted, T.PRETRAIN_CHECKPOINT: "early", T.pretrain_tag("steps"): str(early_step)}
     if reuse and (existing := find_version(name, wanted)) is not None:
-        _logger.info("reusing %s/%s (pre-trained on %s, same budget)", name, existing.version, src)
-        return existing
+        early = find_version(early_name, early_wanted) if early_step is not None else None
+        if early_step is None or early is not None:
+            _logger.info("reusing %s/%s (pre-trained on %s, same budget)", name, existing.version, src)
+            return [v for v in (early, existing) if v is not None]
     run_on = resolve_device(device)
-    cases = _select_channels(list(ds.iter_cases(config=preprocess, progress=progress)), channels)
-    in_channels = int(cases[0].image.shape[0])
-    spec = small_spec(architecture, in_channels, len(ds.labels), config.patch_size)
+    if source_holdout:
+        split = ds.split(seed=0)
+        train = _select_channels(list(ds.iter_cases(split.train, config=preprocess, progress=progress)), channels)
+        held_out = _select_channels(list(ds.iter_cases(split.test, config=preprocess, progress=progress)), channels)
+    else:
+        train = _select_channels(list(ds.iter_cases(config=preprocess, progress=progress)), channels)
+        held_out = []
+    in_channels = int(train[0].image.shape[0])
+    num_classes = len(ds.labels)
+    spec = small_spec(architecture, in_channels, num_classes, config.patch_size)
+    curve: dict[int, float] = {}
+    early_state: dict | None = None
     with command_run(f"pretrain {name}") as run:
         mlflow.set_tags({T.RUN_STAGE: "pretrain", T.RUN_MODEL: name})
         mlflow.log_params(
             {
                 "source_dataset": src,
                 "architecture": architecture,
-                "n_cases": len(cases),
+                "n_cases": len(train),
+                "n_held_out": len(held_out),
                 "channels": channel_text,
                 "spec": spec.to_json()[:6000],
+                "curve_every": curve_every,
+                "early_step": early_step,
                 "device": str(run_on),
                 **T.prefixed_params("train", config.to_dict()),
             }
         )
-        result = pretrain(spec, cases, config, progress=progress, desc=f"pretrain {name}", device=run_on)
+
+        def checkpoint(step: int, model) -> None:
+            nonlocal early_state
+            curve[step] = _source_dice(model, held_out, num_classes, config, progress=False, device=run_on)
+            mlflow.log_metric(T.SOURCE_DICE_METRIC, curve[step], step=step)
+            _logger.info("pretrain %s: step %d/%d, source Dice %.4f", name, step, config.steps, curve[step])
+            if step == early_step:
+                early_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+        result = pretrain(
+            spec,
+            train,
+            config,
+            progress=progress,
+            desc=f"pretrain {name}",
+            checkpoint_every=curve_every,
+            on_checkpoint=checkpoint if curve_every else None,
+            device=run_on,
+        )
         log_training_curve(result.losses, f"pre-training {name} on {src}")
         mlflow.log_metrics({"train_seconds": result.seconds, "final_loss": result.losses[-1]})
-        extra = {
-            T.pretrain_tag(k): v
-            for k, v in {
-                "steps": config.steps,
-                "batch_size": config.batch_size,
-                "patch_size": "x".join(map(str, config.patch_size)),
-                "seed": config.seed,
-                "learning_rate": config.learning_rate,
-                "channels": channel_text,
-                "budget": digest,
-                "run_id": run.info.run_id,
-                "seconds": f"{result.seconds:.1f}",
-            }.items()
+        source_dice = float("nan")
+        if held_out:
+            source_dice = _source_dice(result.model, held_out, num_classes, config, progress, device=run_on)
+            mlflow.log_metric(T.SOURCE_DICE_METRIC, source_dice, step=config.steps)
+        base = {
+            "batch_size": config.batch_size,
+            "patch_size": "x".join(map(str, config.patch_size)),
+            "seed": config.seed,
+            "learning_rate": config.learning_rate,
+            "channels": channel_text,
+            "budget": digest,
+            "run_id": run.info.run_id,
+            "seconds": f"{result.seconds:.1f}",
         }
-        mv = register_network(
-            spec,
-            result.model.state_dict(),
-            name,
-            src,
-            bank=bank,
-            extra_tags=extra,
-            patch_size=config.patch_size,
-            description=f"{architecture} pre-trained on {src} for {config.steps} steps",
+
+        def register(version_name: str, state: dict, steps: int, dice: float, checkpoint_tag: str | None):
+            extra = {T.pretrain_tag(k): v for k, v in {**base, "steps": steps}.items()}
+            if dice == dice:
+                extra[T.PRETRAIN_SOURCE_DICE] = f"{dice:.6f}"
+            if checkpoint_tag:
+                extra[T.PRETRAIN_CHECKPOINT] = checkpoint_tag
+            return register_network(
+                spec,
+                state,
+                version_name,
+                src,
+                bank=bank,
+                extra_tags=extra,
+                patch_size=config.patch_size,
+                description=f"{architecture} pre-trained on {src} for {steps} steps"
+                + (f" (the {checkpoint_tag} checkpoint of run {run.info.run_id})" if checkpoint_tag else ""),
+            )
+
+        out = []
+        if early_step is not None and early_state is not None:
+            out.append(register(early_name, early_state, early_step, curve.get(early_step, float("nan")), "early"))
+        out.append(
+            register(name, result.model.state_dict(), config.steps, source_dice, "final" if early_step else None)
         )
-        mlflow.set_tag("ccfv.registered", f"models:/{mv.name}/{mv.version}")
-    _logger.info(
-        "registered %s/%s: %s pre-trained on %s (%d steps, %.0f s)",
-        mv.name,
-        mv.version,
-        architecture,
-        src,
-        config.steps,
-        result.seconds,
-    )
-    return mv
+        mlflow.set_tag("ccfv.registered", ",".join(f"models:/{mv.name}/{mv.version}" for mv in out))
+    for mv in out:
+        _logger.info(
+            "registered %s/%s: %s pre-trained on %s (%s steps, source Dice %s, %.0f s)",
+            mv.name,
+            mv.version,
+            architecture,
+            src,
+            mv.tags.get(T.pretrain_tag("steps")),
+            mv.tags.get(T.PRETRAIN_SOURCE_DICE, "not measured"),
+            result.seconds,
+        )
+    return out
 
 
 def register_control(

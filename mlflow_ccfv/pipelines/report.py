@@ -6,6 +6,12 @@ tags ``transferability.<method>.<dataset>`` (written by ``score``) and ``finetun
 and top-1 regret per (dataset, method) and writes Table 1, Table 2 and the Fig.-2 scatter plots;
 this module logs them to a run: metrics ``<dataset>.<method>.weighted_tau`` / ``.pearson`` /
 ``.top1_regret`` (and ``avg.<method>.*`` across datasets), the tables (Markdown, CSV) and the PNGs.
+
+The evidence (issue 12) needs each fine-tuning's per-case, per-seed Dice table: it is read from the
+run each version's ``finetune.run.<dataset>`` tag names (``dice_per_case.csv``). Metrics: the 95%
+interval bounds ``<...>.low`` / ``.high`` of every figure, the selection value
+``<dataset>.<method>.top1_dice`` / ``.top3_dice``, ``<dataset>.bank.random_dice`` / ``.best_dice``,
+``<dataset>.noise_ceiling`` and ``<dataset>.<method>.permutation_p``.
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.report import Report, write_report
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, bank_versions, get_version
-from mlflow_ccfv.tracking.runs import command_run
+from mlflow_ccfv.tracking.runs import command_run, run_csv
 
-__all__ = ["report_bank", "report_metrics", "scores_from_tags"]
+__all__ = ["dice_tables", "pretraining_curves", "report_bank", "report_metrics", "scores_from_tags"]
+
+#: The fine-tune runs' artifact with the per-case, per-seed Dice (see ``pipelines.finetune``).
+DICE_TABLE = "dice_per_case.csv"
 
 _logger = logging.getLogger(__name__)
 
@@ -33,16 +43,63 @@ def scores_from_tags(versions: Sequence, datasets: Sequence[str] | None = None):
     return T.scores_from_tags(versions, METHODS, datasets)
 
 
+def dice_tables(frame) -> dict[tuple[str, str], object]:
+    """``(dataset, model)`` -> the per-case, per-seed Dice table of the run its ``finetune_run`` names
+    (missing runs or artifacts are skipped with a warning: that model then counts with its tagged Dice)."""
+    out = {}
+    for row in frame.drop_duplicates(["dataset", "model"]).itertuples():
+        run_id = getattr(row, "finetune_run", "")
+        if not run_id:
+            continue
+        try:
+            out[(row.dataset, row.model)] = run_csv(run_id, DICE_TABLE)
+        except Exception as exc:  # an old or deleted run: the report still runs, without that table
+            _logger.warning("no Dice table for %s on %s (run %s): %s", row.model, row.dataset, run_id, exc)
+    return out
+
+
+def pretraining_curves(versions: Sequence) -> pd.DataFrame:
+    """The ``source_dice`` history of every pre-training run of ``versions`` (tag ``pretrain.run_id``):
+    ``model``, ``architecture``, ``source_dataset``, ``step``, ``source_dice`` (one run counted once)."""
+    rows, seen = [], set()
+    client = mlflow.MlflowClient()
+    for v in versions:
+        tags = dict(v.tags or {})
+        run_id = tags.get(T.pretrain_tag("run_id"))
+        if not run_id or run_id in seen:
+            continue
+        seen.add(run_id)
+        try:
+            history = client.get_metric_history(run_id, T.SOURCE_DICE_METRIC)
+        except Exception as exc:  # a deleted run: no curve for it
+            _logger.warning("no pre-training curve for %s/%s: %s", v.name, v.version, exc)
+            continue
+        for m in history:
+            rows.append(
+                {
+                    "model": f"{v.name}/{v.version}",
+                    "architecture": tags.get(T.ARCHITECTURE, ""),
+                    "source_dataset": tags.get(T.SOURCE_DATASET, ""),
+                    "step": int(m.step),
+                    "source_dice": float(m.value),
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "architecture", "source_dataset", "step", "source_dice"])
+
+
 def report_bank(
     bank: str = DEFAULT_BANK,
     datasets: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
     log_to_mlflow: bool = True,
+    rank_by: str = "ccfv",
+    n_resamples: int = 1000,
 ) -> Report:
     """Build the report for ``bank`` (or explicit ``models:/`` URIs) on ``datasets`` (default: all with Dice).
 
-    Logs metrics and artifacts to the active run, or to a new run ``report <bank>``.
+    Logs metrics and artifacts to the active run, or to a new run ``report <bank>``. ``rank_by``: the
+    method of the Dice-against-score plots; ``n_resamples``: bootstrap resamples of the intervals.
     """
     versions = [get_version(m) for m in models] if models else bank_versions(bank)
     frame = scores_from_tags(versions, datasets)
@@ -57,7 +114,14 @@ def report_bank(
         raise ValueError(f"No scored and fine-tuned versions for dataset(s) {', '.join(missing)}.")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir else Path(tmp)
-        report = write_report(frame, folder)
+        report = write_report(
+            frame,
+            folder,
+            dice_tables(frame),
+            rank_by=rank_by,
+            n_resamples=n_resamples,
+            curves=pretraining_curves(versions),
+        )
         if log_to_mlflow:
             with command_run(f"report {bank}"):
                 mlflow.set_tags({T.RUN_STAGE: "report", T.RUN_BANK: bank})
@@ -96,4 +160,17 @@ def report_metrics(report: Report) -> dict[str, float]:
                 out[T.report_metric(f"{architecture}.avg", method, "weighted_tau")] = float(value)
     for row in report.discrimination.itertuples():
         out[T.dice_spread_metric(row.Index)] = float(row.dice_spread)
+    ev = report.evidence
+    if ev is not None:
+        for r in ev.figures.itertuples():
+            name = T.report_metric(r.scope, r.method or "bank", r.statistic)
+            values = T.interval_metrics(name, r.estimate, r.low, r.high)
+            if r.statistic in ("weighted_tau", "pearson", "top1_regret"):
+                values.pop(name, None)  # the point estimate is logged above, from the tagged Dice
+            out.update(values)
+        for r in ev.noise.itertuples():
+            out.update(T.interval_metrics(T.noise_ceiling_metric(r.dataset), r.estimate, r.low, r.high))
+        for r in ev.pvalues.itertuples():
+            if r.permutation_p == r.permutation_p:
+                out[T.permutation_metric(r.dataset, r.method)] = float(r.permutation_p)
     return out

@@ -262,6 +262,7 @@ def score_versions(
     artifact_dir: str | os.PathLike | None = None,
     device: str | None = None,
     amp: bool = False,
+    rank_by: str = RANK_METHOD,
     executor: Executor | None = None,
     source: TargetSource | None = None,
 ) -> pd.DataFrame:
@@ -274,6 +275,8 @@ def score_versions(
     as artifacts of the parent run. Returns the ranked table; failed versions are rows with ``error``
     set (and no tags). ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
     inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
+    ``rank_by``: the estimator whose score orders the table, the rank tags and the ``best-<dataset>``
+    alias (scored even when not in ``methods``).
 
     ``executor``: where the versions are scored (default in this process;
     :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one Ray task per version, each logging its own
@@ -281,7 +284,7 @@ def score_versions(
     where the target is, default its folder path). Ranks, rank tags and the alias are written here, once
     every version is done.
     """
-    methods = parse_methods(methods)
+    methods = _with_rank_method(parse_methods(methods), rank_by)
     items = [i if isinstance(i, str) else version_uri(i) for i in versions_or_uris]
     if not items:
         raise ValueError("No model versions to score.")
@@ -310,13 +313,14 @@ def score_versions(
                     "ccfv.force": force,
                     "ccfv.device": str(run_on),
                     "ccfv.amp": amp,
+                    "ccfv.rank_by": rank_by,
                     "ccfv.executor": executor.name,
                 }
             )
         results = _run_version_tasks(
             items, dataset, methods, sampler_config, force, cache_dir, parent, executor, source, run_on, amp
         )
-        table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=RANK_METHOD)
+        table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
         if parent is None:
             return table
         failed = [r.label for r in results if r.error]
@@ -336,7 +340,7 @@ def score_versions(
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
             (folder / f"{stem}.md").write_text(table_markdown(table, methods))
-            ranking_plot(table, folder / f"{stem}.png")
+            ranking_plot(table, folder / f"{stem}.png", method=rank_by)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
     except BaseException:
@@ -410,6 +414,19 @@ def _run_version_tasks(
     return results
 
 
+def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
+    """``methods`` plus ``rank_by`` (an estimator name, checked here before any work)."""
+    from mlflow_ccfv.estimators import METHODS
+
+    if rank_by not in METHODS:
+        raise ValueError(
+            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} "
+            "(the pre-registered variants ccfv_twin and rank_aggregate are computed by `report`, from every "
+            "version's scores)."
+        )
+    return methods if rank_by in methods else [*methods, rank_by]
+
+
 def score_from_options(
     *,
     dataset: str,
@@ -433,12 +450,14 @@ def score_from_options(
     num_cpus: str = "1",
     num_gpus: str = "0",
     log_dataset="false",
+    rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's text options: resolve and verify the target,
     score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
-    ``device``/``amp``: see :func:`score_versions`. ``log_dataset``: upload the target folder first
-    (``log-dataset``; nothing if already logged) and let the workers read it from there."""
-    method_list = parse_methods(methods)  # validate before any work
+    ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator that ranks.
+    ``log_dataset``: upload the target folder first (``log-dataset``; nothing if already logged) and let
+    the workers read it from there."""
+    method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
     use_amp = parse_bool(amp, "amp")
     run_on = str(resolve_device(device or None))
     overrides: dict[str, Any] = {}
@@ -485,6 +504,7 @@ def score_from_options(
             cache_dir=cache_dir or None,
             device=run_on if runner.in_process else (device or None),
             amp=use_amp,
+            rank_by=rank_by,
             executor=runner,
             source=source,
         )

@@ -6,14 +6,19 @@ the random-initialisation controls; the bank is scored on the target's training 
 fine-tuned on it with one budget and seed for every model (``finetune``), and the correlations are
 computed from the stored tags (``report``). It times scoring against fine-tuning (the cost ratio).
 
-``study`` runs it over the five synthetic tasks (plus the real BRATS folder as an extra source);
+``study`` runs it over the five synthetic tasks (plus the real BRATS folder as an extra source), or
+over real MSD folders given as paths (``--targets /data/Task02_Heart,/data/Task09_Spleen``);
 ``demo`` runs it on one target with a small bank and prints the ranked table. Both reuse what exists:
 synthetic data already generated with the same settings, bank versions with the same budget
-(``pretrain.budget`` tag), cached features, and Dice already measured with the same budget.
+(``pretrain.budget`` tag), cached features, Dice already measured with the same budget, and each
+fine-tuning seed already measured by a finished run, so a stopped study continues where it stopped,
+at the granularity of one (model, target, seed). Every unit of work logs a progress line with an
+estimate of the time left.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,10 +33,12 @@ import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.networks import resolve_device
+from mlflow_ccfv.options import parse_source
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
-from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_and_register, register_control
+from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control
 from mlflow_ccfv.pipelines.report import report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
@@ -50,6 +57,8 @@ __all__ = [
     "StudyResult",
     "demo_config",
     "demo_table",
+    "check_twins",
+    "evidence_summary",
     "ensure_synthetic",
     "finetune_task_remote",
     "run_transfer_study",
@@ -93,6 +102,17 @@ class StudyConfig:
     cache_dir: str | None = None
     device: str | None = None
     amp: bool = False
+    #: fine-tuning seeds per (model, target); None: the ``finetune`` config's one seed
+    seeds: tuple[int, ...] | None = None
+    #: pre-train on each source's 80% split and tag the Dice on its 20% (``pretrain.source_dice``)
+    source_holdout: bool = False
+    #: the pre-training curve: source Dice every N steps (0: only at the end)
+    curve_every: int = 0
+    #: with ``early_sources``: also register this step's checkpoint of those sources' runs
+    early_step: int | None = None
+    early_sources: tuple[str, ...] = ()
+    #: bootstrap resamples of the report's intervals
+    n_resamples: int = 1000
 
 
 @dataclass
@@ -198,54 +218,49 @@ def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
     )
 
 
-def _finetune_bank(bank, ds, config: StudyConfig, force: bool, progress: bool, parent, executor: Executor, seconds):
-    """Fine-tune every version of ``bank`` on ``ds``: in this process (cases loaded once) or one task each."""
-    if not executor.in_process:
-        tasks = [
-            FinetuneTask(
-                version_uri(v),
-                str(ds.root),
-                config.finetune,
-                config.split_seed,
-                config.overlap,
-                force,
-                parent.info.run_id,
-                config.device,
-            )
-            for v in bank
-        ]
-        start = time.perf_counter()
-        got = executor.map(finetune_task_remote, tasks)
-        failed = [f"{t.model}: {o.error}" for t, o in zip(tasks, got) if isinstance(o, TaskFailure)]
-        if failed:
-            raise RuntimeError(f"fine-tuning on {ds.root.name} failed: {'; '.join(failed)}")
-        measured = [o for o in got if not o.reused]
-        if measured:
-            _timed(seconds, "finetune", start)
-            seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + len(measured)
+def _finetune_bank_remote(
+    bank, ds, config: StudyConfig, seeds, force: bool, progress: bool, parent, executor: Executor, seconds
+) -> list[FinetuneOutcome]:
+    """One task per (model, seed) on ``ds``, then, per model, the seeds' Dice combined in this process
+    (:func:`finetune_version` reads every seed back from its finished run; nothing is trained again)."""
+    tasks = [
+        FinetuneTask(
+            version_uri(v),
+            str(ds.root),
+            dataclasses.replace(config.finetune, seed=seed),
+            config.split_seed,
+            config.overlap,
+            force,
+            parent.info.run_id,
+            config.device,
+        )
+        for v in bank
+        for seed in seeds
+    ]
+    start = time.perf_counter()
+    got = executor.map(finetune_task_remote, tasks)
+    failed = [f"{t.model} (seed {t.config.seed}): {o.error}" for t, o in zip(tasks, got) if isinstance(o, TaskFailure)]
+    if failed:
+        raise RuntimeError(f"fine-tuning on {ds.root.name} failed: {'; '.join(failed)}")
+    measured = [o for o in got if not o.reused]
+    if measured:
+        _timed(seconds, "finetune", start)
+        seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + len(measured)
+    if len(seeds) == 1:
         return got
-    outcomes = []
-    split = ds.split(seed=config.split_seed)
-    train = list(ds.iter_cases(split.train, progress=progress))
-    test = list(ds.iter_cases(split.test, progress=progress))
-    for v in bank:
-        start = time.perf_counter()
-        outcome = finetune_version(
+    return [
+        finetune_version(
             version_uri(v),
             ds,
             config.finetune,
             split_seed=config.split_seed,
             overlap=config.overlap,
-            cases=(train, test),
-            force=force,
             progress=progress,
+            seeds=seeds,
             device=config.device,
         )
-        outcomes.append(outcome)
-        if not outcome.reused:
-            _timed(seconds, "finetune", start)
-            seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
-    return outcomes
+        for v in bank
+    ]
 
 
 def _run_study(
@@ -275,6 +290,11 @@ def _run_study(
             "split_seed": config.split_seed,
             "device": config.device,
             "amp": config.amp,
+            "seeds": T.format_seeds(config.seeds or (config.finetune.seed,)),
+            "source_holdout": config.source_holdout,
+            "curve_every": config.curve_every,
+            "early_step": config.early_step,
+            "early_sources": ",".join(config.early_sources),
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -282,27 +302,45 @@ def _run_study(
     # 1. the bank: one pre-training per source per architecture, plus the controls
     start = time.perf_counter()
     by_source: dict[str, list] = {}
+    in_channels = {t.n_channels for t in targets}
+    if len(in_channels) != 1:
+        raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
+    n_in = in_channels.pop()
+    units = _Progress("pre-training", len(config.sources) * len(config.architectures), unit="(source, architecture)")
     for source in config.sources:
+        source_ds = MSDDataset.load(source.path)
+        early = config.early_step if short_name(source_ds) in config.early_sources else None
         for arch in config.architectures:
-            mv = pretrain_and_register(
-                source.path,
+            unit = time.perf_counter()
+            versions = pretrain_checkpoints(
+                source_ds,
                 arch,
                 config.pretrain,
                 bank=config.bank,
                 channels=source.channels,
                 progress=progress,
+                source_holdout=config.source_holdout,
+                curve_every=config.curve_every,
+                early_step=early,
                 device=config.device,
             )
-            by_source.setdefault(mv.tags[T.SOURCE_DATASET], []).append(mv)
-    in_channels = {t.n_channels for t in targets}
-    if len(in_channels) != 1:
-        raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
-    n_in = in_channels.pop()
+            units.tick(
+                f"{arch} on {short_name(source_ds)} ({', '.join(version_uri(v) for v in versions)})",
+                time.perf_counter() - unit,
+                reused=time.perf_counter() - unit < 1.0,
+            )
+            by_source.setdefault(versions[-1].tags[T.SOURCE_DATASET], []).extend(versions)
     controls = [
         register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank, seed=config.control_seed)
         for arch in config.architectures
     ]
+    check_twins([v for vs in by_source.values() for v in vs], controls)
     _timed(seconds, "pretrain", start)
+    seeds = tuple(config.seeds) if config.seeds else (config.finetune.seed,)
+    n_units = sum(
+        len([v for src, vs in by_source.items() if src != name for v in vs]) + len(controls) for name in target_names
+    )
+    finetune_units = _Progress("fine-tuning", n_units * len(seeds), unit="(model, target, seed)")
     for ds, name in zip(targets, target_names):
         bank = [v for src, vs in sorted(by_source.items()) if src != name for v in vs] + controls
         _logger.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
@@ -324,10 +362,50 @@ def _run_study(
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
-        outcomes += _finetune_bank(bank, ds, config, force_finetune, progress, parent, executor, seconds)
+        if not executor.in_process:
+            outcomes += _finetune_bank_remote(
+                bank, ds, config, seeds, force_finetune, progress, parent, executor, seconds
+            )
+            continue
+        split = ds.split(seed=config.split_seed)
+        if len(split.test) < 10:
+            _logger.warning(
+                "target %s has %d held-out cases; the study's Dice needs at least 10 (80/20 split: 50 cases) "
+                "for a usable noise floor",
+                name,
+                len(split.test),
+            )
+        train = list(ds.iter_cases(split.train, progress=progress))
+        test = list(ds.iter_cases(split.test, progress=progress))
+        for v in bank:
+            start = time.perf_counter()
+            outcome = finetune_version(
+                version_uri(v),
+                ds,
+                config.finetune,
+                split_seed=config.split_seed,
+                overlap=config.overlap,
+                cases=(train, test),
+                force=force_finetune,
+                progress=progress,
+                seeds=seeds,
+                device=config.device,
+            )
+            outcomes.append(outcome)
+            elapsed = time.perf_counter() - start
+            if not outcome.reused:
+                _timed(seconds, "finetune", start)
+                seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
+            spread = f" ± {outcome.dice_sd:.3f}" if outcome.dice_sd == outcome.dice_sd else ""
+            finetune_units.tick(
+                f"{outcome.model} on {name}: Dice {outcome.dice.mean:.3f}{spread}",
+                elapsed,
+                reused=outcome.reused,
+                count=len(seeds),
+            )
     # 4. the report, from the stored tags of every model involved
     start = time.perf_counter()
-    report = report_bank(config.bank, datasets=target_names, out_dir=out_dir)
+    report = report_bank(config.bank, datasets=target_names, out_dir=out_dir, n_resamples=config.n_resamples)
     _timed(seconds, "report", start)
     seconds["total"] = time.perf_counter() - wall
     result = StudyResult(report, report.scores, seconds, outcomes)
@@ -337,6 +415,59 @@ def _run_study(
     mlflow.log_metrics({T.dice_spread_metric(d): float(s) for d, s in report.discrimination["dice_spread"].items()})
     _logger.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
     return result
+
+
+class _Progress:
+    """One log line per unit of work: ``[done/total]``, what it was, its time, and the time left
+    estimated from the mean of the units measured so far (reused units take no time and do not count)."""
+
+    def __init__(self, what: str, total: int, unit: str = "unit") -> None:
+        self.what, self.total, self.unit = what, total, unit
+        self.done = 0
+        self.measured_seconds = 0.0
+        self.measured = 0
+
+    def tick(self, label: str, seconds: float, reused: bool = False, count: int = 1) -> None:
+        self.done += count
+        if not reused:
+            self.measured_seconds += seconds
+            self.measured += count
+        left = self.total - self.done
+        eta = (
+            f"about {_duration(self.measured_seconds / self.measured * left)} left"
+            if self.measured and left
+            else ("done" if not left else "time left unknown until a unit is measured")
+        )
+        _logger.info(
+            "%s [%d/%d %s]: %s, %s; %s",
+            self.what,
+            self.done,
+            self.total,
+            self.unit,
+            label,
+            "reused" if reused else f"{seconds:.0f} s",
+            eta,
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def check_twins(pretrained: Sequence, controls: Sequence) -> None:
+    """Every architecture among the ``pretrained`` versions has a random-init control (its twin) with the
+    same constructor arguments: the same architecture, input channels and patch size (both built by
+    ``networks.small_spec``; the output channels differ by source, and fine-tuning re-creates that layer)."""
+    twins = {(c.tags.get(T.ARCHITECTURE), c.tags.get(T.IN_CHANNELS), c.tags.get(T.PATCH_SIZE)) for c in controls}
+    for v in pretrained:
+        key = (v.tags.get(T.ARCHITECTURE), v.tags.get(T.IN_CHANNELS), v.tags.get(T.PATCH_SIZE))
+        if key not in twins:
+            raise ValueError(
+                f"{version_uri(v)} ({key[0]}, {key[1]} input channel(s), patch {key[2]}) has no random-init twin "
+                "in the bank with the same constructor arguments; every architecture of a study bank needs one "
+                "(register_control with the same architecture, channels and patch size)."
+            )
 
 
 def demo_config(
@@ -376,35 +507,93 @@ def demo_config(
     )
 
 
+def _resolve_entries(entries: Sequence[str]) -> tuple[list[str], list[tuple[Path, tuple[int, ...] | None]]]:
+    """Split study entries into synthetic task names and real MSD folders (``PATH[:CHANNELS]``)."""
+    synthetic, real = [], []
+    for entry in entries:
+        where, channels = parse_source(entry)
+        path = Path(where).expanduser()
+        if path.is_dir():
+            if not (path / "dataset.json").is_file():
+                raise ValueError(f"{path} is not an MSD task folder (no dataset.json); give a Decathlon-layout folder.")
+            real.append((path.resolve(), channels))
+        elif "/" in where or "\\" in where:
+            raise ValueError(
+                f"Dataset folder {where} does not exist; give an MSD task folder or a synthetic task name."
+            )
+        else:
+            synthetic.append(get_task(where).name)  # raises with the known names
+    return synthetic, real
+
+
+def _short_source_name(entry: str) -> str:
+    """``Task03``, ``liver``, ``Task03_SynthLiver`` or an MSD folder path -> the short name in the tags."""
+    path = Path(parse_source(entry)[0]).expanduser()
+    if path.is_dir():
+        return short_name(MSDDataset.load(path))
+    try:
+        return get_task(entry).name.split("_")[0]
+    except DatasetError:
+        return entry  # a real source's short name (``Task90``)
+
+
 def study_config(
     data_root: str | Path,
-    n_cases: int = 15,
+    n_cases: int = 50,
     shape: Sequence[int] = (64, 64, 48),
     brats: str | Path | None = None,
-    pretrain_steps: int = 300,
+    pretrain_steps: int = 2000,
     finetune_steps: int = 200,
     architectures: Sequence[str] = ARCHITECTURES,
     bank: str = "study",
     targets: Sequence[str] | None = None,
     progress: bool = True,
+    sources: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    synthetic_seed: int = 0,
+    curve_every: int = 250,
+    early_step: int | None = 250,
+    early_sources: Sequence[str] = ("Task03", "Task09"),
+    patch_size: Sequence[int] = (32, 32, 32),
     device: str | None = None,
 ) -> StudyConfig:
-    """Leave-one-task-out over the synthetic family; ``brats``: the BRATS folder, an extra source used
-    with its FLAIR channel only (the targets are 1-channel CT; see docs/study.md)."""
-    folders = ensure_synthetic(data_root, list(SYNTHETIC_TASKS), n_cases, shape, progress=progress)
-    sources = [Source(f) for f in folders]
-    if brats:
-        sources.append(Source(Path(brats), channels=(0,)))
-    chosen = (
-        folders if not targets else [f for f in folders if any(f.name.startswith(get_task(t).name) for t in targets)]
+    """Leave-one-task-out over the synthetic family (generated under ``data_root`` with
+    ``synthetic_seed``) and/or real MSD folders.
+
+    ``targets``/``sources``: synthetic task names (``Task03``) or MSD folder paths; a source may keep
+    some channels (``/data/Task01_BrainTumour:0``). Default targets: the five synthetic tasks; default
+    sources: the synthetic family when a target is synthetic, plus every real target. ``brats``: the
+    BRATS folder, an extra source used with its FLAIR channel only (the targets are 1-channel CT; see
+    docs/study.md). ``seeds``: fine-tuning seeds per (model, target). Pre-training: each source's 80%
+    split, its held-out Dice every ``curve_every`` steps, and for ``early_sources`` the checkpoint at
+    ``early_step`` registered as a second version.
+    """
+    target_synth, target_real = _resolve_entries(list(targets) if targets else list(SYNTHETIC_TASKS))
+    if sources:
+        source_synth, source_real = _resolve_entries(list(sources))
+    else:
+        source_synth = list(SYNTHETIC_TASKS) if target_synth else []
+        source_real = [(path, None) for path, _ in target_real]
+    names = list(dict.fromkeys(target_synth + source_synth))
+    folders = dict(
+        zip(names, ensure_synthetic(data_root, names, n_cases, shape, seed=synthetic_seed, progress=progress))
     )
+    source_list = [Source(folders[n]) for n in source_synth] + [Source(p, c) for p, c in source_real]
+    if brats:
+        source_list.append(Source(Path(brats), channels=(0,)))
+    patch = tuple(int(p) for p in patch_size)
     return StudyConfig(
-        targets=chosen,
-        sources=sources,
+        targets=[folders[n] for n in target_synth] + [p for p, _ in target_real],
+        sources=source_list,
         architectures=tuple(architectures),
         bank=bank,
-        pretrain=TrainConfig(steps=pretrain_steps, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, learning_rate=3e-3, seed=0),
+        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
+        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
+        seeds=tuple(int(s) for s in seeds),
+        source_holdout=True,
+        curve_every=curve_every,
+        early_step=early_step if early_sources else None,
+        early_sources=tuple(_short_source_name(t) for t in early_sources),
         device=device,
     )
 
@@ -471,3 +660,31 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
             "  and the alias best-<dataset> on the top-ranked model."
         )
     return "\n".join(lines)
+
+
+def evidence_summary(
+    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, "ccfv_twin", "rank_aggregate")
+) -> str:
+    """Per target and for the average: the noise ceiling beside every method's weighted tau, top-1
+    regret and selection value with their 95% intervals (the ``study`` command prints it)."""
+    from mlflow_ccfv.study.evidence import evidence_table
+    from mlflow_ccfv.study.report import METHOD_LABELS
+
+    ev = result.report.evidence
+    if ev is None:
+        return ""
+    table = evidence_table(ev, methods, METHOD_LABELS)
+    columns = [
+        "dataset",
+        "method",
+        "noise_ceiling",
+        "weighted_tau",
+        "top1_regret",
+        "top1_dice",
+        "random_dice",
+        "best_dice",
+    ]
+    return (
+        "\n## The evidence (bootstrap 95% intervals; the noise ceiling bounds what any estimator can reach)\n\n"
+        + to_markdown(table[columns])
+    )

@@ -23,7 +23,7 @@ standardised score against Dice, one panel per method.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,15 @@ import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.correlation import pearson, weighted_tau
+from mlflow_ccfv.study.evidence import (
+    Evidence,
+    dice_score_plot,
+    evidence,
+    evidence_table,
+    pretraining_curve_plot,
+    source_dice_table,
+)
+from mlflow_ccfv.study.variants import VARIANTS, add_variants
 
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
 TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
@@ -61,7 +70,11 @@ METHOD_LABELS = {
     "nleep": "N-LEEP",
     "nce": "NCE",
     "hscore": "H-score",
+    "ccfv_twin": "CC-FV minus random twin (pre-registered variant)",
+    "rank_aggregate": "Rank aggregate (pre-registered variant)",
 }
+#: Every method a report may hold: the estimators and the report-level variants.
+REPORT_METHODS = (*METHODS, *VARIANTS)
 REQUIRED_COLUMNS = ("dataset", "model", "method", "score", "dice")
 
 
@@ -71,9 +84,9 @@ def _check_frame(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(
             f"The scores table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
         )
-    unknown = sorted(set(frame["method"]) - set(METHODS))
+    unknown = sorted(set(frame["method"]) - set(REPORT_METHODS))
     if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}.")
+        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(REPORT_METHODS)}.")
     dup = frame.duplicated(["dataset", "model", "method"])
     if dup.any():
         first = frame.loc[dup, ["dataset", "model", "method"]].iloc[0].tolist()
@@ -157,7 +170,7 @@ def table2(corr: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> pd.Da
     return _metric_table(corr, methods, "weighted_tau")
 
 
-def regret_table(corr: pd.DataFrame, methods: Sequence[str] = METHODS) -> pd.DataFrame:
+def regret_table(corr: pd.DataFrame, methods: Sequence[str] = REPORT_METHODS) -> pd.DataFrame:
     """Methods x datasets (+ ``Avg``) of top-1 regret (lower is better; 0 = picked the best model)."""
     return _metric_table(corr, methods, "top1_regret")
 
@@ -290,7 +303,7 @@ def standardise(scores: np.ndarray) -> np.ndarray:
 
 
 def scatter_plot(
-    frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: str | Path, methods: Sequence[str] = METHODS
+    frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: str | Path, methods: Sequence[str] = REPORT_METHODS
 ) -> Path:
     """Fig.-2-style figure for ``dataset``: per method, standardised score (x) vs fine-tune Dice (y),
     with a least-squares line and the method's tau and Pearson in the panel title. Saved as PNG."""
@@ -336,6 +349,23 @@ def scatter_plot(
     return path
 
 
+def evidence_markdown(ev: Evidence, methods: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
+    """The evidence as Markdown: the noise ceilings, one table per target (and the average), the variants."""
+    table = evidence_table(ev, methods, labels)
+    text = "## Noise ceiling (weighted tau between fine-tuning replicates; no estimator can be expected to beat it)\n\n"
+    text += to_markdown(ev.noise.set_index("dataset"))
+    for scope, g in table.groupby("dataset", sort=False):
+        text += (
+            f"\n## {scope}: figures with bootstrap 95% intervals (noise ceiling {g['noise_ceiling'].iloc[0]}; "
+            f"random pick {g['random_dice'].iloc[0]}, best model {g['best_dice'].iloc[0]})\n\n"
+        )
+        text += to_markdown(g.drop(columns=["dataset", "noise_ceiling", "random_dice", "best_dice"]))
+    if not ev.differences.empty:
+        text += "\n## Pre-registered variants minus CC-FV (paired bootstrap, same resamples)\n\n"
+        text += to_markdown(ev.differences)
+    return text
+
+
 @dataclass
 class Report:
     """What :func:`write_report` produced: the scores it was given, the correlation rows, the tables
@@ -350,6 +380,8 @@ class Report:
     architecture_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
     scores: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: dict[str, Path] = field(default_factory=dict)
+    evidence: Evidence | None = None
+    source_dice: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def markdown(self) -> str:
         text = (
@@ -370,22 +402,49 @@ class Report:
                 "\n## Within one architecture (weighted tau over that architecture's models, averaged "
                 "over datasets)\n\n" + to_markdown(self.by_architecture)
             )
+        if not self.source_dice.empty:
+            text += "\n## Did the bank learn its sources? (Dice on each source's own held-out 20%)\n\n" + to_markdown(
+                self.source_dice
+            )
+        if self.evidence is not None:
+            text += "\n" + evidence_markdown(self.evidence, REPORT_METHODS, METHOD_LABELS)
         return text
 
 
-def write_report(frame: pd.DataFrame, out_dir: str | Path) -> Report:
+def write_report(
+    frame: pd.DataFrame,
+    out_dir: str | Path,
+    dice_tables: Mapping[tuple[str, str], pd.DataFrame] | None = None,
+    *,
+    rank_by: str = "ccfv",
+    n_resamples: int = 1000,
+    n_permutations: int = 1999,
+    curves: pd.DataFrame | None = None,
+) -> Report:
     """Compute the correlations and write ``correlations.csv``, ``table1.{md,csv}``, ``table2.{md,csv}``,
     ``regret.{md,csv}``, ``discrimination.{md,csv}``, ``scores.csv``, ``report.md`` and
     ``scatter_<dataset>.png`` under ``out_dir``; with more than one architecture in the bank also
-    ``by_architecture.{md,csv}`` and ``architecture_correlations.csv``."""
+    ``by_architecture.{md,csv}`` and ``architecture_correlations.csv``.
+
+    The pre-registered variants (:mod:`mlflow_ccfv.study.variants`) are added to ``frame`` first.
+    The evidence (:mod:`mlflow_ccfv.study.evidence`; ``dice_tables``: ``(dataset, model)`` -> the
+    per-case, per-seed Dice table) goes to ``evidence.{md,csv}`` (figures with 95% intervals),
+    ``noise_ceiling.csv``, ``permutation.csv``, ``variants.csv`` (variant minus ``ccfv``), and per
+    target ``dice_vs_<rank_by>_<dataset>.png``; every bank model's source Dice to ``source_dice.{md,csv}``;
+    ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
+    curves) to ``pretraining_curves.{csv,png}``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    frame = add_variants(_check_frame(frame))
     corr = correlations(frame)
     t1, t2, rg = table1(corr), table2(corr), regret_table(corr)
     report = Report(corr, t1, t2, rg, discrimination=discrimination_table(frame), scores=frame)
     if "architecture" in frame.columns and frame["architecture"].nunique() > 1:
         report.architecture_correlations = architecture_correlations(frame)
         report.by_architecture = architecture_table(report.architecture_correlations)
+    report.source_dice = source_dice_table(frame)
+    report.evidence = evidence(frame, dice_tables, n_resamples=n_resamples, n_permutations=n_permutations)
     files = report.files
     frame.to_csv(files.setdefault("scores.csv", out / "scores.csv"), index=False)
     corr.to_csv(files.setdefault("correlations.csv", out / "correlations.csv"), index=False)
@@ -395,10 +454,26 @@ def write_report(frame: pd.DataFrame, out_dir: str | Path) -> Report:
         report.architecture_correlations.to_csv(
             files.setdefault("architecture_correlations.csv", out / "architecture_correlations.csv"), index=False
         )
+    if not report.source_dice.empty:
+        tables.append(("source_dice", report.source_dice.set_index("model")))
     for name, table in tables:
         table.to_csv(files.setdefault(f"{name}.csv", out / f"{name}.csv"))
         files.setdefault(f"{name}.md", out / f"{name}.md").write_text(to_markdown(table))
+    ev = report.evidence
+    ev.figures.to_csv(files.setdefault("evidence.csv", out / "evidence.csv"), index=False)
+    files.setdefault("evidence.md", out / "evidence.md").write_text(
+        evidence_markdown(ev, REPORT_METHODS, METHOD_LABELS)
+    )
+    ev.noise.to_csv(files.setdefault("noise_ceiling.csv", out / "noise_ceiling.csv"), index=False)
+    ev.pvalues.to_csv(files.setdefault("permutation.csv", out / "permutation.csv"), index=False)
+    ev.differences.to_csv(files.setdefault("variants.csv", out / "variants.csv"), index=False)
     files.setdefault("report.md", out / "report.md").write_text(report.markdown())
+    if curves is not None and not curves.empty:
+        curves.to_csv(files.setdefault("pretraining_curves.csv", out / "pretraining_curves.csv"), index=False)
+        files["pretraining_curves.png"] = pretraining_curve_plot(curves, out / "pretraining_curves.png")
     for dataset in sorted(frame["dataset"].unique()):
         files[f"scatter_{dataset}.png"] = scatter_plot(frame, corr, dataset, out / f"scatter_{dataset}.png")
+        if ((frame["dataset"] == dataset) & (frame["method"] == rank_by)).any():
+            name = f"dice_vs_{rank_by}_{dataset}.png"
+            files[name] = dice_score_plot(frame, dataset, rank_by, out / name, METHOD_LABELS.get(rank_by, rank_by))
     return report

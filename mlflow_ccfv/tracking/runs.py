@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric, Run
 
@@ -18,7 +19,7 @@ import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.study.plots import training_curve_png
 
-__all__ = ["command_run", "log_dice_on_score_runs", "log_training_curve", "log_version_run"]
+__all__ = ["command_run", "finished_run", "log_dice_on_score_runs", "log_training_curve", "log_version_run", "run_csv"]
 
 
 @contextmanager
@@ -145,3 +146,30 @@ def log_training_curve(losses: Sequence[float], title: str) -> None:
         client.log_batch(active.info.run_id, metrics=metrics[i : i + 1000])
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(training_curve_png(losses, Path(tmp) / "training_curve.png", title)))
+
+
+def _quoted(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def finished_run(params: Mapping[str, Any], tags: Mapping[str, str]) -> str | None:
+    """The id of the latest FINISHED run, in any experiment, with these ``params`` and run ``tags``
+    (how a stopped study finds the units of work it already did); None if there is none."""
+    clauses = [f"params.`{k}` = {_quoted(v)}" for k, v in params.items()]
+    clauses += [f"tags.`{k}` = {_quoted(v)}" for k, v in tags.items()]
+    clauses.append("attributes.status = 'FINISHED'")
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_csv(run_id: str, artifact_path: str) -> pd.DataFrame:
+    """A CSV artifact of a run (e.g. a fine-tune run's ``dice_per_case.csv``) as a table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        return pd.read_csv(local)

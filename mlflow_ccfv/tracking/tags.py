@@ -7,13 +7,19 @@ Registry (model version) tags:
 - written by ``pretrain``: ``pretrain.<key>`` (the budget, its digest, the run);
 - written by ``score``: ``transferability.<method>.<dataset>``, ``transferability.rank.<dataset>``,
   and the alias ``best-<dataset>`` on the registered model of the rank-1 version;
-- written by ``finetune``: ``finetune.dice.<dataset>``, ``finetune.run.<dataset>``,
-  ``finetune.budget.<dataset>``.
+- written by ``finetune``: ``finetune.dice.<dataset>`` (the mean over fine-tuning seeds),
+  ``finetune.dice_sd.<dataset>`` (their standard deviation, with 2 or more seeds),
+  ``finetune.seeds.<dataset>``, ``finetune.run.<dataset>``, ``finetune.budget.<dataset>``;
+- written by ``pretrain``: ``pretrain.source_dice`` (Dice on the source's own held-out 20%) and, for
+  a pre-training curve's checkpoints, ``pretrain.checkpoint`` (``early`` or ``final``).
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
 ``finetune_dice`` (on the fine-tune run, the version's LoggedModel and the version's score runs of
-that dataset, so one Runs-tab row shows a model's scores beside its measured Dice); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``.
+that dataset, so one Runs-tab row shows a model's scores beside its measured Dice); ``finetune_dice_sd``,
+``finetune_dice.seed<s>``; ``source_dice`` (pre-training); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``, their interval bounds
+``<...>.<statistic>.low`` / ``.high``, ``<dataset>.noise_ceiling`` (and bounds) and
+``<dataset>.<method>.permutation_p``.
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
 (``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
 and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
@@ -45,10 +51,22 @@ __all__ = [
     "RUN_MODEL",
     "RUN_STAGE",
     "FINETUNE_DICE",
+    "SCORE_COLUMNS",
     "SOURCE_DATASET",
+    "PRETRAIN_CHECKPOINT",
+    "PRETRAIN_SOURCE_DICE",
+    "SOURCE_DICE_METRIC",
     "best_alias",
+    "dice_sd_tag",
     "dice_spread_metric",
     "dice_tag",
+    "finetune_seeds_tag",
+    "format_seeds",
+    "interval_metrics",
+    "noise_ceiling_metric",
+    "parse_seeds",
+    "permutation_metric",
+    "seed_dice_metric",
     "finetune_budget_tag",
     "finetune_run_tag",
     "import_tags",
@@ -114,6 +132,34 @@ def dice_tag(dataset: str) -> str:
     return f"finetune.dice.{dataset}"
 
 
+def dice_sd_tag(dataset: str) -> str:
+    """``finetune.dice_sd.<dataset>``: standard deviation of the Dice over the fine-tuning seeds (ddof 1)."""
+    return f"finetune.dice_sd.{dataset}"
+
+
+def finetune_seeds_tag(dataset: str) -> str:
+    """``finetune.seeds.<dataset>``: the fine-tuning seeds whose Dice the mean and sd are over (``0,1,2``)."""
+    return f"finetune.seeds.{dataset}"
+
+
+def format_seeds(seeds: Iterable[int]) -> str:
+    """``0,1,2``: the value of :func:`finetune_seeds_tag`."""
+    return ",".join(str(int(s)) for s in seeds)
+
+
+def parse_seeds(value: str) -> tuple[int, ...]:
+    """The seeds of a :func:`finetune_seeds_tag` value (``"0,1,2"`` -> ``(0, 1, 2)``)."""
+    try:
+        return tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"Not a list of fine-tuning seeds: {value!r} (expected e.g. 0,1,2).") from None
+
+
+def seed_dice_metric(seed: int) -> str:
+    """``finetune_dice.seed<seed>``: one fine-tuning seed's Dice on the multi-seed fine-tune run."""
+    return f"finetune_dice.seed{int(seed)}"
+
+
 def finetune_run_tag(dataset: str) -> str:
     """``finetune.run.<dataset>``: the run id of that fine-tuning."""
     return f"finetune.run.{dataset}"
@@ -127,6 +173,14 @@ def finetune_budget_tag(dataset: str) -> str:
 def pretrain_tag(key: str) -> str:
     """``pretrain.<key>`` (``steps``, ``budget``, ``run_id`` ...)."""
     return f"pretrain.{key}"
+
+
+#: Dice of a pre-trained version on its own source's held-out 20% (did the bank learn its source?).
+PRETRAIN_SOURCE_DICE = pretrain_tag("source_dice")
+#: ``early`` or ``final``: which checkpoint of a pre-training run the version is.
+PRETRAIN_CHECKPOINT = pretrain_tag("checkpoint")
+#: The pre-training run's metric of the same Dice (per evaluated step on a curve).
+SOURCE_DICE_METRIC = "source_dice"
 
 
 def prefixed_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,6 +231,22 @@ def report_metric(scope: str, method: str, statistic: str) -> str:
     return f"{scope}.{method}.{statistic}"
 
 
+def interval_metrics(name: str, estimate: float, low: float, high: float) -> dict[str, float]:
+    """``<name>``, ``<name>.low``, ``<name>.high``: a report figure and its 95% interval (finite values only)."""
+    values = {name: estimate, f"{name}.low": low, f"{name}.high": high}
+    return {k: float(v) for k, v in values.items() if v == v}
+
+
+def noise_ceiling_metric(dataset: str) -> str:
+    """``<dataset>.noise_ceiling``: weighted tau between fine-tuning replicates' rankings of the bank."""
+    return f"{dataset}.noise_ceiling"
+
+
+def permutation_metric(dataset: str, method: str) -> str:
+    """``<dataset>.<method>.permutation_p``: p-value of the method's weighted tau against random rankings."""
+    return f"{dataset}.{method}.permutation_p"
+
+
 def dice_spread_metric(dataset: str) -> str:
     """``<dataset>.dice_spread``: best minus worst fine-tune Dice over the bank (can the target discriminate)."""
     return f"{dataset}.dice_spread"
@@ -198,6 +268,7 @@ def scores_from_tags(
     for v in versions:
         tags: Mapping[str, str] = dict(v.tags or {})
         dice = {d: float(val) for k, val in tags.items() if (d := parse_dice_tag(k)) is not None}
+        source_dice = float(tags.get(PRETRAIN_SOURCE_DICE, "nan"))
         for key, value in tags.items():
             parsed = parse_score_tag(key)
             if parsed is None or parsed[0] not in known:
@@ -214,6 +285,28 @@ def scores_from_tags(
                     "dice": dice[dataset],
                     "architecture": tags.get(ARCHITECTURE, ""),
                     "source_dataset": tags.get(SOURCE_DATASET, ""),
+                    "dice_sd": float(tags.get(dice_sd_tag(dataset), "nan")),
+                    "seeds": tags.get(finetune_seeds_tag(dataset), ""),
+                    "finetune_run": tags.get(finetune_run_tag(dataset), ""),
+                    "source_dice": source_dice,
+                    "checkpoint": tags.get(PRETRAIN_CHECKPOINT, ""),
                 }
             )
-    return pd.DataFrame(rows, columns=["dataset", "model", "method", "score", "dice", "architecture", "source_dataset"])
+    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+
+
+#: The columns of :func:`scores_from_tags`.
+SCORE_COLUMNS = (
+    "dataset",
+    "model",
+    "method",
+    "score",
+    "dice",
+    "architecture",
+    "source_dataset",
+    "dice_sd",
+    "seeds",
+    "finetune_run",
+    "source_dice",
+    "checkpoint",
+)

@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -334,6 +334,8 @@ def train_segmentation(
     config: TrainConfig,
     desc: str = "train",
     progress: bool = True,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
     *,
     device: str | torch.device | None = None,
 ) -> TrainResult:
@@ -342,6 +344,8 @@ def train_segmentation(
     ``num_classes`` counts the background; the model's output channels must equal it. ``device``:
     where the network trains (default CUDA when available, else CPU); the cases stay on the CPU and
     each batch of patches is moved there; the trained model is left on that device.
+    ``on_checkpoint(step, model)`` is called every ``checkpoint_every`` steps before the last (``step``
+    counts the steps done), with the model in eval mode (a pre-training curve evaluates it there).
     """
     from monai.losses import DiceCELoss
 
@@ -381,6 +385,17 @@ def train_segmentation(
                 )
             losses.append(value)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            done = step + 1
+            if (
+                on_checkpoint is not None
+                and checkpoint_every > 0
+                and done % checkpoint_every == 0
+                and done < config.steps
+            ):
+                model.eval()
+                with torch.random.fork_rng(devices=cuda):  # evaluating leaves training's RNG as it was
+                    on_checkpoint(done, model)
+                model.train()
             if step % max(1, config.steps // 5) == 0 or step == config.steps - 1:
                 log.debug("%s step %d/%d loss %.4f", desc, step + 1, config.steps, value)
     model.eval()
@@ -393,16 +408,29 @@ def pretrain(
     config: TrainConfig,
     progress: bool = True,
     desc: str = "pretrain",
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
     *,
     device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train a freshly initialised ``spec`` (seeded with ``config.seed``) on a source task.
 
     ``spec.out_channels`` must equal the source task's number of classes (background included).
-    ``device``: see :func:`train_segmentation` (the initialisation is drawn on the CPU either way).
+    ``device``: see :func:`train_segmentation` (the initialisation is drawn on the CPU either way);
+    ``on_checkpoint``: see :func:`train_segmentation`.
     """
     model = seeded_network(spec, config.seed)
-    return train_segmentation(model, cases, spec.out_channels, config, desc=desc, progress=progress, device=device)
+    return train_segmentation(
+        model,
+        cases,
+        spec.out_channels,
+        config,
+        desc=desc,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        on_checkpoint=on_checkpoint,
+        device=device,
+    )
 
 
 def finetune(

@@ -1,0 +1,84 @@
+"""The two ranking variants pre-registered in docs/preregistration.md (issue 12), computed at the report
+level from the stored scores of every version of a target's bank; ``ccfv`` itself is never changed.
+
+- ``ccfv_twin``: CC-FV calibrated against a random-init twin of the model's own architecture,
+  ``ccfv(model) - ccfv(twin)`` on the same target; the twin is the bank's control of that architecture
+  (``source_dataset=random-init``) and scores 0; a model without a twin in the bank has no score.
+- ``rank_aggregate``: minus the mean rank (1 = highest score, ties averaged) of the model under
+  ``ccfv_no_variety``, ``gbc`` and ``logme`` within the target's bank (over those of the three it has).
+
+Input and output: the study's long table (``dataset``, ``model``, ``method``, ``score``, ``dice`` and
+the descriptive columns ``architecture``, ``source_dataset``); :func:`add_variants` appends the
+variants' rows, copying each model's descriptive columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["AGGREGATED_METHODS", "CONTROL_SOURCE", "VARIANTS", "add_variants", "rank_aggregate", "twin_calibrated"]
+
+#: The variants' method names.
+VARIANTS = ("ccfv_twin", "rank_aggregate")
+#: The estimators ``rank_aggregate`` averages the ranks of (chosen in docs/preregistration.md).
+AGGREGATED_METHODS = ("ccfv_no_variety", "gbc", "logme")
+#: ``source_dataset`` of the random-init controls.
+CONTROL_SOURCE = "random-init"
+
+
+def twin_calibrated(frame: pd.DataFrame, method: str = "ccfv") -> pd.DataFrame:
+    """Rows ``ccfv_twin``: per (dataset, model) ``method``'s score minus that of the bank's random-init
+    control of the same architecture (the first by model id if there are several). Needs the
+    ``architecture`` and ``source_dataset`` columns; models without a twin get no row."""
+    missing = [c for c in ("architecture", "source_dataset") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"ccfv_twin needs the column(s) {', '.join(missing)} (which model is whose random twin).")
+    sub = frame[frame["method"] == method]
+    rows = []
+    for _, g in sub.groupby("dataset", sort=True):
+        controls = g[g["source_dataset"].astype(str) == CONTROL_SOURCE].sort_values("model")
+        twin_score = controls.drop_duplicates("architecture").set_index("architecture")["score"]
+        for row in g.itertuples(index=False):
+            if row.architecture not in twin_score.index:
+                continue
+            out = row._asdict()
+            out["method"] = "ccfv_twin"
+            out["score"] = float(row.score) - float(twin_score[row.architecture])
+            rows.append(out)
+    return pd.DataFrame(rows, columns=frame.columns)
+
+
+def rank_aggregate(frame: pd.DataFrame, methods: tuple[str, ...] = AGGREGATED_METHODS) -> pd.DataFrame:
+    """Rows ``rank_aggregate``: per (dataset, model) minus the mean of its ranks under ``methods``
+    within the dataset's bank (rank 1 = highest score, ties averaged; non-finite scores unranked)."""
+    sub = frame[frame["method"].isin(methods)]
+    rows = []
+    for _, g in sub.groupby("dataset", sort=True):
+        ranks: dict[str, list[float]] = {}
+        for _, m in g.groupby("method"):
+            m = m[np.isfinite(m["score"].astype(float))]
+            if m.empty:
+                continue
+            r = stats.rankdata(-m["score"].to_numpy(float), method="average")
+            for model, value in zip(m["model"], r):
+                ranks.setdefault(str(model), []).append(float(value))
+        first = g.drop_duplicates("model").set_index("model")
+        for model, values in sorted(ranks.items()):
+            out = {"model": model, **first.loc[model].to_dict()}
+            out["method"] = "rank_aggregate"
+            out["score"] = -float(np.mean(values))
+            rows.append(out)
+    return pd.DataFrame(rows, columns=frame.columns)
+
+
+def add_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the rows of every variant it has the scores for (none when it lacks them)."""
+    parts = [frame[~frame["method"].isin(VARIANTS)]]
+    if {"architecture", "source_dataset"} <= set(frame.columns) and (frame["method"] == "ccfv").any():
+        parts.append(twin_calibrated(frame))
+    if frame["method"].isin(AGGREGATED_METHODS).any():
+        parts.append(rank_aggregate(frame))
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
