@@ -12,7 +12,20 @@ module (``ValueError``, ``LookupError``, ``RuntimeError``), so ``except ValueErr
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CODES", "CCFVError", "DatasetError", "EstimatorError", "OptionError", "RegistryError"]
+__all__ = [
+    "EXIT_CODES",
+    "MESSAGE_LIMIT",
+    "CCFVError",
+    "DatasetError",
+    "EstimatorError",
+    "OptionError",
+    "RegistryError",
+    "TrackingError",
+    "cap_message",
+]
+
+#: The longest message a command prints (characters); longer ones keep their head and tail.
+MESSAGE_LIMIT = 2000
 
 
 class CCFVError(Exception):
@@ -49,6 +62,24 @@ class EstimatorError(CCFVError, RuntimeError):
         self.method = method
 
 
+class TrackingError(CCFVError, ConnectionError):
+    """The MLflow tracking server (``MLFLOW_TRACKING_URI``) cannot be reached, or answers with an error."""
+
+    exit_code = 6
+
+
+def cap_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` if at most ``limit`` characters, else its head and tail around ``[... N characters left out ...]``.
+
+    A dataset.json with a million bad entries must give a message a terminal can show, not 160 MB.
+    """
+    if len(text) <= limit:
+        return text
+    head = text[: limit * 3 // 4]
+    tail = text[-(limit // 4) :]
+    return f"{head} [... {len(text) - len(head) - len(tail)} characters left out ...] {tail}"
+
+
 #: Exit status of every command: 0 success, 1 a bug (traceback) or some versions failed to score,
 #: then one status per error kind above. Click's own usage errors (unknown option) also exit 2.
 EXIT_CODES: dict[str, int] = {
@@ -58,4 +89,5 @@ EXIT_CODES: dict[str, int] = {
     "unusable dataset (DatasetError)": DatasetError.exit_code,
     "missing or unusable registry entry (RegistryError)": RegistryError.exit_code,
     "estimator failed on the data (EstimatorError)": EstimatorError.exit_code,
+    "tracking server unreachable (TrackingError)": TrackingError.exit_code,
 }

@@ -8,16 +8,29 @@ option. Errors are :class:`~mlflow_ccfv.errors.OptionError` (a ``ValueError``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 
 from mlflow_ccfv.errors import OptionError
 
-__all__ = ["format_ints", "parse_bool", "parse_ints", "parse_source", "split_list"]
+__all__ = [
+    "format_ints",
+    "parse_bool",
+    "parse_device",
+    "parse_float",
+    "parse_int",
+    "parse_ints",
+    "parse_source",
+    "split_list",
+]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _INT_SEPARATORS = re.compile(r"[,x\s]+")
+_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
+#: Longer option texts are refused by their length (nobody types a 10k-character ROI size).
+_MAX_TEXT = 1000
 
 
 def split_list(text: str | Iterable[str] | None) -> list[str]:
@@ -34,12 +47,16 @@ def parse_ints(
     *,
     length: int | None = None,
     minimum: int | None = None,
+    maximum: int | None = None,
 ) -> tuple[int, ...]:
     """``"32,32,32"`` (or ``32x32x32``, ``"32 32 32"``, a sequence) -> ``(32, 32, 32)``.
 
-    ``length``: the number of values required; ``minimum``: the smallest value allowed. The error
-    names ``name`` and shows an example.
+    ``length``: the number of values required; ``minimum``/``maximum``: the smallest/largest value
+    allowed. The error names ``name`` and shows an example; an absurdly long text is refused by its
+    length, not echoed back.
     """
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise OptionError(f"{name} is {len(value)} characters long; expected a few integers (e.g. 32,32,32).")
     example = ",".join(["32"] * (length or 3))
     parts: Sequence = (
         [p for p in _INT_SEPARATORS.split(value.strip()) if p] if isinstance(value, str) else (value or ())
@@ -52,7 +69,62 @@ def parse_ints(
         raise OptionError(f"{name} must be {length} integers (e.g. {example}); got {value!r}.")
     if minimum is not None and any(v < minimum for v in values):
         raise OptionError(f"{name} must be integers >= {minimum}; got {value!r}.")
+    if maximum is not None and any(v > maximum for v in values):
+        raise OptionError(f"{name} must be integers <= {maximum}; got {value!r}.")
     return values
+
+
+def parse_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``"7"`` (or ``7``, ``7.0``) -> ``7`` within ``[minimum, maximum]``; the error names ``name``."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and len(text) > _MAX_TEXT:
+        raise OptionError(f"{name} must be an integer; got {len(text)} characters of text.")
+    try:
+        number = _as_int(text)
+    except (TypeError, ValueError, OverflowError):
+        raise OptionError(f"{name} must be an integer; got {value!r}.") from None
+    _check_range(number, name, minimum, maximum)
+    return number
+
+
+def parse_float(
+    value: object, name: str, *, minimum: float | None = None, maximum: float | None = None, max_open: bool = False
+) -> float:
+    """``"0.5"`` -> ``0.5``: a finite number in ``[minimum, maximum]`` (``max_open``: below ``maximum``)."""
+    if isinstance(value, bool) or (isinstance(value, str) and len(value) > _MAX_TEXT):
+        raise OptionError(f"{name} must be a number; got {str(value)[:40]!r}.")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise OptionError(f"{name} must be a number; got {value!r}.") from None
+    if not math.isfinite(number):
+        raise OptionError(f"{name} must be a finite number; got {value!r}.")
+    _check_range(number, name, minimum, maximum)
+    if max_open and maximum is not None and number >= maximum:
+        raise OptionError(f"{name} must be below {maximum}; got {value!r}.")
+    return number
+
+
+def _check_range(number: float, name: str, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and number < minimum:
+        raise OptionError(f"{name} must be >= {minimum}; got {number!r}.")
+    if maximum is not None and number > maximum:
+        raise OptionError(f"{name} must be <= {maximum}; got {number!r}.")
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d{1,3})?)$")
+
+
+def parse_device(value: object) -> str | None:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given; ``""``/``None`` -> ``None`` (CUDA when available, else CPU)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if not text:
+        return None
+    if not _DEVICE.match(text):
+        raise OptionError(f"device must be cpu, cuda or cuda:N (e.g. cuda:0); got {str(value)[:40]!r}.")
+    return text
 
 
 def _as_int(part: object) -> int:
@@ -60,6 +132,8 @@ def _as_int(part: object) -> int:
         raise TypeError("a boolean is not an integer")
     if isinstance(part, float) and not part.is_integer():
         raise ValueError(part)
+    if isinstance(part, str) and not _INT_TEXT.match(part.strip()):
+        raise ValueError(part)  # int() would also take "1_000" and "٣"
     return int(part)  # type: ignore[call-overload]
 
 

@@ -42,3 +42,46 @@ def test_checkpoint_variants_and_mismatch():
     other = small_spec("UNet", 1, 4).build()
     with pytest.raises(ValueError, match="shape mismatch"):
         load_state_dict_strict(other, a.state_dict())
+
+
+def test_spec_fields_are_checked_by_name_before_anything_is_built():
+    """Whatever JSON a user writes into a spec's fields, check_spec accepts it or raises OptionError
+    naming the field: never another exception, never an attempt to build ``channels=10**9``."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mlflow_ccfv.errors import OptionError
+    from mlflow_ccfv.networks import NetworkSpec, check_spec
+    from mlflow_ccfv.networks.specs import INT_FIELDS, SEQUENCE_FIELDS
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=4),
+        lambda inner: st.lists(inner, max_size=4),
+        max_leaves=8,
+    )
+    fields = st.sampled_from(sorted({*INT_FIELDS, *SEQUENCE_FIELDS, "spatial_dims"}))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(fields, json_values, max_size=3))
+    def check(kwargs):
+        try:
+            check_spec(NetworkSpec("UNet", kwargs))
+        except OptionError as exc:
+            assert any(f"kwargs.{key}" in str(exc) for key in kwargs)
+            return
+        for key, value in kwargs.items():
+            if key in INT_FIELDS:
+                low, high = INT_FIELDS[key]
+                assert type(value) is int and low <= value <= high
+            elif key == "spatial_dims":
+                assert value == 3 and type(value) is int
+
+    check()
+
+
+def test_every_supported_preset_passes_the_spec_checks():
+    from mlflow_ccfv.networks import SUPPORTED_ARCHITECTURES, check_spec
+    from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES
+
+    for architecture in (*SUPPORTED_ARCHITECTURES, *DYNAMIC_ARCHITECTURES):
+        check_spec(small_spec(architecture, 1, 2, (64, 64, 64)))

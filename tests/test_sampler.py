@@ -324,3 +324,15 @@ def test_cuda_matches_cpu(monkeypatch):
     gpu = sample_features(model, [case], config=cfg, device="cuda", progress=False)
     for layer in cpu.layers:
         np.testing.assert_allclose(cpu.case(0).features[layer], gpu.case(0).features[layer], atol=1e-4)
+
+
+def test_an_absurd_window_is_refused_before_anything_is_allocated():
+    """``roi_size=100000³`` (the evaluator's config, a Python caller) is an OptionError naming
+    roi_size and the memory it would need, raised before the model runs."""
+    from mlflow_ccfv.errors import OptionError
+    from mlflow_ccfv.features import SamplerConfig, sample_features
+    from mlflow_ccfv.networks import build_network, small_spec
+
+    model = build_network(small_spec("UNet", 1, 2))
+    with pytest.raises(OptionError, match="roi_size 100000,100000,100000 needs at least"):
+        sample_features(model, [], config=SamplerConfig(roi_size=(100000,) * 3), progress=False)

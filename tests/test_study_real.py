@@ -4,6 +4,7 @@ and its resumption at the granularity of one (model, target, seed)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from mlflow_ccfv.pipelines.study import check_twins, evidence_summary, run_trans
 
 
 def brats_task(real: Path, root: Path, name: str, cases: range) -> Path:
-    """An MSD folder with some of the BRATS cases (symbolic links to the shipped files)."""
+    """An MSD folder with some of the BRATS cases (copies of the shipped files: a symbolic link leading out
+    of a task folder is refused, docs/reliability.md)."""
     src = real / "brats2013-6"
     meta = json.loads((src / "dataset.json").read_text())
     folder = root / name
@@ -21,7 +23,7 @@ def brats_task(real: Path, root: Path, name: str, cases: range) -> Path:
     training = []
     for entry in [meta["training"][i] for i in cases]:
         for key, sub in (("image", "imagesTr"), ("label", "labelsTr")):
-            (folder / sub / Path(entry[key]).name).symlink_to((src / entry[key]).resolve())
+            shutil.copyfile((src / entry[key]).resolve(), folder / sub / Path(entry[key]).name)
         training.append(entry)
     (folder / "dataset.json").write_text(
         json.dumps({**meta, "name": name, "numTraining": len(training), "training": training})

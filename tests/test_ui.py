@@ -18,6 +18,7 @@ import shutil
 import time
 import urllib.parse
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -118,6 +119,8 @@ def _finetune_bank(remote_bank) -> None:
 def test_bank_sorted_by_ccfv_beside_the_dice_and_a_versions_tags(remote_bank, tmp_path):
     require_chromium()
     assert remote_bank["score"].returncode == 0, remote_bank["score"].stderr[-3000:]
+    # the bank lives on the server; earlier tests in the same process may have pointed mlflow elsewhere
+    mlflow.set_tracking_uri(remote_bank["server"].url)
     _finetune_bank(remote_bank)
     server = remote_bank["server"]
     client = MlflowClient(server.url)

@@ -1,68 +1,285 @@
-"""What every command shares: the click command class, error exits, training options."""
+"""What every command shares: the click command class, typed options, error exits, training options.
+
+Options are typed with click's own machinery (``click.ParamType``, ranges, choices, ``envvar=``), so a
+bad value is refused before any work with the option's name in the message. ``mlflow run`` passes
+every ``-P`` value as text and an unset optional one as ``""``; the types below read ``""`` as "not
+given" (``None``), so the same commands work from a shell and from an MLproject entry point.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
-from mlflow_ccfv.errors import CCFVError, OptionError
-from mlflow_ccfv.options import parse_ints
+from mlflow_ccfv.errors import CCFVError, OptionError, cap_message
+from mlflow_ccfv.options import parse_bool, parse_device, parse_float, parse_int, parse_ints
 
-__all__ = ["INPUT_ERRORS", "CCFVCommand", "exit_on_input_error", "train_config_from_options", "train_options"]
+__all__ = [
+    "INPUT_ERRORS",
+    "BoolText",
+    "CCFVCommand",
+    "IntTuple",
+    "OptionalFloat",
+    "OptionalInt",
+    "cache_dir_option",
+    "data_root_option",
+    "device_option",
+    "exit_code_of",
+    "exit_on_input_error",
+    "train_config_from_options",
+    "train_options",
+]
 
 #: The errors a command reports as one line ``<command> failed: ...`` (bad input, missing registry
-#: entries, missing files); anything else is a bug and keeps its traceback. The exit status is the
-#: error's :attr:`~mlflow_ccfv.errors.CCFVError.exit_code` (2 for the built-in kinds).
-INPUT_ERRORS = (CCFVError, ValueError, LookupError, FileNotFoundError)
+#: entries, missing files); anything else is a bug and keeps its traceback. The exit status is
+#: :func:`exit_code_of` the error (docs/cli.md).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (CCFVError, ValueError, LookupError, FileNotFoundError)
+
+#: Environment variables documented in docs/cli.md.
+DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
+CACHE_ENV = "MLFLOW_CCFV_CACHE"
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit status of an input error: its class's ``exit_code``; a plain ``LookupError`` is a
+    missing registry entry (4), any other ``ValueError``/``FileNotFoundError`` a bad option (2)."""
+    from mlflow_ccfv.errors import RegistryError
+
+    if isinstance(exc, CCFVError):
+        return exc.exit_code
+    if isinstance(exc, LookupError):
+        return RegistryError.exit_code
+    return OptionError.exit_code
 
 
 @contextmanager
 def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = INPUT_ERRORS) -> Iterator[None]:
-    """Turn ``errors`` raised inside the block into ``<command> failed: <message>`` on stderr and exit
-    with the error kind's status (docs/cli.md)."""
+    """Turn ``errors`` raised inside the block into ``<command> failed: <message>`` on stderr (capped
+    at :data:`~mlflow_ccfv.errors.MESSAGE_LIMIT` characters) and exit with :func:`exit_code_of`."""
     try:
         yield
     except errors as exc:
-        click.echo(f"{command} failed: {exc}", err=True)
-        sys.exit(exc.exit_code if isinstance(exc, CCFVError) else OptionError.exit_code)
+        if isinstance(exc, (KeyError, IndexError)) and not isinstance(exc, CCFVError):
+            raise  # a missing key or index is a bug, not an input error: keep the traceback
+        click.echo(f"{command} failed: {cap_message(str(exc))}", err=True)
+        sys.exit(exit_code_of(exc))
 
 
+# --------------------------------------------------------------------------- typed options
+def _option_name(param: click.Parameter | None) -> str:
+    return f"--{param.name.replace('_', '-')}" if param is not None and param.name else "value"
+
+
+class OptionalInt(click.ParamType):
+    """An integer in ``[minimum, maximum]`` (:func:`~mlflow_ccfv.options.parse_int`); ``""`` (an unset
+    MLproject parameter) is ``None``."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int | None = None, maximum: int | None = None):
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            return parse_int(value, _option_name(param), minimum=self.minimum, maximum=self.maximum)
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "INTEGER"
+
+
+class OptionalFloat(click.ParamType):
+    """A finite number in ``[minimum, maximum]`` (``max_open``: below ``maximum``;
+    :func:`~mlflow_ccfv.options.parse_float`); ``""`` is ``None``."""
+
+    name = "float"
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, *, max_open: bool = False):
+        self.minimum, self.maximum, self.max_open = minimum, maximum, max_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            return parse_float(
+                value, _option_name(param), minimum=self.minimum, maximum=self.maximum, max_open=self.max_open
+            )
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "FLOAT"
+
+
+class IntTuple(click.ParamType):
+    """``32,32,32`` (or ``32x32x32``) via :func:`~mlflow_ccfv.options.parse_ints`: ``length`` integers in
+    ``[minimum, maximum]``; ``""`` is ``None`` (or ``()`` with ``empty_as_tuple``)."""
+
+    name = "integers"
+
+    def __init__(
+        self,
+        length: int | None = None,
+        minimum: int | None = 1,
+        maximum: int | None = None,
+        *,
+        empty_as_tuple: bool = False,
+    ):
+        self.length, self.minimum, self.maximum, self.empty_as_tuple = length, minimum, maximum, empty_as_tuple
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...] | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return () if self.empty_as_tuple else None
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_ints(
+                value, _option_name(param), length=self.length, minimum=self.minimum, maximum=self.maximum
+            )
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "N,N,N" if self.length == 3 else "N[,N...]"
+
+
+class BoolText(click.ParamType):
+    """``true``/``false`` as MLproject passes them (also 1/0, yes/no, on/off; ``""`` = false)."""
+
+    name = "boolean"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        try:
+            return parse_bool(value, _option_name(param))
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "[true|false]"
+
+
+class DeviceType(click.ParamType):
+    """``cpu``, ``cuda`` or ``cuda:N``; ``""`` = CUDA when available, else the CPU (``None``)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | None:
+        try:
+            return parse_device(value)
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "[cpu|cuda|cuda:N]"
+
+
+def _env_default(env: str, default: str) -> Callable[[click.Context, click.Parameter, Any], str]:
+    """``""`` (an unset MLproject parameter) -> ``$env`` or ``default``."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> str:
+        return str(value) if value else os.environ.get(env) or default
+
+    return callback
+
+
+def data_root_option(default: str = "data", help_text: str = "Folder holding the MSD task folders."):
+    """``--data-root`` (``$MLFLOW_CCFV_DATA``, then ``default``)."""
+    return click.option(
+        "--data-root",
+        "data_root",
+        default=default,
+        envvar=DATA_ROOT_ENV,
+        show_envvar=True,
+        show_default=True,
+        type=click.Path(file_okay=False),
+        callback=_env_default(DATA_ROOT_ENV, default),
+        help=help_text,
+    )
+
+
+def cache_dir_option():
+    """``--cache-dir`` (``$MLFLOW_CCFV_CACHE``, then ``.ccfv-cache``)."""
+    return click.option(
+        "--cache-dir",
+        "cache_dir",
+        default=".ccfv-cache",
+        envvar=CACHE_ENV,
+        show_envvar=True,
+        show_default=True,
+        type=click.Path(file_okay=False),
+        callback=_env_default(CACHE_ENV, ".ccfv-cache"),
+        help="Feature cache folder (entries are checksummed and recomputed when corrupt).",
+    )
+
+
+def device_option():
+    """``--device``: cpu, cuda or cuda:N; empty = CUDA when available, else the CPU."""
+    return click.option(
+        "--device",
+        default="",
+        type=DeviceType(),
+        help="Where networks run: cpu, cuda or cuda:N (default: CUDA when available, else the CPU).",
+    )
+
+
+# --------------------------------------------------------------------------- training options
 def train_options(steps: int, seed: int):
-    """Decorator adding ``--steps``, ``--batch-size`` ... (strings, as MLproject passes them); see
-    :func:`train_config_from_options`."""
+    """Decorator adding ``--steps``, ``--batch-size`` ... (typed; see :func:`train_config_from_options`)."""
     opts = [
-        click.option("--steps", default=str(steps), show_default=True, help="Optimiser steps."),
-        click.option("--batch-size", "batch_size", default="2", show_default=True, help="Patches per step."),
+        click.option(
+            "--steps", default=steps, type=click.IntRange(min=1), show_default=True, help="Optimiser steps (>= 1)."
+        ),
+        click.option(
+            "--batch-size",
+            "batch_size",
+            default=2,
+            type=click.IntRange(min=1, max=1024),
+            show_default=True,
+            help="Patches per step (1-1024).",
+        ),
         click.option(
             "--patch-size",
             "patch_size",
             default="32,32,32",
+            type=IntTuple(length=3, minimum=4, maximum=1024),
             show_default=True,
-            help="Patch (and sliding-window) size in voxels.",
+            help="Patch (and sliding-window) size in voxels, three sides of 4-1024 (memory is checked before training).",
         ),
         click.option(
             "--learning-rate",
             "learning_rate",
-            default="0.003",
+            default=0.003,
+            type=click.FloatRange(min=0, min_open=True, max=10),
             show_default=True,
             help="Peak learning rate (polynomial decay to 0).",
         ),
         click.option(
-            "--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net: Nesterov momentum 0.99)."
+            "--optimizer",
+            default="adamw",
+            type=click.Choice(["adamw", "sgd"], case_sensitive=False),
+            show_default=True,
+            help="adamw, or sgd (nnU-Net: Nesterov momentum 0.99).",
         ),
         click.option(
             "--foreground-fraction",
             "foreground_fraction",
-            default="0.5",
+            default=0.5,
+            type=click.FloatRange(min=0, max=1),
             show_default=True,
-            help="Share of patches centred on a foreground voxel.",
+            help="Share of patches centred on a foreground voxel (0-1).",
         ),
         click.option(
             "--seed",
-            default=str(seed),
+            default=seed,
+            type=click.IntRange(min=0, max=2**32 - 1),
             show_default=True,
             help="Seed of initialisation, patch sampling and augmentation.",
         ),
@@ -77,22 +294,28 @@ def train_options(steps: int, seed: int):
 
 
 def train_config_from_options(options: dict):
-    """A :class:`~mlflow_ccfv.training.TrainConfig` from the command line's string options
-    (``steps``, ``patch_size`` "32,32,32" ...; see :func:`train_options`)."""
+    """A :class:`~mlflow_ccfv.training.TrainConfig` from the typed options of :func:`train_options`."""
     from mlflow_ccfv.training import TrainConfig
 
     try:
         return TrainConfig(
             steps=int(options["steps"]),
             batch_size=int(options["batch_size"]),
-            patch_size=parse_ints(str(options["patch_size"]), "patch_size"),
+            patch_size=tuple(options["patch_size"]),
             learning_rate=float(options["learning_rate"]),
-            optimizer=str(options["optimizer"]),
+            optimizer=str(options["optimizer"]).lower(),
             foreground_fraction=float(options["foreground_fraction"]),
             seed=int(options["seed"]),
         )
     except (TypeError, ValueError) as exc:
         raise OptionError(f"Bad training option: {exc}") from exc
+
+
+def methods_help(prefix: str) -> str:
+    """``prefix`` followed by every estimator name (from :data:`mlflow_ccfv.estimators.METHODS`)."""
+    from mlflow_ccfv.estimators import METHODS
+
+    return f"{prefix} Methods: {', '.join(METHODS)}."
 
 
 class CCFVCommand(click.Command):
@@ -117,3 +340,15 @@ class CCFVCommand(click.Command):
                 f"Unknown parameter {exc.option_name!r} for '{self.name}'. Valid parameters: {', '.join(valid)}.",
                 ctx,
             ) from exc
+
+
+def check_tracking_server() -> None:
+    """Refuse up front (exit 6, one line) when ``MLFLOW_TRACKING_URI`` is a server that does not answer."""
+    from mlflow_ccfv.tracking.server import ensure_tracking_reachable
+
+    ensure_tracking_reachable()
+
+
+def choices(values: Sequence[str]) -> click.Choice:
+    """A case-sensitive ``click.Choice`` of ``values``."""
+    return click.Choice(list(values))

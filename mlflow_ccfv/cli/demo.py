@@ -4,26 +4,46 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    CCFVCommand,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+)
 from mlflow_ccfv.options import split_list
 
 
 @click.command(cls=CCFVCommand)
-@click.option(
-    "--data-root",
-    "data_root",
+@data_root_option(
     default="data",
-    show_default=True,
-    help="Where the synthetic tasks are generated (reused when present); score's default data root.",
+    help_text="Where the synthetic tasks are generated (reused when present); score's default data root.",
 )
 @click.option("--target", default="Task09", show_default=True, help="Target task of the demo.")
 @click.option("--sources", default="Task03,Task07,Task06", show_default=True, help="Pre-training sources.")
-@click.option("--n-cases", "n_cases", default="8", show_default=True, help="Cases per synthetic task.")
 @click.option(
-    "--pretrain-steps", "pretrain_steps", default="150", show_default=True, help="Pre-training steps per model."
+    "--n-cases",
+    "n_cases",
+    default=8,
+    type=click.IntRange(2, 10_000),
+    show_default=True,
+    help="Cases per synthetic task.",
 )
 @click.option(
-    "--finetune-steps", "finetune_steps", default="60", show_default=True, help="Fine-tuning steps per model."
+    "--pretrain-steps",
+    "pretrain_steps",
+    default=150,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Pre-training steps per model.",
+)
+@click.option(
+    "--finetune-steps",
+    "finetune_steps",
+    default=60,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Fine-tuning steps per model.",
 )
 @click.option(
     "--bank", default="default", show_default=True, help="Bank tag of the demo's models (score's default bank)."
@@ -34,9 +54,18 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).",
 )
-@click.option("--out-dir", "out_dir", default="", help="Also write the report's tables and plots here.")
+@click.option(
+    "--out-dir",
+    "out_dir",
+    default="",
+    type=click.Path(file_okay=False),
+    help="Also write the report's tables and plots here.",
+)
+@device_option()
 def demo(**options) -> None:
-    """Synthesise data, pre-train a bank (UNet + UNETR per source, + random-init controls), score, fine-tune, report."""
+    """Run the whole loop on one synthetic target: synthesise data, pre-train a bank (UNet + UNETR per source,
+    + random-init controls), score, fine-tune, report."""
+    from mlflow_ccfv.networks import resolve_device
     from mlflow_ccfv.pipelines.study import demo_config, print_summary, run_cli_workflow
 
     def make():
@@ -44,12 +73,15 @@ def demo(**options) -> None:
             options["data_root"],
             target=options["target"],
             sources=split_list(options["sources"]),
-            n_cases=int(options["n_cases"]),
-            pretrain_steps=int(options["pretrain_steps"]),
-            finetune_steps=int(options["finetune_steps"]),
+            n_cases=options["n_cases"],
+            pretrain_steps=options["pretrain_steps"],
+            finetune_steps=options["finetune_steps"],
             bank=options["bank"],
+            device=options["device"],
         )
 
     with exit_on_input_error("demo"):
+        resolve_device(options["device"])
+        check_tracking_server()
         result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
     click.echo(print_summary(result, ui_hint=True))

@@ -4,41 +4,71 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
+from mlflow_ccfv.cli.base import (
+    BoolText,
+    CCFVCommand,
+    IntTuple,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+    train_options,
+)
 
 
 @click.command(cls=CCFVCommand)
 @click.option("--model", required=True, help="models:/<name>/<version> (or models:/<name>@<alias>).")
 @click.option("--dataset", required=True, help="Target: a task name under --data-root (Task09) or a folder path.")
+@data_root_option()
 @click.option(
-    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
+    "--split-seed",
+    "split_seed",
+    default=0,
+    type=click.IntRange(min=0, max=2**32 - 1),
+    show_default=True,
+    help="Seed of the 80/20 split.",
 )
-@click.option("--split-seed", "split_seed", default="0", show_default=True, help="Seed of the 80/20 split.")
-@click.option("--overlap", default="0.5", show_default=True, help="Sliding-window overlap at evaluation.")
 @click.option(
-    "--force", default="false", show_default=True, help="true: fine-tune even if this budget's Dice is tagged."
+    "--overlap",
+    default=0.5,
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    show_default=True,
+    help="Sliding-window overlap at evaluation, in [0, 1).",
 )
 @click.option(
-    "--seeds", default="", help="Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed."
+    "--force",
+    default="false",
+    type=BoolText(),
+    show_default=True,
+    help="true: fine-tune even if this budget's Dice is tagged.",
+)
+@click.option(
+    "--seeds",
+    default="",
+    type=IntTuple(minimum=0, maximum=2**32 - 1, empty_as_tuple=True),
+    help="Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed.",
 )
 @train_options(steps=100, seed=0)
+@device_option()
 def finetune(**options) -> None:
-    """All pre-trained weights but the last convolution, nothing frozen; Dice (MONAI DiceMetric) on the held-out 20%."""
+    """Fine-tune a bank version on a target (all pre-trained weights but the last convolution, nothing
+    frozen) and record its Dice (MONAI DiceMetric) on the held-out 20%."""
     from mlflow_ccfv.cli.base import train_config_from_options
-    from mlflow_ccfv.options import parse_bool, parse_ints
     from mlflow_ccfv.pipelines.finetune import finetune_version
 
     with exit_on_input_error("finetune"):
         config = train_config_from_options(options)
+        check_tracking_server()
         outcome = finetune_version(
             options["model"],
             options["dataset"],
             config,
             data_root=options["data_root"] or None,
-            split_seed=int(options["split_seed"]),
-            overlap=float(options["overlap"]),
-            force=parse_bool(options["force"], "force"),
-            seeds=parse_ints(options["seeds"], "seeds") or None,
+            split_seed=options["split_seed"],
+            overlap=options["overlap"],
+            force=options["force"],
+            seeds=options["seeds"] or None,
+            device=options["device"],
         )
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
     spread = f" ± {outcome.dice_sd:.4f} over seeds" if outcome.dice_sd == outcome.dice_sd else ""

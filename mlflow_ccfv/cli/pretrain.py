@@ -4,35 +4,67 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error, train_options
+from mlflow_ccfv.cli.base import (
+    BoolText,
+    CCFVCommand,
+    IntTuple,
+    OptionalInt,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+    train_options,
+)
 
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Source task: a name under --data-root (Task03) or a folder path.")
+@data_root_option()
 @click.option(
-    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
+    "--architecture",
+    default="UNet",
+    show_default=True,
+    help="MONAI network, CPU-sized: UNet, BasicUNet, DynUNet, UNETR, SwinUNETR, SegResNet, SegResNetDS.",
 )
-@click.option("--architecture", default="UNet", show_default=True, help="MONAI network: UNet or UNETR (CPU-sized).")
-@click.option("--channels", default="", help="Input channels to keep, e.g. 0 (BRATS FLAIR only); default all.")
+@click.option(
+    "--channels",
+    default="",
+    type=IntTuple(minimum=0, maximum=1023, empty_as_tuple=True),
+    help="Input channels to keep, e.g. 0 (BRATS FLAIR only); default all.",
+)
 @click.option("--name", default="", help="Registered model name (default <architecture>-<source>).")
 @click.option("--bank", default="default", show_default=True, help="Bank tag ccfv.bank of the new version.")
 @click.option(
-    "--reuse", default="true", show_default=True, help="true: return an existing version with the same budget."
+    "--reuse",
+    default="true",
+    type=BoolText(),
+    show_default=True,
+    help="true: return an existing version with the same budget.",
 )
 @click.option(
-    "--curve-every", "curve_every", default="0", help="Measure the source Dice every N steps (0: at the end)."
+    "--curve-every",
+    "curve_every",
+    default="0",
+    type=OptionalInt(0),
+    help="Measure the source Dice every N steps (0: at the end).",
 )
-@click.option("--early-step", "early_step", default="", help="Also register the step-N checkpoint as <name>-early.")
+@click.option(
+    "--early-step",
+    "early_step",
+    default="",
+    type=OptionalInt(1),
+    help="Also register the step-N checkpoint as <name>-early.",
+)
 @train_options(steps=300, seed=1)
+@device_option()
 def pretrain(**options) -> None:
     """Pre-train a network (nnU-Net-like: foreground-oversampled patches, Dice+CE, AdamW + poly) and register it."""
     from mlflow_ccfv.cli.base import train_config_from_options
-    from mlflow_ccfv.options import parse_bool, parse_ints
     from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
 
     with exit_on_input_error("pretrain"):
         config = train_config_from_options(options)
-        channels = list(parse_ints(options["channels"], "channels")) or None
+        check_tracking_server()
         versions = pretrain_checkpoints(
             options["dataset"],
             options["architecture"],
@@ -40,10 +72,11 @@ def pretrain(**options) -> None:
             name=options["name"] or None,
             bank=options["bank"],
             data_root=options["data_root"] or None,
-            channels=channels,
-            reuse=parse_bool(options["reuse"], "reuse"),
-            curve_every=int(options["curve_every"] or 0),
-            early_step=int(options["early_step"]) if options["early_step"] else None,
+            channels=list(options["channels"]) or None,
+            reuse=options["reuse"],
+            curve_every=options["curve_every"] or 0,
+            early_step=options["early_step"],
+            device=options["device"],
         )
     for mv in versions:
         click.echo(

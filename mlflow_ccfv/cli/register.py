@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import INPUT_ERRORS, CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import BoolText, CCFVCommand, check_tracking_server, exit_on_input_error
+from mlflow_ccfv.errors import OptionError
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
@@ -12,7 +13,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--tag")
+            raise OptionError(f"--tag {item[:60]!r} is not KEY=VALUE.")
         tags[key] = value
     return tags
 
@@ -41,9 +42,12 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     "--random-init",
     "random_init",
     default="false",
+    type=BoolText(),
     help="true: register the randomly initialised network (seeded) instead of a checkpoint.",
 )
-@click.option("--seed", default=0, type=int, show_default=True, help="Seed of --random-init.")
+@click.option(
+    "--seed", default=0, type=click.IntRange(min=0, max=2**32 - 1), show_default=True, help="Seed of --random-init."
+)
 @click.option(
     "--logged-model",
     "logged_model",
@@ -62,7 +66,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     help="Instead of spec+checkpoint: an nnU-Net v2 trained-model folder "
     "(plans.json, dataset.json, fold_N/checkpoint_final.pth); its plans' patch size is the default.",
 )
-@click.option("--fold", default="0", show_default=True, help="The fold of --nnunet: 0-4 or all.")
+@click.option("--fold", default="0", show_default=True, help="The fold of --nnunet: 0-4 (any fold number) or all.")
 @click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")
 @click.option(
     "--patch-size",
@@ -93,7 +97,9 @@ def register(
     mlflow.pytorch model as a bank version."""
     from mlflow_ccfv.pipelines.register import register_from_options
 
-    with exit_on_input_error("register", INPUT_ERRORS + (TypeError,)):
+    with exit_on_input_error("register"):
+        extra_tags = _parse_tags(tags)
+        check_tracking_server()
         mv = register_from_options(
             name=name,
             source_dataset=source_dataset,
@@ -109,6 +115,6 @@ def register(
             bank=bank,
             patch_size=patch_size or None,
             description=description or None,
-            extra_tags=_parse_tags(tags),
+            extra_tags=extra_tags,
         )
     click.echo(f"Registered models:/{mv.name}/{mv.version} (bank {bank})")

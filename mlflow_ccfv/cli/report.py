@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
 
@@ -12,12 +12,15 @@ from mlflow_ccfv.options import split_list
 @click.option("--bank", default="default", show_default=True, help="Versions tagged ccfv.bank=<bank>.")
 @click.option("--datasets", default="", help="Comma-separated dataset names (default: every dataset with Dice tags).")
 @click.option("--models", default="", help="Instead of the bank: comma-separated models:/<name>/<version> URIs.")
-@click.option("--out-dir", "out_dir", default="", help="Also write the tables and plots to this folder.")
+@click.option(
+    "--out-dir", "out_dir", default="", type=click.Path(file_okay=False), help="Also write the tables and plots here."
+)
 def report(**options) -> None:
-    """Weighted Kendall's tau, Pearson and top-1 regret of every estimator vs fine-tune Dice; logged to a run."""
+    """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
     from mlflow_ccfv.pipelines.report import report_bank
 
-    with exit_on_input_error("report", (ValueError, LookupError)):
+    with exit_on_input_error("report"):
+        check_tracking_server()
         rep = report_bank(
             options["bank"],
             datasets=split_list(options["datasets"]) or None,

@@ -6,7 +6,19 @@ import sys
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    BoolText,
+    CCFVCommand,
+    IntTuple,
+    OptionalFloat,
+    OptionalInt,
+    cache_dir_option,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+    methods_help,
+)
 
 
 @click.command(cls=CCFVCommand)
@@ -15,15 +27,13 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
     required=True,
     help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset (runs:/<run_id>/<folder>).",
 )
-@click.option(
-    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
-)
+@data_root_option()
 @click.option("--bank", default="default", show_default=True, help="Score every version tagged ccfv.bank=<bank>.")
 @click.option("--models", default="", help="Instead of the bank: comma-separated models:/<name>/<version> URIs.")
 @click.option(
     "--methods",
     default="",
-    help="Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations).",
+    help=methods_help("Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations)."),
 )
 @click.option(
     "--split",
@@ -33,22 +43,45 @@ from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
     help="Which cases of the target score the models.",
 )
 @click.option(
-    "--roi-size", "roi_size", default="", help="Sliding-window ROI, e.g. 32,32,32 (default: each version's patch_size)."
+    "--roi-size",
+    "roi_size",
+    default="",
+    type=IntTuple(length=3, minimum=1, maximum=4096),
+    help="Sliding-window ROI, e.g. 32,32,32 (default: each version's patch_size); checked against the volumes and RAM.",
 )
-@click.option("--overlap", default="", help="Sliding-window overlap (default 0.25).")
 @click.option(
-    "--global-samples", "global_samples", default="", help="Voxels per case for feature variety (default 256)."
+    "--overlap",
+    default="",
+    type=OptionalFloat(0, 1, max_open=True),
+    help="Sliding-window overlap in [0, 1) (default 0.25).",
+)
+@click.option(
+    "--global-samples",
+    "global_samples",
+    default="",
+    type=OptionalInt(1, 10_000_000),
+    help="Voxels per case for feature variety, >= 1 (default 256).",
 )
 @click.option(
     "--layer-budgets",
     "layer_budgets",
     default="",
+    type=IntTuple(minimum=1, maximum=1_000_000),
     help="Per-class samples per layer, bottleneck -> output (default 100,200,400).",
 )
-@click.option("--sampler-seed", "sampler_seed", default="", help="Seed of the voxel sampling (default 0).")
-@click.option("--force", default="false", show_default=True, help="true: recompute features even if cached.")
-@click.option("--cache-dir", "cache_dir", default="", help="Feature cache (default .ccfv-cache or $MLFLOW_CCFV_CACHE).")
-@click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
+@click.option(
+    "--sampler-seed",
+    "sampler_seed",
+    default="",
+    type=OptionalInt(0, 2**63 - 1),
+    help="Seed of the voxel sampling, an integer >= 0 (default 0).",
+)
+@click.option("--force", default="false", type=BoolText(), show_default=True, help="true: recompute features.")
+@cache_dir_option()
+@click.option(
+    "--verify", default="true", type=BoolText(), show_default=True, help="Run the dataset integrity check first."
+)
+@device_option()
 @click.option(
     "--executor",
     default="serial",
@@ -80,6 +113,8 @@ def score(**options) -> None:
     from mlflow_ccfv.study.ranking import table_markdown
 
     with exit_on_input_error("score"):
+        parse_methods(options["methods"])  # an unknown name is refused before the server is asked
+        check_tracking_server()
         table = score_from_options(**options)
     click.echo(table_markdown(table, parse_methods(options["methods"])))
     failed = table[table["error"].notna()]

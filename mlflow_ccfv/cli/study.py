@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    CCFVCommand,
+    IntTuple,
+    OptionalInt,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+)
 from mlflow_ccfv.options import split_list
 
 
 @click.command(cls=CCFVCommand)
+@data_root_option(default="data/synthetic", help_text="Where the synthetic family is (generated there if missing).")
 @click.option(
-    "--data-root",
-    "data_root",
-    default="data/synthetic",
+    "--n-cases",
+    "n_cases",
+    default=50,
+    type=click.IntRange(2, 10_000),
     show_default=True,
-    help="Where the synthetic family is (generated there if missing).",
+    help="Cases per synthetic task (80/20: 10 held out).",
 )
 @click.option(
-    "--n-cases", "n_cases", default="50", show_default=True, help="Cases per synthetic task (80/20: 10 held out)."
+    "--shape",
+    default="64,64,48",
+    type=IntTuple(length=3, minimum=8, maximum=1024),
+    show_default=True,
+    help="Synthetic volume shape in voxels (8-1024 a side).",
 )
-@click.option("--shape", default="64,64,48", show_default=True, help="Synthetic volume shape in voxels.")
 @click.option(
     "--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none."
 )
@@ -34,17 +47,34 @@ from mlflow_ccfv.options import split_list
     default="",
     help="Comma-separated sources: task names or MSD folders, PATH:0 keeps channel 0 (default: the family + targets).",
 )
-@click.option("--seeds", default="0,1,2", show_default=True, help="Fine-tuning seeds per (model, target).")
 @click.option(
-    "--synthetic-seed", "synthetic_seed", default="0", show_default=True, help="Seed of the synthetic family."
+    "--seeds",
+    default="0,1,2",
+    type=IntTuple(minimum=0, maximum=2**32 - 1),
+    show_default=True,
+    help="Fine-tuning seeds per (model, target).",
 )
 @click.option(
-    "--curve-every", "curve_every", default="250", show_default=True, help="Source Dice every N pre-training steps."
+    "--synthetic-seed",
+    "synthetic_seed",
+    default=0,
+    type=click.IntRange(min=0),
+    show_default=True,
+    help="Seed of the synthetic family.",
+)
+@click.option(
+    "--curve-every",
+    "curve_every",
+    default="250",
+    type=OptionalInt(0),
+    show_default=True,
+    help="Source Dice every N pre-training steps (0 or empty: none).",
 )
 @click.option(
     "--early-step",
     "early_step",
     default="250",
+    type=OptionalInt(1),
     show_default=True,
     help="Also register this step's checkpoint for --early-sources (empty: none).",
 )
@@ -56,10 +86,20 @@ from mlflow_ccfv.options import split_list
     help="Sources with an early checkpoint.",
 )
 @click.option(
-    "--pretrain-steps", "pretrain_steps", default="2000", show_default=True, help="Pre-training steps per model."
+    "--pretrain-steps",
+    "pretrain_steps",
+    default=2000,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Pre-training steps per model.",
 )
 @click.option(
-    "--finetune-steps", "finetune_steps", default="200", show_default=True, help="Fine-tuning steps per model."
+    "--finetune-steps",
+    "finetune_steps",
+    default=200,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Fine-tuning steps per model.",
 )
 @click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
 @click.option(
@@ -68,7 +108,14 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).",
 )
-@click.option("--out-dir", "out_dir", default="", help="Also write the report's tables and plots here.")
+@click.option(
+    "--out-dir",
+    "out_dir",
+    default="",
+    type=click.Path(file_okay=False),
+    help="Also write the report's tables and plots here.",
+)
+@device_option()
 @click.option(
     "--executor",
     default="serial",
@@ -80,31 +127,35 @@ from mlflow_ccfv.options import split_list
 @click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
 @click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
 def study(**options) -> None:
-    """Pre-train every source per architecture, then per target: score the bank, fine-tune it, report."""
-    from mlflow_ccfv.options import parse_ints
+    """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
+    bank, fine-tune it and report."""
+    from mlflow_ccfv.networks import resolve_device
     from mlflow_ccfv.pipelines.executors import make_executor
     from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
 
     def make():
         return study_config(
             options["data_root"],
-            n_cases=int(options["n_cases"]),
-            shape=parse_ints(options["shape"], "shape"),
+            n_cases=options["n_cases"],
+            shape=options["shape"],
             brats=options["brats"] or None,
-            pretrain_steps=int(options["pretrain_steps"]),
-            finetune_steps=int(options["finetune_steps"]),
+            pretrain_steps=options["pretrain_steps"],
+            finetune_steps=options["finetune_steps"],
             architectures=split_list(options["architectures"]),
             bank=options["bank"],
             targets=split_list(options["targets"]) or None,
             sources=split_list(options["sources"]) or None,
-            seeds=parse_ints(options["seeds"], "seeds"),
-            synthetic_seed=int(options["synthetic_seed"]),
-            curve_every=int(options["curve_every"] or 0),
-            early_step=int(options["early_step"]) if options["early_step"] else None,
+            seeds=options["seeds"],
+            synthetic_seed=options["synthetic_seed"],
+            curve_every=options["curve_every"] or 0,
+            early_step=options["early_step"],
             early_sources=split_list(options["early_sources"]),
+            device=options["device"],
         )
 
     with exit_on_input_error("study"):
+        resolve_device(options["device"])
+        check_tracking_server()
         executor = make_executor(
             options["executor"],
             address=options["ray_address"] or None,

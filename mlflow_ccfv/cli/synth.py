@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 
 
-def _triple(kind: type):
+def _triple(kind: type, what: str):
+    """Callback: ``64,64,48`` (or ``64x64x48``) -> three ``kind`` values; the error names the option."""
+
     def parse(ctx, param, value):
         if value is None:
             return None
@@ -17,7 +19,7 @@ def _triple(kind: type):
         except ValueError:
             values = ()
         if len(values) != 3:
-            raise click.BadParameter(f"expected three numbers like 64,64,48, got {value!r}")
+            raise click.BadParameter(f"expected three numbers ({what}) like {param.default}, got {str(value)[:60]!r}")
         return values
 
     return parse
@@ -33,12 +35,22 @@ def _triple(kind: type):
     multiple=True,
     help="Task name, TaskNN or alias (liver, lung, pancreas, spleen, colon); repeat for several; default all five.",
 )
-@click.option("--n-cases", type=int, default=10, show_default=True, help="Cases per task.")
+@click.option("--n-cases", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Cases per task.")
 @click.option(
-    "--shape", default="64,64,48", show_default=True, callback=_triple(int), help="Volume size X,Y,Z in voxels."
+    "--shape",
+    default="64,64,48",
+    show_default=True,
+    callback=_triple(int, "integers"),
+    help="Volume size X,Y,Z in voxels (8-1024 a side).",
 )
-@click.option("--spacing", default="5,5,5", show_default=True, callback=_triple(float), help="Voxel size in mm.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed writes the same files.")
+@click.option(
+    "--spacing",
+    default="5,5,5",
+    show_default=True,
+    callback=_triple(float, "numbers"),
+    help="Voxel size in mm (0.01-100).",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed; same seed, same files.")
 @click.option(
     "--orientation",
     type=click.Choice(["LPS", "RAS"]),
@@ -54,11 +66,10 @@ def _triple(kind: type):
     help="Also render one axial slice of each task to this PNG.",
 )
 def synth(out_dir, tasks, n_cases, shape, spacing, seed, orientation, overwrite, figure) -> None:
-    """Generate synthetic CT segmentation tasks (MSD layout) into OUT."""
-    from mlflow_ccfv.data import DatasetError
+    """Generate synthetic CT segmentation tasks (MSD layout) into OUT (settings checked before any folder is made)."""
     from mlflow_ccfv.data.synthetic import generate_family, plot_family
 
-    try:
+    with exit_on_input_error("synth"):
         written = generate_family(
             out_dir,
             tasks=list(tasks) or None,
@@ -71,7 +82,5 @@ def synth(out_dir, tasks, n_cases, shape, spacing, seed, orientation, overwrite,
         )
         if figure:
             plot_family(figure, tasks=list(written), shape=shape, spacing=spacing, seed=seed)
-    except (DatasetError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
     for name, path in written.items():
         click.echo(f"{name}: {path}")

@@ -6,26 +6,29 @@ import json
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand
+from mlflow_ccfv.cli.base import CCFVCommand, data_root_option, exit_on_input_error
 
 
 @click.command("verify", cls=CCFVCommand)
 @click.argument("dataset")
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder holding Task* folders, for names like Task07 (default $MLFLOW_CCFV_DATA or .).",
-)
+@data_root_option(default=".", help_text="Folder holding Task* folders, for names like Task07.")
 @click.option(
     "--affine-tol",
-    type=float,
+    type=click.FloatRange(min=0, max=1),
     default=1e-3,
     show_default=True,
-    help="Allowed image/label affine difference (mm per mm of the largest affine entry).",
+    help="Allowed image/label affine difference (mm per mm of the largest affine entry), in [0, 1].",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/test split shown.")
-@click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Held-out share of the split.")
+@click.option(
+    "--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True, help="Seed of the split shown."
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Held-out share of the split, in [0, 1).",
+)
 @click.option(
     "--manifest",
     "manifest_path",
@@ -37,17 +40,15 @@ def verify(
     dataset: str, data_root: str | None, affine_tol: float, seed: int, test_fraction: float, manifest_path: str | None
 ) -> None:
     """Check every case of DATASET (a task folder or a name like Task07) and print a summary."""
-    from mlflow_ccfv.data import DatasetError, MSDDataset
+    from mlflow_ccfv.data import MSDDataset
 
-    try:
+    with exit_on_input_error("verify"):
         ds = MSDDataset.load(dataset, data_root=data_root)
         report = ds.verify(affine_tol=affine_tol)
         split = ds.split(seed=seed, test_fraction=test_fraction)
         digest = ds.digest()
         if manifest_path:
             ds.manifest(split).to_csv(manifest_path, index=False)
-    except DatasetError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(report.summary())
     click.echo(f"  split (seed {seed}): {len(split.train)} train, {len(split.test)} test: " + json.dumps(split.test))
     click.echo(f"  digest: {digest}")

@@ -152,6 +152,12 @@ def verify_case(case: CaseFiles, n_channels: int, labels: dict[int, str], affine
     )
 
 
+#: At most this many failing cases are listed in one error (the count says how many failed in all).
+MAX_LISTED_PROBLEMS = 20
+#: The check stops after this many failing cases (a broken million-case list fails in seconds, not minutes).
+MAX_FAILING_CASES = 1000
+
+
 def verify_dataset(dataset: TaskFolder, affine_tol: float = 1e-3, progress: bool = True) -> VerifyReport:
     """Check every case of ``dataset``; raise one :class:`DatasetError` listing every failure.
 
@@ -168,10 +174,27 @@ def verify_dataset(dataset: TaskFolder, affine_tol: float = 1e-3, progress: bool
             report.cases.append(verify_case(case, dataset.n_channels, dataset.labels, affine_tol))
         except DatasetError as exc:
             problems.append(str(exc))
+            if len(problems) >= MAX_FAILING_CASES:
+                break
     if problems:
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        count = (
+            f"stopped after {len(problems)} failing cases of {len(dataset.cases)}"
+            if len(problems) >= MAX_FAILING_CASES and len(problems) < len(dataset.cases)
+            else f"{len(problems)} of {len(dataset.cases)} cases"
+        )
         raise DatasetError(
-            f"dataset {dataset.name!r} at {dataset.root} failed its integrity check "
-            f"({len(problems)} of {len(dataset.cases)} cases):\n- " + "\n- ".join(problems)
+            f"dataset {dataset.name!r} at {dataset.root} failed its integrity check ({count}):\n- "
+            + "\n- ".join(p if len(p) <= 1000 else p[:1000] + " ..." for p in shown)
+            + (f"\n- ... and {more} more case(s) (fix the ones above first)" if more else "")
+        )
+    voxels = report.label_voxels()
+    if not any(n for k, n in voxels.items() if k != 0):
+        raise DatasetError(
+            f"dataset {dataset.name!r} at {dataset.root}: every label map is all background (0) in all "
+            f"{report.n_cases} case(s); there is nothing to segment or score. Check that labelsTr/ holds "
+            "the segmentations (not empty masks)."
         )
     log.info("dataset %s verified: %d cases", dataset.name, report.n_cases)
     return report

@@ -70,7 +70,9 @@ def resolve_dataset(name_or_path: str | os.PathLike, data_root: str | os.PathLik
     if exact:
         return exact[0].resolve()
     matches = [p for p in folders if p.name.startswith(name + "_")]
-    available = ", ".join(p.name for p in folders) or "(none)"
+    available = ", ".join(p.name for p in folders[:30]) or "(none)"
+    if len(folders) > 30:
+        available += f", ... ({len(folders)} folders)"
     if not matches:
         raise DatasetError(
             f"No dataset folder named {name!r} or {name + '_*'!r} under {str(root)!r}. Available folders: {available}."
@@ -81,6 +83,75 @@ def resolve_dataset(name_or_path: str | os.PathLike, data_root: str | os.PathLik
             f"{', '.join(p.name for p in matches)}. Use the full folder name."
         )
     return matches[0].resolve()
+
+
+#: dataset.json larger than this is refused (the MSD's largest, Task03 Liver, is a few kB).
+MAX_DATASET_JSON_BYTES = 512 * 2**20
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _read_dataset_json(meta_path: Path) -> dict:
+    """``dataset.json`` as a dict; a one-line :class:`DatasetError` for a huge, unreadable, deeply
+    nested or non-object file."""
+    size = meta_path.stat().st_size
+    if size > MAX_DATASET_JSON_BYTES:
+        raise DatasetError(
+            f"{meta_path} is {size / 2**20:.0f} MiB; an MSD dataset.json is a few kB to a few MB. "
+            "Check that this is the task's dataset.json."
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except RecursionError:
+        raise DatasetError(
+            f"{meta_path} is nested too deeply to be an MSD dataset.json; fix or regenerate it."
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{meta_path} is not valid JSON ({exc}); fix or regenerate it.") from exc
+    if not isinstance(meta, dict):
+        raise DatasetError(
+            f"{meta_path} must hold a JSON object with 'labels', 'modality' and 'training'; got {type(meta).__name__}."
+        )
+    return meta
+
+
+def _contained(
+    root: Path, relative: str, meta_path: Path, index: int, what: str, parents: dict[str, str] | None = None
+) -> Path:
+    """``root / relative`` with every symlink resolved; a :class:`DatasetError` naming the entry when it
+    escapes ``root`` (a ``..`` path, an absolute path, a symlinked file or folder leading out) or runs
+    into a symlink loop.
+
+    ``parents`` caches resolved folders (a million entries share two: imagesTr/ and labelsTr/), so only
+    the file itself is checked per entry; the returned path is the one every later read uses.
+    """
+    base = str(root)
+    joined = os.path.normpath(os.path.join(base, relative))  # plain strings: pathlib is slow at 1M entries
+    folder, name = os.path.split(joined)
+    try:
+        parent = parents.get(folder) if parents is not None else None
+        if parent is None:
+            parent = str(Path(folder).resolve())
+            if parents is not None:
+                parents[folder] = parent
+        path = os.path.join(parent, name)
+        if os.path.islink(path):
+            path = str(Path(path).resolve())
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError on a symlink loop
+        raise DatasetError(
+            f"{meta_path}: training entry {index} {what} {relative!r} cannot be resolved ({exc}); "
+            "a symlink loop? Fix the link or the entry."
+        ) from None
+    if not path.startswith(base + os.sep):
+        raise DatasetError(
+            f"{meta_path}: training entry {index} {what} {relative!r} resolves to {path}, outside the dataset "
+            f"folder {root} (a '..' path, an absolute path or a symlink leading out). Copy the file into the "
+            "task folder."
+        )
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -152,10 +223,7 @@ class MSDDataset:
             raise DatasetError(
                 f"{root} has no dataset.json. An MSD task folder needs dataset.json, imagesTr/ and labelsTr/."
             )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{meta_path} is not valid JSON ({exc}); fix or regenerate it.") from exc
+        meta = _read_dataset_json(meta_path)
         for key in ("labels", "modality", "training"):
             if key not in meta:
                 raise DatasetError(f"{meta_path} lacks the {key!r} entry required by the MSD layout; add it.")
@@ -173,13 +241,21 @@ class MSDDataset:
             raise DatasetError(f"{meta_path}: 'modality' is empty; declare one entry per image channel.")
         cases: list[CaseFiles] = []
         seen: set[str] = set()
+        if not isinstance(meta["training"], list):
+            raise DatasetError(f"{meta_path}: 'training' must be a list of {{'image': ..., 'label': ...}} entries.")
+        parents: dict[str, str] = {}
         for i, entry in enumerate(meta["training"]):
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("image"), str)
+                or not isinstance(entry.get("label"), str)
+            ):
                 raise DatasetError(
-                    f"{meta_path}: training entry {i} must be {{'image': ..., 'label': ...}}, got {entry!r}."
+                    f"{meta_path}: training entry {i} must be {{'image': 'imagesTr/...', 'label': 'labelsTr/...'}}"
+                    f" with two paths, got {_short(entry)}."
                 )
-            image = (root / entry["image"]).resolve()
-            label = (root / entry["label"]).resolve()
+            image = _contained(root, entry["image"], meta_path, i, "image", parents)
+            label = _contained(root, entry["label"], meta_path, i, "label", parents)
             case_id = strip_nifti_suffix(image.name)
             if case_id in seen:
                 raise DatasetError(f"{meta_path}: case {case_id!r} is listed twice in 'training'; remove one.")
@@ -187,6 +263,8 @@ class MSDDataset:
             cases.append(CaseFiles(case_id=case_id, image=image, label=label))
         if not cases:
             raise DatasetError(f"{meta_path}: the 'training' list is empty; list at least one case.")
+        if not isinstance(meta["labels"], dict) or not isinstance(meta["modality"], dict):
+            raise DatasetError(f"{meta_path}: 'labels' and 'modality' must be JSON objects.")
         return cls(
             name=str(meta.get("name") or root.name),
             root=root,
@@ -269,6 +347,23 @@ class MSDDataset:
         ids = list(self.case_ids if case_ids is None else case_ids)
         for case_id in tqdm(ids, desc=f"loading {self.name}", unit="case", disable=not progress):
             yield self.load_case(case_id, config)
+
+    def largest_side(self, case_ids: Iterable[str] | None = None) -> int:
+        """The largest spatial side (voxels) over the images of ``case_ids`` (default all), read from
+        the NIfTI headers only; 0 when no header can be read."""
+        import nibabel as nib
+
+        wanted = set(case_ids) if case_ids is not None else None
+        largest = 0
+        for c in self.cases:
+            if wanted is not None and c.case_id not in wanted:
+                continue
+            try:
+                shape = nib.load(str(c.image)).shape  # type: ignore[attr-defined]
+            except Exception:  # an unreadable file is the integrity check's business
+                continue
+            largest = max(largest, *(int(s) for s in shape[:3]))
+        return largest
 
     def median_spacing(self) -> tuple[float, ...]:
         """Median voxel spacing over the cases in mm, in RAS axis order (from the headers only)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -37,12 +38,13 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mlflow_ccfv.data.nifti import save_nifti
-from mlflow_ccfv.errors import DatasetError
+from mlflow_ccfv.errors import DatasetError, OptionError
 
 __all__ = [
     "SYNTHETIC_TASKS",
     "Protocol",
     "SyntheticTask",
+    "check_synthetic_settings",
     "generate_family",
     "generate_task",
     "get_task",
@@ -685,8 +687,7 @@ def generate_task(
         The task folder (``dataset.json`` with modality CT, ``imagesTr/``, ``labelsTr/``).
     """
     t = get_task(task)
-    if n_cases < 1:
-        raise ValueError(f"n_cases must be at least 1, got {n_cases}.")
+    check_synthetic_settings(n_cases, shape, spacing, orientation)
     root = Path(out_dir) / t.name
     if root.exists():
         if not overwrite:
@@ -694,6 +695,55 @@ def generate_task(
         shutil.rmtree(root)
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
+    try:
+        return _write_task(t, root, n_cases, shape, spacing, seed, orientation, progress)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # no half-written task folder blocks the rerun
+        raise
+
+
+#: Bounds of the synthetic generator's settings (sides in voxels, spacing in mm).
+SHAPE_RANGE = (8, 1024)
+SPACING_RANGE = (0.01, 100.0)
+MAX_CASES = 10_000
+
+
+def check_synthetic_settings(
+    n_cases: int, shape: Sequence[int], spacing: Sequence[float], orientation: str = "LPS"
+) -> None:
+    """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming the setting) before any folder is made:
+    ``n_cases`` in [1, 10000], three ``shape`` sides in [8, 1024] voxels, three finite ``spacing``
+    values in [0.01, 100] mm, ``orientation`` LPS or RAS."""
+    if isinstance(n_cases, bool) or not isinstance(n_cases, int) or not 1 <= n_cases <= MAX_CASES:
+        raise OptionError(f"n_cases must be an integer in [1, {MAX_CASES}]; got {n_cases!r}.")
+    sides = list(shape)
+    if len(sides) != 3 or any(
+        isinstance(v, bool) or not float(v).is_integer() or not SHAPE_RANGE[0] <= v <= SHAPE_RANGE[1] for v in sides
+    ):
+        raise OptionError(
+            f"shape must be three integer sides in [{SHAPE_RANGE[0]}, {SHAPE_RANGE[1]}] voxels (e.g. 64,64,48); "
+            f"got {tuple(sides)}."
+        )
+    sizes = list(spacing)
+    if len(sizes) != 3 or any(not math.isfinite(v) or not SPACING_RANGE[0] <= v <= SPACING_RANGE[1] for v in sizes):
+        raise OptionError(
+            f"spacing must be three voxel sizes in [{SPACING_RANGE[0]}, {SPACING_RANGE[1]}] mm (e.g. 5,5,5); "
+            f"got {tuple(sizes)}."
+        )
+    if orientation not in ("LPS", "RAS"):
+        raise OptionError(f"orientation must be LPS or RAS; got {orientation!r}.")
+
+
+def _write_task(
+    t: SyntheticTask,
+    root: Path,
+    n_cases: int,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    seed: int,
+    orientation: str,
+    progress: bool,
+) -> Path:
     affine, flip = _affine(shape, spacing, orientation)
     training = []
     start = time.perf_counter()
@@ -745,6 +795,10 @@ def generate_family(
 ) -> dict[str, Path]:
     """Write several tasks (all five by default) under ``out_dir``; returns task name -> folder."""
     chosen = [get_task(t) for t in (tasks if tasks is not None else SYNTHETIC_TASKS)]
+    check_synthetic_settings(n_cases, shape, spacing, orientation)
+    existing = [str(Path(out_dir) / t.name) for t in chosen if (Path(out_dir) / t.name).exists()]
+    if existing and not overwrite:
+        raise DatasetError(f"{' and '.join(existing)} already exists; pass --overwrite or another --out folder.")
     return {
         t.name: generate_task(
             t,

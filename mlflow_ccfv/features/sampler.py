@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlflow_ccfv.features.feature_set import CaseSamples, FeatureSet
+from mlflow_ccfv.features.resources import check_memory, inference_bytes
 from mlflow_ccfv.networks.devices import autocast_inference, resolve_device
 from mlflow_ccfv.networks.layers import resolve_layers
 
@@ -473,6 +474,12 @@ def sample_features(
     from tqdm.auto import tqdm
 
     config = config or SamplerConfig()
+    check_memory(  # before anything runs: a 100000³ window must be refused, not allocated
+        inference_bytes(config.roi_size, config.sw_batch_size),
+        "roi_size",
+        config.roi_size,
+        "lower the sliding-window ROI (a typical window is 32-128 voxels a side).",
+    )
     modules = resolve_layers(model, layers)
     layer_names = list(modules)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)

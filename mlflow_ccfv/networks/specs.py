@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlflow_ccfv.errors import OptionError
+
 #: Architectures whose decoder stages :func:`mlflow_ccfv.networks.decoder_layers` understands.
 SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR", "SegResNet", "SegResNetDS")
 
@@ -34,14 +36,17 @@ class NetworkSpec:
 
     @classmethod
     def from_json(cls, text: str) -> NetworkSpec:
+        shown = text if len(text) <= 300 else text[:300] + f"... ({len(text)} characters)"
         try:
             data = json.loads(text)
-            return cls(architecture=data["architecture"], kwargs=dict(data.get("kwargs", {})))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"Not a network specification: {text!r}. Expected JSON like "
+            spec = cls(architecture=data["architecture"], kwargs=dict(data.get("kwargs", {})))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise OptionError(
+                f"Not a network specification: {shown!r}. Expected JSON like "
                 '{"architecture": "UNet", "kwargs": {"spatial_dims": 3, ...}}.'
             ) from exc
+        check_spec(spec)
+        return spec
 
     @property
     def in_channels(self) -> int:
@@ -54,6 +59,105 @@ class NetworkSpec:
     def build(self) -> nn.Module:
         """Instantiate the network (randomly initialised)."""
         return build_network(self)
+
+
+#: Integer fields of the supported networks and their allowed range (inclusive). Bounds are far above
+#: any published 3D segmentation network, far below what would exhaust memory while building it.
+INT_FIELDS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 1024),
+    "out_channels": (1, 1024),
+    "input_channels": (1, 1024),
+    "num_classes": (1, 1024),
+    "feature_size": (1, 4096),
+    "init_filters": (1, 4096),
+    "hidden_size": (1, 16384),
+    "mlp_dim": (1, 65536),
+    "num_res_units": (0, 64),
+    "n_stages": (1, 16),
+}
+#: Sequence fields (of integers, or of integer sequences such as nnU-Net's kernel sizes) and their range.
+SEQUENCE_FIELDS: dict[str, tuple[int, int]] = {
+    "channels": (1, 4096),
+    "features": (1, 4096),
+    "filters": (1, 4096),
+    "features_per_stage": (1, 4096),
+    "strides": (1, 64),
+    "kernel_size": (1, 64),
+    "kernel_sizes": (1, 64),
+    "upsample_kernel_size": (1, 64),
+    "img_size": (1, 4096),
+    "num_heads": (1, 256),
+    "blocks_down": (0, 64),
+    "blocks_up": (0, 64),
+    "depths": (0, 64),
+    "n_conv_per_stage": (1, 64),
+    "n_conv_per_stage_decoder": (1, 64),
+    "n_blocks_per_stage": (1, 64),
+}
+#: The project scores and trains 3D networks only.
+SPATIAL_DIMS = 3
+
+
+def _flat_ints(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flat_ints(v)]
+    return [value]
+
+
+def check_spec(spec: NetworkSpec) -> NetworkSpec:
+    """Check ``spec``'s field types and ranges before anything is built; the
+    :class:`~mlflow_ccfv.errors.OptionError` names the field (``kwargs.channels``) and the valid range.
+
+    ``spatial_dims`` must be 3; channel counts, widths and sizes must be integers within
+    :data:`INT_FIELDS` / :data:`SEQUENCE_FIELDS` (``channels: [10**9]`` would try to allocate
+    terabytes, ``channels: "abc"`` would fail deep inside MONAI). Returns ``spec``.
+    """
+    if not isinstance(spec.architecture, str) or not spec.architecture:
+        raise OptionError(f"architecture must be a class name such as 'UNet'; got {spec.architecture!r}.")
+    if not isinstance(spec.kwargs, dict):
+        raise OptionError(f"kwargs must be a JSON object of the network's arguments; got {type(spec.kwargs).__name__}.")
+    where = f"{spec.architecture} specification"
+    dims = spec.kwargs.get("spatial_dims", SPATIAL_DIMS)
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims != SPATIAL_DIMS:
+        raise OptionError(
+            f"{where}: kwargs.spatial_dims must be {SPATIAL_DIMS} (3D volumes); got {dims!r}. "
+            "2D networks are not supported."
+        )
+    for key, (low, high) in INT_FIELDS.items():
+        if key in spec.kwargs:
+            value = spec.kwargs[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise OptionError(f"{where}: kwargs.{key} must be an integer in [{low}, {high}]; got {value!r}.")
+    for key, (low, high) in SEQUENCE_FIELDS.items():
+        if key not in spec.kwargs:
+            continue
+        value = spec.kwargs[key]
+        items = _flat_ints(value)
+        if (
+            not items
+            or len(items) > 256
+            or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in items)
+        ):
+            shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+            raise OptionError(
+                f"{where}: kwargs.{key} must be an integer or a list of integers in [{low}, {high}]; got {shown}."
+            )
+    return spec
+
+
+def check_finite_weights(state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or inf (:class:`~mlflow_ccfv.errors.OptionError` naming the tensors):
+    such a network scores and fine-tunes to NaN, so it is refused when it is registered."""
+    bad = [
+        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
+        for name, t in state.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} tensors in all)" if len(bad) > 5 else "")
+        raise OptionError(
+            f"The weights hold NaN or inf values in {shown}. Register a checkpoint saved before training diverged."
+        )
 
 
 def _network_class(architecture: str) -> type[nn.Module]:
@@ -71,6 +175,7 @@ def build_network(spec: NetworkSpec) -> nn.Module:
     """Build ``spec`` as a MONAI module; unknown or missing arguments name the valid ones."""
     from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES, build_dynamic_network
 
+    check_spec(spec)
     if spec.architecture in DYNAMIC_ARCHITECTURES:
         return build_dynamic_network(spec.architecture, spec.kwargs)
     cls = _network_class(spec.architecture)

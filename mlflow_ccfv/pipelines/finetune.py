@@ -43,7 +43,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks import resolve_device
-from mlflow_ccfv.pipelines.pretrain import load_dataset
+from mlflow_ccfv.pipelines.pretrain import check_training_resources, load_dataset
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
@@ -122,9 +122,11 @@ def finetune_version(
     Unless ``force``, a version already tagged with this dataset's Dice for the same budget (seeds
     included) is not fine-tuned again (its tagged Dice is returned), and a seed already measured by a
     finished run with the same per-seed budget is read back from that run. ``device``: where to
-    fine-tune and evaluate (default CUDA when available, else CPU). ``parent_run_id``: the run to nest
-    under when there is no active run (a Ray task of a study).
+    fine-tune and evaluate (default CUDA when available, else CPU; checked before any work, with the
+    memory the patch size needs). ``parent_run_id``: the run to nest under when there is no active run
+    (a Ray task of a study).
     """
+    check_training_resources(config, device)
     seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {list(seeds)}.")

@@ -25,17 +25,19 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
+from mlflow_ccfv.features.resources import check_memory, training_bytes
 from mlflow_ccfv.networks import resolve_device, small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, find_version, register_network
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
 
 __all__ = [
     "CONTROL_SOURCE",
     "bank_name",
+    "check_training_resources",
     "load_dataset",
     "pretrain_and_register",
     "pretrain_checkpoints",
@@ -65,6 +67,20 @@ def _select_channels(cases: list[PreprocessedCase], channels: Sequence[int] | No
             )
         c.image = c.image[channels]
     return cases
+
+
+def check_training_resources(config: TrainConfig, device: str | None = None) -> str:
+    """Refuse before any work a ``device`` that does not exist here, or a patch size and batch whose
+    memory lower bound (:func:`~mlflow_ccfv.features.resources.training_bytes`) exceeds the available
+    memory. Returns the device to train on."""
+    chosen = str(resolve_device(device or None))
+    check_memory(
+        training_bytes(config.patch_size, config.batch_size),
+        "--patch-size",
+        config.patch_size,
+        f"lower --patch-size or --batch-size (now {config.batch_size}).",
+    )
+    return chosen
 
 
 def bank_name(architecture: str, source: str, prefix: str = "") -> str:
@@ -146,6 +162,11 @@ def pretrain_checkpoints(
     ``<name>-early`` (tag ``pretrain.checkpoint=early``, ``pretrain.steps`` = the step) besides the
     final one (``pretrain.checkpoint=final``). Returns ``[early, final]`` or ``[final]``.
     """
+    small_spec(architecture, 1, 2, config.patch_size)  # an unknown architecture is refused before any work
+    check_name("bank", bank)
+    if name is not None:
+        check_name("Registered model name", name)
+    check_training_resources(config, device)
     if early_step is not None and (not curve_every or early_step % curve_every or not 0 < early_step < config.steps):
         raise ValueError(
             f"early_step ({early_step}) must be a multiple of curve_every ({curve_every}) between 0 and the "

@@ -23,12 +23,14 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from mlflow_ccfv.data import Target, make_target
+from mlflow_ccfv.data import MSDDataset, Target, make_target
+from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import SamplerConfig
+from mlflow_ccfv.features.resources import check_memory, inference_bytes
 from mlflow_ccfv.networks import resolve_device
-from mlflow_ccfv.options import parse_bool, parse_ints, split_list
+from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
-from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, ModelScores, parse_methods, score_model
+from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import (
@@ -51,6 +53,8 @@ __all__ = [
     "TargetSource",
     "VersionResult",
     "VersionTask",
+    "check_roi_against_volumes",
+    "sampler_overrides",
     "score_from_options",
     "score_loaded",
     "score_version",
@@ -435,16 +439,16 @@ def score_from_options(
     models: str = "",
     methods: str = "",
     split: str = "train",
-    roi_size: str = "",
-    overlap: str = "",
-    global_samples: str = "",
-    layer_budgets: str = "",
-    sampler_seed: str = "",
-    force="false",
+    roi_size: str | Sequence[int] | None = "",
+    overlap: str | float | None = "",
+    global_samples: str | int | None = "",
+    layer_budgets: str | Sequence[int] | None = "",
+    sampler_seed: str | int | None = "",
+    force: str | bool = "false",
     cache_dir: str = "",
-    verify="true",
+    verify: str | bool = "true",
     device: str | None = None,
-    amp=False,
+    amp: str | bool = False,
     executor: str = "serial",
     ray_address: str = "",
     num_cpus: str = "1",
@@ -452,39 +456,51 @@ def score_from_options(
     log_dataset="false",
     rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
-    """One ``score`` invocation from the command line's text options: resolve and verify the target,
-    score the bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
-    ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator that ranks.
-    ``log_dataset``: upload the target folder first (``log-dataset``; nothing if already logged) and let
-    the workers read it from there."""
+    """One ``score`` invocation from the command line's options (text as MLproject passes it, or the
+    typed values of the click command): validate every option, resolve and verify the target, score the
+    bank (or ``models``), log. Returns the ranked table (failed versions have ``error`` set).
+
+    Everything that can be refused is refused before a run is started: unknown methods, sampler
+    settings (each error names its option), a ROI larger than twice the largest volume or whose
+    memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
+    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator
+    that ranks. ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
+    task): where the versions are scored. ``log_dataset``: upload the target folder first
+    (``log-dataset``; nothing if already logged) and let the workers read it from there.
+    """
     method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
+    overrides = sampler_overrides(
+        roi_size=roi_size,
+        overlap=overlap,
+        global_samples=global_samples,
+        layer_budgets=layer_budgets,
+        sampler_seed=sampler_seed,
+    )
     use_amp = parse_bool(amp, "amp")
-    run_on = str(resolve_device(device or None))
-    overrides: dict[str, Any] = {}
-    if roi_size:
-        overrides["roi_size"] = parse_ints(roi_size, "roi_size")
-    if overlap:
-        overrides["overlap"] = float(overlap)
-    if global_samples:
-        overrides["global_samples"] = int(global_samples)
-    if layer_budgets:
-        overrides["layer_budgets"] = parse_ints(layer_budgets, "layer_budgets")
-    if sampler_seed:
-        overrides["seed"] = int(sampler_seed)
-    if overrides:
-        SamplerConfig(**overrides)  # validate the values now
+    chosen_device = str(resolve_device(device or None))
+    FeatureCache(cache_dir or None).check_writable()
+    if "roi_size" in overrides:
+        check_memory(
+            inference_bytes(overrides["roi_size"], SamplerConfig().sw_batch_size),
+            "--roi-size",
+            overrides["roi_size"],
+            "lower --roi-size (a typical window is 32-128 voxels a side).",
+        )
     versions = resolve_versions(split_list(models), bank=bank)
     ds = load_msd_dataset(dataset, data_root or None, cache_dir or None)
     if parse_bool(verify, "verify"):
         ds.verify()
     target = make_target(ds, split)
+    if "roi_size" in overrides:
+        check_roi_against_volumes(overrides["roi_size"], ds, target.case_ids)
     _logger.info(
-        "scoring %d version(s) on %s (%s split, %d cases, digest %s)",
+        "scoring %d version(s) on %s (%s split, %d cases, digest %s, device %s)",
         len(versions),
         target.name,
         split,
         len(target.case_ids),
         target.digest,
+        chosen_device,
     )
     runner = make_executor(
         executor or "serial", address=ray_address or None, num_cpus=float(num_cpus or 1), num_gpus=float(num_gpus or 0)
@@ -502,7 +518,7 @@ def score_from_options(
             overrides or None,
             force=parse_bool(force, "force"),
             cache_dir=cache_dir or None,
-            device=run_on if runner.in_process else (device or None),
+            device=chosen_device if runner.in_process else (device or None),
             amp=use_amp,
             rank_by=rank_by,
             executor=runner,
@@ -510,3 +526,50 @@ def score_from_options(
         )
     finally:
         runner.close()
+
+
+def sampler_overrides(
+    *,
+    roi_size: str | Sequence[int] | None = None,
+    overlap: str | float | None = None,
+    global_samples: str | int | None = None,
+    layer_budgets: str | Sequence[int] | None = None,
+    sampler_seed: str | int | None = None,
+) -> dict[str, Any]:
+    """The sampler settings a user gave (``""``/``None``: not given), each checked with its option's name
+    (:class:`~mlflow_ccfv.errors.OptionError`), then together by :class:`SamplerConfig`."""
+    overrides: dict[str, Any] = {}
+    if _given(roi_size):
+        overrides["roi_size"] = parse_ints(roi_size, "--roi-size", length=3, minimum=1)
+    if _given(overlap):
+        overrides["overlap"] = parse_float(overlap, "--overlap", minimum=0, maximum=1, max_open=True)
+    if _given(global_samples):
+        overrides["global_samples"] = parse_int(global_samples, "--global-samples", minimum=1)
+    if _given(layer_budgets):
+        overrides["layer_budgets"] = parse_ints(layer_budgets, "--layer-budgets", minimum=1)
+        if not overrides["layer_budgets"]:
+            raise OptionError("--layer-budgets must list at least one sample count (e.g. 100,200,400).")
+    if _given(sampler_seed):
+        overrides["seed"] = parse_int(sampler_seed, "--sampler-seed", minimum=0)
+    if overrides:
+        try:
+            SamplerConfig(**overrides)  # validate the values together now
+        except ValueError as exc:
+            raise OptionError(f"Bad sampler option: {exc}") from exc
+    return overrides
+
+
+def _given(value: object) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def check_roi_against_volumes(roi_size: Sequence[int], ds: MSDDataset, case_ids: Sequence[str]) -> None:
+    """Refuse a ``--roi-size`` side above twice the largest side of any target volume (read from the
+    NIfTI headers): every window would be mostly padding."""
+    largest = ds.largest_side(case_ids)
+    if largest and max(roi_size) > 2 * largest:
+        raise OptionError(
+            f"--roi-size {format_ints(roi_size)} is far larger than the volumes of {ds.name} (largest side "
+            f"{largest} voxels): every window would be mostly padding. Use at most {2 * largest} a side, "
+            f"e.g. {format_ints([min(int(r), largest) for r in roi_size])}."
+        )

@@ -30,8 +30,15 @@ from mlflow.models import Model
 from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
-from mlflow_ccfv.errors import RegistryError
-from mlflow_ccfv.networks import NetworkSpec, build_with_weights, decoder_layers, normalise_state_dict
+from mlflow_ccfv.errors import OptionError, RegistryError
+from mlflow_ccfv.networks import (
+    NetworkSpec,
+    build_with_weights,
+    check_finite_weights,
+    check_spec,
+    decoder_layers,
+    normalise_state_dict,
+)
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
 
@@ -86,15 +93,21 @@ def _decoder_layers(module: nn.Module) -> list[str]:
     return list(decoder_layers(module))
 
 
-def _check_name(kind: str, value: str) -> str:
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it can name a registered model, bank or dataset in URIs and search filters; else an
+    :class:`~mlflow_ccfv.errors.OptionError` naming ``kind``."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{kind} must be a non-empty string; got {value!r}.")
-    if any(c in value for c in "/@:") or value != value.strip():
-        raise ValueError(
-            f"{kind} {value!r} contains '/', '@', ':' or surrounding spaces, which break models:/ URIs; "
-            "use letters, digits, '-', '_' and '.'."
+        raise OptionError(f"{kind} must be a non-empty string; got {value!r}.")
+    if any(c in value for c in "/@:'\"`\\") or value != value.strip() or len(value) > 256:
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        raise OptionError(
+            f"{kind} {shown!r} contains '/', '@', ':', quotes, backslashes or surrounding spaces (or is over 256 "
+            "characters), which break models:/ URIs and registry searches; use letters, digits, '-', '_' and '.'."
         )
     return value
+
+
+_check_name = check_name
 
 
 def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None) -> tuple[int, ...]:
@@ -103,7 +116,7 @@ def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None
             patch_size = spec.kwargs["img_size"]
         else:
             patch_size = DEFAULT_PATCH_SIZE
-    return parse_ints(patch_size, "patch_size", length=3, minimum=1)
+    return parse_ints(patch_size, "patch_size", length=3, minimum=1, maximum=4096)
 
 
 def _version_tags(
@@ -181,6 +194,8 @@ def register_network(
     if not isinstance(spec, NetworkSpec):
         raise TypeError(f"spec must be a NetworkSpec; got {type(spec).__name__}.")
     state = normalise_state_dict(state_dict)
+    check_spec(spec)
+    check_finite_weights(state)
     module = build_with_weights(spec, state)
     tags = _version_tags(
         architecture=spec.architecture,
@@ -354,7 +369,10 @@ def get_version(model_uri: str):
         except MlflowException:
             versions = []
         if not versions:
-            hint = f"there is no registered model {name!r}; list the registered models in the MLflow UI's Models page"
+            hint = (
+                f"there is no registered model {name!r}; list a bank's versions with "
+                "`mlflow-ccfv bank --bank <bank>` (default bank: default)"
+            )
         else:
             hint = f"{name!r} has versions {', '.join(map(str, versions))}"
         raise RegistryError(f"{model_uri}: {what} not found ({hint}).") from exc
@@ -499,6 +517,7 @@ __all__ = [
     "RegistryError",
     "VERSION_TAGS",
     "bank_versions",
+    "check_name",
     "find_version",
     "get_version",
     "load_version",

@@ -77,6 +77,7 @@ __all__ = [
     "prefixed_params",
     "pretrain_tag",
     "rank_tag",
+    "stored_ranking",
     "report_metric",
     "score_tag",
     "scores_from_tags",
@@ -208,6 +209,36 @@ def parse_dice_tag(key: str) -> str | None:
     """The dataset of a ``finetune.dice.<dataset>`` tag; else None."""
     match = _DICE_TAG.match(key)
     return match["dataset"] if match else None
+
+
+def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFrame:
+    """The stored ranking of ``dataset``: one row per version holding ``transferability.rank.<dataset>``,
+    with ``rank``, ``model`` (``name/version``), ``architecture``, ``source_dataset`` and one column per
+    stored method score, ordered by rank."""
+    rows: list[dict[str, Any]] = []
+    for v in versions:
+        tags: Mapping[str, str] = dict(v.tags or {})
+        row: dict[str, Any] = {}
+        for key, value in tags.items():
+            parsed = parse_score_tag(key)
+            if parsed is None or parsed[1] != dataset:
+                continue
+            try:
+                row[parsed[0]] = int(value) if parsed[0] == RANK else float(value)
+            except ValueError:
+                continue  # a hand-edited tag that is not a number is not a score
+        if RANK in row:
+            rows.append(
+                {
+                    "rank": row.pop(RANK),
+                    "model": f"{v.name}/{v.version}",
+                    "architecture": tags.get(ARCHITECTURE, ""),
+                    "source_dataset": tags.get(SOURCE_DATASET, ""),
+                    **row,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=None if rows else ["rank", "model", "architecture", "source_dataset"])
+    return frame.sort_values(["rank", "model"], kind="stable").reset_index(drop=True)
 
 
 def layer_metric(index: int, component: str) -> str:
