@@ -55,9 +55,10 @@ def _free_port() -> int:
 
 
 class MlflowServer:
-    """A real ``mlflow server`` process (sqlite backend, local artifacts, one worker)."""
+    """A real ``mlflow server`` process (sqlite backend unless ``backend_store_uri``, served artifacts
+    under ``root/artifacts``, ``workers`` processes)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, backend_store_uri: str | None = None, workers: int = 1):
         self.root = root
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,7 +71,8 @@ class MlflowServer:
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{root / 'server.db'}",
+            backend_store_uri or f"sqlite:///{root / 'server.db'}",
+            "--serve-artifacts",
             "--artifacts-destination",
             str(root / "artifacts"),
             "--host",
@@ -78,7 +80,7 @@ class MlflowServer:
             "--port",
             str(self.port),
             "--workers",
-            "1",
+            str(workers),
         ]
         self._log_file = open(self.log, "w")
         self.process = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=root)

@@ -21,7 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 NETWORK_COMMANDS = ("score", "pretrain", "finetune", "study", "demo")
 DATA_COMMANDS = ("score", "pretrain", "finetune", "verify", "study", "demo")
 #: The first word of every command's help: what it does.
-VERBS = {"Generate", "Check", "Register", "List", "Score", "Print", "Pre-train", "Fine-tune", "Compare", "Run"}
+VERBS = {
+    "Generate",
+    "Check",
+    "Register",
+    "List",
+    "Score",
+    "Print",
+    "Pre-train",
+    "Fine-tune",
+    "Compare",
+    "Run",
+    "Upload",
+}
 
 
 def _entry_points() -> dict:

@@ -167,3 +167,20 @@ def test_cli_register_checkpoint_variants_and_unknown_parameter(tracking_uri, tm
     )
     assert result.exit_code == 2 and "weights_only=True" in result.output
     assert [v.name for v in bank_versions()] == ["unet-cli", "unet-rand"]
+
+
+def test_registry_queries_page_through_every_result(tracking_uri):
+    """A bank larger than one page comes back whole: search_versions follows the page tokens."""
+    from mlflow import MlflowClient
+
+    from mlflow_ccfv.networks import random_state_dict
+    from mlflow_ccfv.tracking.registry import bank_versions, register_network, search_versions
+
+    spec = small_spec("UNet", 1, 2)
+    for seed in range(5):
+        register_network(spec, random_state_dict(spec, seed), "paged-unet", "none", bank="paged")
+    one_page = MlflowClient().search_model_versions("tags.`ccfv.bank` = 'paged'", max_results=2)
+    assert len(one_page) == 2 and one_page.token  # what a single request returns
+    paged = search_versions("tags.`ccfv.bank` = 'paged'", page_size=2)
+    assert sorted(int(v.version) for v in paged) == [1, 2, 3, 4, 5]
+    assert [int(v.version) for v in bank_versions("paged")] == [1, 2, 3, 4, 5]

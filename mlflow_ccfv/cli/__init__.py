@@ -20,6 +20,7 @@ COMMANDS = (
     "verify",
     "register",
     "bank",
+    "log_dataset",
     "score",
     "rank",
     "pretrain",
@@ -39,4 +40,4 @@ def main(verbose: bool) -> None:
 
 
 for _name in COMMANDS:
-    main.add_command(getattr(importlib.import_module(f"mlflow_ccfv.cli.{_name}"), _name), _name)
+    main.add_command(getattr(importlib.import_module(f"mlflow_ccfv.cli.{_name}"), _name), _name.replace("_", "-"))

@@ -23,7 +23,11 @@ from mlflow_ccfv.cli.base import (
 
 
 @click.command(cls=CCFVCommand)
-@click.option("--dataset", required=True, help="Target: a task name under --data-root (Task07) or a folder path.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset (runs:/<run_id>/<folder>).",
+)
 @data_root_option()
 @click.option("--bank", default="default", show_default=True, help="Score every version tagged ccfv.bank=<bank>.")
 @click.option("--models", default="", help="Instead of the bank: comma-separated models:/<name>/<version> URIs.")
@@ -80,6 +84,23 @@ from mlflow_ccfv.cli.base import (
 )
 @device_option()
 @allow_pickle_option
+@click.option(
+    "--executor",
+    default="serial",
+    show_default=True,
+    type=click.Choice(["serial", "ray"]),
+    help="serial: in this process; ray: one Ray task per model version.",
+)
+@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
+@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
+@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
+@click.option(
+    "--log-dataset",
+    "log_dataset",
+    default="false",
+    show_default=True,
+    help="true: upload the target folder as artifacts first (as log-dataset; once per content).",
+)
 @click.option(
     "--rank-by",
     "rank_by",

@@ -116,10 +116,21 @@ from mlflow_ccfv.options import split_list
     help="Also write the report's tables and plots here.",
 )
 @device_option()
+@click.option(
+    "--executor",
+    default="serial",
+    show_default=True,
+    type=click.Choice(["serial", "ray"]),
+    help="ray: one Ray task per scored version and per fine-tune.",
+)
+@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
+@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
+@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
 def study(**options) -> None:
     """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
     bank, fine-tune it and report."""
     from mlflow_ccfv.networks import resolve_device
+    from mlflow_ccfv.pipelines.executors import make_executor
     from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
 
     def make():
@@ -145,6 +156,15 @@ def study(**options) -> None:
     with exit_on_input_error("study"):
         resolve_device(options["device"])
         check_tracking_server()
-        result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
+        executor = make_executor(
+            options["executor"],
+            address=options["ray_address"] or None,
+            num_cpus=float(options["num_cpus"]),
+            num_gpus=float(options["num_gpus"]),
+        )
+        try:
+            result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None, executor)
+        finally:
+            executor.close()
     click.echo(print_summary(result))
     click.echo(evidence_summary(result))

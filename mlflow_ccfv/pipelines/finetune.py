@@ -131,6 +131,7 @@ def finetune_version(
     checkpoint_every: int = 50,
     checkpoint_dir: str | Path | None = None,
     allow_pickle: bool | None = None,
+    parent_run_id: str | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split,
     once per seed in ``seeds`` (default: ``config.seed`` only).
@@ -143,7 +144,8 @@ def finetune_version(
     memory the patch size needs). Every ``checkpoint_every`` steps (0: never) a seed's training state
     is saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a kill resumes
     from it. ``allow_pickle``: see :func:`~mlflow_ccfv.tracking.registry.pickle_allowed`
-    (fine-tuning needs a network spec anyway).
+    (fine-tuning needs a network spec anyway). ``parent_run_id``: the run to nest under when there is
+    no active run (a Ray task of a study).
     """
     check_training_resources(config, device)
     seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
@@ -229,6 +231,7 @@ def finetune_version(
             progress=progress,
             device=run_on,
             checkpoint=checkpoint,
+            parent_run_id=parent_run_id,
         )
         results[seed] = (dice.mean, _dice_table(dice, seed, labels), dice, seed_run)
 
@@ -236,7 +239,7 @@ def finetune_version(
         one_seed(seeds[0])
         run_id = results[seeds[0]][3]
     else:
-        with command_run(f"finetune {loaded.label} on {name}") as parent:
+        with command_run(f"finetune {loaded.label} on {name}", parent_run_id=parent_run_id) as parent:
             mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
             mlflow.log_params(
                 {
@@ -320,6 +323,7 @@ def _finetune_seed(
     progress: bool,
     device,
     checkpoint: TrainingCheckpoint | None = None,
+    parent_run_id: str | None = None,
 ) -> tuple[DiceResult, str]:
     """One seed's fine-tuning and evaluation in its own run (nested in the active one, if any);
     returns the Dice and the run id. ``link_version``: log the Dice on the version's LoggedModel.
@@ -331,7 +335,7 @@ def _finetune_seed(
     start = time.perf_counter()
     labels = ds.labels
     suffix = "" if link_version else f" (seed {config.seed})"  # one seed: the fine-tuning's only run
-    with command_run(f"finetune {loaded.label} on {name}{suffix}") as run:
+    with command_run(f"finetune {loaded.label} on {name}{suffix}", parent_run_id=parent_run_id) as run:
         log_input(mlflow_ds, context="finetune")
         log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")
         mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name, T.RUN_KEY: key})

@@ -29,6 +29,7 @@ from mlflow_ccfv.features.resources import check_memory, training_bytes
 from mlflow_ccfv.networks import resolve_device, small_spec
 from mlflow_ccfv.options import format_ints
 from mlflow_ccfv.tracking import tags as T
+from mlflow_ccfv.tracking.datasets import load_msd_dataset
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
@@ -50,8 +51,9 @@ CONTROL_SOURCE = "random-init"
 
 
 def load_dataset(dataset: str | Path | MSDDataset, data_root: str | Path | None) -> MSDDataset:
-    """``dataset`` as is, or the task folder it names (under ``data_root``)."""
-    return dataset if isinstance(dataset, MSDDataset) else MSDDataset.load(dataset, data_root=data_root)
+    """``dataset`` as is, a logged dataset (``runs:/<run_id>/<folder>``, downloaded once and verified), or
+    the task folder it names (under ``data_root``)."""
+    return load_msd_dataset(dataset, data_root)
 
 
 def _select_channels(cases: list[PreprocessedCase], channels: Sequence[int] | None) -> list[PreprocessedCase]:

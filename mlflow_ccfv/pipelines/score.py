@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,16 @@ from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.features.resources import check_memory, inference_bytes
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
+from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.datasets import mlflow_dataset
+from mlflow_ccfv.tracking.datasets import (
+    is_dataset_reference,
+    load_msd_dataset,
+    log_dataset_artifacts,
+    mlflow_dataset,
+)
 from mlflow_ccfv.tracking.registry import (
     LoadedModel,
     PickleRefusedError,
@@ -48,11 +55,15 @@ from mlflow_ccfv.tracking.registry import (
 from mlflow_ccfv.tracking.runs import log_input, log_version_run, recover_crashed, tag_process
 
 __all__ = [
+    "TargetSource",
     "VersionResult",
+    "VersionTask",
     "check_roi_against_volumes",
     "sampler_overrides",
     "score_from_options",
     "score_loaded",
+    "score_version",
+    "score_version_remote",
     "score_versions",
     "settings_of",
 ]
@@ -104,6 +115,7 @@ class VersionResult:
     seconds: float
     error: str | None = None
     skipped: bool = False
+    target_digest: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -133,7 +145,11 @@ def _score_one(
 ) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
-    name, version = (None, None) if isinstance(item, str) else (item.name, str(item.version))
+    if isinstance(item, str):  # models:/<name>/<version>: known even when loading fails
+        body, _, number = item.removeprefix("models:/").rpartition("/")
+        name, version = (body, number) if body and number.isdigit() else (None, None)
+    else:
+        name, version = item.name, str(item.version)
     loaded = None
     try:
         loaded = load_version(item, allow_pickle=allow_pickle)
@@ -185,19 +201,100 @@ def settings_of(sampler_config: SamplerConfig | Mapping[str, Any] | None) -> str
     return T.settings_digest(chosen, SamplerConfig().to_dict())
 
 
-def _record(results: Sequence[VersionResult], dataset: Target, settings: str, rank_by: str = RANK_METHOD) -> None:
-    """Every version's score tags (marker last), stale tags of failed versions removed, then the ranks and
-    the alias recomputed from the registry."""
-    for r in results:
-        if r.name is None or r.version is None or r.skipped:
-            continue
-        if r.result is not None:
+@dataclass(frozen=True)
+class TargetSource:
+    """Where a worker finds the target: ``dataset`` is a logged dataset (``runs:/<run_id>/<folder>``,
+    downloaded once per worker machine) or a task folder path every worker can read (a shared file
+    system); ``split`` and ``seed`` select the cases as :func:`~mlflow_ccfv.data.make_target` does."""
+
+    dataset: str
+    split: str = "train"
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+@lru_cache(maxsize=2)
+def _worker_target(source: TargetSource) -> tuple[Target, CaseCache]:
+    """The target and its pre-processed cases, loaded once per worker process (Ray reuses workers)."""
+    target = make_target(load_msd_dataset(source.dataset, cache_dir=source.cache_dir), source.split, source.seed)
+    return target, CaseCache(target=target)
+
+
+@dataclass(frozen=True)
+class VersionTask:
+    """One version's scoring: ``item`` (``models:/<name>/<version>``), the settings, and where it is
+    recorded: with ``parent_run_id``, its run is logged under that run and its score tags written."""
+
+    item: str
+    methods: tuple[str, ...]
+    sampler_config: Mapping[str, Any] | None = None
+    force: bool = False
+    cache_dir: str | None = None
+    parent_run_id: str | None = None
+    source: TargetSource | None = None
+    device: str | None = None
+    amp: bool = False
+    allow_pickle: bool | None = None
+    settings: str = T.DEFAULT_SETTINGS
+
+
+def score_version(task: VersionTask, target: Target | None = None, cases: CaseCache | None = None) -> VersionResult:
+    """Score one version (on ``target``, or on ``task.source`` loaded in this process) and, with
+    ``task.parent_run_id``, record it: its run under the parent (idempotent: a retried task logs nothing
+    twice) and its ``transferability.<method>.<dataset>`` tags. Ranks and the alias are the driver's."""
+    if target is None:
+        if task.source is None:
+            raise ValueError("score_version needs a target or a task with a TargetSource.")
+        target, cases = _worker_target(task.source)
+    result = _score_one(
+        task.item,
+        target,
+        list(task.methods),
+        task.sampler_config,
+        task.force,
+        task.cache_dir,
+        cases,
+        task.device,
+        task.amp,
+        task.allow_pickle,
+    )
+    result.target_digest = target.digest
+    if task.parent_run_id and result.result is not None and result.result.config is not None:
+        run_id = log_version_run(
+            label=result.label,
+            model_id=result.model_id,
+            target=target,
+            ds=mlflow_dataset(target),
+            methods=list(task.methods),
+            cached=result.result.cached,
+            sampler=result.result.config.to_dict(),
+            metrics=result.metrics,
+            settings=task.settings,
+            parent_run_id=task.parent_run_id,
+        )
+        dice = result.tags.get(T.dice_tag(target.name))
+        if dice is not None:  # fine-tuned before: the measured Dice beside the scores
+            mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
+        if result.name and result.version:  # marker last: never a partial set seen as complete
             write_version_scores(
-                r.name, r.version, dataset.name, r.result.scores, settings=settings, data_digest=dataset.digest
+                result.name,
+                result.version,
+                target.name,
+                result.result.scores,
+                settings=task.settings,
+                data_digest=target.digest,
             )
-        elif removed := clear_version_scores(r.name, r.version, dataset.name):
-            _logger.warning("%s: scoring failed, removed its stale tags %s", r.label, ", ".join(removed))
-    rerank(dataset.name, settings, dataset.digest, method=rank_by)
+    elif task.parent_run_id and result.result is None and not result.skipped and result.name and result.version:
+        removed = clear_version_scores(result.name, result.version, target.name)
+        if removed:
+            _logger.warning("%s: scoring failed, removed its stale tags %s", result.label, ", ".join(removed))
+    return result
+
+
+def score_version_remote(task: VersionTask) -> VersionResult:
+    """:func:`score_version` as a Ray task (the target from ``task.source``; tracking URI from the
+    worker's environment, set by the executor)."""
+    return score_version(task)
 
 
 def score_versions(
@@ -214,6 +311,8 @@ def score_versions(
     amp: bool = False,
     rank_by: str = RANK_METHOD,
     allow_pickle: bool | None = None,
+    executor: Executor | None = None,
+    source: TargetSource | None = None,
 ) -> pd.DataFrame:
     """Score versions (``ModelVersion`` objects or ``models:/`` URIs) on a target and record everything.
 
@@ -225,82 +324,79 @@ def score_versions(
     the registry scored on this dataset with the same sampler settings (:func:`rerank`), not only
     over ``versions_or_uris``. Returns the ranked table; failed versions are rows with ``error`` set
     (and their stale tags removed); ``mlflow.pytorch`` versions are skipped (``skipped`` true) unless
-    ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in. ``device`` (default CUDA when available,
-    else CPU) and ``amp`` (mixed-precision inference, an opt-in) say how the networks run; see
-    :func:`mlflow_ccfv.scoring.score_model`. ``rank_by``: the estimator whose score orders the table,
-    the rank tags and the ``best-<dataset>`` alias (scored even when not in ``methods``).
+    ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in. ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
+    inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
+    ``rank_by``: the estimator whose score orders the table, the rank tags and the ``best-<dataset>``
+    alias (scored even when not in ``methods``).
+
+    ``executor``: where the versions are scored (default in this process;
+    :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one Ray task per version, each logging its own
+    run and score tags, on the ``device`` given or its worker's default; ``source`` tells the workers
+    where the target is, default its folder path). Ranks, rank tags and the alias are written here, once
+    every version is done.
     """
     methods = _with_rank_method(parse_methods(methods), rank_by)
-    run_on = resolve_device(device)  # checked before any work
-    items = list(versions_or_uris)
+    items = [i if isinstance(i, str) else version_uri(i) for i in versions_or_uris]
     if not items:
         raise ValueError("No model versions to score.")
-    cases = CaseCache(target=dataset)
-    results = []
-    for i, item in enumerate(items, 1):
-        result = _score_one(
-            item, dataset, methods, sampler_config, force, cache_dir, cases, str(run_on), amp, allow_pickle
-        )
-        status = (
-            "SKIPPED (pickled model, no opt-in)"
-            if result.skipped
-            else f"FAILED: {result.error}"
-            if result.error or result.result is None
-            else (
-                f"ccfv={result.result.scores[RANK_METHOD]:.4f}" + (" (cached features)" if result.result.cached else "")
-            )
-        )
-        _logger.info("[%d/%d] %s on %s: %s (%.1fs)", i, len(items), result.label, dataset.name, status, result.seconds)
-        results.append(result)
-    table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
-    if not log:
-        return table
+    executor = executor or SerialExecutor()
+    # in this process: checked before any work; a Ray worker resolves its own (None: its GPU if it has one)
+    run_on = str(resolve_device(device)) if executor.in_process else device
+    if sampler_config is not None and isinstance(sampler_config, SamplerConfig):
+        sampler_config = sampler_config.to_dict()
     ds = mlflow_dataset(dataset)
     settings = settings_of(sampler_config)
     active = mlflow.active_run()
-    if active is None:
+    if log and active is None:
         recover_crashed()
         mlflow.start_run(run_name=f"score {dataset.name}")
         tag_process()
+    parent = mlflow.active_run() if log else None
     status = "FINISHED"
     try:
-        log_input(ds, context="target")
-        # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
-        mlflow.log_params(
-            {
-                "ccfv.dataset": dataset.name,
-                "ccfv.dataset_digest": dataset.digest,
-                "ccfv.split": dataset.split,
-                "ccfv.methods": ",".join(methods),
-                "ccfv.n_versions": len(items),
-                "ccfv.force": force,
-                "ccfv.sampler_settings": settings,
-                "ccfv.device": str(run_on),
-                "ccfv.amp": amp,
-                "ccfv.rank_by": rank_by,
-            }
+        if parent is not None:
+            log_input(ds, context="target")
+            # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
+            mlflow.log_params(
+                {
+                    "ccfv.dataset": dataset.name,
+                    "ccfv.dataset_digest": dataset.digest,
+                    "ccfv.split": dataset.split,
+                    "ccfv.methods": ",".join(methods),
+                    "ccfv.n_versions": len(items),
+                    "ccfv.force": force,
+                    "ccfv.sampler_settings": settings,
+                    "ccfv.device": str(run_on),
+                    "ccfv.amp": amp,
+                    "ccfv.rank_by": rank_by,
+                    "ccfv.executor": executor.name,
+                }
+            )
+        results = _run_version_tasks(
+            items,
+            dataset,
+            methods,
+            sampler_config,
+            force,
+            cache_dir,
+            parent,
+            executor,
+            source,
+            run_on,
+            amp,
+            allow_pickle,
+            settings,
         )
-        for r in results:
-            if r.result is not None and r.result.config is not None:
-                run_id = log_version_run(
-                    label=r.label,
-                    model_id=r.model_id,
-                    target=dataset,
-                    ds=ds,
-                    methods=methods,
-                    cached=r.result.cached,
-                    sampler=r.result.config.to_dict(),
-                    metrics=r.metrics,
-                    settings=settings,
-                )
-                dice = r.tags.get(T.dice_tag(dataset.name))
-                if dice is not None:  # fine-tuned before: the measured Dice beside the scores
-                    mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
+        table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
+        if parent is None:
+            return table
         failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
-            mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
             status = "FAILED"
-        _record(results, dataset, settings, rank_by)
+            mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
+        # The single place ranks, rank tags and the alias are written (after every task has finished),
+        # from every score stored in the registry for this dataset and these settings.
+        rerank(dataset.name, settings, dataset.digest, method=rank_by)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
@@ -314,9 +410,77 @@ def score_versions(
         status = "FAILED"
         raise
     finally:
-        if active is None:
+        if log and active is None:
             mlflow.end_run(status)
     return table
+
+
+def _run_version_tasks(
+    items: list[str],
+    target: Target,
+    methods: list[str],
+    sampler_config: Mapping[str, Any] | None,
+    force: bool,
+    cache_dir: str | os.PathLike | None,
+    parent,
+    executor: Executor,
+    source: TargetSource | None,
+    device: str | None,
+    amp: bool,
+    allow_pickle: bool | None = None,
+    settings: str = T.DEFAULT_SETTINGS,
+) -> list[VersionResult]:
+    """One :class:`VersionTask` per version, run by ``executor``; results in item order."""
+    remote_source = None
+    if not executor.in_process:
+        remote_source = source or TargetSource(str(target.dataset.root), target.split)
+    tasks = [
+        VersionTask(
+            item,
+            tuple(methods),
+            dict(sampler_config) if sampler_config else None,
+            force,
+            str(cache_dir) if cache_dir else None,
+            parent.info.run_id if parent is not None else None,
+            remote_source,
+            device,
+            amp,
+            allow_pickle,
+            settings,
+        )
+        for item in items
+    ]
+
+    def report(i: int, result: VersionResult | TaskFailure) -> None:
+        if isinstance(result, TaskFailure):
+            return
+        status = (
+            "SKIPPED (pickled model, no opt-in)"
+            if result.skipped
+            else f"FAILED: {result.error}"
+            if result.error or result.result is None
+            else (
+                f"ccfv={result.result.scores[RANK_METHOD]:.4f}" + (" (cached features)" if result.result.cached else "")
+            )
+        )
+        _logger.info(
+            "[%d/%d] %s on %s: %s (%.1fs)", i + 1, len(items), result.label, target.name, status, result.seconds
+        )
+
+    if executor.in_process:
+        cases = CaseCache(target=target)
+        raw = executor.map(lambda task: score_version(task, target, cases), tasks, report)
+    else:
+        raw = executor.map(score_version_remote, tasks, report)
+    results = []
+    for task, r in zip(tasks, raw):
+        if isinstance(r, TaskFailure):
+            r = VersionResult(task.item.removeprefix("models:/"), None, None, None, {}, None, 0.0, error=r.error)
+        elif r.target_digest not in (None, target.digest):
+            r.error = f"the worker's target (digest {r.target_digest}) differs from the driver's ({target.digest})"
+            r.result = None
+        results.append(r)
+    return results
 
 
 def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
@@ -350,8 +514,13 @@ def score_from_options(
     verify: str | bool = "true",
     device: str | None = None,
     amp: str | bool = False,
-    rank_by: str = RANK_METHOD,
+    executor: str = "serial",
+    ray_address: str = "",
+    num_cpus: str = "1",
+    num_gpus: str = "0",
+    log_dataset="false",
     allow_pickle: bool | None = None,
+    rank_by: str = RANK_METHOD,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's options (text as MLproject passes it, or the
     typed values of the click command): validate every option, resolve and verify the target, score the
@@ -361,7 +530,9 @@ def score_from_options(
     settings (each error names its option), a ROI larger than twice the largest volume or whose
     memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
     maps hold no foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator
-    that ranks.
+    that ranks. ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
+    task): where the versions are scored. ``log_dataset``: upload the target folder first
+    (``log-dataset``; nothing if already logged) and let the workers read it from there.
     """
     method_list = _with_rank_method(parse_methods(methods), rank_by)  # validate before any work
     overrides = sampler_overrides(
@@ -382,7 +553,7 @@ def score_from_options(
             "lower --roi-size (a typical window is 32-128 voxels a side).",
         )
     versions = resolve_versions(split_list(models), bank=bank)
-    ds = MSDDataset.load(dataset, data_root=data_root or None)
+    ds = load_msd_dataset(dataset, data_root or None, cache_dir or None)
     if parse_bool(verify, "verify"):
         ds.verify()
     target = make_target(ds, split)
@@ -397,18 +568,31 @@ def score_from_options(
         target.digest,
         chosen_device,
     )
-    return score_versions(
-        versions,
-        target,
-        method_list,
-        overrides or None,
-        force=parse_bool(force, "force"),
-        cache_dir=cache_dir or None,
-        device=chosen_device,
-        amp=use_amp,
-        rank_by=rank_by,
-        allow_pickle=allow_pickle,
+    runner = make_executor(
+        executor or "serial", address=ray_address or None, num_cpus=float(num_cpus or 1), num_gpus=float(num_gpus or 0)
     )
+    reference = dataset if is_dataset_reference(dataset) else None
+    if reference is None and parse_bool(log_dataset, "log_dataset"):
+        reference = log_dataset_artifacts(ds).uri
+    # Workers read the target from the logged dataset when there is one, else from the folder's path.
+    source = TargetSource(reference or str(ds.root), split, 0, cache_dir or None)
+    try:
+        return score_versions(
+            versions,
+            target,
+            method_list,
+            overrides or None,
+            force=parse_bool(force, "force"),
+            cache_dir=cache_dir or None,
+            device=chosen_device if runner.in_process else (device or None),
+            amp=use_amp,
+            rank_by=rank_by,
+            allow_pickle=allow_pickle,
+            executor=runner,
+            source=source,
+        )
+    finally:
+        runner.close()
 
 
 def sampler_overrides(

@@ -18,6 +18,7 @@ estimate of the time left.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,10 +36,11 @@ from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
 from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_source
+from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control
 from mlflow_ccfv.pipelines.report import report_bank
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
@@ -49,6 +51,7 @@ from mlflow_ccfv.training import TrainConfig
 __all__ = [
     "ARCHITECTURES",
     "CONTROL_SOURCE",
+    "FinetuneTask",
     "Source",
     "StudyConfig",
     "StudyResult",
@@ -57,6 +60,7 @@ __all__ = [
     "check_twins",
     "evidence_summary",
     "ensure_synthetic",
+    "finetune_task_remote",
     "run_transfer_study",
     "study_config",
 ]
@@ -166,19 +170,107 @@ def run_transfer_study(
     force_score: bool = False,
     out_dir: str | Path | None = None,
     device: str | None = None,
+    executor: Executor | None = None,
 ) -> StudyResult:
     """Pre-train, score, fine-tune and report (see the module docstring). Logs a parent run ``study``;
     ``out_dir``: also keep the report's tables and plots there; ``device`` (when given) replaces
-    ``config.device``."""
+    ``config.device``. ``executor``: where the bank is scored and fine-tuned (default in this process;
+    a :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one task per version, and one per (model,
+    target, seed), each logging its own runs and tags on ``device`` or its worker's default; the
+    targets are read from their folders, which every worker must see)."""
+    executor = executor or SerialExecutor()
     if device is not None:
         config = replace(config, device=device)
-    config = replace(config, device=str(resolve_device(config.device)))  # checked before any work
+    if executor.in_process:  # checked before any work; a Ray worker resolves its own
+        config = replace(config, device=str(resolve_device(config.device)))
     with command_run(f"study {config.bank}") as parent:
-        return _run_study(config, parent, progress, force_finetune, force_score, out_dir)
+        return _run_study(config, parent, progress, force_finetune, force_score, out_dir, executor)
+
+
+@dataclass(frozen=True)
+class FinetuneTask:
+    """One fine-tune of a study: version ``model`` on the task folder ``dataset`` with ``config``."""
+
+    model: str
+    dataset: str
+    config: TrainConfig
+    split_seed: int
+    overlap: float
+    force: bool
+    parent_run_id: str
+    device: str | None = None
+
+
+def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
+    """:func:`~mlflow_ccfv.pipelines.finetune.finetune_version` as a Ray task: its run nested under the
+    study's run, its Dice tags on the version. A retried task (its worker died) fine-tunes again; the
+    version's tags are written only once a fine-tune has finished."""
+    return finetune_version(
+        task.model,
+        task.dataset,
+        task.config,
+        split_seed=task.split_seed,
+        overlap=task.overlap,
+        force=task.force,
+        progress=False,
+        parent_run_id=task.parent_run_id,
+        device=task.device,
+    )
+
+
+def _finetune_bank_remote(
+    bank, ds, config: StudyConfig, seeds, force: bool, progress: bool, parent, executor: Executor, seconds
+) -> list[FinetuneOutcome]:
+    """One task per (model, seed) on ``ds``, then, per model, the seeds' Dice combined in this process
+    (:func:`finetune_version` reads every seed back from its finished run; nothing is trained again)."""
+    tasks = [
+        FinetuneTask(
+            version_uri(v),
+            str(ds.root),
+            dataclasses.replace(config.finetune, seed=seed),
+            config.split_seed,
+            config.overlap,
+            force,
+            parent.info.run_id,
+            config.device,
+        )
+        for v in bank
+        for seed in seeds
+    ]
+    start = time.perf_counter()
+    got = executor.map(finetune_task_remote, tasks)
+    failed = [f"{t.model} (seed {t.config.seed}): {o.error}" for t, o in zip(tasks, got) if isinstance(o, TaskFailure)]
+    if failed:
+        raise RuntimeError(f"fine-tuning on {ds.root.name} failed: {'; '.join(failed)}")
+    measured = [o for o in got if not o.reused]
+    if measured:
+        _timed(seconds, "finetune", start)
+        seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + len(measured)
+    if len(seeds) == 1:
+        return got
+    return [
+        finetune_version(
+            version_uri(v),
+            ds,
+            config.finetune,
+            split_seed=config.split_seed,
+            overlap=config.overlap,
+            progress=progress,
+            seeds=seeds,
+            device=config.device,
+        )
+        for v in bank
+    ]
 
 
 def _run_study(
-    config: StudyConfig, parent, progress: bool, force_finetune: bool, force_score: bool, out_dir: str | Path | None
+    config: StudyConfig,
+    parent,
+    progress: bool,
+    force_finetune: bool,
+    force_score: bool,
+    out_dir: str | Path | None,
+    executor: Executor,
 ) -> StudyResult:
     seconds: dict[str, float] = {}
     outcomes: list[FinetuneOutcome] = []
@@ -265,9 +357,16 @@ def _run_study(
                 cache_dir=config.cache_dir,
                 device=config.device,
                 amp=config.amp,
+                executor=executor,
+                source=TargetSource(str(ds.root), "train", config.split_seed),
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
+        if not executor.in_process:
+            outcomes += _finetune_bank_remote(
+                bank, ds, config, seeds, force_finetune, progress, parent, executor, seconds
+            )
+            continue
         split = ds.split(seed=config.split_seed)
         if len(split.test) < 10:
             _logger.warning(
@@ -504,12 +603,14 @@ def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
     return ranked_table(result.frame, dataset, by="ccfv", methods=("ccfv", "logme", "leep", "gbc", "transrate"))
 
 
-def run_cli_workflow(make_config, experiment: str, out_dir: str | Path | None = None) -> StudyResult:
+def run_cli_workflow(
+    make_config, experiment: str, out_dir: str | Path | None = None, executor: Executor | None = None
+) -> StudyResult:
     """Choose the experiment (unless ``mlflow run`` or ``MLFLOW_EXPERIMENT_*`` did), build the config, run."""
 
     if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
         mlflow.set_experiment(experiment)
-    return run_transfer_study(make_config(), out_dir=out_dir)
+    return run_transfer_study(make_config(), out_dir=out_dir, executor=executor)
 
 
 def print_summary(result: StudyResult, ui_hint: bool = False) -> str:

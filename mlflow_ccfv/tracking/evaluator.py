@@ -37,12 +37,12 @@ from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact
 from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
-from mlflow_ccfv.data import MSDDataset, Target, make_target, target_from_manifest
+from mlflow_ccfv.data import Target, make_target, target_from_manifest
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.networks import decoder_layers
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
-from mlflow_ccfv.tracking.datasets import mlflow_dataset
+from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
 from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed
 
@@ -104,7 +104,8 @@ def _target(config: dict[str, Any], dataset) -> tuple[Target, str, str]:
     """The target, and the name and digest its metrics are linked to."""
     if config.get("dataset"):
         target = make_target(
-            MSDDataset.load(config["dataset"], data_root=config.get("data_root")), config.get("split", "train")
+            load_msd_dataset(config["dataset"], config.get("data_root"), config.get("cache_dir")),
+            config.get("split", "train"),
         )
         return target, target.name, target.digest
     manifest = dataset.features_data

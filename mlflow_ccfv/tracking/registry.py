@@ -487,7 +487,7 @@ def get_version(model_uri: str):
         return getter()
     except MlflowException as exc:
         try:
-            versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+            versions = sorted(int(v.version) for v in search_versions(f"name = '{name}'"))
         except MlflowException:
             versions = []
         if not versions:
@@ -549,10 +549,28 @@ def load_version(model_uri, *, allow_pickle: bool | None = None) -> LoadedModel:
     return LoadedModel(module, spec, tags, model_id, model_uri, name, version, flavor, layers)
 
 
+#: Versions per registry request; every query pages through all results with the server's page tokens.
+SEARCH_PAGE_SIZE = 1000
+
+
+def search_versions(filter_string: str, page_size: int = SEARCH_PAGE_SIZE) -> list[ModelVersion]:
+    """Every model version matching ``filter_string``, page by page (``page_token``), never truncated
+    at one page (a server answers at most ``max_results`` per request)."""
+    client = _client()
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        page = client.search_model_versions(filter_string=filter_string, max_results=page_size, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def bank_versions(bank: str = DEFAULT_BANK) -> list:
-    """All model versions tagged ``ccfv.bank=<bank>``, ordered by name and version number."""
+    """All model versions tagged ``ccfv.bank=<bank>``, ordered by name and version number (paginated)."""
     _check_name("bank", bank)
-    found = mlflow.search_model_versions(filter_string=f"tags.`{BANK_TAG}` = '{bank}'")
+    found = search_versions(f"tags.`{BANK_TAG}` = '{bank}'")
     return sorted(found, key=lambda mv: (mv.name, int(mv.version)))
 
 
@@ -573,7 +591,7 @@ def resolve_versions(models: Iterable[str] | None = None, bank: str = DEFAULT_BA
 def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
     """The newest version of ``name`` whose tags include ``tags`` (for reuse), or None."""
     try:
-        found = mlflow.search_model_versions(filter_string=f"name = '{name}'")
+        found = search_versions(f"name = '{name}'")
     except MlflowException:
         return None
     matching = [v for v in found if all((v.tags or {}).get(k) == val for k, val in tags.items())]
@@ -581,16 +599,8 @@ def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
 
 
 def _search_versions(filter_string: str) -> list[ModelVersion]:
-    """Every model version matching ``filter_string``, page by page (never a truncated first page)."""
-    client = _client()
-    found: list[ModelVersion] = []
-    token = None
-    while True:
-        page = client.search_model_versions(filter_string, max_results=_PAGE, page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
+    """:func:`search_versions` with the ranking's page size (``_PAGE``; tests shrink it to force paging)."""
+    return search_versions(filter_string, page_size=_PAGE)
 
 
 def _alias_holders(alias: str) -> dict[str, str]:
@@ -778,6 +788,7 @@ __all__ = [
     "register_logged_model",
     "register_network",
     "resolve_versions",
+    "search_versions",
     "version_uri",
     "ALLOW_PICKLE_ENV",
     "PickleRefusedError",

@@ -171,13 +171,14 @@ def delete_replaced_runs(key: str, keep: str) -> list[str]:
 
 
 @contextmanager
-def command_run(run_name: str) -> Iterator[Run]:
+def command_run(run_name: str, parent_run_id: str | None = None) -> Iterator[Run]:
     """Start the run a step (pretrain, finetune, report, study) logs its own parameters to.
 
     - inside an active run (e.g. a study): a nested child run;
     - under ``mlflow run`` (``MLFLOW_RUN_ID`` set, no active run): MLflow already created a run for the
       entry point and logged the entry point's string parameters there, and a run's parameters cannot
       change; that run is resumed as the parent and the step gets a child run;
+    - with ``parent_run_id`` and no active run (a Ray task of a study): a child of that run, in its experiment;
     - otherwise a new top-level run in the current experiment.
 
     Runs of killed processes are closed first (:func:`recover_crashed`); the run carries this process
@@ -185,6 +186,14 @@ def command_run(run_name: str) -> Iterator[Run]:
     """
     if mlflow.active_run() is None:
         recover_crashed()
+    if parent_run_id is not None and mlflow.active_run() is None:
+        # a Ray task: a child of the driver's run (an exception ends it as FAILED)
+        with mlflow.start_run(
+            run_name=run_name, parent_run_id=parent_run_id, experiment_id=_experiment_of(parent_run_id)
+        ) as run:
+            tag_process()
+            yield run
+        return
     outer = mlflow.start_run() if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID") else None
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
@@ -210,14 +219,36 @@ def log_version_run(
     sampler: Mapping[str, Any],
     metrics: Mapping[str, float],
     settings: str = T.DEFAULT_SETTINGS,
+    parent_run_id: str | None = None,
 ) -> str:
-    """One run nested in the active (score) run: a version's params and metrics on ``target``.
+    """One run nested in the active (score) run, or under ``parent_run_id`` (a Ray worker has no active
+    run): a version's params and metrics on ``target``.
 
     Keyed (``ccfv.run_key``) by the LoggedModel, the target's digest and the sampler ``settings``:
-    once it has finished, earlier runs of the same key (a previous or killed scoring) are deleted."""
+    once it has finished, earlier runs of the same key (a previous or killed scoring) are deleted.
+    Idempotent per (parent run, version): a finished run of the same version under the same parent is
+    kept and returned (a retried Ray task logs nothing twice); an unfinished one (its worker died
+    mid-way) is deleted first.
+    """
     key = T.run_key(model_id or label, target.digest, settings)
-    with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True) as run:
-        mlflow.set_tags({T.PROCESS: process_identity(), T.RUN_KEY: key})
+    active = mlflow.active_run()
+    parent = parent_run_id or (active.info.run_id if active is not None else None)
+    if parent is not None:
+        done = _replace_partial_version_runs(parent, label)
+        if done is not None:
+            return done
+    where: dict[str, Any] = {}
+    if parent_run_id is not None and active is None:
+        where = {"parent_run_id": parent_run_id, "experiment_id": _experiment_of(parent_run_id)}
+    # at creation: a killed attempt's partial run is findable by its tags
+    run_tags = {
+        T.RUN_STAGE: "score",
+        T.RUN_DATASET: target.name,
+        T.RUN_MODEL: label,
+        T.PROCESS: process_identity(),
+        T.RUN_KEY: key,
+    }
+    with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run:
         log_input(ds, context="target")
         params = {
             "model_uri": f"models:/{label}",
@@ -231,11 +262,29 @@ def log_version_run(
         }
         params.update(T.prefixed_params("sampler", sampler))
         mlflow.log_params(params)
-        mlflow.set_tags({T.RUN_STAGE: "score", T.RUN_DATASET: target.name, T.RUN_MODEL: label})
         # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
         mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=ds)
     delete_replaced_runs(key, keep=run.info.run_id)
     return run.info.run_id
+
+
+def _experiment_of(run_id: str) -> str:
+    return mlflow.MlflowClient().get_run(run_id).info.experiment_id
+
+
+def _replace_partial_version_runs(parent_run_id: str, label: str) -> str | None:
+    """The finished run of ``label`` under ``parent_run_id`` if there is one; unfinished ones are deleted."""
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [_experiment_of(parent_run_id)],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{T.RUN_MODEL}` = '{label}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    finished = next((r for r in runs if r.info.status == "FINISHED"), None)
+    for r in runs:  # one task per version and parent: any other run of it is a dead attempt's leftover
+        if r is not finished:
+            client.delete_run(r.info.run_id)
+    return finished.info.run_id if finished is not None else None
 
 
 def log_dice_on_score_runs(label: str, dataset: str, dice: float) -> list[str]:

@@ -25,6 +25,9 @@ that dataset, so one Runs-tab row shows a model's scores beside its measured Dic
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccfv.process`` (the
 ``host:pid:start`` of the process that owns a run or a PENDING LoggedModel) and ``ccfv.run_key`` (one
 per-version run per key).
+Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
+(``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
+and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ __all__ = [
     "PROCESS",
     "RANK",
     "RUN_BANK",
+    "RUN_DATASET_ARTIFACT",
+    "RUN_DATASET_DIGEST",
     "RUN_DATASET",
     "RUN_KEY",
     "RUN_MODEL",
@@ -115,6 +120,10 @@ RUN_BANK = BANK
 PROCESS = "ccfv.process"
 #: One per-version scoring run (or fine-tuning run) per key: a rerun replaces the runs of its key.
 RUN_KEY = "ccfv.run_key"
+#: On a dataset run: the MSD folder's content digest (``MSDDataset.digest()``), set once the upload is complete.
+RUN_DATASET_DIGEST = "ccfv.dataset.digest"
+#: On a dataset run: the artifact path of the uploaded task folder (``runs:/<run_id>/<this>``).
+RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
 
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"

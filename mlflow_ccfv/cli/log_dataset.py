@@ -1,0 +1,25 @@
+"""``mlflow-ccfv log-dataset``: upload a target task folder as MLflow artifacts (MLproject entry point
+``log_dataset``); prints the ``runs:/`` reference the other commands accept as ``--dataset``."""
+
+from __future__ import annotations
+
+import click
+
+from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+
+
+@click.command(cls=CCFVCommand)
+@click.option("--dataset", required=True, help="The task folder: a name under --data-root (Task07) or a path.")
+@click.option(
+    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
+)
+@click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
+@click.option("--experiment", default="ccfv-datasets", show_default=True, help="Experiment holding the dataset runs.")
+def log_dataset(**options) -> None:
+    """Upload dataset.json, imagesTr and labelsTr as artifacts of a dataset run, once per content digest."""
+    from mlflow_ccfv.pipelines.dataset import log_dataset_from_options
+
+    with exit_on_input_error("log-dataset"):
+        art = log_dataset_from_options(**options)
+    state = "already logged" if art.reused else "uploaded"
+    click.echo(f"{art.name} ({state}, digest {art.digest[:12]}): {art.uri}")
