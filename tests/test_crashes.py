@@ -209,3 +209,45 @@ def test_a_failing_step_marks_its_run_and_the_mlflow_run_parent_failed(tracking_
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert client.get_run(parent).info.status == "FAILED"
     assert client.get_run(run.info.run_id).data.tags["ccfv.process"].split(":")[1] == str(os.getpid())
+
+
+def test_recover_crashed_deletes_a_ready_but_unregistered_model_of_a_killed_register(tracking_uri):
+    """A ``register`` killed after its LoggedModel became READY but before the version existed: the model
+    still carries ``ccfv.registering`` and has no version, so it is an orphan; one that did get its
+    version is finalised (tag removed), and a finished model of another kind is left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from mlflow.entities import LoggedModelStatus
+
+    from mlflow_ccfv.tracking.runs import recover_crashed
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"ccfv.process": f"{socket.gethostname()}:{int(done.stdout)}:1"}
+    client = MlflowClient()
+
+    def ready(name: str, tags: dict[str, str]) -> str:
+        model = client.create_logged_model("0", name=name, tags=tags)
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+    orphan = ready("orphan", {**dead, "ccfv.registering": "true"})
+    registered = ready("late", {**dead, "ccfv.registering": "true"})
+    client.create_registered_model("late")
+    client.create_model_version("late", source=f"models:/{registered}", model_id=registered)
+    finetuned = ready("finetuned", dict(dead))  # e.g. a fine-tuned network logged by a killed finetune
+    assert recover_crashed()["models"] == [orphan]
+    left = {m.model_id: m.tags for m in client.search_logged_models(["0"])}
+    assert set(left) == {registered, finetuned}
+    assert "ccfv.registering" not in left[registered]
+    assert recover_crashed() == {"runs": [], "models": []}
+
+
+def test_register_leaves_no_registering_tag(tracking_uri):
+    """After a completed ``register`` the LoggedModel no longer looks half-registered."""
+    (mv,) = register_tiny_bank("done", seeds=(4,))
+    from mlflow_ccfv.tracking import logged_model_id
+
+    model = MlflowClient().get_logged_model(logged_model_id(mv))
+    assert "ccfv.registering" not in (model.tags or {}) and str(model.status) == "READY"

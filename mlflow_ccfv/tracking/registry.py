@@ -271,12 +271,14 @@ def register_network(
         extra_tags=extra_tags,
     )
     # The owner process on the LoggedModel: a killed register leaves it PENDING, the next run removes it.
-    info = log_model(spec, state, name=name, tags={**tags, T.PROCESS: process_identity()})
+    info = log_model(spec, state, name=name, tags={**tags, T.PROCESS: process_identity(), T.REGISTERING: "true"})
     try:
         mv = _create_version(name, info.model_uri, info.model_id, tags, description)
     except Exception:
         _client().delete_logged_model(info.model_id)
         raise
+    with contextlib.suppress(MlflowException):  # registered: no longer an orphan if this process dies now
+        _client().delete_logged_model_tag(info.model_id, T.REGISTERING)
     _logger.info(
         "registered %s version %s (%s, source %s, bank %s)", name, mv.version, spec.architecture, source_dataset, bank
     )

@@ -9,6 +9,7 @@ processes on this host as KILLED and deletes their PENDING LoggedModels.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -98,10 +99,20 @@ def _experiment_ids(client: mlflow.MlflowClient) -> list[str]:
             return ids
 
 
+def _has_version(client: mlflow.MlflowClient, name: str, model_id: str) -> bool:
+    """Whether a version of the registered model ``name`` points at the LoggedModel ``model_id``."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return False
+    # (a search may leave ``model_id`` empty; the version's source is ``models:/<model id>`` then)
+    return any(model_id in (v.model_id, (v.source or "").removeprefix("models:/").strip("/")) for v in versions)
+
+
 def recover_crashed() -> dict[str, list[str]]:
     """Close what killed processes of this host left behind: RUNNING runs tagged ``ccfv.process`` whose
-    process is dead end as KILLED, PENDING LoggedModels of dead processes (a killed ``register``) are
-    deleted. Returns ``{"runs": [...], "models": [...]}`` (ids); logs one line per kind."""
+    process is dead end as KILLED; LoggedModels of dead processes that a killed ``register`` left
+    PENDING, or READY but never registered (tag ``ccfv.registering`` and no version), are deleted. Returns ``{"runs": [...], "models": [...]}`` (ids); logs one line per kind."""
     client = mlflow.MlflowClient()
     closed: list[str] = []
     deleted: list[str] = []
@@ -126,12 +137,20 @@ def recover_crashed() -> dict[str, list[str]]:
             # (the status is filtered here: the sqlite store stores it as a number and ignores the text)
             models = client.search_logged_models(chunk, filter_string=mine, max_results=100, page_token=token)
             for model in models:
-                if str(model.status) == "PENDING" and _is_dead((model.tags or {}).get(T.PROCESS, "")):
-                    try:
-                        client.delete_logged_model(model.model_id)
-                        deleted.append(model.model_id)
-                    except MlflowException as exc:  # another command cleaned it first
-                        _logger.debug("could not delete %s: %s", model.model_id, exc)
+                tags = model.tags or {}
+                if not _is_dead(tags.get(T.PROCESS, "")):
+                    continue
+                if str(model.status) != "PENDING" and T.REGISTERING not in tags:
+                    continue  # a finished model of a dead process (e.g. a fine-tuned network): kept
+                if str(model.status) != "PENDING" and _has_version(client, model.name, model.model_id):
+                    with contextlib.suppress(MlflowException):  # registered after all: finalise it
+                        client.delete_logged_model_tag(model.model_id, T.REGISTERING)
+                    continue
+                try:
+                    client.delete_logged_model(model.model_id)
+                    deleted.append(model.model_id)
+                except MlflowException as exc:  # another command cleaned it first
+                    _logger.debug("could not delete %s: %s", model.model_id, exc)
             token = models.token
             if not token:
                 break

@@ -52,6 +52,7 @@ __all__ = [
     "PATCH_SIZE",
     "PROCESS",
     "RANK",
+    "REGISTERING",
     "RUN_BANK",
     "RUN_DATASET_ARTIFACT",
     "RUN_DATASET_DIGEST",
@@ -118,6 +119,9 @@ RUN_DATASET = "ccfv.dataset"
 RUN_BANK = BANK
 #: ``<host>:<pid>:<process start>`` of the process that owns a RUNNING run or a PENDING LoggedModel.
 PROCESS = "ccfv.process"
+#: On a LoggedModel that ``register`` logged: present until its model version exists (a model a killed
+#: ``register`` left READY but unregistered still carries it, and the next command deletes it).
+REGISTERING = "ccfv.registering"
 #: One per-version scoring run (or fine-tuning run) per key: a rerun replaces the runs of its key.
 RUN_KEY = "ccfv.run_key"
 #: On a dataset run: the MSD folder's content digest (``MSDDataset.digest()``), set once the upload is complete.
