@@ -219,6 +219,27 @@ def data_root_option(default: str = "data", help_text: str = "Folder holding the
     )
 
 
+def steps_options(pretrain: int, finetune: int):
+    """``--pretrain-steps`` and ``--finetune-steps`` (the budgets of a demo or a study), with their defaults."""
+
+    def decorate(f):
+        for flag, name, default, what in (
+            ("--finetune-steps", "finetune_steps", finetune, "Fine-tuning"),
+            ("--pretrain-steps", "pretrain_steps", pretrain, "Pre-training"),
+        ):
+            f = click.option(
+                flag,
+                name,
+                default=default,
+                type=click.IntRange(min=1),
+                show_default=True,
+                help=f"{what} steps per model.",
+            )(f)
+        return f
+
+    return decorate
+
+
 def cache_dir_option():
     """``--cache-dir`` (``$MLFLOW_CCFV_CACHE``, then ``.ccfv-cache``)."""
     return click.option(

@@ -10,6 +10,7 @@ from mlflow_ccfv.cli.base import (
     data_root_option,
     device_option,
     exit_on_input_error,
+    steps_options,
 )
 from mlflow_ccfv.options import split_list
 
@@ -29,22 +30,7 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="Cases per synthetic task.",
 )
-@click.option(
-    "--pretrain-steps",
-    "pretrain_steps",
-    default=150,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Pre-training steps per model.",
-)
-@click.option(
-    "--finetune-steps",
-    "finetune_steps",
-    default=60,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Fine-tuning steps per model.",
-)
+@steps_options(pretrain=150, finetune=60)
 @click.option(
     "--bank", default="default", show_default=True, help="Bank tag of the demo's models (score's default bank)."
 )

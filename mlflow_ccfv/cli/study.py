@@ -12,6 +12,7 @@ from mlflow_ccfv.cli.base import (
     data_root_option,
     device_option,
     exit_on_input_error,
+    steps_options,
 )
 from mlflow_ccfv.options import split_list
 
@@ -85,22 +86,7 @@ from mlflow_ccfv.options import split_list
     show_default=True,
     help="Sources with an early checkpoint.",
 )
-@click.option(
-    "--pretrain-steps",
-    "pretrain_steps",
-    default=2000,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Pre-training steps per model.",
-)
-@click.option(
-    "--finetune-steps",
-    "finetune_steps",
-    default=200,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Fine-tuning steps per model.",
-)
+@steps_options(pretrain=2000, finetune=200)
 @click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
 @click.option(
     "--experiment",

@@ -41,6 +41,8 @@ from typing import Any
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
+from mlflow_ccfv.options import format_ints
+
 __all__ = [
     "ARCHITECTURE",
     "BANK",
@@ -75,7 +77,6 @@ __all__ = [
     "format_seeds",
     "interval_metrics",
     "noise_ceiling_metric",
-    "parse_seeds",
     "permutation_metric",
     "seed_dice_metric",
     "finetune_budget_tag",
@@ -240,16 +241,8 @@ def finetune_seeds_tag(dataset: str) -> str:
 
 
 def format_seeds(seeds: Iterable[int]) -> str:
-    """``0,1,2``: the value of :func:`finetune_seeds_tag`."""
-    return ",".join(str(int(s)) for s in seeds)
-
-
-def parse_seeds(value: str) -> tuple[int, ...]:
-    """The seeds of a :func:`finetune_seeds_tag` value (``"0,1,2"`` -> ``(0, 1, 2)``)."""
-    try:
-        return tuple(int(s) for s in value.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"Not a list of fine-tuning seeds: {value!r} (expected e.g. 0,1,2).") from None
+    """``0,1,2``: the value of :func:`finetune_seeds_tag` (read back with :func:`mlflow_ccfv.options.parse_ints`)."""
+    return format_ints(list(seeds))
 
 
 def seed_dice_metric(seed: int) -> str:
