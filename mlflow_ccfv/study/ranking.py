@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["rank_table", "ranking_plot", "table_markdown"]
+__all__ = ["PLOT_TOP", "rank_table", "ranking_plot", "table_markdown"]
 
 
 def rank_table(
@@ -43,15 +43,25 @@ def rank_table(
     return df[["rank"] + [c for c in df.columns if c != "rank"]]
 
 
-def ranking_plot(table: pd.DataFrame, path: str | os.PathLike, method: str = "ccfv") -> Path:
-    """Horizontal bars of ``method`` per model, best at the top, rank in the label (PNG)."""
-    ok = table[table["error"].isna()].sort_values("rank", ascending=False)
+#: Bars drawn by :func:`ranking_plot` at most: the figure's height (and the memory to render it, about
+#: 0.3 MB a bar at 110 dpi) would otherwise grow with the bank; the whole ranking is in the table.
+PLOT_TOP = 30
+
+
+def ranking_plot(table: pd.DataFrame, path: str | os.PathLike, method: str = "ccfv", top: int = PLOT_TOP) -> Path:
+    """Horizontal bars of ``method`` for the ``top`` best-ranked models, best at the top, rank in the
+    label (PNG); the title says how many of the scored models are shown."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    scored = table[table["error"].isna()]
+    ok = scored.sort_values("rank").head(top).sort_values("rank", ascending=False)
     fig = Figure(figsize=(7, 0.5 * max(len(ok), 2) + 1.2))
     ax = fig.subplots()
     labels = [f"#{int(r)}  {m} ({s})" for r, m, s in zip(ok["rank"], ok["model"], ok["source_dataset"])]
     ax.barh(labels, ok[method].astype(float), color="tab:blue")
     ax.set_xlabel(f"{method} (higher = expected to transfer better)")
-    ax.set_title(f"Transferability to {table['dataset'].iloc[0]}")
+    shown = f" (top {len(ok)} of {len(scored)})" if len(ok) < len(scored) else ""
+    ax.set_title(f"Transferability to {table['dataset'].iloc[0]}{shown}")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
