@@ -124,3 +124,24 @@ def test_a_damaged_upload_or_a_bad_reference_is_refused_and_leaves_no_cache(trac
         resolve_dataset_reference(f"runs:/{run_id}/{FILE_LIST}", cache)
     assert is_dataset_reference(uri) and is_dataset_reference("mlflow-artifacts:/1/x/artifacts/T")
     assert not is_dataset_reference("Task07") and not is_dataset_reference(str(folder))
+
+
+def test_a_study_target_given_as_a_logged_dataset_resolves_from_another_folder(tracking_uri, tmp_path, monkeypatch):
+    from mlflow_ccfv.pipelines.study import study_config
+
+    folder = make_target_folder(tmp_path / "data")
+    uri = _log(CliRunner(), folder)
+    digest = MSDDataset.load(folder).digest()
+    shutil.move(str(folder.parent), str(tmp_path / "hidden"))  # no local copy of the data left
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_CCFV_CACHE", raising=False)
+    config = study_config(tmp_path / "synthetic", targets=[uri], early_sources=(), progress=False)
+    local = work / ".ccfv-cache" / "datasets" / digest / folder.name  # the digest-keyed cache of this folder
+    assert config.targets == [local] and [s.path for s in config.sources] == [local]  # leave-one-out: itself
+    assert MSDDataset.load(local).digest() == digest
+    # Ray workers are sent the reference, not this machine's folder; other datasets keep their path
+    assert config.references == {str(local): uri} and config.location(local) == uri
+    assert config.location(tmp_path) == str(tmp_path)
+    assert not (tmp_path / "synthetic").exists()  # no synthetic task generated for a logged target

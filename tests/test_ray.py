@@ -5,12 +5,14 @@ One local Ray instance for the module (``ray.init(num_cpus=2)``, ~5-8 s to start
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import threading
 
 import mlflow
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -158,20 +160,32 @@ def test_the_study_with_ray_matches_the_serial_study(local_ray, on_server, tmp_p
         methods="ccfv",
         progress=False,
     )
+    config = dataclasses.replace(config, seeds=(0, 1))  # one Ray task per (model, seed)
     serial = run_transfer_study(config, progress=False)
     remote = run_transfer_study(
         config, progress=False, force_finetune=True, force_score=True, executor=RayExecutor(num_cpus=1)
     )
     assert not any(o.reused for o in remote.outcomes) and len(remote.outcomes) == 3
+    # the same Dice per seed as the serial path, and the version tags hold their mean, sd and seeds
+    assert {o.model: o.seed_dice for o in remote.outcomes} == {o.model: o.seed_dice for o in serial.outcomes}
+    assert all(set(o.seed_dice) == {0, 1} for o in remote.outcomes)
     assert {o.model: o.dice.mean for o in remote.outcomes} == {o.model: o.dice.mean for o in serial.outcomes}
+    client = MlflowClient()
+    for o in remote.outcomes:
+        name, version = o.model.rsplit("/", 1)
+        tags = client.get_model_version(name, version).tags
+        per_seed = [o.seed_dice[0], o.seed_dice[1]]
+        assert float(tags[T.dice_tag(o.dataset)]) == pytest.approx(np.mean(per_seed), abs=1e-6)
+        assert float(tags[T.dice_sd_tag(o.dataset)]) == pytest.approx(np.std(per_seed, ddof=1), abs=1e-6)
+        assert tags[T.finetune_seeds_tag(o.dataset)] == "0,1"
     cols = ["dataset", "model", "method", "score", "dice"]
     pd_serial = serial.frame[cols].sort_values(cols[:3]).reset_index(drop=True)
     pd_remote = remote.frame[cols].sort_values(cols[:3]).reset_index(drop=True)
     assert pd_remote.equals(pd_serial)
-    client = MlflowClient()
     study_run = mlflow.last_active_run()
     finetunes = client.search_runs(
         [study_run.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}' and tags.`{T.RUN_STAGE}` = 'finetune'",
     )
-    assert len(finetunes) == 3 and all(r.info.status == "FINISHED" for r in finetunes)
+    # per model: one run per seed (a Ray task each) and the run combining the seeds
+    assert len(finetunes) == 3 * 2 + 3 and all(r.info.status == "FINISHED" for r in finetunes)

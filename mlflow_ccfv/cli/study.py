@@ -41,7 +41,8 @@ from mlflow_ccfv.options import split_list
 @click.option(
     "--targets",
     default="",
-    help="Comma-separated targets: synthetic task names or MSD folder paths (default: all five).",
+    help="Comma-separated targets: synthetic task names, MSD folder paths or runs:/<run_id>/<folder> "
+    "(a dataset logged with log-dataset; default: all five).",
 )
 @click.option(
     "--sources",

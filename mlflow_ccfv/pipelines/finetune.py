@@ -132,6 +132,8 @@ def finetune_version(
     checkpoint_dir: str | Path | None = None,
     allow_pickle: bool | None = None,
     parent_run_id: str | None = None,
+    tag_version: bool = True,
+    recombine: bool = False,
 ) -> FinetuneOutcome:
     """Fine-tune a registered version on ``dataset``'s training split and measure Dice on its test split,
     once per seed in ``seeds`` (default: ``config.seed`` only).
@@ -145,12 +147,19 @@ def finetune_version(
     is saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a kill resumes
     from it. ``allow_pickle``: see :func:`~mlflow_ccfv.tracking.registry.pickle_allowed`
     (fine-tuning needs a network spec anyway). ``parent_run_id``: the run to nest under when there is
-    no active run (a Ray task of a study).
+    no active run (a Ray task of a study). ``tag_version``: false records only the seeds' runs and
+    leaves the version (its tags, its LoggedModel's Dice) alone: a Ray task measuring one seed of a
+    multi-seed fine-tune, whose seeds the driver combines into the version's mean and sd.
+    ``recombine``: train nothing; read every seed from its newest finished run (an error if one has
+    none) and write the version's tags even when they already hold this budget (the Ray study's driver,
+    once its per-seed tasks have re-measured the seeds).
     """
     check_training_resources(config, device)
     seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {list(seeds)}.")
+    if force and recombine:
+        raise ValueError("force re-trains every seed and recombine trains none: pass one of them.")
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
     name = target.name
@@ -158,7 +167,7 @@ def finetune_version(
     tag = T.dice_tag(name)
     mv = registered_version(model_uri)  # the tags, without downloading the weights
     tags = dict(mv.tags or {}) if mv is not None else {}
-    if not force and tags.get(T.finetune_budget_tag(name)) == digest and tag in tags:
+    if not force and not recombine and tags.get(T.finetune_budget_tag(name)) == digest and tag in tags:
         label = f"{mv.name}/{mv.version}"
         _logger.info("%s already fine-tuned on %s with this budget: Dice %s (reused)", label, name, tags[tag])
         return FinetuneOutcome(
@@ -196,6 +205,11 @@ def finetune_version(
         done = (
             None if force else finished_run({"budget": seed_digest}, {T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
         )
+        if done is None and recombine:
+            raise RuntimeError(
+                f"{loaded.label} on {name}: seed {seed} has no finished fine-tuning run to combine; "
+                "run the fine-tune (or the study) again."
+            )
         if done is not None:
             table = run_csv(done, DICE_TABLE)
             if "seed" not in table.columns:
@@ -227,7 +241,7 @@ def finetune_version(
             split_seed=split_seed,
             overlap=overlap,
             log_finetuned_model=log_finetuned_model,
-            link_version=len(seeds) == 1,
+            link_version=len(seeds) == 1 and tag_version,
             progress=progress,
             device=run_on,
             checkpoint=checkpoint,
@@ -265,13 +279,13 @@ def finetune_version(
             with tempfile.TemporaryDirectory() as tmp:
                 pd.concat([results[s][1] for s in seeds], ignore_index=True).to_csv(Path(tmp) / DICE_TABLE, index=False)
                 mlflow.log_artifact(str(Path(tmp) / DICE_TABLE))
-            if loaded.model_id:  # the bank version's LoggedModel: the mean, next to its transferability metrics
+            if loaded.model_id and tag_version:  # the bank version's LoggedModel: the mean, beside its scores
                 mlflow.log_metric(T.FINETUNE_DICE, float(np.mean(values)), model_id=loaded.model_id, dataset=mlflow_ds)
             run_id = parent.info.run_id
     seconds = time.perf_counter() - start
     values = [results[s][0] for s in seeds]
     mean, sd = float(np.mean(values)), _sd(values)
-    if loaded.name:
+    if loaded.name and tag_version:
         client = mlflow.MlflowClient()
         version_tags = {
             tag: f"{mean:.6f}",

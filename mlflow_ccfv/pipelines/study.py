@@ -7,7 +7,10 @@ fine-tuned on it with one budget and seed for every model (``finetune``), and th
 computed from the stored tags (``report``). It times scoring against fine-tuning (the cost ratio).
 
 ``study`` runs it over the five synthetic tasks (plus the real BRATS folder as an extra source), or
-over real MSD folders given as paths (``--targets /data/Task02_Heart,/data/Task09_Spleen``);
+over real MSD folders given as paths (``--targets /data/Task02_Heart,/data/Task09_Spleen``) or as
+datasets logged with ``log-dataset`` (``--targets runs:/<run_id>/<folder>``: downloaded once into the
+digest-keyed cache and verified; Ray workers read such a target from the tracking server, not from a
+shared file system);
 ``demo`` runs it on one target with a small bank and prints the ranked table. Both reuse what exists:
 synthetic data already generated with the same settings, bank versions with the same budget
 (``pretrain.budget`` tag), cached features, Dice already measured with the same budget, and each
@@ -44,6 +47,7 @@ from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
 from mlflow_ccfv.tracking import tags as T
+from mlflow_ccfv.tracking.datasets import is_dataset_reference, resolve_dataset_reference
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
@@ -113,6 +117,13 @@ class StudyConfig:
     early_sources: tuple[str, ...] = ()
     #: bootstrap resamples of the report's intervals
     n_resamples: int = 1000
+    #: datasets given as logged references: local folder (resolved path) -> ``runs:/<run_id>/<folder>``;
+    #: Ray tasks read these targets from the reference (downloaded once per worker machine)
+    references: dict[str, str] = field(default_factory=dict)
+
+    def location(self, folder: str | Path) -> str:
+        """Where a worker finds the dataset in ``folder``: its logged reference, else the folder's path."""
+        return self.references.get(str(Path(folder).resolve()), str(folder))
 
 
 @dataclass
@@ -177,7 +188,8 @@ def run_transfer_study(
     ``config.device``. ``executor``: where the bank is scored and fine-tuned (default in this process;
     a :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one task per version, and one per (model,
     target, seed), each logging its own runs and tags on ``device`` or its worker's default; the
-    targets are read from their folders, which every worker must see)."""
+    targets are read from their logged references (``config.references``), else from their folders,
+    which every worker must then see)."""
     executor = executor or SerialExecutor()
     if device is not None:
         config = replace(config, device=device)
@@ -199,6 +211,8 @@ class FinetuneTask:
     force: bool
     parent_run_id: str
     device: str | None = None
+    #: false for one seed of a multi-seed fine-tune: the driver tags the version with the seeds' mean and sd
+    tag_version: bool = True
 
 
 def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
@@ -215,6 +229,7 @@ def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
         progress=False,
         parent_run_id=task.parent_run_id,
         device=task.device,
+        tag_version=task.tag_version,
     )
 
 
@@ -222,17 +237,19 @@ def _finetune_bank_remote(
     bank, ds, config: StudyConfig, seeds, force: bool, progress: bool, parent, executor: Executor, seconds
 ) -> list[FinetuneOutcome]:
     """One task per (model, seed) on ``ds``, then, per model, the seeds' Dice combined in this process
-    (:func:`finetune_version` reads every seed back from its finished run; nothing is trained again)."""
+    (:func:`finetune_version` reads every seed back from its finished run; nothing is trained again) and
+    written to the version's tags (mean, sd, seeds): with several seeds the tasks leave the version alone."""
     tasks = [
         FinetuneTask(
             version_uri(v),
-            str(ds.root),
+            config.location(ds.root),
             dataclasses.replace(config.finetune, seed=seed),
             config.split_seed,
             config.overlap,
             force,
             parent.info.run_id,
             config.device,
+            tag_version=len(seeds) == 1,
         )
         for v in bank
         for seed in seeds
@@ -248,8 +265,11 @@ def _finetune_bank_remote(
         seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + len(measured)
     if len(seeds) == 1:
         return got
-    return [
-        finetune_version(
+    combined = []
+    for i, v in enumerate(bank):
+        mine = got[i * len(seeds) : (i + 1) * len(seeds)]  # this model's seeds, as its tasks measured them
+        trained = not all(o.reused for o in mine)
+        outcome = finetune_version(
             version_uri(v),
             ds,
             config.finetune,
@@ -258,9 +278,10 @@ def _finetune_bank_remote(
             progress=progress,
             seeds=seeds,
             device=config.device,
+            recombine=trained,  # fresh seed runs: combine them even if the version holds this budget's tags
         )
-        for v in bank
-    ]
+        combined.append(replace(outcome, reused=not trained, seconds=sum(o.seconds for o in mine)))
+    return combined
 
 
 def _run_study(
@@ -295,6 +316,7 @@ def _run_study(
             "curve_every": config.curve_every,
             "early_step": config.early_step,
             "early_sources": ",".join(config.early_sources),
+            "references": ",".join(sorted(config.references.values())),
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -358,7 +380,7 @@ def _run_study(
                 device=config.device,
                 amp=config.amp,
                 executor=executor,
-                source=TargetSource(str(ds.root), "train", config.split_seed),
+                source=TargetSource(config.location(ds.root), "train", config.split_seed, config.cache_dir),
             )
         _timed(seconds, "score", start)
         # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
@@ -507,11 +529,21 @@ def demo_config(
     )
 
 
-def _resolve_entries(entries: Sequence[str]) -> tuple[list[str], list[tuple[Path, tuple[int, ...] | None]]]:
-    """Split study entries into synthetic task names and real MSD folders (``PATH[:CHANNELS]``)."""
+def _resolve_entries(
+    entries: Sequence[str], references: dict[str, str] | None = None
+) -> tuple[list[str], list[tuple[Path, tuple[int, ...] | None]]]:
+    """Split study entries into synthetic task names and real MSD folders (``PATH[:CHANNELS]``); a logged
+    dataset (``runs:/<run_id>/<folder>[:CHANNELS]``) is downloaded once into the digest-keyed cache,
+    verified, and recorded in ``references`` (its local folder -> the reference)."""
     synthetic, real = [], []
     for entry in entries:
         where, channels = parse_source(entry)
+        if is_dataset_reference(where):
+            local = resolve_dataset_reference(where).resolve()
+            if references is not None:
+                references[str(local)] = where
+            real.append((local, channels))
+            continue
         path = Path(where).expanduser()
         if path.is_dir():
             if not (path / "dataset.json").is_file():
@@ -560,7 +592,9 @@ def study_config(
     """Leave-one-task-out over the synthetic family (generated under ``data_root`` with
     ``synthetic_seed``) and/or real MSD folders.
 
-    ``targets``/``sources``: synthetic task names (``Task03``) or MSD folder paths; a source may keep
+    ``targets``/``sources``: synthetic task names (``Task03``), MSD folder paths or logged datasets
+    (``runs:/<run_id>/<folder>``, downloaded once into ``$MLFLOW_CCFV_CACHE``/``.ccfv-cache`` and
+    verified; the config's ``references`` keeps them for Ray workers); a source may keep
     some channels (``/data/Task01_BrainTumour:0``). Default targets: the five synthetic tasks; default
     sources: the synthetic family when a target is synthetic, plus every real target. ``brats``: the
     BRATS folder, an extra source used with its FLAIR channel only (the targets are 1-channel CT; see
@@ -568,9 +602,10 @@ def study_config(
     split, its held-out Dice every ``curve_every`` steps, and for ``early_sources`` the checkpoint at
     ``early_step`` registered as a second version.
     """
-    target_synth, target_real = _resolve_entries(list(targets) if targets else list(SYNTHETIC_TASKS))
+    references: dict[str, str] = {}
+    target_synth, target_real = _resolve_entries(list(targets) if targets else list(SYNTHETIC_TASKS), references)
     if sources:
-        source_synth, source_real = _resolve_entries(list(sources))
+        source_synth, source_real = _resolve_entries(list(sources), references)
     else:
         source_synth = list(SYNTHETIC_TASKS) if target_synth else []
         source_real = [(path, None) for path, _ in target_real]
@@ -595,6 +630,7 @@ def study_config(
         early_step=early_step if early_sources else None,
         early_sources=tuple(_short_source_name(t) for t in early_sources),
         device=device,
+        references=references,
     )
 
 
