@@ -26,6 +26,7 @@ COMMANDS = (
     "pretrain",
     "finetune",
     "report",
+    "compare_studies",
     "study",
     "demo",
 )
