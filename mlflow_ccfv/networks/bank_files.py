@@ -68,6 +68,7 @@ def write_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLik
     partial = path.with_name(path.name + ".partial")
     try:
         save_file(state, str(partial), metadata={"format": "pt"})
+        partial.chmod(0o644)  # a file to ship or share (safetensors writes it owner-only)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
