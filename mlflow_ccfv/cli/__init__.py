@@ -27,6 +27,7 @@ COMMANDS = (
     "pretrain",
     "finetune",
     "report",
+    "compare_studies",
     "study",
     "demo",
 )

@@ -43,7 +43,8 @@ from mlflow_ccfv.pipelines.report import report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK, register_bank_folder
 from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
+from mlflow_ccfv.study.report import Report, ranked_table
+from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
 from mlflow_ccfv.tracking.runs import command_run

@@ -40,6 +40,8 @@ from mlflow_ccfv.study.evidence import (
     pretraining_curve_plot,
     source_dice_table,
 )
+from mlflow_ccfv.study.goal import goal_markdown, goal_table
+from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import VARIANTS, add_variants
 
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
@@ -279,22 +281,6 @@ def ranked_table(
     return out.reset_index()
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table (index included when it is named), numbers to ``digits`` decimals."""
-    table = df.reset_index() if any(n is not None for n in df.index.names) else df
-
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "–" if math.isnan(v) else f"{v:.{digits}f}"
-        return str(v)
-
-    header = [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def standardise(scores: np.ndarray) -> np.ndarray:
     """z-scores over the bank (Fig. 2 "standardised the various metrics"); constant -> zeros."""
     scores = np.asarray(scores, float)
@@ -379,6 +365,8 @@ class Report:
     by_architecture: pd.DataFrame = field(default_factory=pd.DataFrame)
     architecture_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
     scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+    goal: pd.DataFrame = field(default_factory=pd.DataFrame)
+    goal_method: str = "ccfv"
     files: dict[str, Path] = field(default_factory=dict)
     evidence: Evidence | None = None
     source_dice: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -408,6 +396,8 @@ class Report:
             )
         if self.evidence is not None:
             text += "\n" + evidence_markdown(self.evidence, REPORT_METHODS, METHOD_LABELS)
+        if not self.goal.empty:
+            text += "\n" + goal_markdown(self.goal, self.goal_method)
         return text
 
 
@@ -429,8 +419,9 @@ def write_report(
     The pre-registered variants (:mod:`mlflow_ccfv.study.variants`) are added to ``frame`` first.
     The evidence (:mod:`mlflow_ccfv.study.evidence`; ``dice_tables``: ``(dataset, model)`` -> the
     per-case, per-seed Dice table) goes to ``evidence.{md,csv}`` (figures with 95% intervals),
-    ``noise_ceiling.csv``, ``permutation.csv``, ``variants.csv`` (variant minus ``ccfv``), and per
-    target ``dice_vs_<rank_by>_<dataset>.png``; every bank model's source Dice to ``source_dice.{md,csv}``;
+    ``noise_ceiling.csv``, ``permutation.csv``, ``variants.csv`` (variant minus ``ccfv``), per
+    target ``dice_vs_<rank_by>_<dataset>.png``, and whether ``rank_by`` met issue 12's goal
+    (:mod:`mlflow_ccfv.study.goal`: ``goal.{md,csv}``); every bank model's source Dice to ``source_dice.{md,csv}``;
     ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
     curves) to ``pretraining_curves.{csv,png}``.
     """
@@ -467,6 +458,10 @@ def write_report(
     ev.noise.to_csv(files.setdefault("noise_ceiling.csv", out / "noise_ceiling.csv"), index=False)
     ev.pvalues.to_csv(files.setdefault("permutation.csv", out / "permutation.csv"), index=False)
     ev.differences.to_csv(files.setdefault("variants.csv", out / "variants.csv"), index=False)
+    if (frame["method"] == rank_by).any():
+        report.goal, report.goal_method = goal_table(ev.figures, ev.noise, frame, rank_by), rank_by
+        report.goal.to_csv(files.setdefault("goal.csv", out / "goal.csv"), index=False)
+        files.setdefault("goal.md", out / "goal.md").write_text(goal_markdown(report.goal, rank_by))
     files.setdefault("report.md", out / "report.md").write_text(report.markdown())
     if curves is not None and not curves.empty:
         curves.to_csv(files.setdefault("pretraining_curves.csv", out / "pretraining_curves.csv"), index=False)
