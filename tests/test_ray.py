@@ -157,6 +157,8 @@ def test_the_study_with_ray_matches_the_serial_study(local_ray, on_server, tmp_p
         architectures=("UNet",),
         methods="ccfv",
         progress=False,
+        from_scratch=True,
+        seeds=(0,),
     )
     serial = run_transfer_study(config, progress=False)
     remote = run_transfer_study(
