@@ -33,6 +33,7 @@ VERBS = {
     "Compare",
     "Run",
     "Upload",
+    "Export",
 }
 
 

@@ -8,42 +8,53 @@ from click.testing import CliRunner
 
 @pytest.mark.slow
 def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
+    """The default demo path at a tiny budget: the shipped bank verified and registered, a control, a
+    small target, two fine-tuning seeds; the summary shows the intervals, the selection value and the
+    pre-training margin; a rerun reuses the bank and every Dice."""
     import mlflow
 
     from mlflow_ccfv.cli import main
-    from mlflow_ccfv.pipelines.study import demo_config, print_summary, run_transfer_study
+    from mlflow_ccfv.networks.bank_files import read_manifest
+    from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
+    from mlflow_ccfv.pipelines.study import demo_config, demo_evidence, print_summary, run_transfer_study
     from mlflow_ccfv.tracking.registry import bank_versions
 
     mlflow.set_experiment("tiny-demo")
+    shipped = read_manifest(SHIPPED_BANK).models
 
     def make():
         return demo_config(
             tmp_path / "data",
             target="Task09",
-            sources=("Task03", "Task06"),
             n_cases=5,
-            shape=(32, 32, 24),
-            pretrain_steps=4,
-            finetune_steps=4,
-            architectures=("UNet",),
+            shape=(32, 32, 32),
+            finetune_steps=2,
+            seeds=(0, 1),
             methods="ccfv,ccfv_no_variety,logme,leep",
-            patch_size=(24, 24, 24),
             progress=False,
         )
 
     first = run_transfer_study(make(), progress=False)
     bank = bank_versions("default")
-    # two sources + the random-init control, each scored and fine-tuned on Task09
-    assert sorted(v.tags["source_dataset"] for v in bank) == ["Task03", "Task06", "random-init"]
-    assert all("finetune.dice.Task09" in v.tags and "transferability.ccfv.Task09" in v.tags for v in bank)
+    # the shipped models + the random-init control of their architecture, each scored and fine-tuned on Task09
+    assert sorted(v.tags["source_dataset"] for v in bank) == sorted(
+        [m.source_dataset for m in shipped] + ["random-init"]
+    )
+    assert {v.tags["weights.sha256"] for v in bank if v.tags["source_dataset"] != "random-init"} == {
+        m.sha256 for m in shipped
+    }
+    assert all("finetune.dice.Task09" in v.tags and "finetune.dice_sd.Task09" in v.tags for v in bank)
+    assert (tmp_path / "data" / "Task07_SynthPancreas").is_dir()  # for the headline score command
     # the estimators scored, and the report-level variants pre-registered in issue 12
     assert set(first.frame["method"]) == {"ccfv", "ccfv_no_variety", "logme", "leep", "ccfv_twin", "rank_aggregate"}
     assert first.seconds["finetune"] > 0 and first.seconds["score"] > 0
     text = print_summary(first, ui_hint=True)
     assert "mlflow ui --backend-store-uri" in text and "| 1 |" in text
+    evidence = demo_evidence(first)
+    assert "top1_dice" in evidence and "random pick" in evidence and "Did pre-training matter? Task09: best" in evidence
 
     second = run_transfer_study(make(), progress=False)
-    assert len(bank_versions("default")) == 3  # the bank is reused, not pre-trained again
+    assert len(bank_versions("default")) == len(shipped) + 1  # the bank is reused, not registered again
     assert all(o.reused for o in second.outcomes) and "finetune" not in second.seconds
     assert second.frame.sort_values(["model", "method"])["dice"].tolist() == pytest.approx(
         first.frame.sort_values(["model", "method"])["dice"].tolist()

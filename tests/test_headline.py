@@ -33,8 +33,11 @@ def test_the_demo_writes_where_score_and_rank_look():
     entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     for key in ("data_root", "bank"):
         assert entry["demo"]["parameters"][key]["default"] == entry["score"]["parameters"][key]["default"], key
-    sources = _option_default(demo, "sources").split(",")
-    assert "Task07" in sources and _option_default(demo, "target") != "Task07"  # Task07 exists after the demo
+    from mlflow_ccfv.pipelines.study import DEMO_EXTRA_TASKS, DEMO_SOURCES
+
+    # Task07 exists after the demo, with the shipped bank and when pre-training from scratch
+    assert _option_default(demo, "sources") == ""
+    assert "Task07" in DEMO_EXTRA_TASKS and "Task07" in DEMO_SOURCES and _option_default(demo, "target") != "Task07"
 
 
 def _project_copy(dest: Path) -> Path:
@@ -76,6 +79,8 @@ def test_headline_commands_after_a_tiny_demo(tracking_uri, tmp_path, monkeypatch
             methods="ccfv,logme",
             patch_size=(24, 24, 24),
             progress=False,
+            from_scratch=True,  # the pre-training path (the shipped bank's path: tests/test_demo.py)
+            seeds=(0,),
         ),
         progress=False,
     )

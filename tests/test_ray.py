@@ -159,6 +159,8 @@ def test_the_study_with_ray_matches_the_serial_study(local_ray, on_server, tmp_p
         architectures=("UNet",),
         methods="ccfv",
         progress=False,
+        from_scratch=True,
+        seeds=(0,),
     )
     config = dataclasses.replace(config, seeds=(0, 1))  # one Ray task per (model, seed)
     serial = run_transfer_study(config, progress=False)

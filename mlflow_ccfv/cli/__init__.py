@@ -20,6 +20,7 @@ COMMANDS = (
     "verify",
     "register",
     "bank",
+    "export_bank",
     "log_dataset",
     "score",
     "rank",

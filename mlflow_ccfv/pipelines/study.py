@@ -44,8 +44,10 @@ from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control
 from mlflow_ccfv.pipelines.report import report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
+from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK, register_bank_folder
 from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.study.report import Report, ranked_table, to_markdown
+from mlflow_ccfv.study.report import Report, ranked_table
+from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, resolve_dataset_reference
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
@@ -54,6 +56,8 @@ from mlflow_ccfv.training import TrainConfig
 
 __all__ = [
     "ARCHITECTURES",
+    "DEMO_EXTRA_TASKS",
+    "DEMO_SOURCES",
     "CONTROL_SOURCE",
     "FinetuneTask",
     "Source",
@@ -62,6 +66,7 @@ __all__ = [
     "demo_config",
     "demo_table",
     "check_twins",
+    "demo_evidence",
     "evidence_summary",
     "ensure_synthetic",
     "finetune_task_remote",
@@ -72,6 +77,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("UNet", "UNETR")
+#: The demo's tasks beside its target: generated with the shipped bank (Task07: the README's next
+#: command scores it), pre-trained on with ``from_scratch``.
+DEMO_EXTRA_TASKS = ("Task07",)
+DEMO_SOURCES = ("Task03", "Task07", "Task06")
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,9 @@ class StudyConfig:
     #: datasets given as logged references: local folder (resolved path) -> ``runs:/<run_id>/<folder>``;
     #: Ray tasks read these targets from the reference (downloaded once per worker machine)
     references: dict[str, str] = field(default_factory=dict)
+    #: register the pre-trained models of this bank folder (safetensors + manifest, e.g. the shipped
+    #: bank) instead of pre-training on ``sources``
+    bank_folder: Path | None = None
 
     def location(self, folder: str | Path) -> str:
         """Where a worker finds the dataset in ``folder``: its logged reference, else the folder's path."""
@@ -317,6 +329,7 @@ def _run_study(
             "early_step": config.early_step,
             "early_sources": ",".join(config.early_sources),
             "references": ",".join(sorted(config.references.values())),
+            "bank_folder": str(config.bank_folder or ""),
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -328,8 +341,14 @@ def _run_study(
     if len(in_channels) != 1:
         raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
     n_in = in_channels.pop()
-    units = _Progress("pre-training", len(config.sources) * len(config.architectures), unit="(source, architecture)")
-    for source in config.sources:
+    if config.bank_folder is not None:
+        shipped = register_bank_folder(config.bank_folder, bank=config.bank)
+        for v in shipped:
+            by_source.setdefault(v.tags[T.SOURCE_DATASET], []).append(v)
+        _logger.info("bank folder %s: %d pre-trained models registered or reused", config.bank_folder, len(shipped))
+    sources = config.sources if config.bank_folder is None else []
+    units = _Progress("pre-training", len(sources) * len(config.architectures), unit="(source, architecture)")
+    for source in sources:
         source_ds = MSDDataset.load(source.path)
         early = config.early_step if short_name(source_ds) in config.early_sources else None
         for arch in config.architectures:
@@ -495,37 +514,67 @@ def check_twins(pretrained: Sequence, controls: Sequence) -> None:
 def demo_config(
     data_root: str | Path,
     target: str = "Task09",
-    n_cases: int = 8,
+    n_cases: int = 50,
     shape: Sequence[int] = (64, 64, 48),
-    sources: Sequence[str] = ("Task03", "Task07", "Task06"),
+    sources: Sequence[str] | None = None,
     pretrain_steps: int = 150,
-    finetune_steps: int = 60,
+    finetune_steps: int = 150,
     bank: str = DEFAULT_BANK,
-    architectures: Sequence[str] = ARCHITECTURES,
+    architectures: Sequence[str] | None = None,
     methods: str = "all",
     patch_size: Sequence[int] = (32, 32, 32),
     seed: int = 0,
     progress: bool = True,
     device: str | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    from_scratch: bool = False,
+    bank_folder: str | Path | None = None,
 ) -> StudyConfig:
-    """The demo: one target, ``len(sources) x len(architectures)`` pre-trained models + one control per
-    architecture, small budgets; synthetic cases generated with ``seed``.
+    """The demo: one synthetic target (``n_cases`` generated with ``seed``; the 80/20 split holds out
+    10 of 50), a bank, one random-init control per architecture; every model fine-tuned with each of
+    ``seeds`` for ``finetune_steps`` (the study's budget).
 
-    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks (target and
-    sources, e.g. Task07) are generated where ``score`` looks by default (``data``), so the headline
-    ``mlflow run . -e score -P dataset=Task07`` works right after it."""
-    names = [target] + [s for s in sources if get_task(s).name != get_task(target).name]
+    The bank: by default the pre-trained models of ``bank_folder`` (the shipped bank: UNets the
+    development study pre-trained for 1000 steps on the same synthetic family, see
+    :data:`~mlflow_ccfv.pipelines.shipped_bank.SHIPPED_BANK`), verified and registered in seconds;
+    ``sources`` are then only generated beside the target (default ``Task07``). With ``from_scratch``,
+    ``len(sources) x len(architectures)`` models are pre-trained here for ``pretrain_steps`` (default
+    sources Task03, Task07, Task06; architectures UNet, UNETR).
+
+    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks are generated
+    where ``score`` looks by default (``data``), so the headline ``mlflow run . -e score -P
+    dataset=Task07`` works right after it."""
+    from mlflow_ccfv.networks.bank_files import read_manifest
+
+    folder = None if from_scratch else Path(bank_folder) if bank_folder else SHIPPED_BANK
+    if folder is not None:
+        manifest = read_manifest(folder)
+        arch = tuple(architectures) if architectures else tuple(manifest.architectures)
+        extra = tuple(sources) if sources is not None else DEMO_EXTRA_TASKS
+        shipped_sources = {m.source_dataset for m in manifest.models}
+        if get_task(target).name.split("_")[0] in shipped_sources:
+            _logger.warning(
+                "the demo's target %s is a source of the bank in %s; those models are left out of its bank",
+                target,
+                folder,
+            )
+    else:
+        arch = tuple(architectures) if architectures else ARCHITECTURES
+        extra = tuple(sources) if sources is not None else DEMO_SOURCES
+    names = [target] + [s for s in extra if get_task(s).name != get_task(target).name]
     folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
     patch = tuple(int(p) for p in patch_size)
     return StudyConfig(
         targets=[folders[0]],
-        sources=[Source(f) for f in folders[1:]],
+        sources=[] if folder is not None else [Source(f) for f in folders[1:]],
         bank=bank,
         methods=methods,
-        architectures=tuple(architectures),
+        architectures=arch,
         pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
         finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
+        seeds=tuple(int(s) for s in seeds),
         device=device,
+        bank_folder=folder,
     )
 
 
@@ -724,3 +773,45 @@ def evidence_summary(
         "\n## The evidence (bootstrap 95% intervals; the noise ceiling bounds what any estimator can reach)\n\n"
         + to_markdown(table[columns])
     )
+
+
+#: The methods the demo's evidence table shows (the ranked table's, plus the pre-registered variants).
+DEMO_METHODS = ("ccfv", "logme", "leep", "gbc", "transrate", "ccfv_twin", "rank_aggregate")
+
+
+def demo_evidence(result: StudyResult, methods: Sequence[str] = DEMO_METHODS) -> str:
+    """Per target: each method's weighted tau, Pearson and top-1 regret and its selection value (the
+    Dice of its top-1 pick, the mean of its top 3) with bootstrap 95% intervals, beside a random pick,
+    the best model and the noise ceiling; then whether pre-training mattered (the best pre-trained
+    model against the best random-init control, :mod:`mlflow_ccfv.study.pretraining_margin`)."""
+    from mlflow_ccfv.study.evidence import evidence_table
+    from mlflow_ccfv.study.pretraining_margin import pretraining_margin
+    from mlflow_ccfv.study.report import METHOD_LABELS
+
+    ev = result.report.evidence
+    lines = []
+    for dataset in sorted(result.frame["dataset"].unique()):
+        if ev is not None:
+            table = evidence_table(ev, methods, METHOD_LABELS)
+            table = table[table["dataset"] == dataset]
+            if not table.empty:
+                first = table.iloc[0]
+                lines.append(
+                    f"\n## {dataset}: does the ranking pick better models? (bootstrap 95% intervals over held-out "
+                    "cases and fine-tuning seeds)\n"
+                )
+                lines.append(
+                    "top1_dice / top3_dice: the selection value, the fine-tune Dice of the method's top pick / mean "
+                    "of its top 3;\n"
+                    f"against a random pick {first['random_dice']}, the best model {first['best_dice']}, and the "
+                    f"noise ceiling (tau between fine-tuning replicates) {first['noise_ceiling']}.\n"
+                )
+                columns = ["method", "weighted_tau", "pearson", "top1_regret", "top1_dice", "top3_dice"]
+                lines.append(to_markdown(table[columns].set_index("method")))
+        try:
+            lines.append(
+                "\nDid pre-training matter? " + pretraining_margin(result.frame, dataset, CONTROL_SOURCE).sentence()
+            )
+        except ValueError as exc:
+            lines.append(f"\nDid pre-training matter? Not measured: {exc}")
+    return "\n".join(lines)

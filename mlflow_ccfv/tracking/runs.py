@@ -42,6 +42,7 @@ __all__ = [
     "process_identity",
     "recover_crashed",
     "run_csv",
+    "run_record",
     "tag_process",
 ]
 
@@ -363,3 +364,12 @@ def run_csv(run_id: str, artifact_path: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
         return pd.read_csv(local)
+
+
+def run_record(run_id: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """``(params, tags)`` of a run, read only; None when the tracking store has no such run."""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    return dict(run.data.params), dict(run.data.tags)

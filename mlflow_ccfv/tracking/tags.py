@@ -13,7 +13,9 @@ Registry (model version) tags:
   ``finetune.dice_sd.<dataset>`` (their standard deviation, with 2 or more seeds),
   ``finetune.seeds.<dataset>``, ``finetune.run.<dataset>``, ``finetune.budget.<dataset>``;
 - written by ``pretrain``: ``pretrain.source_dice`` (Dice on the source's own held-out 20%) and, for
-  a pre-training curve's checkpoints, ``pretrain.checkpoint`` (``early`` or ``final``).
+  a pre-training curve's checkpoints, ``pretrain.checkpoint`` (``early`` or ``final``);
+- written when a bank folder is registered (the shipped bank, ``export-bank`` output): the same
+  ``pretrain.*`` tags as the version it was exported from, and ``weights.sha256`` (the file's digest).
 
 Metrics: every method by name (``ccfv``, ``logme``, ...) and per decoder layer ``i`` (bottleneck = 0)
 ``ccfv.layer<i>.class_consistency`` (C_cons, Eq. 2) and ``ccfv.layer<i>.feature_variety`` (F_v, Eq. 4);
@@ -67,6 +69,7 @@ __all__ = [
     "SOURCE_DATASET",
     "PRETRAIN_CHECKPOINT",
     "PRETRAIN_SOURCE_DICE",
+    "WEIGHTS_SHA256",
     "SOURCE_DICE_METRIC",
     "best_alias",
     "dataset_score_keys",
@@ -91,6 +94,7 @@ __all__ = [
     "process_value",
     "prefixed_params",
     "pretrain_tag",
+    "pretrain_values",
     "rank_tag",
     "stored_ranking",
     "report_metric",
@@ -271,6 +275,14 @@ PRETRAIN_SOURCE_DICE = pretrain_tag("source_dice")
 PRETRAIN_CHECKPOINT = pretrain_tag("checkpoint")
 #: The pre-training run's metric of the same Dice (per evaluated step on a curve).
 SOURCE_DICE_METRIC = "source_dice"
+#: SHA-256 of the safetensors file a version was registered from (a shipped or exported bank).
+WEIGHTS_SHA256 = "weights.sha256"
+
+
+def pretrain_values(tags: Mapping[str, str]) -> dict[str, str]:
+    """``{key: value}`` of a version's ``pretrain.<key>`` tags (the inverse of :func:`pretrain_tag`)."""
+    prefix = pretrain_tag("")
+    return {k[len(prefix) :]: v for k, v in tags.items() if k.startswith(prefix) and len(k) > len(prefix)}
 
 
 def prefixed_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
