@@ -15,11 +15,16 @@ from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
 
 
 def test_the_shipped_bank_matches_its_manifest():
+    import inspect
+
+    from mlflow_ccfv.pipelines.study import demo_config
+
+    target = inspect.signature(demo_config).parameters["target"].default
     manifest = verify_bank(SHIPPED_BANK)  # every digest, and every file builds its spec
     assert len(manifest.models) >= 4
     for m in manifest.models:
         assert file_sha256(SHIPPED_BANK / m.file) == m.sha256
-        assert m.architecture == "UNet" and m.source_dataset != "Task09"  # the demo's target is no source
+        assert m.architecture == "UNet" and m.source_dataset != target  # the demo's target is no source
         assert m.pretrain["budget"] and m.source_dice is not None and m.checkpoint in ("early", "final")
         synth, pretrain = m.reproduce[0], m.reproduce[1]
         assert synth.startswith("mlflow-ccfv synth ") and "--seed 0" in synth and "--n-cases 50" in synth

@@ -25,7 +25,7 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     def make():
         return demo_config(
             tmp_path / "data",
-            target="Task09",
+            target="Task10",
             n_cases=5,
             shape=(32, 32, 32),
             finetune_steps=2,
@@ -36,14 +36,14 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
 
     first = run_transfer_study(make(), progress=False)
     bank = bank_versions("default")
-    # the shipped models + the random-init control of their architecture, each scored and fine-tuned on Task09
+    # the shipped models + the random-init control of their architecture, each scored and fine-tuned on Task10
     assert sorted(v.tags["source_dataset"] for v in bank) == sorted(
         [m.source_dataset for m in shipped] + ["random-init"]
     )
     assert {v.tags["weights.sha256"] for v in bank if v.tags["source_dataset"] != "random-init"} == {
         m.sha256 for m in shipped
     }
-    assert all("finetune.dice.Task09" in v.tags and "finetune.dice_sd.Task09" in v.tags for v in bank)
+    assert all("finetune.dice.Task10" in v.tags and "finetune.dice_sd.Task10" in v.tags for v in bank)
     assert (tmp_path / "data" / "Task07_SynthPancreas").is_dir()  # for the headline score command
     # the estimators scored, and the report-level variants pre-registered in issue 12
     assert set(first.frame["method"]) == {"ccfv", "ccfv_no_variety", "logme", "leep", "ccfv_twin", "rank_aggregate"}
@@ -51,7 +51,7 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     text = print_summary(first, ui_hint=True)
     assert "mlflow ui --backend-store-uri" in text and "| 1 |" in text
     evidence = demo_evidence(first)
-    assert "top1_dice" in evidence and "random pick" in evidence and "Did pre-training matter? Task09: best" in evidence
+    assert "top1_dice" in evidence and "random pick" in evidence and "Did pre-training matter? Task10: best" in evidence
 
     second = run_transfer_study(make(), progress=False)
     assert len(bank_versions("default")) == len(shipped) + 1  # the bank is reused, not registered again
@@ -60,10 +60,10 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
         first.frame.sort_values(["model", "method"])["dice"].tolist()
     )
 
-    result = CliRunner().invoke(main, ["report", "--bank", "default", "--datasets", "Task09"])
+    result = CliRunner().invoke(main, ["report", "--bank", "default", "--datasets", "Task10"])
     assert result.exit_code == 0, result.output
     assert "Table 1" in result.output and "CC-FV" in result.output
-    bad = CliRunner().invoke(main, ["finetune", "--model", "models:/x/1", "--dataset", "Task09", "--stpes", "3"])
+    bad = CliRunner().invoke(main, ["finetune", "--model", "models:/x/1", "--dataset", "Task10", "--stpes", "3"])
     assert bad.exit_code != 0 and "Valid parameters" in bad.output
 
 

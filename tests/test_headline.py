@@ -38,6 +38,14 @@ def test_the_demo_writes_where_score_and_rank_look():
     # Task07 exists after the demo, with the shipped bank and when pre-training from scratch
     assert _option_default(demo, "sources") == ""
     assert "Task07" in DEMO_EXTRA_TASKS and "Task07" in DEMO_SOURCES and _option_default(demo, "target") != "Task07"
+    # one default target everywhere (Task10: where the development study found pre-training matters),
+    # and the shipped bank holds no model trained on it
+    from mlflow_ccfv.networks.bank_files import read_manifest
+    from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
+
+    target = inspect.signature(demo_config).parameters["target"].default
+    assert target == _option_default(demo, "target") == entry["demo"]["parameters"]["target"]["default"] == "Task10"
+    assert target not in {m.source_dataset for m in read_manifest(SHIPPED_BANK).models}
 
 
 def _project_copy(dest: Path) -> Path:

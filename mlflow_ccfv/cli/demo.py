@@ -22,7 +22,7 @@ from mlflow_ccfv.options import split_list
     default="data",
     help_text="Where the synthetic tasks are generated (reused when present); score's default data root.",
 )
-@click.option("--target", default="Task09", show_default=True, help="Target task of the demo.")
+@click.option("--target", default="Task10", show_default=True, help="Target task of the demo.")
 @click.option(
     "--sources",
     default="",

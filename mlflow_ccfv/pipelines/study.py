@@ -513,7 +513,7 @@ def check_twins(pretrained: Sequence, controls: Sequence) -> None:
 
 def demo_config(
     data_root: str | Path,
-    target: str = "Task09",
+    target: str = "Task10",
     n_cases: int = 50,
     shape: Sequence[int] = (64, 64, 48),
     sources: Sequence[str] | None = None,
