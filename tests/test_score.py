@@ -209,5 +209,35 @@ def test_rank_by_another_estimator_sets_the_rank_tags_and_the_alias(tracking_uri
     assert sorted(rank, key=rank.get) == sorted(gbc, key=gbc.get, reverse=True)
     best = max(gbc, key=gbc.get)
     assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
-    bad = CliRunner().invoke(main, [*args, "--rank-by", "ccfv_twin"])
+    bad = CliRunner().invoke(main, [*args, "--rank-by", "rank_aggregate"])
     assert bad.exit_code != 0 and "computed by `report`" in bad.output
+
+
+@pytest.mark.slow
+def test_rank_by_ccfv_twin_subtracts_the_architectures_random_twin(tracking_uri, tmp_path, caplog):
+    """--rank-by ccfv_twin: ranks from ccfv minus the ccfv of the random-init control of the same
+    architecture, read from the registry; an architecture without a control ranks last, with a warning."""
+    from mlflow_ccfv.networks import random_state_dict, small_spec
+    from mlflow_ccfv.tracking import register_network
+
+    data = tmp_path / "data"
+    make_target_folder(data)
+    register_tiny_bank("tw", seeds=(0, 1))
+    unet, basic = small_spec("UNet", 1, 3), small_spec("BasicUNet", 1, 3)
+    register_network(unet, random_state_dict(unet, 7), "unet-random-init", "random-init", bank="tw")
+    register_network(basic, random_state_dict(basic, 0), "basic-rand-0", "none", bank="tw")
+    args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "tw", "--methods", "ccfv"]
+    result = CliRunner().invoke(main, [*args, "--rank-by", "ccfv_twin", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    versions = [client.get_model_version(v.name, v.version) for v in mlflow.search_model_versions()]
+    ccfv = {v.name: float(v.tags[f"transferability.ccfv.{TARGET_TASK}"]) for v in versions}
+    rank = {v.name: int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for v in versions}
+    unets = [n for n in ccfv if n != "basic-rand-0"]
+    assert sorted(unets, key=rank.get) == sorted(unets, key=ccfv.get, reverse=True)
+    assert rank["basic-rand-0"] == 4  # no BasicUNet control: last, whatever its ccfv
+    best = min(rank, key=rank.get)
+    assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
+    assert "no random-init twin" in caplog.text and "BasicUNet" in caplog.text
+    twin = ccfv[best] - ccfv["unet-random-init"]
+    assert f"{twin:.4f}" in result.output  # the printed table shows the twin-calibrated score

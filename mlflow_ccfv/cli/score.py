@@ -106,7 +106,9 @@ from mlflow_ccfv.cli.base import (
     "rank_by",
     default="ccfv",
     show_default=True,
-    help="Estimator whose score sets the rank tags and the best-<dataset> alias.",
+    help="Estimator whose score sets the rank tags and the best-<dataset> alias, or ccfv_twin (CC-FV minus "
+    "that of a random-init twin of the model's architecture in the bank; the method docs/study.md's "
+    "evidence supports).",
 )
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
@@ -118,7 +120,10 @@ def score(**options) -> None:
         parse_methods(options["methods"])  # an unknown name is refused before the server is asked
         check_tracking_server()
         table = score_from_options(**options)
-    click.echo(table_markdown(table, parse_methods(options["methods"])))
+    shown = parse_methods(options["methods"])
+    click.echo(
+        table_markdown(table, [*shown, *[c for c in [options["rank_by"]] if c in table.columns and c not in shown]])
+    )
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]
     for model, error in errors:  # pickled versions without the opt-in are skipped, not failed
         if error.startswith("skipped: "):

@@ -35,6 +35,7 @@ from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int,
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
+from mlflow_ccfv.study.variants import CONTROL_SOURCE, TWIN_METHOD, twin_scores
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import (
     is_dataset_reference,
@@ -45,6 +46,7 @@ from mlflow_ccfv.tracking.datasets import (
 from mlflow_ccfv.tracking.registry import (
     LoadedModel,
     PickleRefusedError,
+    Ranking,
     clear_version_scores,
     load_version,
     rerank,
@@ -387,7 +389,11 @@ def score_versions(
             allow_pickle,
             settings,
         )
-        table = rank_table([r.row() for r in results], methods, dataset.name, rank_method=rank_by)
+        rows = [r.row() for r in results]
+        shown = [*methods, TWIN_METHOD] if rank_by == TWIN_METHOD else methods
+        if rank_by == TWIN_METHOD:
+            rows = _twin_rows(rows)
+        table = rank_table(rows, shown, dataset.name, rank_method=rank_by)
         if parent is None:
             return table
         failed = [r.label for r in results if r.error and not r.skipped]
@@ -396,13 +402,15 @@ def score_versions(
             mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
         # The single place ranks, rank tags and the alias are written (after every task has finished),
         # from every score stored in the registry for this dataset and these settings.
-        rerank(dataset.name, settings, dataset.digest, method=rank_by)
+        ranking = rerank(dataset.name, settings, dataset.digest, method=rank_by)
+        if rank_by == TWIN_METHOD:  # the twin may have been scored by an earlier command: the registry's value
+            table = rank_table(_twin_rows(rows, ranking), shown, dataset.name, rank_method=rank_by)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
-            (folder / f"{stem}.md").write_text(table_markdown(table, methods))
+            (folder / f"{stem}.md").write_text(table_markdown(table, shown))
             ranking_plot(table, folder / f"{stem}.png", method=rank_by)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
@@ -484,16 +492,46 @@ def _run_version_tasks(
 
 
 def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
-    """``methods`` plus ``rank_by`` (an estimator name, checked here before any work)."""
+    """``methods`` plus what ``rank_by`` needs (an estimator, or ``ccfv_twin``: ``ccfv``), checked here
+    before any work."""
     from mlflow_ccfv.estimators import METHODS
 
-    if rank_by not in METHODS:
+    needed = "ccfv" if rank_by == TWIN_METHOD else rank_by
+    if needed not in METHODS:
         raise ValueError(
-            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} "
-            "(the pre-registered variants ccfv_twin and rank_aggregate are computed by `report`, from every "
-            "version's scores)."
+            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} or {TWIN_METHOD} "
+            "(CC-FV minus the CC-FV of a random-init twin of the model's architecture; rank_aggregate is "
+            "computed by `report`, from every version's scores)."
         )
-    return methods if rank_by in methods else [*methods, rank_by]
+    return methods if needed in methods else [*methods, needed]
+
+
+def _twin_rows(rows: list[dict[str, Any]], ranking: Ranking | None = None) -> list[dict[str, Any]]:
+    """``rows`` with their ``ccfv_twin``: from ``ranking`` (registry-wide, after :func:`rerank`) where it
+    has the version, else from the twins among ``rows``; warns once, naming the fix, for the versions
+    whose architecture has no random-init control (they rank last)."""
+    stored = {f"{n}/{v}": score for n, v, score in ranking.ranked} if ranking is not None else {}
+    scored = [r for r in rows if r.get("ccfv") is not None and not r.get("error")]
+    batch = twin_scores([(r["model"], r.get("architecture"), r.get("source_dataset"), r["ccfv"]) for r in scored])
+    local = {r["model"]: value for r, value in zip(scored, batch)}
+    out = []
+    for r in rows:
+        key = str(r["model"]).removeprefix("models:/")
+        out.append({**r, TWIN_METHOD: stored.get(key, local.get(r["model"], float("nan")))})
+    lonely = sorted(
+        {str(r.get("architecture")) for r in out if not r.get("error") and r[TWIN_METHOD] != r[TWIN_METHOD]}
+    )
+    if lonely:
+        _logger.warning(
+            "--rank-by %s: no random-init twin scored on this target for architecture(s) %s, so their "
+            "versions rank last; register one per architecture with the same constructor arguments "
+            "(mlflow-ccfv register --name <arch>-random-init --source-dataset %s --spec <spec> --random-init "
+            "true --bank <bank>) and score again",
+            TWIN_METHOD,
+            ", ".join(lonely),
+            CONTROL_SOURCE,
+        )
+    return out
 
 
 def score_from_options(

@@ -37,7 +37,9 @@ def rank_table(
     df = pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns)
     ok = df["error"].isna()
     df["rank"] = pd.array([pd.NA] * len(df), dtype="Int64")
-    df.loc[ok, "rank"] = df.loc[ok, rank_method].rank(ascending=False, method="first").astype(int)
+    df.loc[ok, "rank"] = (
+        pd.to_numeric(df.loc[ok, rank_method]).rank(ascending=False, method="first", na_option="bottom").astype(int)
+    )
     df = df.sort_values(["rank", "model"], na_position="last").reset_index(drop=True)
     df.insert(0, "dataset", dataset_name)
     return df[["rank"] + [c for c in df.columns if c != "rank"]]

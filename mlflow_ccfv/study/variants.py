@@ -14,14 +14,27 @@ variants' rows, copying each model's descriptive columns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["AGGREGATED_METHODS", "CONTROL_SOURCE", "VARIANTS", "add_variants", "rank_aggregate", "twin_calibrated"]
+__all__ = [
+    "AGGREGATED_METHODS",
+    "CONTROL_SOURCE",
+    "TWIN_METHOD",
+    "VARIANTS",
+    "add_variants",
+    "rank_aggregate",
+    "twin_calibrated",
+    "twin_scores",
+]
 
 #: The variants' method names.
 VARIANTS = ("ccfv_twin", "rank_aggregate")
+#: The variant ``score --rank-by`` can rank by (from the stored ``ccfv`` scores of a model and its twin).
+TWIN_METHOD = "ccfv_twin"
 #: The estimators ``rank_aggregate`` averages the ranks of (chosen in docs/preregistration.md).
 AGGREGATED_METHODS = ("ccfv_no_variety", "gbc", "logme")
 #: ``source_dataset`` of the random-init controls.
@@ -48,6 +61,17 @@ def twin_calibrated(frame: pd.DataFrame, method: str = "ccfv") -> pd.DataFrame:
             out["score"] = float(row.score) - float(twin_score[row.architecture])
             rows.append(out)
     return pd.DataFrame(rows, columns=frame.columns)
+
+
+def twin_scores(members: Sequence[tuple[str, str | None, str | None, float]]) -> list[float]:
+    """``ccfv_twin`` of each ``(model, architecture, source_dataset, ccfv)``: its ``ccfv`` minus that of the
+    random-init control of its architecture among ``members`` (the first by model id if several), NaN
+    when its architecture has no control there; the same definition as :func:`twin_calibrated`."""
+    twins: dict[str | None, float] = {}
+    for _, arch, source, score in sorted(members, key=lambda m: m[0]):
+        if source == CONTROL_SOURCE and arch not in twins:
+            twins[arch] = float(score)
+    return [float(score) - twins[arch] if arch in twins else float("nan") for _, arch, _, score in members]
 
 
 def rank_aggregate(frame: pd.DataFrame, methods: tuple[str, ...] = AGGREGATED_METHODS) -> pd.DataFrame:

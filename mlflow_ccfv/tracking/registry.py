@@ -689,14 +689,22 @@ class Ranking:
 
 def _plan_ranking(dataset: str, group: str, method: str):
     """Read the registry: the wanted ranks of ``group``, the rank tags to remove, the alias changes."""
-    marker, rank_key, score_key = T.scored_tag(dataset), T.rank_tag(dataset), T.score_tag(method, dataset)
-    members = []
+    from mlflow_ccfv.study.variants import TWIN_METHOD, twin_scores
+
+    base = "ccfv" if method == TWIN_METHOD else method  # ccfv_twin: from the stored ccfv scores
+    marker, rank_key, score_key = T.scored_tag(dataset), T.rank_tag(dataset), T.score_tag(base, dataset)
+    members, described = [], []
     for mv in _search_versions(f"tags.`{marker}` = '{group}'"):
         tags = mv.tags or {}
         try:
             members.append((mv.name, str(mv.version), float(tags[score_key]), tags.get(rank_key)))
         except (KeyError, ValueError):
             continue  # a marker without a readable score: not comparable
+        described.append(
+            (f"{mv.name}/{mv.version}", tags.get(T.ARCHITECTURE), tags.get(T.SOURCE_DATASET), members[-1][2])
+        )
+    if method == TWIN_METHOD:  # a version without a twin in the group scores NaN: ranked last
+        members = [(n, v, twin, old) for (n, v, _, old), twin in zip(members, twin_scores(described))]
     # Best score first; ties broken by name and version so every process computes the same order.
     members.sort(key=lambda m: (-m[2] if m[2] == m[2] else float("inf"), m[0], int(m[1])))
     ranked = [(n, v, s) for n, v, s, _ in members]
