@@ -390,12 +390,10 @@ def score_versions(
             settings,
         )
         rows = [r.row() for r in results]
-        shown = [*methods, TWIN_METHOD] if rank_by == TWIN_METHOD else methods
-        if rank_by == TWIN_METHOD:
-            rows = _twin_rows(rows)
-        table = rank_table(rows, shown, dataset.name, rank_method=rank_by)
+        twin = rank_by == TWIN_METHOD
+        shown = [*methods, TWIN_METHOD] if twin else methods
         if parent is None:
-            return table
+            return rank_table(_twin_rows(rows) if twin else rows, shown, dataset.name, rank_method=rank_by)
         failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
             status = "FAILED"
@@ -403,8 +401,8 @@ def score_versions(
         # The single place ranks, rank tags and the alias are written (after every task has finished),
         # from every score stored in the registry for this dataset and these settings.
         ranking = rerank(dataset.name, settings, dataset.digest, method=rank_by)
-        if rank_by == TWIN_METHOD:  # the twin may have been scored by an earlier command: the registry's value
-            table = rank_table(_twin_rows(rows, ranking), shown, dataset.name, rank_method=rank_by)
+        # ccfv_twin from the registry: the twin may have been scored by an earlier command
+        table = rank_table(_twin_rows(rows, ranking) if twin else rows, shown, dataset.name, rank_method=rank_by)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)

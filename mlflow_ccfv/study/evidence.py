@@ -45,6 +45,8 @@ __all__ = [
     "dice_score_plot",
     "evidence",
     "evidence_table",
+    "figure_of",
+    "interval_text",
     "pretraining_curve_plot",
     "source_dice_table",
 ]
@@ -91,15 +93,17 @@ class Evidence:
     targets: dict[str, TargetData] = field(default_factory=dict)
 
     def figure(self, scope: str, method: str, statistic: str) -> tuple[float, float, float]:
-        row = self.figures[
-            (self.figures["scope"] == scope)
-            & (self.figures["method"] == method)
-            & (self.figures["statistic"] == statistic)
-        ]
-        if row.empty:
-            return (float("nan"),) * 3
-        r = row.iloc[0]
-        return float(r["estimate"]), float(r["low"]), float(r["high"])
+        return figure_of(self.figures, scope, method, statistic)
+
+
+def figure_of(figures: pd.DataFrame, scope: str, method: str, statistic: str) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of one figure of a long table ``scope, method, statistic, estimate, low,
+    high`` (NaNs when absent)."""
+    row = figures[(figures["scope"] == scope) & (figures["method"] == method) & (figures["statistic"] == statistic)]
+    if row.empty:
+        return (float("nan"),) * 3
+    r = row.iloc[0]
+    return float(r["estimate"]), float(r["low"]), float(r["high"])
 
 
 def _targets(frame: pd.DataFrame, tables: Mapping[tuple[str, str], pd.DataFrame]) -> dict[str, TargetData]:
@@ -163,7 +167,8 @@ def evidence(
     )
 
 
-def _cell(estimate: float, low: float, high: float, digits: int = 3) -> str:
+def interval_text(estimate: float, low: float = float("nan"), high: float = float("nan"), digits: int = 3) -> str:
+    """``estimate [low, high]`` (``estimate`` alone without bounds, ``–`` when missing)."""
     if estimate != estimate:
         return "–"
     if low != low:
@@ -180,17 +185,19 @@ def evidence_table(ev: Evidence, methods: Sequence[str], labels: Mapping[str, st
     pvalues = ev.pvalues.set_index(["dataset", "method"])["permutation_p"]
     rows = []
     for scope in [*sorted(ev.noise["dataset"]), AVERAGE]:
-        ceiling = _cell(*noise.loc[scope, ["estimate", "low", "high"]].astype(float)) if scope in noise.index else "–"
+        ceiling = (
+            interval_text(*noise.loc[scope, ["estimate", "low", "high"]].astype(float)) if scope in noise.index else "–"
+        )
         for m in methods:
             if not (ev.figures["method"] == m).any():
                 continue
             row = {"dataset": scope, "method": labels.get(m, m), "noise_ceiling": ceiling}
             for s in RANKING_STATISTICS:
-                row[s] = _cell(*ev.figure(scope, m, s))
+                row[s] = interval_text(*ev.figure(scope, m, s))
             p = pvalues.get((scope, m), float("nan"))
             row["permutation_p"] = "–" if p != p else f"{p:.4f}"
             for s in BANK_STATISTICS:
-                row[s] = _cell(*ev.figure(scope, "", s))
+                row[s] = interval_text(*ev.figure(scope, "", s))
             rows.append(row)
     return pd.DataFrame(rows)
 

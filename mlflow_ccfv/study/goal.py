@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlflow_ccfv.study.evidence import figure_of, interval_text
 from mlflow_ccfv.study.statistics import AVERAGE
 from mlflow_ccfv.study.tables import to_markdown
 
@@ -34,22 +35,6 @@ GOAL_FRACTION = 0.8
 GOAL_SHARE = 0.8
 
 
-def _figure(figures: pd.DataFrame, scope: str, method: str, statistic: str) -> tuple[float, float, float]:
-    row = figures[(figures["scope"] == scope) & (figures["method"] == method) & (figures["statistic"] == statistic)]
-    if row.empty:
-        return (float("nan"),) * 3
-    r = row.iloc[0]
-    return float(r["estimate"]), float(r["low"]), float(r["high"])
-
-
-def _fmt(estimate: float, low: float = float("nan"), high: float = float("nan")) -> str:
-    if estimate != estimate:
-        return "–"
-    if low != low:
-        return f"{estimate:.3f}"
-    return f"{estimate:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def goal_table(figures: pd.DataFrame, noise: pd.DataFrame, scores: pd.DataFrame, method: str = "ccfv") -> pd.DataFrame:
     """One row per target and one for the average (see the module docstring).
 
@@ -59,8 +44,8 @@ def goal_table(figures: pd.DataFrame, noise: pd.DataFrame, scores: pd.DataFrame,
     rows = []
     ceilings = noise.set_index("dataset")
     for dataset in sorted(ceilings.index):
-        tau = _figure(figures, dataset, method, "weighted_tau")
-        regret = _figure(figures, dataset, method, "top1_regret")
+        tau = figure_of(figures, dataset, method, "weighted_tau")
+        regret = figure_of(figures, dataset, method, "top1_regret")
         ceiling = float(ceilings.loc[dataset, "estimate"])
         models = scores[scores["dataset"] == dataset].drop_duplicates("model")
         sd = float(np.nanmean(models["dice_sd"].astype(float))) if "dice_sd" in models and len(models) else np.nan
@@ -90,7 +75,7 @@ def goal_table(figures: pd.DataFrame, noise: pd.DataFrame, scores: pd.DataFrame,
                 "why_not": why,
             }
         )
-    tau = _figure(figures, AVERAGE, method, "weighted_tau")
+    tau = figure_of(figures, AVERAGE, method, "weighted_tau")
     rows.append(
         {
             "dataset": AVERAGE,
@@ -115,7 +100,7 @@ def goal_markdown(table: pd.DataFrame, method: str = "ccfv") -> str:
         f"## Issue 12's goal for `{method}`: {verdict}\n",
         f"- targets where weighted tau >= {GOAL_FRACTION} x noise ceiling and top-1 regret <= one Dice sd: "
         f"**{n_met} of {n}** (needed: {needed})",
-        f"- average weighted tau {_fmt(avg['weighted_tau'], avg['tau_low'], avg['tau_high'])}: "
+        f"- average weighted tau {interval_text(avg['weighted_tau'], avg['tau_low'], avg['tau_high'])}: "
         + ("the interval excludes 0" if avg["met"] else "the interval includes 0"),
         "",
         "| target | noise ceiling | 0.8 x ceiling | weighted tau [95%] | tau met | top-1 regret [95%] | Dice sd | "
@@ -124,9 +109,9 @@ def goal_markdown(table: pd.DataFrame, method: str = "ccfv") -> str:
     ]
     for r in targets.itertuples():
         lines.append(
-            f"| {r.dataset} | {_fmt(r.noise_ceiling)} | {_fmt(r.target_tau)} | "
-            f"{_fmt(r.weighted_tau, r.tau_low, r.tau_high)} | {'yes' if r.tau_met else 'no'} | "
-            f"{_fmt(r.top1_regret, r.regret_low, r.regret_high)} | {_fmt(r.dice_sd)} | "
+            f"| {r.dataset} | {interval_text(r.noise_ceiling)} | {interval_text(r.target_tau)} | "
+            f"{interval_text(r.weighted_tau, r.tau_low, r.tau_high)} | {'yes' if r.tau_met else 'no'} | "
+            f"{interval_text(r.top1_regret, r.regret_low, r.regret_high)} | {interval_text(r.dice_sd)} | "
             f"{'yes' if r.regret_met else 'no'} | {r.why_not or '–'} |"
         )
     return "\n".join(lines) + "\n"
@@ -181,26 +166,26 @@ def compare_studies(
     for m in chosen:
         row = {"method": m}
         for label, fig in (("development", dev_fig), ("confirmation", con_fig)):
-            row[f"{label} tau"] = _fmt(*_figure(fig, scope, m, "weighted_tau"))
-            row[f"{label} top-1 regret"] = _fmt(*_figure(fig, scope, m, "top1_regret"))
+            row[f"{label} tau"] = interval_text(*figure_of(fig, scope, m, "weighted_tau"))
+            row[f"{label} top-1 regret"] = interval_text(*figure_of(fig, scope, m, "top1_regret"))
         rows.append(row)
     var_rows, decision = [], {}
     for variant in sorted(set(dev_var["method"]) | set(con_var["method"])):
         for statistic in ("weighted_tau", "top1_regret"):
             row = {"method": variant, "statistic": statistic}
             for label, table in (("development", dev_var), ("confirmation", con_var)):
-                row[label] = _fmt(*_figure(table, scope, variant, statistic))
+                row[label] = interval_text(*figure_of(table, scope, variant, statistic))
             var_rows.append(row)
-        diff = _figure(con_var, scope, variant, "weighted_tau")
+        diff = figure_of(con_var, scope, variant, "weighted_tau")
         if diff[0] != diff[0]:
             decision[variant] = "no confirmation figure: the default stays `ccfv`."
         elif diff[0] > 0 and diff[1] > 0:
             decision[variant] = (
-                f"confirmation tau difference {_fmt(*diff)} excludes 0: the evidence supports it over `ccfv`."
+                f"confirmation tau difference {interval_text(*diff)} excludes 0: the evidence supports it over `ccfv`."
             )
         else:
             decision[variant] = (
-                f"confirmation tau difference {_fmt(*diff)} "
+                f"confirmation tau difference {interval_text(*diff)} "
                 + ("is not above 0" if diff[0] <= 0 else "has an interval that includes 0")
                 + ": the default stays `ccfv`."
             )

@@ -51,15 +51,11 @@ def twin_calibrated(frame: pd.DataFrame, method: str = "ccfv") -> pd.DataFrame:
     sub = frame[frame["method"] == method]
     rows = []
     for _, g in sub.groupby("dataset", sort=True):
-        controls = g[g["source_dataset"].astype(str) == CONTROL_SOURCE].sort_values("model")
-        twin_score = controls.drop_duplicates("architecture").set_index("architecture")["score"]
-        for row in g.itertuples(index=False):
-            if row.architecture not in twin_score.index:
-                continue
-            out = row._asdict()
-            out["method"] = "ccfv_twin"
-            out["score"] = float(row.score) - float(twin_score[row.architecture])
-            rows.append(out)
+        with_twin = set(g.loc[g["source_dataset"].astype(str) == CONTROL_SOURCE, "architecture"])
+        members = [(str(r.model), r.architecture, str(r.source_dataset), r.score) for r in g.itertuples(index=False)]
+        for row, value in zip(g.itertuples(index=False), twin_scores(members)):
+            if row.architecture in with_twin:
+                rows.append({**row._asdict(), "method": TWIN_METHOD, "score": value})
     return pd.DataFrame(rows, columns=frame.columns)
 
 
