@@ -164,6 +164,8 @@ def remote_bank(mlflow_server, tmp_path_factory):
                 "bank=ui",
                 "-P",
                 "methods=ccfv,logme",
+                "-P",  # the bank's three versions only (the default twin is tested in test_score and test_deploy)
+                "add_twins=false",
             ],
             capture_output=True,
             text=True,

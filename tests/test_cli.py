@@ -195,11 +195,11 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
     shown = runner.invoke(main, ["rank", "--dataset", "Task09"])
     assert shown.exit_code == 0, shown.output
     rank_rows = [line.split("|")[1:6] for line in shown.output.splitlines() if re.match(r"^\| \d+ \|", line)]
-    assert [r[:2] for r in rank_rows] == [r[:2] for r in score_rows] and len(rank_rows) == 2
+    assert [r[:2] for r in rank_rows] == [r[:2] for r in score_rows] and len(rank_rows) == 3  # with the twin
     assert [r[4].strip() for r in rank_rows] == [r[4].strip() for r in score_rows]  # ccfv, 4 decimals
 
     records = json.loads(runner.invoke(main, ["rank", "--dataset", "Task09", "--bank", "r", "--json"]).output)
-    assert [r["rank"] for r in records] == [1, 2]
+    assert [r["rank"] for r in records] == [1, 2, 3]  # m0, m1 and the UNet twin `score` registered in bank r
     assert records[0]["ccfv"] >= records[1]["ccfv"] and {"logme", "model"} <= set(records[0])
 
     listed = runner.invoke(main, ["bank", "--bank", "r"])

@@ -60,13 +60,17 @@ def test_every_entry_point_against_the_postgres_backed_server(on_server, tmp_pat
     out = _ok(runner.invoke(main, ["score", "--dataset", uri, "--bank", "team", "--methods", "ccfv,logme"]))
     assert {f"team-unet-{s}/1" for s in (0, 1, 2)} <= set(out.replace("|", " ").split())
     versions = [client.get_model_version(f"team-unet-{s}", "1") for s in (0, 1, 2)]
-    ranks = {v.name: int(v.tags[T.rank_tag(TARGET_TASK)]) for v in versions}
-    assert sorted(ranks.values()) == [1, 2, 3]
+    twin = client.get_model_version("unet-random-init", "1")  # the default ranking registered the UNet's twin
+    assert twin.tags[T.SOURCE_DATASET] == "random-init" and twin.tags[T.BANK] == "team"
+    ranks = {v.name: int(v.tags[T.rank_tag(TARGET_TASK)]) for v in [*versions, twin]}
+    assert sorted(ranks.values()) == [1, 2, 3, 4]
     best = min(ranks, key=ranks.get)
     assert client.get_model_version_by_alias(best, T.best_alias(TARGET_TASK)).version == "1"
     exp = client.get_experiment_by_name("ccfv-team")
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`{T.RUN_DATASET}` = '{TARGET_TASK}'")
-    assert len([r for r in children if "mlflow.parentRunId" in r.data.tags]) == 3
+    assert len([r for r in children if "mlflow.parentRunId" in r.data.tags]) == 4
+    ranked_by = [r.data.tags.get("ccfv.ranked_by") for r in client.search_runs([exp.experiment_id])]
+    assert "ccfv_twin" in ranked_by and "ccfv" not in ranked_by
 
     # finetune each version on the same reference (tiny budget), then the report from the stored tags
     for s in (0, 1, 2):

@@ -50,6 +50,15 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     assert table["ccfv"].iloc[0] == pytest.approx(metrics["ccfv"], rel=1e-9)
     assert table["logme"].iloc[0] == pytest.approx(metrics["logme"], rel=1e-9)
 
+    # ccfv_twin: minus the CC-FV of the same network with seed-0 random weights, the twin `score` registers
+    from mlflow_ccfv.pipelines.pretrain import register_twins
+
+    (twin,) = register_twins([mv])
+    twin_table = score_versions([twin], make_target(MSDDataset.load(root), "train"), methods=["ccfv"], log=False)
+    assert metrics["ccfv.twin_control"] == pytest.approx(twin_table["ccfv"].iloc[0], rel=1e-6)
+    assert metrics["ccfv_twin"] == pytest.approx(metrics["ccfv"] - metrics["ccfv.twin_control"], rel=1e-12)
+    assert metrics["ccfv_twin"] != 0
+
     # Logged on the run and on the LoggedModel, linked to the dataset (name + digest).
     assert MlflowClient().get_run(run.info.run_id).data.metrics["ccfv"] == pytest.approx(metrics["ccfv"])
     model = mlflow.get_logged_model(logged_model_id(mv))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -36,6 +37,8 @@ def scored(tracking_uri, tmp_path):
         "ccfv,logme,leep",
         "--cache-dir",
         str(tmp_path / "cache"),
+        "--add-twins",  # no twin: `auto` falls back to ranking by ccfv (the default is tested below)
+        "false",
     ]
     first = runner.invoke(main, args)
     return {"versions": versions, "data": data, "args": args, "first": first, "runner": runner, "tmp": tmp_path}
@@ -227,7 +230,8 @@ def test_rank_by_ccfv_twin_subtracts_the_architectures_random_twin(tracking_uri,
     register_network(unet, random_state_dict(unet, 7), "unet-random-init", "random-init", bank="tw")
     register_network(basic, random_state_dict(basic, 0), "basic-rand-0", "none", bank="tw")
     args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "tw", "--methods", "ccfv"]
-    result = CliRunner().invoke(main, [*args, "--rank-by", "ccfv_twin", "--cache-dir", str(tmp_path / "cache")])
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--add-twins", "false"]  # a BasicUNet without its twin
+    result = CliRunner().invoke(main, [*args, "--rank-by", "ccfv_twin", *cache])
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     versions = [client.get_model_version(v.name, v.version) for v in mlflow.search_model_versions()]
@@ -241,3 +245,66 @@ def test_rank_by_ccfv_twin_subtracts_the_architectures_random_twin(tracking_uri,
     assert "no random-init twin" in caplog.text and "BasicUNet" in caplog.text
     twin = ccfv[best] - ccfv["unet-random-init"]
     assert f"{twin:.4f}" in result.output  # the printed table shows the twin-calibrated score
+
+
+@pytest.mark.slow
+def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(tracking_uri, tmp_path, caplog):
+    """score with no --rank-by: every architecture gets its random-init twin (the first version's network,
+    seed-0 random weights, no training), the ranks and the alias follow ccfv minus the twin's ccfv, a
+    second score reuses the twins; with --add-twins false, `auto` falls back to ccfv and says why."""
+    from mlflow_ccfv.networks import random_state_dict, small_spec
+    from mlflow_ccfv.tracking import load_version, register_network
+
+    data = tmp_path / "data"
+    make_target_folder(data)
+    register_tiny_bank("dt", seeds=(1, 4))  # seeds where ccfv and ccfv_twin disagree
+    basic = small_spec("BasicUNet", 1, 3)
+    register_network(basic, random_state_dict(basic, 5), "basic-rand-5", "none", bank="dt")
+    args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "dt", "--methods", "ccfv"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    versions = {v.name: client.get_model_version(v.name, v.version) for v in mlflow.search_model_versions()}
+    assert set(versions) == {"unet-rand-1", "unet-rand-4", "basic-rand-5", "unet-random-init", "basicunet-random-init"}
+    for twin, first in (("unet-random-init", "unet-rand-1"), ("basicunet-random-init", "basic-rand-5")):
+        tags = versions[twin].tags
+        assert tags["source_dataset"] == "random-init" and tags["ccfv.bank"] == "dt" and tags["pretrain.steps"] == "0"
+        spec = load_version(versions[first]).spec
+        assert load_version(versions[twin]).spec == spec
+        state = load_version(versions[twin]).module.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in random_state_dict(spec, 0).items())
+    ccfv = {n: float(v.tags[f"transferability.ccfv.{TARGET_TASK}"]) for n, v in versions.items()}
+    twin_of = {
+        "unet-rand-1": "unet-random-init",
+        "unet-rand-4": "unet-random-init",
+        "basic-rand-5": "basicunet-random-init",
+    }
+    calibrated = {n: ccfv[n] - ccfv[twin_of.get(n, n)] for n in ccfv}  # a twin scores 0
+    rank = {n: int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for n, v in versions.items()}
+    assert sorted(rank, key=rank.get) == sorted(calibrated, key=lambda n: (-calibrated[n], n))
+    assert sorted(rank, key=rank.get) != sorted(ccfv, key=lambda n: -ccfv[n])  # the two rankings differ here
+    best = min(rank, key=rank.get)
+    assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
+    parent = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
+    assert [r.data.tags["ccfv.ranked_by"] for r in parent] == ["ccfv_twin"]
+    assert f"{calibrated['unet-rand-4']:.4f}" in result.output  # the printed table shows ccfv_twin
+    children = [r for r in mlflow.search_runs(output_format="list") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 5
+    for run in children:  # on each version's run too, so that the UI sorts by it
+        name = run.data.tags["ccfv.model"].split("/")[0]
+        assert run.data.metrics["ccfv_twin"] == pytest.approx(calibrated[name], abs=1e-5)
+
+    again = CliRunner().invoke(main, args)  # the twins are reused, not registered again
+    assert again.exit_code == 0, again.output
+    assert len(mlflow.search_model_versions()) == 5
+
+    seg = small_spec("SegResNet", 1, 3)  # an architecture without a twin anywhere in the registry
+    register_network(seg, random_state_dict(seg, 0), "segresnet-rand-0", "none", bank="solo")
+    caplog.clear()
+    solo = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "solo", "--methods", "ccfv"]
+    result = CliRunner().invoke(main, [*solo, "--cache-dir", str(tmp_path / "cache"), "--add-twins", "false"])
+    assert result.exit_code == 0, result.output
+    runs = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
+    assert max(runs, key=lambda r: r.info.start_time).data.tags["ccfv.ranked_by"] == "ccfv"
+    assert "ranked by ccfv, not ccfv_twin" in caplog.text and "SegResNet" in caplog.text

@@ -15,6 +15,14 @@ from mlflow_ccfv.options import split_list
 @click.option(
     "--out-dir", "out_dir", default="", type=click.Path(file_okay=False), help="Also write the tables and plots here."
 )
+@click.option(
+    "--rank-by",
+    "rank_by",
+    default="auto",
+    show_default=True,
+    help="The ranking whose goal table and Dice-against-score plots are written: auto (ccfv_twin where the "
+    "bank has random-init controls, else ccfv), ccfv_twin, or an estimator.",
+)
 def report(**options) -> None:
     """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
     from mlflow_ccfv.pipelines.report import report_bank
@@ -26,5 +34,6 @@ def report(**options) -> None:
             datasets=split_list(options["datasets"]) or None,
             models=split_list(options["models"]) or None,
             out_dir=options["out_dir"] or None,
+            rank_by=options["rank_by"],
         )
     click.echo(rep.markdown())

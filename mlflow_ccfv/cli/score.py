@@ -104,11 +104,19 @@ from mlflow_ccfv.cli.base import (
 @click.option(
     "--rank-by",
     "rank_by",
-    default="ccfv",
+    default="auto",
     show_default=True,
-    help="Estimator whose score sets the rank tags and the best-<dataset> alias, or ccfv_twin (CC-FV minus "
-    "that of a random-init twin of the model's architecture in the bank; the method docs/study.md's "
-    "evidence supports).",
+    help="What sets the rank tags and the best-<dataset> alias: auto (ccfv_twin where every architecture "
+    "has a random-init twin, else ccfv), ccfv_twin (CC-FV minus that of a random-init twin of the model's "
+    "architecture: the method docs/study.md's evidence supports), or an estimator (ccfv: the paper's).",
+)
+@click.option(
+    "--add-twins",
+    "add_twins",
+    default="true",
+    show_default=True,
+    help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
+    "architecture that has none (same network, random weights; no training).",
 )
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
@@ -122,7 +130,10 @@ def score(**options) -> None:
         table = score_from_options(**options)
     shown = parse_methods(options["methods"])
     click.echo(
-        table_markdown(table, [*shown, *[c for c in [options["rank_by"]] if c in table.columns and c not in shown]])
+        table_markdown(
+            table,
+            list(dict.fromkeys([*shown, *[c for c in (options["rank_by"], "ccfv_twin") if c in table.columns]])),
+        )
     )
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]
     for model, error in errors:  # pickled versions without the opt-in are skipped, not failed

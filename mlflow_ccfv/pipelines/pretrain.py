@@ -26,11 +26,13 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
 from mlflow_ccfv.features.resources import check_memory, training_bytes
-from mlflow_ccfv.networks import resolve_device, small_spec
-from mlflow_ccfv.options import format_ints
+from mlflow_ccfv.networks import NetworkSpec, resolve_device, small_spec
+from mlflow_ccfv.options import format_ints, parse_ints
+from mlflow_ccfv.study.variants import TWIN_SEED
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, register_network
+from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, load_version, register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
 
@@ -42,6 +44,7 @@ __all__ = [
     "pretrain_and_register",
     "pretrain_checkpoints",
     "register_control",
+    "register_twins",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -307,20 +310,24 @@ def register_control(
     seed: int = 0,
     name: str | None = None,
     reuse: bool = True,
+    spec: NetworkSpec | None = None,
 ) -> ModelVersion:
-    """Register the randomly initialised ``architecture`` (tag ``source_dataset=random-init``)."""
+    """Register the randomly initialised ``architecture`` (tag ``source_dataset=random-init``): the CPU-sized
+    :func:`small_spec` with these channels, or ``spec`` as given (a twin of a registered model: the same
+    constructor arguments; its digest is tagged, so a twin is reused only for the same spec)."""
     patch = tuple(int(s) for s in patch_size)
     name = name or bank_name(architecture, CONTROL_SOURCE)
+    spec = spec or small_spec(architecture, in_channels, out_channels, patch)
     wanted = {
         T.SOURCE_DATASET: CONTROL_SOURCE,
         T.BANK: bank,
         T.pretrain_tag("steps"): "0",
         T.pretrain_tag("seed"): str(seed),
         T.PATCH_SIZE: format_ints(patch),
+        T.pretrain_tag("spec"): T.spec_digest(spec.to_json()),
     }
     if reuse and (existing := find_version(name, wanted)) is not None:
         return existing
-    spec = small_spec(architecture, in_channels, out_channels, patch)
     state = seeded_network(spec, seed).state_dict()
     return register_network(
         spec,
@@ -329,6 +336,58 @@ def register_control(
         CONTROL_SOURCE,
         bank=bank,
         patch_size=patch,
-        extra_tags={T.pretrain_tag("steps"): 0, T.pretrain_tag("seed"): seed},
+        extra_tags={k: v for k, v in wanted.items() if k.startswith(T.pretrain_tag(""))},  # steps, seed, spec
         description=f"{architecture}, randomly initialised (seed {seed}): the control",
     )
+
+
+def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -> list[ModelVersion]:
+    """The random-init twin of every architecture among ``versions`` that has no control among them
+    (``ccfv_twin``'s reference; no training): the network of the architecture's first version (by name
+    and version) that loads, with random weights drawn from ``seed``, registered in that version's bank as
+    ``<architecture>-random-init`` (an existing twin of the same spec is reused). Versions without a
+    network specification (``mlflow.pytorch``) give none; one that fails to load is passed over (its
+    scoring reports why). Returns the twins, registered or reused."""
+    controlled = {(v.tags or {}).get(T.ARCHITECTURE) for v in versions if _is_control(v)}
+    by_arch: dict[str, list[ModelVersion]] = {}
+    for v in sorted(versions, key=lambda mv: (mv.name, int(mv.version))):
+        arch = (v.tags or {}).get(T.ARCHITECTURE)
+        if arch and arch not in controlled and (v.tags or {}).get(T.FLAVOR, FLAVOR_NAME) == FLAVOR_NAME:
+            by_arch.setdefault(arch, []).append(v)
+    twins = []
+    for arch, candidates in sorted(by_arch.items()):
+        for v in candidates:
+            try:
+                spec = load_version(v).spec
+            except Exception as exc:  # a broken version: its own scoring reports it; try the next one
+                _logger.warning("random-init twin of %s: %s/%s does not load (%s)", arch, v.name, v.version, exc)
+                continue
+            if spec is None:
+                continue
+            tags = v.tags or {}
+            patch = parse_ints(tags[T.PATCH_SIZE], T.PATCH_SIZE) if tags.get(T.PATCH_SIZE) else (32, 32, 32)
+            twin = register_control(
+                arch,
+                spec.in_channels,
+                spec.out_channels,
+                patch,
+                bank=tags.get(T.BANK, DEFAULT_BANK),
+                seed=seed,
+                spec=spec,
+            )
+            _logger.info(
+                "random-init twin of %s: %s/%s (the network of %s/%s with random weights, seed %d; no training)",
+                arch,
+                twin.name,
+                twin.version,
+                v.name,
+                v.version,
+                seed,
+            )
+            twins.append(twin)
+            break
+    return twins
+
+
+def _is_control(version: ModelVersion) -> bool:
+    return (version.tags or {}).get(T.SOURCE_DATASET) == CONTROL_SOURCE

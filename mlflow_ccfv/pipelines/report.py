@@ -93,13 +93,14 @@ def report_bank(
     models: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
     log_to_mlflow: bool = True,
-    rank_by: str = "ccfv",
+    rank_by: str = "auto",
     n_resamples: int = 1000,
 ) -> Report:
     """Build the report for ``bank`` (or explicit ``models:/`` URIs) on ``datasets`` (default: all with Dice).
 
     Logs metrics and artifacts to the active run, or to a new run ``report <bank>``. ``rank_by``: the
-    method of the Dice-against-score plots; ``n_resamples``: bootstrap resamples of the intervals.
+    method of the Dice-against-score plots and of the goal table (``auto``: ``ccfv_twin`` where the bank
+    has its random-init controls, else ``ccfv``); ``n_resamples``: bootstrap resamples of the intervals.
     """
     versions = [get_version(m) for m in models] if models else bank_versions(bank)
     frame = scores_from_tags(versions, datasets)

@@ -35,7 +35,7 @@ from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int,
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
-from mlflow_ccfv.study.variants import CONTROL_SOURCE, TWIN_METHOD, twin_scores
+from mlflow_ccfv.study.variants import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD, choose_ranking, twin_scores
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import (
     is_dataset_reference,
@@ -118,6 +118,7 @@ class VersionResult:
     error: str | None = None
     skipped: bool = False
     target_digest: str | None = None
+    run_id: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -274,6 +275,7 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
             settings=task.settings,
             parent_run_id=task.parent_run_id,
         )
+        result.run_id = run_id
         dice = result.tags.get(T.dice_tag(target.name))
         if dice is not None:  # fine-tuned before: the measured Dice beside the scores
             mlflow.MlflowClient().log_metric(run_id, T.FINETUNE_DICE, float(dice))
@@ -311,7 +313,7 @@ def score_versions(
     artifact_dir: str | os.PathLike | None = None,
     device: str | None = None,
     amp: bool = False,
-    rank_by: str = RANK_METHOD,
+    rank_by: str = AUTO_RANK,
     allow_pickle: bool | None = None,
     executor: Executor | None = None,
     source: TargetSource | None = None,
@@ -328,8 +330,10 @@ def score_versions(
     (and their stale tags removed); ``mlflow.pytorch`` versions are skipped (``skipped`` true) unless
     ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in. ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
     inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
-    ``rank_by``: the estimator whose score orders the table, the rank tags and the ``best-<dataset>``
-    alias (scored even when not in ``methods``).
+    ``rank_by``: what orders the table, the rank tags and the ``best-<dataset>`` alias: an estimator
+    (scored even when not in ``methods``), ``ccfv_twin``, or ``auto`` (default: ``ccfv_twin`` when every
+    ranked version's architecture has a random-init control scored on this target, else ``ccfv`` with
+    a warning naming the fix; the run's tag ``ccfv.ranked_by`` says which).
 
     ``executor``: where the versions are scored (default in this process;
     :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one Ray task per version, each logging its own
@@ -390,10 +394,12 @@ def score_versions(
             settings,
         )
         rows = [r.row() for r in results]
-        twin = rank_by == TWIN_METHOD
-        shown = [*methods, TWIN_METHOD] if twin else methods
         if parent is None:
-            return rank_table(_twin_rows(rows) if twin else rows, shown, dataset.name, rank_method=rank_by)
+            chosen, lonely = _local_choice(rows, rank_by)
+            _warn_without_twin(rank_by, chosen, lonely)
+            twin = chosen == TWIN_METHOD
+            shown = [*methods, TWIN_METHOD] if twin else methods
+            return rank_table(_twin_rows(rows) if twin else rows, shown, dataset.name, rank_method=chosen)
         failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
             status = "FAILED"
@@ -401,15 +407,22 @@ def score_versions(
         # The single place ranks, rank tags and the alias are written (after every task has finished),
         # from every score stored in the registry for this dataset and these settings.
         ranking = rerank(dataset.name, settings, dataset.digest, method=rank_by)
+        chosen = ranking.method
+        mlflow.set_tag("ccfv.ranked_by", chosen)
+        _warn_without_twin(rank_by, chosen, ranking.without_twin)
+        twin = chosen == TWIN_METHOD
+        shown = [*methods, TWIN_METHOD] if twin else methods
         # ccfv_twin from the registry: the twin may have been scored by an earlier command
-        table = rank_table(_twin_rows(rows, ranking) if twin else rows, shown, dataset.name, rank_method=rank_by)
+        table = rank_table(_twin_rows(rows, ranking) if twin else rows, shown, dataset.name, rank_method=chosen)
+        if twin:  # beside ccfv on each version's run, so that the UI sorts by the default ranking too
+            _log_twin_metrics(results, table)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
             (folder / f"{stem}.md").write_text(table_markdown(table, shown))
-            ranking_plot(table, folder / f"{stem}.png", method=rank_by)
+            ranking_plot(table, folder / f"{stem}.png", method=chosen)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
     except BaseException:
@@ -489,19 +502,56 @@ def _run_version_tasks(
     return results
 
 
+def _log_twin_metrics(results: list[VersionResult], table: pd.DataFrame) -> None:
+    """Log each scored version's ``ccfv_twin`` (from the ranked ``table``) on its run."""
+    values = dict(zip(table["model"], table[TWIN_METHOD]))
+    client = mlflow.MlflowClient()
+    for r in results:
+        value = values.get(r.label)
+        if r.run_id and value is not None and value == value:
+            client.log_metric(r.run_id, TWIN_METHOD, float(value))
+
+
 def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
     """``methods`` plus what ``rank_by`` needs (an estimator, or ``ccfv_twin``: ``ccfv``), checked here
     before any work."""
     from mlflow_ccfv.estimators import METHODS
 
-    needed = "ccfv" if rank_by == TWIN_METHOD else rank_by
+    needed = "ccfv" if rank_by in (TWIN_METHOD, AUTO_RANK) else rank_by
     if needed not in METHODS:
-        raise ValueError(
-            f"--rank-by {rank_by!r} is not an estimator; choose one of {', '.join(METHODS)} or {TWIN_METHOD} "
-            "(CC-FV minus the CC-FV of a random-init twin of the model's architecture; rank_aggregate is "
-            "computed by `report`, from every version's scores)."
+        raise OptionError(
+            f"--rank-by {rank_by!r} is not an estimator; choose {AUTO_RANK} (the default: {TWIN_METHOD} where "
+            f"every architecture has a random-init twin, else ccfv), {TWIN_METHOD} (CC-FV minus the CC-FV of "
+            f"a random-init twin of the model's architecture) or one of {', '.join(METHODS)} (rank_aggregate "
+            "is computed by `report`, from every version's scores)."
         )
     return methods if needed in methods else [*methods, needed]
+
+
+def _local_choice(rows: list[dict[str, Any]], rank_by: str) -> tuple[str, list[str]]:
+    """``rank_by`` resolved over the scored ``rows`` (no registry): see :func:`choose_ranking`."""
+    members = [
+        (str(r["model"]), r.get("architecture"), r.get("source_dataset"), r["ccfv"])
+        for r in rows
+        if r.get("ccfv") is not None and not r.get("error")
+    ]
+    if rank_by == AUTO_RANK:
+        return choose_ranking(members)
+    return rank_by, (choose_ranking(members)[1] if rank_by == TWIN_METHOD else [])
+
+
+def _warn_without_twin(requested: str, chosen: str, lonely: list[str]) -> None:
+    """``auto`` fell back to ``ccfv``: say why and how to get the evidence-backed ranking."""
+    if requested == AUTO_RANK and chosen != TWIN_METHOD and lonely:
+        _logger.warning(
+            "ranked by ccfv, not %s (the default the study's evidence supports): no random-init twin "
+            "scored on this target for architecture(s) %s. Score again without --add-twins false (it "
+            "registers one per architecture, no training) or register one yourself (mlflow-ccfv register "
+            "--name <arch>-random-init --source-dataset %s --spec <spec> --random-init true --bank <bank>)",
+            TWIN_METHOD,
+            ", ".join(lonely),
+            CONTROL_SOURCE,
+        )
 
 
 def _twin_rows(rows: list[dict[str, Any]], ranking: Ranking | None = None) -> list[dict[str, Any]]:
@@ -556,7 +606,8 @@ def score_from_options(
     num_gpus: str = "0",
     log_dataset="false",
     allow_pickle: bool | None = None,
-    rank_by: str = RANK_METHOD,
+    rank_by: str = AUTO_RANK,
+    add_twins: str | bool = True,
 ) -> pd.DataFrame:
     """One ``score`` invocation from the command line's options (text as MLproject passes it, or the
     typed values of the click command): validate every option, resolve and verify the target, score the
@@ -565,8 +616,11 @@ def score_from_options(
     Everything that can be refused is refused before a run is started: unknown methods, sampler
     settings (each error names its option), a ROI larger than twice the largest volume or whose
     memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
-    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``: the estimator
-    that ranks. ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
+    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``: what ranks
+    (default ``auto``, see :func:`score_versions`); ``add_twins`` (default true, with ``auto`` or
+    ``ccfv_twin``): register and score the random-init twin of every architecture of the scored versions
+    that has none among them (:func:`~mlflow_ccfv.pipelines.pretrain.register_twins`; no training, one
+    more version to score per architecture). ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
     task): where the versions are scored. ``log_dataset``: upload the target folder first
     (``log-dataset``; nothing if already logged) and let the workers read it from there.
     """
@@ -588,6 +642,7 @@ def score_from_options(
             overrides["roi_size"],
             "lower --roi-size (a typical window is 32-128 voxels a side).",
         )
+    twins_wanted = parse_bool(add_twins, "add_twins") and rank_by in (AUTO_RANK, TWIN_METHOD)
     versions = resolve_versions(split_list(models), bank=bank)
     ds = load_msd_dataset(dataset, data_root or None, cache_dir or None)
     if parse_bool(verify, "verify"):
@@ -612,6 +667,10 @@ def score_from_options(
         reference = log_dataset_artifacts(ds).uri
     # Workers read the target from the logged dataset when there is one, else from the folder's path.
     source = TargetSource(reference or str(ds.root), split, 0, cache_dir or None)
+    if twins_wanted:
+        from mlflow_ccfv.pipelines.pretrain import register_twins
+
+        versions = [*versions, *register_twins(versions)]
     try:
         return score_versions(
             versions,

@@ -42,7 +42,7 @@ from mlflow_ccfv.study.evidence import (
 )
 from mlflow_ccfv.study.goal import goal_markdown, goal_table
 from mlflow_ccfv.study.tables import to_markdown
-from mlflow_ccfv.study.variants import VARIANTS, add_variants
+from mlflow_ccfv.study.variants import AUTO_RANK, TWIN_METHOD, VARIANTS, add_variants
 
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
 TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
@@ -406,7 +406,7 @@ def write_report(
     out_dir: str | Path,
     dice_tables: Mapping[tuple[str, str], pd.DataFrame] | None = None,
     *,
-    rank_by: str = "ccfv",
+    rank_by: str = "auto",
     n_resamples: int = 1000,
     n_permutations: int = 1999,
     curves: pd.DataFrame | None = None,
@@ -420,7 +420,8 @@ def write_report(
     The evidence (:mod:`mlflow_ccfv.study.evidence`; ``dice_tables``: ``(dataset, model)`` -> the
     per-case, per-seed Dice table) goes to ``evidence.{md,csv}`` (figures with 95% intervals),
     ``noise_ceiling.csv``, ``permutation.csv``, ``variants.csv`` (variant minus ``ccfv``), per
-    target ``dice_vs_<rank_by>_<dataset>.png``, and whether ``rank_by`` met issue 12's goal
+    target ``dice_vs_<rank_by>_<dataset>.png``, and whether ``rank_by`` (``auto``, the default ranking of
+    ``score``: ``ccfv_twin`` where the bank has its random-init controls, else ``ccfv``) met issue 12's goal
     (:mod:`mlflow_ccfv.study.goal`: ``goal.{md,csv}``); every bank model's source Dice to ``source_dice.{md,csv}``;
     ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
     curves) to ``pretraining_curves.{csv,png}``.
@@ -428,6 +429,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = add_variants(_check_frame(frame))
+    if rank_by == AUTO_RANK:
+        rank_by = TWIN_METHOD if (frame["method"] == TWIN_METHOD).any() else "ccfv"
     corr = correlations(frame)
     t1, t2, rg = table1(corr), table2(corr), regret_table(corr)
     report = Report(corr, t1, t2, rg, discrimination=discrimination_table(frame), scores=frame)

@@ -22,10 +22,13 @@ from scipy import stats
 
 __all__ = [
     "AGGREGATED_METHODS",
+    "AUTO_RANK",
     "CONTROL_SOURCE",
     "TWIN_METHOD",
+    "TWIN_SEED",
     "VARIANTS",
     "add_variants",
+    "choose_ranking",
     "rank_aggregate",
     "twin_calibrated",
     "twin_scores",
@@ -35,8 +38,13 @@ __all__ = [
 VARIANTS = ("ccfv_twin", "rank_aggregate")
 #: The variant ``score --rank-by`` can rank by (from the stored ``ccfv`` scores of a model and its twin).
 TWIN_METHOD = "ccfv_twin"
+#: The default ranking (``score --rank-by auto``, the evaluator): ``ccfv_twin``, the method the measured
+#: evidence supports (docs/study.md), wherever every ranked model has a random-init twin; else ``ccfv``.
+AUTO_RANK = "auto"
 #: The estimators ``rank_aggregate`` averages the ranks of (chosen in docs/preregistration.md).
 AGGREGATED_METHODS = ("ccfv_no_variety", "gbc", "logme")
+#: Seed of the random weights of a twin that ``score`` registers or the evaluator builds.
+TWIN_SEED = 0
 #: ``source_dataset`` of the random-init controls.
 CONTROL_SOURCE = "random-init"
 
@@ -68,6 +76,16 @@ def twin_scores(members: Sequence[tuple[str, str | None, str | None, float]]) ->
         if source == CONTROL_SOURCE and arch not in twins:
             twins[arch] = float(score)
     return [float(score) - twins[arch] if arch in twins else float("nan") for _, arch, _, score in members]
+
+
+def choose_ranking(members: Sequence[tuple[str, str | None, str | None, float]]) -> tuple[str, list[str]]:
+    """What ``auto`` ranks ``(model, architecture, source_dataset, ccfv)`` members by: ``ccfv_twin`` when
+    every member's architecture has a random-init control among them, else ``ccfv`` (one rule for the
+    whole group: ranking some models by a calibrated score and others not would mix two scales).
+    Returns ``(method, architectures without a twin)``."""
+    controlled = {arch for _, arch, source, _ in members if source == CONTROL_SOURCE}
+    lonely = sorted({str(arch) for _, arch, _, _ in members if arch not in controlled})
+    return (TWIN_METHOD if members and not lonely else "ccfv"), lonely
 
 
 def rank_aggregate(frame: pd.DataFrame, methods: tuple[str, ...] = AGGREGATED_METHODS) -> pd.DataFrame:

@@ -9,7 +9,10 @@ MLflow's plugin API to :func:`mlflow_ccfv.scoring.score_model`, the code path of
 - ``evaluator_config`` keys: ``methods`` (default ``["ccfv"]``; ``"default"`` = CC-FV and every
   baseline, ``"all"`` adds the ablations), ``sampler`` (dict of SamplerConfig overrides), ``force``,
   ``cache_dir``, ``dataset``/``data_root``/``split``, ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``;
-  default CUDA when available), ``amp`` (mixed-precision inference on CUDA, off by default) and
+  default CUDA when available), ``amp`` (mixed-precision inference on CUDA, off by default),
+  ``twin`` (default true: also score the model's random-init twin, the same network with random
+  weights drawn from seed 0, and return ``ccfv_twin`` = ``ccfv`` minus the twin's; the ranking
+  docs/study.md's evidence supports; models without a network specification get none) and
   ``allow_pickle`` (see below).
 - ``model``: a model in the ``mlflow_ccfv`` flavor, or one logged with ``mlflow.pytorch`` (as
   ``register`` and ``score`` accept). An ``mlflow.pytorch`` model is pickled code: MLflow's pyfunc
@@ -19,7 +22,7 @@ MLflow's plugin API to :func:`mlflow_ccfv.scoring.score_model`, the code path of
 
 ``can_evaluate`` only answers (MLflow asks every installed evaluator, with configs meant for others);
 the config is validated in ``evaluate``. Returns ``ccfv``, ``ccfv.layer<i>.class_consistency`` /
-``.feature_variety`` and the requested baselines; they are logged on the run and on the model's
+``.feature_variety``, ``ccfv_twin`` and ``ccfv.twin_control`` (the twin's CC-FV), and the requested baselines; they are logged on the run and on the model's
 LoggedModel, linked to the dataset.
 """
 
@@ -42,9 +45,11 @@ from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.networks import decoder_layers
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
+from mlflow_ccfv.study.variants import TWIN_METHOD, TWIN_SEED
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
 from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed
+from mlflow_ccfv.training import seeded_network
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
 
@@ -62,6 +67,7 @@ CONFIG_KEYS = (
     "device",
     "amp",
     "allow_pickle",
+    "twin",
 )
 
 
@@ -165,6 +171,28 @@ class CCFVEvaluator(ModelEvaluator):
             amp=parse_bool(config.get("amp", False), "amp"),
         )
         metrics = {**result.scores, **T.layer_metrics(result.layers)}
+        # the mlflow_ccfv flavor's pyfunc keeps its NetworkSpec; an mlflow.pytorch model has none
+        spec = getattr(getattr(model, "_model_impl", None), "spec", None)
+        if parse_bool(config.get("twin", True), "twin") and "ccfv" in result.scores:
+            if spec is None:
+                _logger.warning("no ccfv_twin: the model has no network specification to build its twin from")
+            else:
+                twin = score_model(
+                    seeded_network(spec, TWIN_SEED),
+                    layers,
+                    target,
+                    ["ccfv"],
+                    config.get("sampler"),
+                    model_id=f"twin-{T.spec_digest(spec.to_json())}-seed{TWIN_SEED}",
+                    label="random-init twin",
+                    patch_size=parse_ints(patch, T.PATCH_SIZE) if patch else None,
+                    force=parse_bool(config.get("force", False), "force"),
+                    cache_dir=config.get("cache_dir"),
+                    device=config.get("device") or None,
+                    amp=parse_bool(config.get("amp", False), "amp"),
+                ).scores["ccfv"]
+                metrics[TWIN_METHOD] = result.scores["ccfv"] - twin
+                metrics[T.TWIN_CONTROL_METRIC] = twin
 
         # MLflow logs the returned metrics on the LoggedModel itself only when it knows the model id
         # (not for models:/<name>/<version> on a SQL store); otherwise do it here, same dataset link.

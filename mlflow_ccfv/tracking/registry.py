@@ -685,13 +685,17 @@ class Ranking:
     ranked: list[tuple[str, str, float]]
     best: tuple[str, str] | None
     rounds: int
+    method: str = "ccfv"
+    without_twin: list[str] = field(default_factory=list)
 
 
 def _plan_ranking(dataset: str, group: str, method: str):
-    """Read the registry: the wanted ranks of ``group``, the rank tags to remove, the alias changes."""
-    from mlflow_ccfv.study.variants import TWIN_METHOD, twin_scores
+    """Read the registry: the wanted ranks of ``group``, the rank tags to remove, the alias changes, the
+    method ranked by (``auto`` resolved) and the architectures without a random-init twin."""
+    from mlflow_ccfv.study.variants import AUTO_RANK, TWIN_METHOD, choose_ranking, twin_scores
 
-    base = "ccfv" if method == TWIN_METHOD else method  # ccfv_twin: from the stored ccfv scores
+    # ccfv_twin (and auto, which may resolve to it): from the stored ccfv scores
+    base = "ccfv" if method in (TWIN_METHOD, AUTO_RANK) else method
     marker, rank_key, score_key = T.scored_tag(dataset), T.rank_tag(dataset), T.score_tag(base, dataset)
     members, described = [], []
     for mv in _search_versions(f"tags.`{marker}` = '{group}'"):
@@ -703,6 +707,11 @@ def _plan_ranking(dataset: str, group: str, method: str):
         described.append(
             (f"{mv.name}/{mv.version}", tags.get(T.ARCHITECTURE), tags.get(T.SOURCE_DATASET), members[-1][2])
         )
+    lonely: list[str] = []
+    if method == AUTO_RANK:
+        method, lonely = choose_ranking(described)
+    elif method == TWIN_METHOD:
+        lonely = choose_ranking(described)[1]
     if method == TWIN_METHOD:  # a version without a twin in the group scores NaN: ranked last
         members = [(n, v, twin, old) for (n, v, _, old), twin in zip(members, twin_scores(described))]
     # Best score first; ties broken by name and version so every process computes the same order.
@@ -719,7 +728,7 @@ def _plan_ranking(dataset: str, group: str, method: str):
     holders = _alias_holders(T.best_alias(dataset))
     drop_alias = sorted(n for n in holders if best is None or n != best[0])
     set_alias = best if best is not None and holders.get(best[0]) != best[1] else None
-    return ranked, best, set_ranks, drop_ranks, drop_alias, set_alias
+    return ranked, best, set_ranks, drop_ranks, drop_alias, set_alias, method, lonely
 
 
 def rerank(
@@ -741,7 +750,10 @@ def rerank(
     Safe when several scorers (processes, Ray tasks) finish at once: each store its own versions'
     scores (:func:`write_version_scores`) and then calls this; every round reads the whole registry,
     writes only what differs, and repeats until a read finds nothing to change, so the last writer's
-    final read has seen every stored score. ``method`` orders the versions (higher = better).
+    final read has seen every stored score. ``method`` orders the versions (higher = better): an
+    estimator, ``ccfv_twin``, or ``auto`` (``ccfv_twin`` when every ranked version's architecture has a
+    random-init control in the group, else ``ccfv``: :func:`~mlflow_ccfv.study.variants.choose_ranking`;
+    the returned :class:`Ranking` says which).
     """
     if data_digest is None:
         newest = [
@@ -757,11 +769,13 @@ def rerank(
     jitter = random.Random()
     alias = T.best_alias(dataset)
     for round_ in range(1, rounds + 1):
-        ranked, best, set_ranks, drop_ranks, drop_alias, set_alias = _plan_ranking(dataset, group, method)
+        ranked, best, set_ranks, drop_ranks, drop_alias, set_alias, chosen, lonely = _plan_ranking(
+            dataset, group, method
+        )
         if not (set_ranks or drop_ranks or drop_alias or set_alias):
             if best is not None:
-                _logger.info("%s: rank 1 of %d version(s) is %s/%s", dataset, len(ranked), *best)
-            return Ranking(dataset, group, ranked, best, round_)
+                _logger.info("%s: rank 1 of %d version(s) by %s is %s/%s", dataset, len(ranked), chosen, *best)
+            return Ranking(dataset, group, ranked, best, round_, chosen, lonely)
         for name, version, rank in set_ranks:
             _set_version_tag(name, version, T.rank_tag(dataset), rank)
         for name, version in drop_ranks:

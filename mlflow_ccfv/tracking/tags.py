@@ -104,6 +104,8 @@ __all__ = [
     "scored_tag",
     "scored_value",
     "settings_digest",
+    "spec_digest",
+    "TWIN_CONTROL_METRIC",
     "scores_from_tags",
 ]
 
@@ -180,6 +182,16 @@ def parse_scored_value(value: str) -> tuple[str, str] | None:
     """``(settings, data digest)`` of a :func:`scored_value`; None if malformed."""
     settings, sep, digest = (value or "").partition("/")
     return (settings, digest) if sep and settings and digest else None
+
+
+#: Evaluator metric: the CC-FV of the model's random-init twin (``ccfv_twin`` = ``ccfv`` minus it).
+TWIN_CONTROL_METRIC = "ccfv.twin_control"
+
+
+def spec_digest(spec_json: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a network specification's JSON (tag ``pretrain.spec``
+    of a random-init twin: which network it is the twin of)."""
+    return hashlib.sha256(spec_json.encode()).hexdigest()[:16]
 
 
 def settings_digest(overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None = None) -> str:
