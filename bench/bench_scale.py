@@ -29,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,19 +48,58 @@ def _score(args) -> int:
     from mlflow_ccfv.tracking import bank_versions
 
     mlflow.set_experiment("ccfv-scale")
+    before = _rss_mb()
     versions = bank_versions(BANK)[: args.versions]
     target = make_target(MSDDataset.load(args.target), "train")
     executor = RayExecutor(num_cpus=1, local_cpus=args.workers) if args.executor == "ray" else SerialExecutor()
+    # RSS sampled twice a second while scoring: at a steady rate of versions per second, the fraction of
+    # the time elapsed is the fraction of the versions scored, so the trajectory shows whether the RSS
+    # grows version after version or only at the start and the end (the driver's rank/alias pass).
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            samples.append((time.perf_counter(), _rss_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
+    sampler.start()
     try:
         table = score_versions(versions, target, ["ccfv"], cache_dir=args.cache, executor=executor)
     finally:
         executor.close()
+        done.set()
+        sampler.join()
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     failed = int(table["error"].notna().sum())
-    print(json.dumps({"n": len(versions), "seconds": seconds, "peak_rss_mb": rss_mb, "failed": failed}))
+    at = {}
+    for frac in (0.1, 0.5, 0.9):
+        seen = [r for t, r in samples if t - start <= frac * seconds]
+        at[f"{int(frac * 100)}%"] = round(seen[-1], 1) if seen else None
+    print(
+        json.dumps(
+            {
+                "n": len(versions),
+                "seconds": seconds,
+                "peak_rss_mb": rss_mb,
+                "rss_before_mb": round(before, 1),
+                "rss_at_mb": at,
+                "failed": failed,
+            }
+        )
+    )
     return 0
+
+
+def _rss_mb() -> float:
+    """This process's resident set size now, MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _measure(label: str, executor: str, n: int, target: Path, work: Path, workers: int) -> dict:
@@ -168,12 +208,16 @@ def main(argv=None) -> int:
             results["runs"] = runs
             out.write_text(json.dumps(results, indent=1))
 
-        print("\n| run | versions | seconds | versions/min | s/version | peak RSS (MB) | failed |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "\n| run | versions | seconds | versions/min | s/version | peak RSS (MB) "
+            "| RSS before / at 10% / 50% / 90% of the time (MB) | failed |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for r in runs:
+            trajectory = " / ".join(f"{v:.0f}" if v else "–" for v in (r["rss_before_mb"], *r["rss_at_mb"].values()))
             print(
                 f"| {r['label']} | {r['n']} | {r['seconds']:.0f} | {r['per_minute']:.1f} | "
-                f"{r['seconds_per_version']:.2f} | {r['peak_rss_mb']:.0f} | {r['failed']} |"
+                f"{r['seconds_per_version']:.2f} | {r['peak_rss_mb']:.0f} | {trajectory} | {r['failed']} |"
             )
         print(f"\nresults: {out}")
     finally:
