@@ -19,7 +19,6 @@ from mlflow_server import register_tiny_bank  # noqa: E402
 from reliability import assert_one_ranking, assert_runs_settled, cli_env, finish, start_cli  # noqa: E402
 
 DATASETS = ("Task03", "Task09")
-NO_TWINS = ["--add-twins", "false"]
 SAMPLER = ["--methods", "ccfv", "--global-samples", "64"]
 
 
@@ -38,8 +37,7 @@ def _concurrent_scores_and_registrations(uri: str, tmp_path, prefix: str, experi
     subsets = [("Task03", labels[:2]), ("Task03", labels[2:]), ("Task09", labels[:3]), ("Task09", labels[1::2])]
     procs = [
         start_cli(
-            # no twins: first-time scorers racing would each register one (docs/reliability.md)
-            ["score", "--dataset", ds, "--data-root", str(data), "--models", ",".join(m), *SAMPLER, *NO_TWINS],
+            ["score", "--dataset", ds, "--data-root", str(data), "--models", ",".join(m), *SAMPLER],
             env,
             tmp_path,
         )
@@ -49,13 +47,17 @@ def _concurrent_scores_and_registrations(uri: str, tmp_path, prefix: str, experi
     for code, output in results:
         assert code == 0, output[-4000:]
     client = MlflowClient(uri)
-    assert_one_ranking(client, "Task03", {f"{prefix}-{s}/1" for s in range(4)})
-    assert_one_ranking(client, "Task09", {f"{prefix}-{s}/1" for s in range(4)})
+    # Four first-time scorers each wanted the UNet's random-init twin: one version survives, the oldest.
+    assert [str(v.version) for v in client.search_model_versions("name = 'unet-random-init'")] == ["1"]
+    assert_one_ranking(client, "Task03", {f"{prefix}-{s}/1" for s in range(4)} | {"unet-random-init/1"})
+    assert_one_ranking(client, "Task09", {f"{prefix}-{s}/1" for s in range(4)} | {"unet-random-init/1"})
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     runs = assert_runs_settled(client, exp_ids)
     mine = [r for r in runs if r.data.tags.get("ccfv.model", "").startswith(prefix)]
     # 4 versions x 2 datasets: the version scored on Task09 by two processes keeps one run.
     assert len(mine) == 8 and {r.info.status for r in mine} == {"FINISHED"}
+    twins = [r for r in runs if r.data.tags.get("ccfv.model", "").startswith("unet-random-init/1")]
+    assert len(twins) == 2  # one run per dataset, whichever scorer logged it
 
     # Four registrations of one new name: create-or-get, every one gets its own version.
     name = f"{prefix}-new"

@@ -74,6 +74,7 @@ def test_study_on_real_folders_resumes_per_seed(real_data, tracking_uri, tmp_pat
         "dice_vs_ccfv_twin_Task90.png",  # the default ranking: the bank has its random-init control
         "noise_ceiling.csv",
         "pretraining_curves.png",
+        "pretraining_plateau.md",
     ):
         assert (tmp_path / "report" / name).is_file(), name
     summary = evidence_summary(result)

@@ -32,7 +32,15 @@ from mlflow_ccfv.study.variants import TWIN_SEED
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, load_version, register_network
+from mlflow_ccfv.tracking.registry import (
+    DEFAULT_BANK,
+    check_name,
+    delete_version,
+    find_version,
+    find_versions,
+    load_version,
+    register_network,
+)
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
 
@@ -43,6 +51,7 @@ __all__ = [
     "load_dataset",
     "pretrain_and_register",
     "pretrain_checkpoints",
+    "drop_duplicate_twins",
     "register_control",
     "register_twins",
 ]
@@ -318,14 +327,7 @@ def register_control(
     patch = tuple(int(s) for s in patch_size)
     name = name or bank_name(architecture, CONTROL_SOURCE)
     spec = spec or small_spec(architecture, in_channels, out_channels, patch)
-    wanted = {
-        T.SOURCE_DATASET: CONTROL_SOURCE,
-        T.BANK: bank,
-        T.pretrain_tag("steps"): "0",
-        T.pretrain_tag("seed"): str(seed),
-        T.PATCH_SIZE: format_ints(patch),
-        T.pretrain_tag("spec"): T.spec_digest(spec.to_json()),
-    }
+    wanted = _control_tags(spec, bank, seed, patch)
     if reuse and (existing := find_version(name, wanted)) is not None:
         return existing
     state = seeded_network(spec, seed).state_dict()
@@ -341,13 +343,48 @@ def register_control(
     )
 
 
+def _control_tags(spec: NetworkSpec, bank: str, seed: int, patch: Sequence[int]) -> dict[str, str]:
+    """The tags that identify a random-init control: same tags, same network and weights."""
+    return {
+        T.SOURCE_DATASET: CONTROL_SOURCE,
+        T.BANK: bank,
+        T.pretrain_tag("steps"): "0",
+        T.pretrain_tag("seed"): str(seed),
+        T.PATCH_SIZE: format_ints(patch),
+        T.pretrain_tag("spec"): T.spec_digest(spec.to_json()),
+    }
+
+
+def _twin_key(version: ModelVersion) -> tuple[str, ...] | None:
+    """What makes two twins the same (name and the identifying tags); None for a version that is not one."""
+    tags = version.tags or {}
+    if tags.get(T.SOURCE_DATASET) != CONTROL_SOURCE or not tags.get(T.pretrain_tag("spec")):
+        return None
+    keys = (T.BANK, T.pretrain_tag("seed"), T.PATCH_SIZE, T.pretrain_tag("spec"))
+    return (version.name, *(str(tags.get(k)) for k in keys))
+
+
+def drop_duplicate_twins(versions: Sequence[ModelVersion]) -> list[ModelVersion]:
+    """``versions`` without the twins registered twice by scorers that raced (every one but the oldest
+    of the same name, bank, seed, patch and spec; :func:`register_twins` deletes the newer one, this
+    keeps a listing made before that deletion from scoring it)."""
+    oldest: dict[tuple[str, ...], int] = {}
+    for v in versions:
+        key = _twin_key(v)
+        if key is not None:
+            oldest[key] = min(oldest.get(key, int(v.version)), int(v.version))
+    return [v for v in versions if (key := _twin_key(v)) is None or int(v.version) == oldest[key]]
+
+
 def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -> list[ModelVersion]:
     """The random-init twin of every architecture among ``versions`` that has no control among them
     (``ccfv_twin``'s reference; no training): the network of the architecture's first version (by name
     and version) that loads, with random weights drawn from ``seed``, registered in that version's bank as
     ``<architecture>-random-init`` (an existing twin of the same spec is reused). Versions without a
     network specification (``mlflow.pytorch``) give none; one that fails to load is passed over (its
-    scoring reports why). Returns the twins, registered or reused."""
+    scoring reports why). Safe when scorers race: each keeps the oldest twin of a spec and deletes the
+    copy it made, if any (:func:`drop_duplicate_twins` for listings). Returns the twins, registered or
+    reused."""
     controlled = {(v.tags or {}).get(T.ARCHITECTURE) for v in versions if _is_control(v)}
     by_arch: dict[str, list[ModelVersion]] = {}
     for v in sorted(versions, key=lambda mv: (mv.name, int(mv.version))):
@@ -366,15 +403,26 @@ def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -
                 continue
             tags = v.tags or {}
             patch = parse_ints(tags[T.PATCH_SIZE], T.PATCH_SIZE) if tags.get(T.PATCH_SIZE) else (32, 32, 32)
-            twin = register_control(
-                arch,
-                spec.in_channels,
-                spec.out_channels,
-                patch,
-                bank=tags.get(T.BANK, DEFAULT_BANK),
-                seed=seed,
-                spec=spec,
-            )
+            bank = tags.get(T.BANK, DEFAULT_BANK)
+            name, wanted = bank_name(arch, CONTROL_SOURCE), _control_tags(spec, bank, seed, patch)
+            same = find_versions(name, wanted)
+            if same:
+                twin = same[0]
+            else:
+                mine = register_control(
+                    arch, spec.in_channels, spec.out_channels, patch, bank=bank, seed=seed, spec=spec, reuse=False
+                )
+                # No conditional create in MLflow: a scorer racing this one may have registered the same
+                # twin meanwhile. Every scorer keeps the oldest; the one that made a newer copy deletes it.
+                twin = find_versions(name, wanted)[0]
+                if str(twin.version) != str(mine.version):
+                    _logger.info(
+                        "%s/%s: registered twice by concurrent scorers; keeping version %s",
+                        name,
+                        mine.version,
+                        twin.version,
+                    )
+                    delete_version(name, str(mine.version))
             _logger.info(
                 "random-init twin of %s: %s/%s (the network of %s/%s with random weights, seed %d; no training)",
                 arch,

@@ -25,6 +25,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.errors import OptionError
@@ -509,7 +510,10 @@ def _log_twin_metrics(results: list[VersionResult], table: pd.DataFrame) -> None
     for r in results:
         value = values.get(r.label)
         if r.run_id and value is not None and value == value:
-            client.log_metric(r.run_id, TWIN_METHOD, float(value))
+            try:
+                client.log_metric(r.run_id, TWIN_METHOD, float(value))
+            except MlflowException as exc:  # a concurrent scorer's run of the same key replaced this one
+                _logger.info("%s: run %s is gone (%s); its replacement logs its own", r.label, r.run_id, exc)
 
 
 def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
@@ -668,9 +672,11 @@ def score_from_options(
     # Workers read the target from the logged dataset when there is one, else from the folder's path.
     source = TargetSource(reference or str(ds.root), split, 0, cache_dir or None)
     if twins_wanted:
-        from mlflow_ccfv.pipelines.pretrain import register_twins
+        from mlflow_ccfv.pipelines.pretrain import drop_duplicate_twins, register_twins
 
-        versions = [*versions, *register_twins(versions)]
+        versions = drop_duplicate_twins(versions)
+        known = {(v.name, str(v.version)) for v in versions}
+        versions += [t for t in register_twins(versions) if (t.name, str(t.version)) not in known]
     try:
         return score_versions(
             versions,

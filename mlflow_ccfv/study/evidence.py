@@ -48,6 +48,7 @@ __all__ = [
     "figure_of",
     "interval_text",
     "pretraining_curve_plot",
+    "pretraining_plateau",
     "source_dice_table",
 ]
 
@@ -253,6 +254,42 @@ def dice_score_plot(frame: pd.DataFrame, dataset: str, method: str, path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+#: A curve has flattened when the second half of its budget added at most this much source Dice.
+PLATEAU_TOLERANCE = 0.02
+
+
+def pretraining_plateau(curves: pd.DataFrame, tolerance: float = PLATEAU_TOLERANCE) -> pd.DataFrame:
+    """Did pre-training stop improving? Per curve (``architecture``, ``source_dataset``; ``step``,
+    ``source_dice``), with ``S`` its last step: ``first_half`` = the best source Dice at steps <= S/2,
+    ``second_half`` = the best at steps > S/2, ``gain`` = their difference, and ``verdict``
+    ``flattened`` when the gain is at most ``tolerance`` (doubling the budget from S/2 to S bought at
+    most that much), else ``still rising``; ``unknown`` with fewer than one point in either half.
+    A curve is one run's held-out Dice every few steps under a schedule that decays to 0 at ``S``, so
+    "flattened" reads: this budget is enough for this run, not that a longer schedule could not help."""
+    rows = []
+    for (arch, source), g in curves.groupby(["architecture", "source_dataset"], sort=True):
+        g = g.dropna(subset=["source_dice"]).sort_values("step")
+        last = int(g["step"].max()) if not g.empty else 0
+        early = g.loc[g["step"] <= last / 2, "source_dice"]
+        late = g.loc[g["step"] > last / 2, "source_dice"]
+        first, second = (float(early.max()), float(late.max())) if len(early) and len(late) else (np.nan, np.nan)
+        gain = second - first
+        verdict = "unknown" if gain != gain else "flattened" if gain <= tolerance else "still rising"
+        rows.append(
+            {
+                "architecture": arch,
+                "source_dataset": source,
+                "steps": last,
+                "first_half": first,
+                "second_half": second,
+                "gain": gain,
+                "verdict": verdict,
+            }
+        )
+    columns = ["architecture", "source_dataset", "steps", "first_half", "second_half", "gain", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def pretraining_curve_plot(curves: pd.DataFrame, path: str | Path) -> Path:

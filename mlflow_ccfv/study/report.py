@@ -33,11 +33,13 @@ import pandas as pd
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.correlation import pearson, weighted_tau
 from mlflow_ccfv.study.evidence import (
+    PLATEAU_TOLERANCE,
     Evidence,
     dice_score_plot,
     evidence,
     evidence_table,
     pretraining_curve_plot,
+    pretraining_plateau,
     source_dice_table,
 )
 from mlflow_ccfv.study.goal import goal_markdown, goal_table
@@ -370,6 +372,7 @@ class Report:
     files: dict[str, Path] = field(default_factory=dict)
     evidence: Evidence | None = None
     source_dice: pd.DataFrame = field(default_factory=pd.DataFrame)
+    plateau: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def markdown(self) -> str:
         text = (
@@ -393,6 +396,12 @@ class Report:
         if not self.source_dice.empty:
             text += "\n## Did the bank learn its sources? (Dice on each source's own held-out 20%)\n\n" + to_markdown(
                 self.source_dice
+            )
+        if not self.plateau.empty:
+            text += (
+                "\n## Did pre-training stop improving? (best source Dice in the second half of the budget "
+                f"minus the first half's; flattened: at most {PLATEAU_TOLERANCE})\n\n"
+                + to_markdown(self.plateau.set_index(["architecture", "source_dataset"]))
             )
         if self.evidence is not None:
             text += "\n" + evidence_markdown(self.evidence, REPORT_METHODS, METHOD_LABELS)
@@ -424,7 +433,7 @@ def write_report(
     ``score``: ``ccfv_twin`` where the bank has its random-init controls, else ``ccfv``) met issue 12's goal
     (:mod:`mlflow_ccfv.study.goal`: ``goal.{md,csv}``); every bank model's source Dice to ``source_dice.{md,csv}``;
     ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
-    curves) to ``pretraining_curves.{csv,png}``.
+    curves) to ``pretraining_curves.{csv,png}`` and whether each flattened to ``pretraining_plateau.{md,csv}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -465,10 +474,15 @@ def write_report(
         report.goal, report.goal_method = goal_table(ev.figures, ev.noise, frame, rank_by), rank_by
         report.goal.to_csv(files.setdefault("goal.csv", out / "goal.csv"), index=False)
         files.setdefault("goal.md", out / "goal.md").write_text(goal_markdown(report.goal, rank_by))
-    files.setdefault("report.md", out / "report.md").write_text(report.markdown())
     if curves is not None and not curves.empty:
         curves.to_csv(files.setdefault("pretraining_curves.csv", out / "pretraining_curves.csv"), index=False)
         files["pretraining_curves.png"] = pretraining_curve_plot(curves, out / "pretraining_curves.png")
+        report.plateau = pretraining_plateau(curves)
+        report.plateau.to_csv(files.setdefault("pretraining_plateau.csv", out / "pretraining_plateau.csv"), index=False)
+        files.setdefault("pretraining_plateau.md", out / "pretraining_plateau.md").write_text(
+            to_markdown(report.plateau.set_index(["architecture", "source_dataset"]))
+        )
+    files.setdefault("report.md", out / "report.md").write_text(report.markdown())
     for dataset in sorted(frame["dataset"].unique()):
         files[f"scatter_{dataset}.png"] = scatter_plot(frame, corr, dataset, out / f"scatter_{dataset}.png")
         if ((frame["dataset"] == dataset) & (frame["method"] == rank_by)).any():

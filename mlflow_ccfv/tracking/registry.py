@@ -590,6 +590,21 @@ def resolve_versions(models: Iterable[str] | None = None, bank: str = DEFAULT_BA
     return versions
 
 
+def find_versions(name: str, tags: dict[str, str]) -> list[ModelVersion]:
+    """Every version of ``name`` whose tags include ``tags``, oldest first (none if ``name`` is unknown)."""
+    try:
+        found = search_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    matching = [v for v in found if all((v.tags or {}).get(k) == val for k, val in tags.items())]
+    return sorted(matching, key=lambda v: int(v.version))
+
+
+def delete_version(name: str, version: str) -> None:
+    """Delete one model version (retried like every registry write)."""
+    retrying(_client().delete_model_version, name, str(version), what=f"delete {name}/{version}")
+
+
 def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
     """The newest version of ``name`` whose tags include ``tags`` (for reuse), or None."""
     try:
@@ -804,7 +819,9 @@ __all__ = [
     "VERSION_TAGS",
     "bank_versions",
     "check_name",
+    "delete_version",
     "find_version",
+    "find_versions",
     "get_version",
     "load_version",
     "logged_model_id",
