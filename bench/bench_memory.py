@@ -1,6 +1,6 @@
 """Memory as the bank grows: where a serial scoring's RSS goes, version by version.
 
-Two measurements (docs/deploy.md, section 4, has the numbers):
+Three measurements (docs/deploy.md, section 4, has the numbers):
 
 - ``scoring``: registers ``--versions`` random-init small UNets (``small_spec("UNet", 1, 2)``) in a local
   sqlite store under ``--work`` (once; a rerun with more versions registers only the new ones) and scores
@@ -10,10 +10,26 @@ Two measurements (docs/deploy.md, section 4, has the numbers):
   ``--trim`` calls ``gc.collect()`` and ``malloc_trim(0)`` after every version.
 - ``plot``: the peak RSS of drawing the ranking plot for 40, 160 and 500 versions, each in a forked
   child (its peak is its own), for the plot of this checkout.
+- ``driver``: what the ``score`` driver does outside the per-version loop, as a function of the number
+  of versions N, without scoring any network. For each N of ``--versions`` (default 50,200) a local
+  sqlite store under ``--work`` gets (once) N versions: the first registered for real
+  (``small_spec("UNet", 1, 2)``, random init), the others new versions pointing at its LoggedModel with
+  the same tags plus their ``ccfv`` score tags as a scoring writes them, its random-init twin, and one
+  nested run per version. Then a fresh process per N (and one more with ``tracemalloc``) runs the
+  driver's steps in order and measures each: ``resolve_versions`` (the whole bank), ``register_twins``
+  (reusing the twin), the rows of the versions' results, ``rerank`` (auto, ranks written afresh:
+  every rank tag is removed first, outside the measurement), ``rank_table`` with the ``ccfv_twin``
+  column, ``_log_twin_metrics`` and the artifacts (CSV, ``table_markdown``, ``ranking_plot``, logged).
+  Printed per step: the peak RSS above the RSS before it (``VmHWM`` reset through
+  ``/proc/self/clear_refs``), the RSS it leaves held, the ``tracemalloc`` peak, and MB per version
+  between the smallest and the largest N. ``--server`` runs the steps through an ``mlflow server`` on
+  each store (the REST client, as against a team server) instead of the sqlite store in process.
 
     python bench/bench_memory.py scoring --versions 40  --work /tmp/ccfv-memory
     python bench/bench_memory.py scoring --versions 160 --work /tmp/ccfv-memory
     python bench/bench_memory.py plot
+    python bench/bench_memory.py driver --versions 50,200 --work /tmp/ccfv-driver
+    python bench/bench_memory.py driver --versions 50,200 --work /tmp/ccfv-driver --server
 """
 
 from __future__ import annotations
@@ -45,6 +61,20 @@ def _rss() -> float:
 
 def _peak() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    """Reset ``VmHWM`` (the peak RSS) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def scoring(args) -> None:
@@ -160,6 +190,223 @@ def plot(args) -> None:
         os.waitpid(pid, 0)
 
 
+DRIVER_DATASET = "Task07"
+DRIVER_DIGEST = "0123456789abcdef"
+DRIVER_PHASES = (
+    "resolve_versions",
+    "register_twins",
+    "result rows",
+    "rerank",
+    "rank_table",
+    "log twin metrics",
+    "artifacts",
+)
+
+
+def _driver_store(work: Path, n: int) -> Path:
+    """The sqlite store of ``n`` versions under ``work`` (populated once; see ``driver``)."""
+    import mlflow
+    import numpy as np
+
+    import mlflow_ccfv.tracking.tags as T
+    from mlflow_ccfv.networks import random_state_dict, small_spec
+    from mlflow_ccfv.pipelines.pretrain import register_twins
+    from mlflow_ccfv.tracking import register_network
+    from mlflow_ccfv.tracking.registry import write_version_scores
+
+    store = work / f"driver-{n}"
+    if (store / "runs.json").exists():
+        return store
+    store.mkdir(parents=True, exist_ok=True)
+    os.chdir(store)
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    rng = np.random.default_rng(n)
+    spec = small_spec("UNet", 1, 2)
+    first = register_network(spec, random_state_dict(spec, 0), "memory-unet-000", "none", bank=BANK)
+    write_version_scores(
+        first.name, first.version, DRIVER_DATASET, {"ccfv": float(rng.normal())}, data_digest=DRIVER_DIGEST
+    )
+    tags = dict(client.get_model_version(first.name, first.version).tags)
+    start = time.perf_counter()
+    for i in range(1, n):
+        name = f"memory-unet-{i // 50:03d}"
+        if i % 50 == 0:
+            client.create_registered_model(name, tags={T.BANK: BANK})
+        score = {T.score_tag("ccfv", DRIVER_DATASET): f"{rng.normal():.6g}"}
+        client.create_model_version(name, first.source, tags={**tags, **score}, model_id=first.model_id)
+        if (i + 1) % 50 == 0:
+            print(f"driver store {n}: {i + 1}/{n} versions ({time.perf_counter() - start:.0f} s)", flush=True)
+    (twin,) = register_twins([first])
+    write_version_scores(twin.name, twin.version, DRIVER_DATASET, {"ccfv": -1.0}, data_digest=DRIVER_DIGEST)
+    experiment = client.create_experiment("ccfv-driver")
+    parent = client.create_run(experiment).info.run_id
+    runs = {}
+    for i in range(n):
+        label = f"memory-unet-{i // 50:03d}/{i % 50 + 1}"
+        runs[label] = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    (store / "runs.json").write_text(json.dumps({"experiment": experiment, "parent": parent, "runs": runs}))
+    return store
+
+
+def _driver_child(args) -> None:
+    """One process: the driver's steps over the store ``args.store``; prints one JSON line."""
+    import mlflow
+
+    import mlflow_ccfv.tracking.tags as T
+    from mlflow_ccfv.pipelines.pretrain import register_twins
+    from mlflow_ccfv.pipelines.score import VersionResult, _log_twin_metrics, _twin_rows
+    from mlflow_ccfv.scoring import ModelScores
+    from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
+    from mlflow_ccfv.study.variants import TWIN_METHOD
+    from mlflow_ccfv.tracking.registry import _delete_version_tag, rerank, resolve_versions, search_versions
+
+    store = Path(args.store)
+    os.chdir(store)
+    mlflow.set_tracking_uri(args.uri or f"sqlite:///{store / 'mlflow.db'}")
+    saved = json.loads((store / "runs.json").read_text())
+    tmp = Path(tempfile.mkdtemp())
+    # outside the measurement: the store's engine, fonts and imports; every rank tag removed (written afresh)
+    for mv in search_versions(f"tags.`{T.rank_tag(DRIVER_DATASET)}` LIKE '%'"):
+        _delete_version_tag(mv.name, mv.version, T.rank_tag(DRIVER_DATASET))
+    warm = rank_table([{"model": "a/1", "source_dataset": "none", "ccfv": 0.0, "error": None}], ["ccfv"], "x")
+    ranking_plot(warm, tmp / "warm.png")
+    table_markdown(warm, ["ccfv"])
+    mlflow.start_run(run_id=saved["parent"])
+    state: dict = {}
+
+    def rows():
+        results = []
+        for mv in state["versions"]:
+            tags = dict(mv.tags or {})
+            label = f"{mv.name}/{mv.version}"
+            score = ModelScores({"ccfv": float(tags[T.score_tag("ccfv", DRIVER_DATASET)])}, [], [])
+            results.append(
+                VersionResult(
+                    label, mv.name, str(mv.version), mv.model_id, tags, score, 0.5, run_id=saved["runs"].get(label)
+                )
+            )
+        state["results"] = results
+        state["rows"] = [r.row() for r in results]
+
+    def table():
+        ranking = state["ranking"]
+        state["table"] = rank_table(
+            _twin_rows(state["rows"], ranking), ["ccfv", TWIN_METHOD], DRIVER_DATASET, rank_method=ranking.method
+        )
+
+    def artifacts():
+        stem = tmp / f"ranking_{DRIVER_DATASET}"
+        state["table"].to_csv(f"{stem}.csv", index=False)
+        Path(f"{stem}.md").write_text(table_markdown(state["table"], ["ccfv", TWIN_METHOD]))
+        ranking_plot(state["table"], f"{stem}.png", method=state["ranking"].method)
+        for suffix in ("csv", "md", "png"):
+            mlflow.log_artifact(f"{stem}.{suffix}", artifact_path="ranking")
+
+    steps = {
+        "resolve_versions": lambda: state.update(versions=resolve_versions([], bank=BANK)),
+        "register_twins": lambda: state.update(versions=[*state["versions"], *register_twins(state["versions"])]),
+        "result rows": rows,
+        "rerank": lambda: state.update(
+            ranking=rerank(DRIVER_DATASET, T.DEFAULT_SETTINGS, DRIVER_DIGEST, method="auto")
+        ),
+        "rank_table": table,
+        "log twin metrics": lambda: _log_twin_metrics(state["results"], state["table"]),
+        "artifacts": artifacts,
+    }
+    if args.trace:
+        tracemalloc.start()
+    out: dict[str, dict[str, float]] = {}
+    for name in DRIVER_PHASES:
+        gc.collect()
+        before = _rss()
+        traced_before = tracemalloc.get_traced_memory()[0] if args.trace else 0
+        if args.trace:
+            tracemalloc.reset_peak()
+        _reset_peak()
+        start = time.perf_counter()
+        steps[name]()
+        seconds = time.perf_counter() - start
+        peak = _status_mb("VmHWM") - before
+        gc.collect()
+        out[name] = {"peak": peak, "held": _rss() - before, "seconds": seconds}
+        if args.trace:
+            current, traced_peak = tracemalloc.get_traced_memory()
+            out[name].update(
+                traced_peak=(traced_peak - traced_before) / 2**20, traced_held=(current - traced_before) / 2**20
+            )
+    mlflow.end_run()
+    out["_"] = {"versions": len(state["versions"]), "ranked": len(state["ranking"].ranked), "rss": _rss()}
+    print("DRIVER " + json.dumps(out), flush=True)
+
+
+def _start_server(store: Path):
+    """An ``mlflow server`` on ``store``'s sqlite database; returns the process and its URL once healthy."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(store / "server.log", "w")  # noqa: SIM115 (kept open for the server's life)
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=store)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"mlflow server exited:\n{(store / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(1)
+    process.terminate()
+    sys.exit("mlflow server not ready after 300 s")
+
+
+def driver(args) -> None:
+    import subprocess
+
+    counts = sorted({int(x) for x in args.versions.split(",")})
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    stores = {n: _driver_store(work, n) for n in counts}
+    measured: dict[tuple[int, bool], dict] = {}
+    for n in counts:
+        server, uri = _start_server(stores[n]) if args.server else (None, "")
+        try:
+            for trace in (False, True):
+                cmd = [sys.executable, str(Path(__file__).resolve()), "_driver-child", "--store", str(stores[n])]
+                cmd += ["--uri", uri] if uri else []
+                done = subprocess.run(cmd + (["--trace"] if trace else []), capture_output=True, text=True, check=False)
+                line = next((l for l in done.stdout.splitlines() if l.startswith("DRIVER ")), None)
+                if done.returncode or line is None:
+                    sys.exit(f"driver child for {n} versions failed:\n{done.stderr[-3000:]}")
+                measured[n, trace] = json.loads(line.removeprefix("DRIVER "))
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=60)
+    print("tracking:", "an mlflow server on each sqlite store (REST)" if args.server else "sqlite, in process")
+    low, high = counts[0], counts[-1]
+    print("versions in the bank (with the twin):", {n: measured[n, False]["_"]["versions"] for n in counts})
+    head = " | ".join(f"{what} N={n}" for what in ("peak RSS", "traced peak") for n in counts)
+    print(f"step | {head} | peak RSS MB/version | traced MB/version | held RSS N={high} | seconds N={high}")
+    for name in DRIVER_PHASES:
+        rss = [measured[n, False][name]["peak"] for n in counts]
+        traced = [measured[n, True][name]["traced_peak"] for n in counts]
+        per = [(v[-1] - v[0]) / (high - low) if high > low else float("nan") for v in (rss, traced)]
+        cells = " | ".join(f"{v:.2f}" for v in (*rss, *traced, *per))
+        last = measured[high, False][name]
+        print(f"{name} | {cells} | {last['held']:.2f} | {last['seconds']:.1f}")
+    print("(MB; peak = highest RSS during the step minus the RSS before it; traced = tracemalloc's peak)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -169,13 +416,18 @@ def main(argv=None) -> int:
     s.add_argument("--trace", action="store_true", help="tracemalloc snapshots (slow)")
     s.add_argument("--trim", action="store_true", help="gc.collect() and malloc_trim(0) after every version")
     sub.add_parser("plot", help="peak RSS of the ranking plot at 40, 160 and 500 versions")
+    d = sub.add_parser("driver", help="peak RSS of the score driver's steps outside the loop, per bank size")
+    d.add_argument("--versions", default="50,200", help="bank sizes, comma-separated")
+    d.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ccfv-driver"))
+    d.add_argument("--server", action="store_true", help="through an `mlflow server` on each store (REST client)")
+    c = sub.add_parser("_driver-child", help=argparse.SUPPRESS)
+    c.add_argument("--store", required=True)
+    c.add_argument("--trace", action="store_true")
+    c.add_argument("--uri", default="")
     args = ap.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(REPO))
-    if args.what == "scoring":
-        scoring(args)
-    else:
-        plot(args)
+    {"scoring": scoring, "plot": plot, "driver": driver, "_driver-child": _driver_child}[args.what](args)
     return 0
 
 
