@@ -92,7 +92,7 @@ def scoring(args) -> None:
     from mlflow_ccfv.tracking import bank_versions, register_network
 
     torch.set_num_threads(1)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = args.tracking_uri or f"sqlite:///{work / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     data = work / "data"
@@ -414,6 +414,9 @@ def main(argv=None) -> int:
     s.add_argument("--versions", type=int, default=40)
     s.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ccfv-memory"))
     s.add_argument("--trace", action="store_true", help="tracemalloc snapshots (slow)")
+    s.add_argument(
+        "--tracking-uri", default="", help="a running server (e.g. http://127.0.0.1:5000) instead of --work's sqlite"
+    )
     s.add_argument("--trim", action="store_true", help="gc.collect() and malloc_trim(0) after every version")
     sub.add_parser("plot", help="peak RSS of the ranking plot at 40, 160 and 500 versions")
     d = sub.add_parser("driver", help="peak RSS of the score driver's steps outside the loop, per bank size")
