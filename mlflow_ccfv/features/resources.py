@@ -10,6 +10,9 @@ refuses cannot run, and a size it lets through may still be large, but not absur
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import math
 import os
 from collections.abc import Sequence
@@ -19,6 +22,7 @@ from mlflow_ccfv.errors import OptionError
 __all__ = [
     "INFERENCE_BYTES_PER_VOXEL",
     "TRAINING_BYTES_PER_VOXEL",
+    "MemoryReleaser",
     "available_memory_bytes",
     "check_memory",
     "inference_bytes",
@@ -72,3 +76,36 @@ def check_memory(needed: int, option: str, value: Sequence[int], fix: str, avail
         raise OptionError(
             f"{option} {shown} needs at least {_gib(needed)} of memory, but {_gib(available)} is available; {fix}"
         )
+
+
+class MemoryReleaser:
+    """Give the memory that freed networks and feature sets leave behind back to the OS, every
+    ``every`` calls of :meth:`tick`: ``gc.collect()`` (they sit in reference cycles that Python's
+    generational collector reaches late) then glibc's ``malloc_trim(0)`` (a no-op count without glibc).
+
+    Measured (bench/bench_memory.py scoring --tracking-uri, an ``mlflow server``, 60 small versions,
+    2026-11-30, one core busy with a study): RSS after versions 10 / 20 / 40 without it 547.9 / 558.8 /
+    562.5 MB (peak 567); ``malloc_trim`` alone 541.0 / 549.3 / 554.7 (no better); every 10 versions
+    537.5 / 542.2 / 544.0 (peak 562); **every version 522.7 / 522.8 / 522.9 (flat; peak 537)**, at
+    ~0.27 s per version for the collection (60 versions in 46 s instead of 27-30 s on this tiny
+    target; a real network's scoring takes seconds to minutes, so the share is small). Hence every
+    version by default.
+    """
+
+    def __init__(self, every: int = 1):
+        self.every = max(1, int(every))
+        self.calls = 0
+        self.released = 0
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        self._trim = getattr(libc, "malloc_trim", None)
+
+    def tick(self) -> bool:
+        """Count one unit of work; release memory on every ``every``-th call. True when it released."""
+        self.calls += 1
+        if self.calls % self.every or self._trim is None:
+            return False
+        gc.collect()  # the pages are held by cyclic garbage: trimming alone gave nothing back (measured)
+        self._trim(0)
+        self.released += 1
+        return True

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import SamplerConfig
-from mlflow_ccfv.features.resources import check_memory, inference_bytes
+from mlflow_ccfv.features.resources import MemoryReleaser, check_memory, inference_bytes
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
@@ -298,8 +298,16 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
 
 def score_version_remote(task: VersionTask) -> VersionResult:
     """:func:`score_version` as a Ray task (the target from ``task.source``; tracking URI from the
-    worker's environment, set by the executor)."""
-    return score_version(task)
+    worker's environment, set by the executor). A worker process runs many tasks: it gives freed
+    memory back to the OS after each (:class:`~mlflow_ccfv.features.resources.MemoryReleaser`)."""
+    try:
+        return score_version(task)
+    finally:
+        _WORKER_RELEASER.tick()
+
+
+#: One per (Ray worker) process.
+_WORKER_RELEASER = MemoryReleaser()
 
 
 def score_versions(
@@ -489,7 +497,15 @@ def _run_version_tasks(
 
     if executor.in_process:
         cases = CaseCache(target=target)
-        raw = executor.map(lambda task: score_version(task, target, cases), tasks, report)
+        releaser = MemoryReleaser()  # freed networks' memory back to the OS after each version (flat RSS)
+
+        def score_here(task: VersionTask) -> VersionResult:
+            try:
+                return score_version(task, target, cases)
+            finally:
+                releaser.tick()
+
+        raw = executor.map(score_here, tasks, report)
     else:
         raw = executor.map(score_version_remote, tasks, report)
     results = []
