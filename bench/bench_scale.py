@@ -94,12 +94,11 @@ def _score(args) -> int:
 
 
 def _rss_mb() -> float:
-    """This process's resident set size now, MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's resident set size now, MB (bench_memory.py's reader)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_memory import _rss
+
+    return _rss()
 
 
 def _measure(label: str, executor: str, n: int, target: Path, work: Path, workers: int) -> dict:
