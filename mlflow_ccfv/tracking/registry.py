@@ -607,12 +607,8 @@ def delete_version(name: str, version: str) -> None:
 
 def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
     """The newest version of ``name`` whose tags include ``tags`` (for reuse), or None."""
-    try:
-        found = search_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    matching = [v for v in found if all((v.tags or {}).get(k) == val for k, val in tags.items())]
-    return max(matching, key=lambda v: int(v.version)) if matching else None
+    matching = find_versions(name, tags)
+    return matching[-1] if matching else None
 
 
 def _search_versions(filter_string: str) -> list[ModelVersion]:
