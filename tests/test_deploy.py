@@ -69,7 +69,7 @@ def test_every_entry_point_against_the_postgres_backed_server(on_server, tmp_pat
     exp = client.get_experiment_by_name("ccfv-team")
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`{T.RUN_DATASET}` = '{TARGET_TASK}'")
     assert len([r for r in children if "mlflow.parentRunId" in r.data.tags]) == 4
-    ranked_by = [r.data.tags.get("ccfv.ranked_by") for r in client.search_runs([exp.experiment_id])]
+    ranked_by = [r.data.tags.get(T.RUN_RANKED_BY) for r in client.search_runs([exp.experiment_id])]
     assert "ccfv_twin" in ranked_by and "ccfv" not in ranked_by
 
     # finetune each version on the same reference (tiny budget), then the report from the stored tags

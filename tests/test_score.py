@@ -13,6 +13,7 @@ from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.pipelines.score import score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS, parse_methods
+from mlflow_ccfv.tracking import tags as T
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")
@@ -287,7 +288,7 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     best = min(rank, key=rank.get)
     assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
     parent = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
-    assert [r.data.tags["ccfv.ranked_by"] for r in parent] == ["ccfv_twin"]
+    assert [r.data.tags[T.RUN_RANKED_BY] for r in parent] == ["ccfv_twin"]
     assert f"{calibrated['unet-rand-4']:.4f}" in result.output  # the printed table shows ccfv_twin
     children = [r for r in mlflow.search_runs(output_format="list") if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 5
@@ -306,5 +307,5 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     result = CliRunner().invoke(main, [*solo, "--cache-dir", str(tmp_path / "cache"), "--add-twins", "false"])
     assert result.exit_code == 0, result.output
     runs = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
-    assert max(runs, key=lambda r: r.info.start_time).data.tags["ccfv.ranked_by"] == "ccfv"
+    assert max(runs, key=lambda r: r.info.start_time).data.tags[T.RUN_RANKED_BY] == "ccfv"
     assert "ranked by ccfv, not ccfv_twin" in caplog.text and "SegResNet" in caplog.text

@@ -412,12 +412,12 @@ def score_versions(
         failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
             status = "FAILED"
-            mlflow.set_tag("ccfv.failed_versions", ",".join(failed))
+            mlflow.set_tag(T.RUN_FAILED_VERSIONS, ",".join(failed))
         # The single place ranks, rank tags and the alias are written (after every task has finished),
         # from every score stored in the registry for this dataset and these settings.
         ranking = rerank(dataset.name, settings, dataset.digest, method=rank_by)
         chosen = ranking.method
-        mlflow.set_tag("ccfv.ranked_by", chosen)
+        mlflow.set_tag(T.RUN_RANKED_BY, chosen)
         _warn_without_twin(rank_by, chosen, ranking.without_twin)
         twin = chosen == TWIN_METHOD
         shown = [*methods, TWIN_METHOD] if twin else methods

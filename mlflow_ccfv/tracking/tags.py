@@ -135,6 +135,10 @@ RUN_KEY = "ccfv.run_key"
 RUN_DATASET_DIGEST = "ccfv.dataset.digest"
 #: On a dataset run: the artifact path of the uploaded task folder (``runs:/<run_id>/<this>``).
 RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
+#: On a ``score`` parent run: the method the ranks and the alias follow (``ccfv`` or ``ccfv_twin``).
+RUN_RANKED_BY = "ccfv.ranked_by"
+#: On a ``score`` parent run: comma-separated labels of the versions whose scoring failed.
+RUN_FAILED_VERSIONS = "ccfv.failed_versions"
 
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"
