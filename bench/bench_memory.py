@@ -7,7 +7,12 @@ Three measurements (docs/deploy.md, section 4, has the numbers):
   them serially on a tiny synthetic target (5 cases of 32x32x24 voxels), printing the RSS after chosen
   versions and around the driver's last steps (rerank, ranking plot). ``--trace`` adds ``tracemalloc``
   (Python-level growth between the 10th and the last version, largest sites first; slow);
-  ``--trim`` calls ``gc.collect()`` and ``malloc_trim(0)`` after every version.
+  ``--release none|collect|freeze`` replaces what ``score`` does after every version (its
+  ``MemoryReleaser``): nothing, ``gc.collect()`` + ``malloc_trim(0)``, or that with the long-lived
+  objects frozen after the first version (the default, what ``score`` does).
+- ``release``: the three ``--release`` variants side by side, each a fresh ``scoring`` process on the
+  same versions: seconds per version, the releaser's own seconds per version, RSS after the 10th and
+  the last version, peak RSS, and the ratios to ``collect``.
 - ``plot``: the peak RSS of drawing the ranking plot for 40, 160 and 500 versions, each in a forked
   child (its peak is its own), for the plot of this checkout.
 - ``driver``: what the ``score`` driver does outside the per-version loop, as a function of the number
@@ -27,6 +32,7 @@ Three measurements (docs/deploy.md, section 4, has the numbers):
 
     python bench/bench_memory.py scoring --versions 40  --work /tmp/ccfv-memory
     python bench/bench_memory.py scoring --versions 160 --work /tmp/ccfv-memory
+    python bench/bench_memory.py release --versions 60 --work /tmp/ccfv-release
     python bench/bench_memory.py plot
     python bench/bench_memory.py driver --versions 50,200 --work /tmp/ccfv-driver
     python bench/bench_memory.py driver --versions 50,200 --work /tmp/ccfv-driver --server
@@ -35,7 +41,6 @@ Three measurements (docs/deploy.md, section 4, has the numbers):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -107,7 +112,27 @@ def scoring(args) -> None:
         return
     versions = bank_versions(BANK)[: args.versions]
     target = make_target(MSDDataset.load(next(data.iterdir())), "train")
-    libc = ctypes.CDLL("libc.so.6") if args.trim else None
+    from mlflow_ccfv.features.resources import MemoryReleaser
+
+    release_seconds = [0.0]
+
+    class Variant(MemoryReleaser):
+        """``score``'s releaser as ``--release`` says, timed."""
+
+        def __init__(self, every: int = 1, freeze: bool = False):
+            super().__init__(every, freeze=args.release == "freeze")
+
+        def tick(self) -> bool:
+            if args.release == "none":
+                self.calls += 1
+                return False
+            t = time.perf_counter()
+            try:
+                return super().tick()
+            finally:
+                release_seconds[0] += time.perf_counter() - t
+
+    score.MemoryReleaser = Variant  # type: ignore[misc]
     after: list[tuple[int, float, float, float]] = []
     snapshots: dict[int, tracemalloc.Snapshot] = {}
     n = len(versions)
@@ -119,9 +144,6 @@ def scoring(args) -> None:
                 out.append(fn(item))
                 if on_done is not None:
                     on_done(i, out[-1])
-                if libc is not None:
-                    gc.collect()
-                    libc.malloc_trim(0)
                 traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
                 after.append((i + 1, _rss(), _peak(), traced))
                 if tracemalloc.is_tracing() and i + 1 in (10, n):
@@ -148,7 +170,21 @@ def scoring(args) -> None:
     start = time.perf_counter()
     score.score_versions(versions, target, ["ccfv"], cache_dir=tempfile.mkdtemp(dir=work), executor=Measuring())
     phases["end"] = (_rss(), _peak())
-    print(f"scored {n} versions in {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    print(f"scored {n} versions in {seconds:.0f} s (--release {args.release}: {release_seconds[0]:.1f} s releasing)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "release": args.release,
+                    "versions": n,
+                    "seconds": seconds,
+                    "release_seconds": release_seconds[0],
+                    "rss_after": {str(k): after[k - 1][1] for k in (10, n) if k <= len(after)},
+                    "peak_rss": max(a[2] for a in after),
+                }
+            )
+        )
     print("version | RSS (MB) | peak RSS (MB) | traced Python memory (MB)")
     for k in (1, 5, 10, 20, 40, 80, 120, 160, 200, 500):
         if k <= len(after):
@@ -160,6 +196,45 @@ def scoring(args) -> None:
             print(
                 f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks  {stat.traceback.format()[-2].strip()}"
             )
+
+
+RELEASES = ("none", "collect", "freeze")
+
+
+def release(args) -> None:
+    """The ``--release`` variants side by side, each in a fresh ``scoring`` process, same versions."""
+    import subprocess
+
+    def run(*extra: str) -> None:
+        cmd = [sys.executable, __file__, "scoring", "--versions", str(args.versions), "--work", args.work, *extra]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+    run("--release", "none")  # registers the versions when the store lacks them (then scores nothing)
+    found = {}
+    for variant in RELEASES:
+        out = Path(tempfile.mkdtemp()) / "figures.json"
+        run("--release", variant, "--json", str(out))
+        found[variant] = json.loads(out.read_text())
+        print(f"{variant}: {found[variant]['seconds']:.0f} s", flush=True)
+    n = args.versions
+    print(f"\n{n} versions, serial, tiny target (5 cases of 32x32x24), local sqlite store")
+    print("release | s/version | releasing s/version | RSS after 10th (MB) | RSS after last (MB) | peak RSS (MB)")
+    for variant in RELEASES:
+        f = found[variant]
+        rss = f["rss_after"]
+        print(
+            f"{variant} | {f['seconds'] / n:.3f} | {f['release_seconds'] / n:.3f} | {rss.get('10', 0):.1f} | "
+            f"{rss.get(str(n), 0):.1f} | {f['peak_rss']:.1f}"
+        )
+    base = found["collect"]
+    for variant in ("none", "freeze"):
+        f = found[variant]
+        print(
+            f"{variant} / collect: time {f['seconds'] / base['seconds']:.2f}x, releasing "
+            f"{f['release_seconds'] / max(base['release_seconds'], 1e-9):.2f}x, "
+            f"RSS growth 10th->last {f['rss_after'].get(str(n), 0) - f['rss_after'].get('10', 0):+.1f} MB "
+            f"(collect: {base['rss_after'].get(str(n), 0) - base['rss_after'].get('10', 0):+.1f} MB)"
+        )
 
 
 def plot(args) -> None:
@@ -417,7 +492,11 @@ def main(argv=None) -> int:
     s.add_argument(
         "--tracking-uri", default="", help="a running server (e.g. http://127.0.0.1:5000) instead of --work's sqlite"
     )
-    s.add_argument("--trim", action="store_true", help="gc.collect() and malloc_trim(0) after every version")
+    s.add_argument("--release", choices=RELEASES, default="freeze", help="what score does after every version")
+    s.add_argument("--json", default="", help="also write the figures to this file")
+    r = sub.add_parser("release", help="score's memory release after every version: none, collect, freeze")
+    r.add_argument("--versions", type=int, default=60)
+    r.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ccfv-release"))
     sub.add_parser("plot", help="peak RSS of the ranking plot at 40, 160 and 500 versions")
     d = sub.add_parser("driver", help="peak RSS of the score driver's steps outside the loop, per bank size")
     d.add_argument("--versions", default="50,200", help="bank sizes, comma-separated")
@@ -430,7 +509,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(REPO))
-    {"scoring": scoring, "plot": plot, "driver": driver, "_driver-child": _driver_child}[args.what](args)
+    {"scoring": scoring, "release": release, "plot": plot, "driver": driver, "_driver-child": _driver_child}[args.what](
+        args
+    )
     return 0
 
 

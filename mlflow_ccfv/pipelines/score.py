@@ -306,8 +306,8 @@ def score_version_remote(task: VersionTask) -> VersionResult:
         _WORKER_RELEASER.tick()
 
 
-#: One per (Ray worker) process.
-_WORKER_RELEASER = MemoryReleaser()
+#: One per (Ray worker) process; what outlives a worker's first task stays frozen (the process is the job's).
+_WORKER_RELEASER = MemoryReleaser(freeze=True)
 
 
 def score_versions(
@@ -497,15 +497,17 @@ def _run_version_tasks(
 
     if executor.in_process:
         cases = CaseCache(target=target)
-        releaser = MemoryReleaser()  # freed networks' memory back to the OS after each version (flat RSS)
+        # freed networks' memory back to the OS after each version (flat RSS); the objects that outlive
+        # the first version are frozen for the loop, so each collection walks only the new ones
+        with MemoryReleaser(freeze=True) as releaser:
 
-        def score_here(task: VersionTask) -> VersionResult:
-            try:
-                return score_version(task, target, cases)
-            finally:
-                releaser.tick()
+            def score_here(task: VersionTask) -> VersionResult:
+                try:
+                    return score_version(task, target, cases)
+                finally:
+                    releaser.tick()
 
-        raw = executor.map(score_here, tasks, report)
+            raw = executor.map(score_here, tasks, report)
     else:
         raw = executor.map(score_version_remote, tasks, report)
     results = []
