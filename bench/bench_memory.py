@@ -146,11 +146,13 @@ def scoring(args) -> None:
                     on_done(i, out[-1])
                 traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
                 after.append((i + 1, _rss(), _peak(), traced))
+                clock.append(time.perf_counter())
                 if tracemalloc.is_tracing() and i + 1 in (10, n):
                     snapshots[i + 1] = tracemalloc.take_snapshot()
             return out
 
     phases: dict[str, tuple[float, float]] = {}
+    clock: list[float] = []  # when each version was done
 
     def around(name, fn):
         def wrapped(*a, **k):
@@ -185,10 +187,14 @@ def scoring(args) -> None:
                 }
             )
         )
-    print("version | RSS (MB) | peak RSS (MB) | traced Python memory (MB)")
+    print("version | RSS (MB) | peak RSS (MB) | traced Python memory (MB) | s/version since the previous row")
+    previous = 0
     for k in (1, 5, 10, 20, 40, 80, 120, 160, 200, 500):
         if k <= len(after):
-            print(" | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in after[k - 1]))
+            rate = (clock[k - 1] - clock[previous - 1]) / (k - previous) if previous else float("nan")
+            cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in after[k - 1]]
+            print(" | ".join([*cells, f"{rate:.3f}"]))
+            previous = k
     print("phases (RSS, peak RSS) MB:", json.dumps({k: [round(x, 1) for x in v] for k, v in phases.items()}))
     if 10 in snapshots and n in snapshots and n > 10:
         print(f"largest Python-level growth, version 10 -> {n}:")
