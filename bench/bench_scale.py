@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import _rss as _rss_mb  # noqa: E402  (this process's RSS now, MB)
+
 BANK = "scale"
 PER_NAME = 50  # versions per registered model
 
@@ -91,14 +94,6 @@ def _score(args) -> int:
         )
     )
     return 0
-
-
-def _rss_mb() -> float:
-    """This process's resident set size now, MB (bench_memory.py's reader)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_memory import _rss
-
-    return _rss()
 
 
 def _measure(label: str, executor: str, n: int, target: Path, work: Path, workers: int) -> dict:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mlflow_ccfv.errors import OptionError
 
@@ -78,6 +79,13 @@ def check_memory(needed: int, option: str, value: Sequence[int], fix: str, avail
         )
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once per process (``find_library`` runs a subprocess), or None."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
 class MemoryReleaser:
     """Give the memory that freed networks and feature sets leave behind back to the OS, every
     ``every`` calls of :meth:`tick`: ``gc.collect()`` (they sit in reference cycles that Python's
@@ -106,20 +114,18 @@ class MemoryReleaser:
         self.frozen = False
         self.calls = 0
         self.released = 0
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
-        self._trim = getattr(libc, "malloc_trim", None)
 
     def tick(self) -> bool:
         """Count one unit of work; release memory on every ``every``-th call. True when it released."""
         self.calls += 1
-        if self.calls % self.every or self._trim is None:
+        trim = _malloc_trim()
+        if self.calls % self.every or trim is None:
             return False
         gc.collect()  # the pages are held by cyclic garbage: trimming alone gave nothing back (measured)
         if self.freeze and not self.frozen and gc.get_freeze_count() == 0:
             gc.freeze()  # what survived a full collection here lives on: later collections skip it
             self.frozen = True
-        self._trim(0)
+        trim(0)
         self.released += 1
         return True
 
