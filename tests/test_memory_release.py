@@ -45,7 +45,9 @@ def test_freezing_skips_what_outlived_the_first_collection_and_still_collects_ne
         del garbage
         releaser.tick()
         assert ref() is None
-        assert gc.get_freeze_count() == frozen_before  # frozen once, not every tick
+        # frozen once, not every tick: a second freeze would add what was made since (``ref``, at least);
+        # the count can only shrink otherwise (frozen objects freed by reference counting, e.g. by another thread)
+        assert gc.get_freeze_count() <= frozen_before
         # a frozen object that turns into cyclic garbage waits for the unfreeze ...
         old = weakref.ref(survivor)
         del survivor
