@@ -336,10 +336,10 @@ def _driver_child(args) -> None:
 
     import mlflow_ccfv.tracking.tags as T
     from mlflow_ccfv.pipelines.pretrain import register_twins
-    from mlflow_ccfv.pipelines.score import VersionResult, _log_twin_metrics, _twin_rows
+    from mlflow_ccfv.pipelines.score import VersionResult, _log_twin_metrics, _ranked_table
     from mlflow_ccfv.scoring import ModelScores
+    from mlflow_ccfv.scoring.ranking import TWIN_METHOD
     from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
-    from mlflow_ccfv.study.variants import TWIN_METHOD
     from mlflow_ccfv.tracking.registry import _delete_version_tag, rerank, resolve_versions, search_versions
 
     store = Path(args.store)
@@ -372,9 +372,7 @@ def _driver_child(args) -> None:
 
     def table():
         ranking = state["ranking"]
-        state["table"] = rank_table(
-            _twin_rows(state["rows"], ranking), ["ccfv", TWIN_METHOD], DRIVER_DATASET, rank_method=ranking.method
-        )
+        state["table"] = _ranked_table(state["rows"], ["ccfv"], DRIVER_DATASET, ranking.order, stored=[ranking])
 
     def artifacts():
         stem = tmp / f"ranking_{DRIVER_DATASET}"

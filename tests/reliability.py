@@ -53,12 +53,14 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
     return finish(start_cli(args, env, cwd), timeout)
 
 
-def ranking_state(client: MlflowClient, dataset: str) -> dict:
-    """What the registry says about ``dataset``: ``ranks`` {label: rank}, ``scores`` {label: ccfv},
-    ``alias`` [(name, version)] of every registered model holding ``best-<dataset>``."""
+def ranking_state(client: MlflowClient, dataset: str, bank: str | None = None) -> dict:
+    """What the registry says about ``dataset`` (within ``bank``, None: every bank): ``ranks`` {label: rank},
+    ``scores`` {label: ccfv}, ``alias`` [(name, version)] of every registered model holding ``best-<dataset>``."""
     versions = client.search_model_versions(f"tags.`transferability.scored.{dataset}` LIKE '%'", max_results=1000)
     ranks, scores = {}, {}
     for mv in versions:
+        if bank is not None and mv.tags.get("ccfv.bank") != bank:
+            continue
         label = f"{mv.name}/{mv.version}"
         scores[label] = float(mv.tags[f"transferability.ccfv.{dataset}"])
         if f"transferability.rank.{dataset}" in mv.tags:
@@ -66,14 +68,15 @@ def ranking_state(client: MlflowClient, dataset: str) -> dict:
     alias = [
         (rm.name, str(rm.aliases[f"best-{dataset}"]))
         for rm in client.search_registered_models(max_results=1000)
-        if f"best-{dataset}" in (rm.aliases or {})
+        if f"best-{dataset}" in (rm.aliases or {}) and (bank is None or (rm.tags or {}).get("ccfv.bank") == bank)
     ]
     return {"ranks": ranks, "scores": scores, "alias": alias}
 
 
-def assert_one_ranking(client: MlflowClient, dataset: str, expected: set[str]) -> dict:
-    """Every version of ``expected`` is ranked, ranks 1..n follow the ccfv scores, one alias holder."""
-    state = ranking_state(client, dataset)
+def assert_one_ranking(client: MlflowClient, dataset: str, expected: set[str], bank: str | None = None) -> dict:
+    """Every version of ``expected`` is ranked (within ``bank``: ranks and the alias are per bank), ranks
+    1..n follow the ccfv scores, one alias holder."""
+    state = ranking_state(client, dataset, bank)
     assert set(state["ranks"]) == expected, state
     order = sorted(state["ranks"], key=state["ranks"].get)
     assert [state["ranks"][label] for label in order] == list(range(1, len(expected) + 1)), state

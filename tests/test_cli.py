@@ -194,13 +194,25 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
 
     shown = runner.invoke(main, ["rank", "--dataset", "Task09"])
     assert shown.exit_code == 0, shown.output
-    rank_rows = [line.split("|")[1:6] for line in shown.output.splitlines() if re.match(r"^\| \d+ \|", line)]
-    assert [r[:2] for r in rank_rows] == [r[:2] for r in score_rows] and len(rank_rows) == 3  # with the twin
-    assert [r[4].strip() for r in rank_rows] == [r[4].strip() for r in score_rows]  # ccfv, 4 decimals
-
+    rank_rows = [line.split("|")[1:7] for line in shown.output.splitlines() if re.match(r"^\| \d+ \|", line)]
+    # the twin `score` registered is scored but, a random-init control, not ranked: two rows, as printed
+    assert [r[:2] for r in rank_rows] == [r[:2] for r in score_rows] and len(rank_rows) == 2
+    header = next(line for line in shown.output.splitlines() if line.startswith("| rank"))
+    assert [c.strip() for c in header.split("|")[1:8]] == [
+        "rank",
+        "model",
+        "bank",
+        "architecture",
+        "source_dataset",
+        "ccfv_twin",
+        "ccfv",
+    ]  # the column ranked by first
     records = json.loads(runner.invoke(main, ["rank", "--dataset", "Task09", "--bank", "r", "--json"]).output)
-    assert [r["rank"] for r in records] == [1, 2, 3]  # m0, m1 and the UNet twin `score` registered in bank r
-    assert records[0]["ccfv"] >= records[1]["ccfv"] and {"logme", "model"} <= set(records[0])
+    assert [r["rank"] for r in records] == [1, 2]
+    assert records[0]["ccfv_twin"] >= records[1]["ccfv_twin"] and {"logme", "model", "ccfv"} <= set(records[0])
+    stored = {r["model"]: r["ccfv_twin"] for r in records}
+    printed = {r[1].strip(): float(r[4]) for r in score_rows}  # score printed the same ranking column
+    assert printed == pytest.approx(stored, abs=1e-4)
 
     listed = runner.invoke(main, ["bank", "--bank", "r"])
     assert listed.exit_code == 0 and "models:/m0/1" in listed.output and "models:/m1/1" in listed.output

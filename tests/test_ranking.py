@@ -29,32 +29,35 @@ def test_ranks_cover_every_scored_version_whatever_the_batch(tracking_uri, tmp_p
     def score(versions, **kw):
         return score_versions(versions, target, ["ccfv"], cache_dir=cache, **kw)
 
-    everyone = {f"{v.name}/1" for v in a + b}
+    in_a, in_b = {f"{v.name}/1" for v in a}, {f"{v.name}/1" for v in b}
     score(a)
-    score(b)  # a second bank on the same dataset
-    score([a[0]])  # a subset
-    assert_one_ranking(client, TARGET_TASK, everyone)
-    assert rerank(TARGET_TASK).rounds == 1  # already consistent: nothing to write
+    score(b)  # a second bank on the same dataset: ranked within itself (a bank is a candidate set)
+    table = score([a[0]])  # a subset: the table prints the ranks it stored, within the whole bank
+    state_a = assert_one_ranking(client, TARGET_TASK, in_a, bank="bank-a")
+    assert_one_ranking(client, TARGET_TASK, in_b, bank="bank-b")
+    assert list(table["rank"]) == [state_a["ranks"][f"{a[0].name}/1"]]
+    assert rerank(TARGET_TASK, bank="bank-a").rounds == 1  # already consistent: nothing to write
+    assert rerank(TARGET_TASK, bank="bank-b").rounds == 1
 
     # Non-default sampler settings are tagged and ranked apart from the default ones.
     score([b[0]], sampler_config={"global_samples": 64})
     tags = client.get_model_version(b[0].name, "1").tags
     assert tags[f"transferability.sampler.{TARGET_TASK}"] not in ("", "default")
-    assert_one_ranking(client, TARGET_TASK, {f"{b[0].name}/1"})
-    others = client.get_model_version(a[1].name, "1").tags
+    assert_one_ranking(client, TARGET_TASK, {f"{b[0].name}/1"}, bank="bank-b")
+    others = client.get_model_version(b[1].name, "1").tags
     assert others[f"transferability.sampler.{TARGET_TASK}"] == "default"  # their scores stay, unranked
     assert f"transferability.rank.{TARGET_TASK}" not in others
-    score([a[1]])  # a default-settings scoring ranks the default group again
-    state = assert_one_ranking(client, TARGET_TASK, everyone - {f"{b[0].name}/1"})
+    assert_one_ranking(client, TARGET_TASK, in_a, bank="bank-a")  # another bank: untouched
+    score([b[1]])  # a default-settings scoring ranks the default group again
+    assert_one_ranking(client, TARGET_TASK, in_b - {f"{b[0].name}/1"}, bank="bank-b")
 
     # A version whose latest scoring failed loses its stale tags and leaves the ranking.
-    best = min(state["ranks"], key=state["ranks"].get)
+    best = min(state_a["ranks"], key=state_a["ranks"].get)
     name = best.split("/")[0]
     client.set_model_version_tag(name, "1", "feature_layers", "model.9.nothing")
     table = score([client.get_model_version(name, "1")])
     assert table["error"].notna().all()
     assert not [k for k in client.get_model_version(name, "1").tags if k.startswith("transferability.")]
-    remaining = everyone - {f"{b[0].name}/1", best}
-    after = assert_one_ranking(client, TARGET_TASK, remaining)
+    after = assert_one_ranking(client, TARGET_TASK, in_a - {best}, bank="bank-a")
     assert after["alias"][0][0] != name
-    assert set(ranking_state(client, TARGET_TASK)["scores"]) == everyone - {best}
+    assert set(ranking_state(client, TARGET_TASK, "bank-a")["scores"]) == in_a - {best}

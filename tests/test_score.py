@@ -237,13 +237,18 @@ def test_rank_by_ccfv_twin_subtracts_the_architectures_random_twin(tracking_uri,
     client = MlflowClient()
     versions = [client.get_model_version(v.name, v.version) for v in mlflow.search_model_versions()]
     ccfv = {v.name: float(v.tags[f"transferability.ccfv.{TARGET_TASK}"]) for v in versions}
-    rank = {v.name: int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for v in versions}
-    unets = [n for n in ccfv if n != "basic-rand-0"]
+    rank = {
+        v.name: int(v.tags[f"transferability.rank.{TARGET_TASK}"])
+        for v in versions
+        if f"transferability.rank.{TARGET_TASK}" in v.tags
+    }
+    assert "unet-random-init" not in rank  # the control is scored, never ranked
+    unets = [n for n in rank if n != "basic-rand-0"]
     assert sorted(unets, key=rank.get) == sorted(unets, key=ccfv.get, reverse=True)
-    assert rank["basic-rand-0"] == 4  # no BasicUNet control: last, whatever its ccfv
+    assert rank["basic-rand-0"] == 3  # no twin of its network: last, whatever its ccfv
     best = min(rank, key=rank.get)
     assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
-    assert "no random-init twin" in caplog.text and "BasicUNet" in caplog.text
+    assert "no random-init twin" in caplog.text and "basic-rand-0" in caplog.text
     twin = ccfv[best] - ccfv["unet-random-init"]
     assert f"{twin:.4f}" in result.output  # the printed table shows the twin-calibrated score
 
@@ -282,9 +287,12 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
         "basic-rand-5": "basicunet-random-init",
     }
     calibrated = {n: ccfv[n] - ccfv[twin_of.get(n, n)] for n in ccfv}  # a twin scores 0
-    rank = {n: int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for n, v in versions.items()}
-    assert sorted(rank, key=rank.get) == sorted(calibrated, key=lambda n: (-calibrated[n], n))
-    assert sorted(rank, key=rank.get) != sorted(ccfv, key=lambda n: -ccfv[n])  # the two rankings differ here
+    for n, v in versions.items():  # the ranking's own column is stored beside the estimators'
+        assert float(v.tags[f"transferability.ccfv_twin.{TARGET_TASK}"]) == pytest.approx(calibrated[n], abs=1e-5)
+    rank = {n: int(v.tags[f"transferability.rank.{TARGET_TASK}"]) for n, v in versions.items() if n in twin_of}
+    assert all(f"transferability.rank.{TARGET_TASK}" not in versions[t].tags for t in set(twin_of.values()))
+    assert sorted(rank, key=rank.get) == sorted(twin_of, key=lambda n: (-calibrated[n], n))
+    assert sorted(rank, key=rank.get) != sorted(twin_of, key=lambda n: -ccfv[n])  # the two rankings differ here
     best = min(rank, key=rank.get)
     assert client.get_registered_model(best).aliases.get(f"best-{TARGET_TASK}") is not None
     parent = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
@@ -308,4 +316,4 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     assert result.exit_code == 0, result.output
     runs = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
     assert max(runs, key=lambda r: r.info.start_time).data.tags[T.RUN_RANKED_BY] == "ccfv"
-    assert "ranked by ccfv, not ccfv_twin" in caplog.text and "SegResNet" in caplog.text
+    assert "ranked by ccfv, not ccfv_twin" in caplog.text and "segresnet-rand-0" in caplog.text

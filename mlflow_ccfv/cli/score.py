@@ -132,7 +132,8 @@ def score(**options) -> None:
     click.echo(
         table_markdown(
             table,
-            list(dict.fromkeys([*shown, *[c for c in (options["rank_by"], "ccfv_twin") if c in table.columns]])),
+            # the column ranked by first (ccfv_twin where the default ranking resolved to it)
+            list(dict.fromkeys([*[c for c in ("ccfv_twin", options["rank_by"]) if c in table.columns], *shown])),
         )
     )
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]

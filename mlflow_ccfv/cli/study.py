@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from mlflow_ccfv.cli.base import (
     CCFVCommand,
@@ -113,6 +114,14 @@ from mlflow_ccfv.options import split_list
 @click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
 @click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
 @click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
+@click.option(
+    "--preset",
+    default="",
+    type=click.Choice(["", "real-hippocampus"]),
+    help="real-hippocampus: the pre-registered real-data benchmark (MSD hippocampus split by subject, "
+    "docs/study.md); its own sources, targets, architectures and budgets, unless --pretrain-steps, "
+    "--finetune-steps, --seeds or --bank are given; data under --data-root (default data/benchmark).",
+)
 def study(**options) -> None:
     """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
     bank, fine-tune it and report."""
@@ -120,7 +129,22 @@ def study(**options) -> None:
     from mlflow_ccfv.pipelines.executors import make_executor
     from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
 
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
     def make():
+        if options["preset"]:
+            from mlflow_ccfv.pipelines.benchmark import REAL_PRESET, real_benchmark_config
+
+            chosen = {k: options[k] for k in ("pretrain_steps", "finetune_steps", "seeds", "bank") if given(k)}
+            return real_benchmark_config(
+                options["data_root"] if given("data_root") else "data/benchmark",
+                bank=chosen.pop("bank", REAL_PRESET),
+                device=options["device"],
+                **chosen,
+            )
         return study_config(
             options["data_root"],
             n_cases=options["n_cases"],

@@ -28,18 +28,20 @@ from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, sho
 from mlflow_ccfv.features.resources import check_memory, training_bytes
 from mlflow_ccfv.networks import NetworkSpec, resolve_device, small_spec
 from mlflow_ccfv.options import format_ints, parse_ints
-from mlflow_ccfv.study.variants import TWIN_SEED
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE, TWIN_SEED, network_identity
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
 from mlflow_ccfv.tracking.registry import (
     DEFAULT_BANK,
+    DEFAULT_PATCH_SIZE,
     check_name,
     delete_version,
     find_version,
     find_versions,
     load_version,
     register_network,
+    set_version_tag,
 )
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
@@ -57,9 +59,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-#: ``source_dataset`` of the randomly initialised controls.
-CONTROL_SOURCE = "random-init"
 
 
 def load_dataset(dataset: str | Path | MSDDataset, data_root: str | Path | None) -> MSDDataset:
@@ -360,13 +359,13 @@ def _twin_key(version: ModelVersion) -> tuple[str, ...] | None:
     tags = version.tags or {}
     if tags.get(T.SOURCE_DATASET) != CONTROL_SOURCE or not tags.get(T.pretrain_tag("spec")):
         return None
-    keys = (T.BANK, T.pretrain_tag("seed"), T.PATCH_SIZE, T.pretrain_tag("spec"))
+    keys = (T.BANK, T.pretrain_tag("seed"), T.PATCH_SIZE, T.NETWORK)
     return (version.name, *(str(tags.get(k)) for k in keys))
 
 
 def drop_duplicate_twins(versions: Sequence[ModelVersion]) -> list[ModelVersion]:
     """``versions`` without the twins registered twice by scorers that raced (every one but the oldest
-    of the same name, bank, seed, patch and spec; :func:`register_twins` deletes the newer one, this
+    of the same name, bank, seed, patch and network; :func:`register_twins` deletes the newer one, this
     keeps a listing made before that deletion from scoring it)."""
     oldest: dict[tuple[str, ...], int] = {}
     for v in versions:
@@ -376,41 +375,83 @@ def drop_duplicate_twins(versions: Sequence[ModelVersion]) -> list[ModelVersion]
     return [v for v in versions if (key := _twin_key(v)) is None or int(v.version) == oldest[key]]
 
 
+def network_of(version: ModelVersion) -> tuple[str | None, NetworkSpec | None]:
+    """A version's network identity (tag ``ccfv.network``) and, when it had to be loaded to compute it,
+    its spec. A version registered before the tag existed is loaded once and tagged (its identity is a
+    function of its spec and patch size); one without a spec (``mlflow.pytorch``) has none."""
+    tags = version.tags or {}
+    if tags.get(T.NETWORK):
+        return tags[T.NETWORK], None
+    if tags.get(T.FLAVOR, FLAVOR_NAME) != FLAVOR_NAME:
+        return None, None
+    spec = load_version(version).spec
+    if spec is None:
+        return None, None
+    patch = parse_ints(tags[T.PATCH_SIZE], T.PATCH_SIZE) if tags.get(T.PATCH_SIZE) else DEFAULT_PATCH_SIZE
+    identity = network_identity(spec.architecture, spec.kwargs, patch)
+    set_version_tag(version.name, str(version.version), T.NETWORK, identity)
+    return identity, spec
+
+
 def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -> list[ModelVersion]:
-    """The random-init twin of every architecture among ``versions`` that has no control among them
-    (``ccfv_twin``'s reference; no training): the network of the architecture's first version (by name
-    and version) that loads, with random weights drawn from ``seed``, registered in that version's bank as
-    ``<architecture>-random-init`` (an existing twin of the same spec is reused). Versions without a
-    network specification (``mlflow.pytorch``) give none; one that fails to load is passed over (its
-    scoring reports why). Safe when scorers race: each keeps the oldest twin of a spec and deletes the
-    copy it made, if any (:func:`drop_duplicate_twins` for listings). Returns the twins, registered or
-    reused."""
-    controlled = {(v.tags or {}).get(T.ARCHITECTURE) for v in versions if _is_control(v)}
-    by_arch: dict[str, list[ModelVersion]] = {}
+    """The random-init twin of every network among ``versions`` that has no control in its bank among
+    them (``ccfv_twin``'s reference; no training). A twin is the network of the first version (by name
+    and version) of its identity (:func:`~mlflow_ccfv.scoring.ranking.network_identity`: every
+    constructor argument but the output channels, and the patch size), with random weights drawn from
+    ``seed``, registered in that version's bank as ``<architecture>-random-init`` (an existing twin of the
+    same identity, bank and seed is reused). Versions without a network specification (``mlflow.pytorch``)
+    give none; one that fails to load is passed over (its scoring reports why). Safe when scorers race:
+    each keeps the oldest twin of an identity and deletes the copy it made, if any
+    (:func:`drop_duplicate_twins` for listings). Returns the twins, registered or reused."""
+    by_network: dict[tuple[str, str], list[ModelVersion]] = {}
+    controlled: set[tuple[str, str]] = set()
     for v in sorted(versions, key=lambda mv: (mv.name, int(mv.version))):
-        arch = (v.tags or {}).get(T.ARCHITECTURE)
-        if arch and arch not in controlled and (v.tags or {}).get(T.FLAVOR, FLAVOR_NAME) == FLAVOR_NAME:
-            by_arch.setdefault(arch, []).append(v)
+        try:
+            identity, _ = network_of(v)
+        except Exception as exc:  # a broken version: its own scoring reports it
+            _logger.warning("random-init twin: %s/%s does not load (%s)", v.name, v.version, exc)
+            continue
+        if identity is None:
+            continue
+        key = ((v.tags or {}).get(T.BANK, DEFAULT_BANK), identity)
+        if _is_control(v):
+            controlled.add(key)
+        else:
+            by_network.setdefault(key, []).append(v)
     twins = []
-    for arch, candidates in sorted(by_arch.items()):
+    for (bank, identity), candidates in sorted(by_network.items()):
+        if (bank, identity) in controlled:
+            continue
         for v in candidates:
             try:
                 spec = load_version(v).spec
             except Exception as exc:  # a broken version: its own scoring reports it; try the next one
-                _logger.warning("random-init twin of %s: %s/%s does not load (%s)", arch, v.name, v.version, exc)
+                _logger.warning("random-init twin: %s/%s does not load (%s)", v.name, v.version, exc)
                 continue
             if spec is None:
                 continue
             tags = v.tags or {}
-            patch = parse_ints(tags[T.PATCH_SIZE], T.PATCH_SIZE) if tags.get(T.PATCH_SIZE) else (32, 32, 32)
-            bank = tags.get(T.BANK, DEFAULT_BANK)
-            name, wanted = bank_name(arch, CONTROL_SOURCE), _control_tags(spec, bank, seed, patch)
+            patch = parse_ints(tags[T.PATCH_SIZE], T.PATCH_SIZE) if tags.get(T.PATCH_SIZE) else DEFAULT_PATCH_SIZE
+            name = bank_name(spec.architecture, CONTROL_SOURCE)
+            wanted = {
+                T.SOURCE_DATASET: CONTROL_SOURCE,
+                T.BANK: bank,
+                T.pretrain_tag("seed"): str(seed),
+                T.NETWORK: identity,
+            }
             same = find_versions(name, wanted)
             if same:
                 twin = same[0]
             else:
                 mine = register_control(
-                    arch, spec.in_channels, spec.out_channels, patch, bank=bank, seed=seed, spec=spec, reuse=False
+                    spec.architecture,
+                    spec.in_channels,
+                    spec.out_channels,
+                    patch,
+                    bank=bank,
+                    seed=seed,
+                    spec=spec,
+                    reuse=False,
                 )
                 # No conditional create in MLflow: a scorer racing this one may have registered the same
                 # twin meanwhile. Every scorer keeps the oldest; the one that made a newer copy deletes it.
@@ -424,12 +465,12 @@ def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -
                     )
                     delete_version(name, str(mine.version))
             _logger.info(
-                "random-init twin of %s: %s/%s (the network of %s/%s with random weights, seed %d; no training)",
-                arch,
-                twin.name,
-                twin.version,
+                "random-init twin of %s/%s (network %s): %s/%s (its network with random weights, seed %d; no training)",
                 v.name,
                 v.version,
+                identity,
+                twin.name,
+                twin.version,
                 seed,
             )
             twins.append(twin)

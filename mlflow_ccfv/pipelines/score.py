@@ -29,14 +29,15 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.errors import OptionError
+from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.features.resources import MemoryReleaser, check_memory, inference_bytes
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
+from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD, Member, RankOrder, rank_members
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
-from mlflow_ccfv.study.variants import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD, choose_ranking, twin_scores
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import (
     is_dataset_reference,
@@ -45,11 +46,13 @@ from mlflow_ccfv.tracking.datasets import (
     mlflow_dataset,
 )
 from mlflow_ccfv.tracking.registry import (
+    DEFAULT_BANK,
     LoadedModel,
     PickleRefusedError,
     Ranking,
     clear_version_scores,
     load_version,
+    registered_version,
     rerank,
     resolve_versions,
     version_uri,
@@ -137,6 +140,8 @@ class VersionResult:
             "model_id": self.model_id,
             "architecture": self.tags.get(T.ARCHITECTURE),
             "source_dataset": self.tags.get(T.SOURCE_DATASET),
+            "network": self.tags.get(T.NETWORK),
+            "bank": self.tags.get(T.BANK, DEFAULT_BANK),
             **(self.result.scores if self.result else {}),
             "cached": bool(self.result and self.result.cached),
             "seconds": round(self.seconds, 2),
@@ -404,26 +409,28 @@ def score_versions(
         )
         rows = [r.row() for r in results]
         if parent is None:
-            chosen, lonely = _local_choice(rows, rank_by)
-            _warn_without_twin(rank_by, chosen, lonely)
-            twin = chosen == TWIN_METHOD
-            shown = [*methods, TWIN_METHOD] if twin else methods
-            return rank_table(_twin_rows(rows) if twin else rows, shown, dataset.name, rank_method=chosen)
+            order = rank_members(_members(rows), rank_by)
+            _warn_ranking(rank_by, order)
+            return _ranked_table(rows, methods, dataset.name, order)
         failed = [r.label for r in results if r.error and not r.skipped]
         if failed:
             status = "FAILED"
             mlflow.set_tag(T.RUN_FAILED_VERSIONS, ",".join(failed))
         # The single place ranks, rank tags and the alias are written (after every task has finished),
-        # from every score stored in the registry for this dataset and these settings.
-        ranking = rerank(dataset.name, settings, dataset.digest, method=rank_by)
-        chosen = ranking.method
+        # from every score stored in the registry for this dataset and these settings, bank by bank.
+        rankings = [
+            rerank(dataset.name, settings, dataset.digest, method=rank_by, bank=bank)
+            for bank in _banks_of(versions_or_uris, results)
+        ]
+        order = _merged_order(rankings, rank_by, rows)
+        chosen = order.method
         mlflow.set_tag(T.RUN_RANKED_BY, chosen)
-        _warn_without_twin(rank_by, chosen, ranking.without_twin)
-        twin = chosen == TWIN_METHOD
-        shown = [*methods, TWIN_METHOD] if twin else methods
-        # ccfv_twin from the registry: the twin may have been scored by an earlier command
-        table = rank_table(_twin_rows(rows, ranking) if twin else rows, shown, dataset.name, rank_method=chosen)
-        if twin:  # beside ccfv on each version's run, so that the UI sorts by the default ranking too
+        _warn_ranking(rank_by, order)
+        if order.control_above:
+            mlflow.set_tag(T.RUN_FROM_SCRATCH, ",".join(order.control_above))
+        table = _ranked_table(rows, methods, dataset.name, order, stored=rankings)
+        shown = _shown_methods(methods, chosen)
+        if chosen == TWIN_METHOD:  # beside ccfv on each version's run, so that the UI sorts by it too
             _log_twin_metrics(results, table)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
@@ -550,58 +557,97 @@ def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
     return methods if needed in methods else [*methods, needed]
 
 
-def _local_choice(rows: list[dict[str, Any]], rank_by: str) -> tuple[str, list[str]]:
-    """``rank_by`` resolved over the scored ``rows`` (no registry): see :func:`choose_ranking`."""
-    members = [
-        (str(r["model"]), r.get("architecture"), r.get("source_dataset"), r["ccfv"])
-        for r in rows
-        if r.get("ccfv") is not None and not r.get("error")
-    ]
-    if rank_by == AUTO_RANK:
-        return choose_ranking(members)
-    return rank_by, (choose_ranking(members)[1] if rank_by == TWIN_METHOD else [])
-
-
-def _warn_without_twin(requested: str, chosen: str, lonely: list[str]) -> None:
-    """``auto`` fell back to ``ccfv``: say why and how to get the evidence-backed ranking."""
-    if requested == AUTO_RANK and chosen != TWIN_METHOD and lonely:
-        _logger.warning(
-            "ranked by ccfv, not %s (the default the study's evidence supports): no random-init twin "
-            "scored on this target for architecture(s) %s. Score again without --add-twins false (it "
-            "registers one per architecture, no training) or register one yourself (mlflow-ccfv register "
-            "--name <arch>-random-init --source-dataset %s --spec <spec> --random-init true --bank <bank>)",
-            TWIN_METHOD,
-            ", ".join(lonely),
-            CONTROL_SOURCE,
+def _members(rows: list[dict[str, Any]]) -> list[Member]:
+    """The scored ``rows`` as ranking members (failed and skipped rows left out)."""
+    known = set(METHODS)
+    return [
+        Member(
+            str(r["model"]).removeprefix("models:/"),
+            r.get("network"),
+            r.get("source_dataset"),
+            {k: float(v) for k, v in r.items() if k in known and v is not None},
         )
+        for r in rows
+        if not r.get("error") and r.get("ccfv") is not None
+    ]
 
 
-def _twin_rows(rows: list[dict[str, Any]], ranking: Ranking | None = None) -> list[dict[str, Any]]:
-    """``rows`` with their ``ccfv_twin``: from ``ranking`` (registry-wide, after :func:`rerank`) where it
-    has the version, else from the twins among ``rows``; warns once, naming the fix, for the versions
-    whose architecture has no random-init control (they rank last)."""
-    stored = {f"{n}/{v}": score for n, v, score in ranking.ranked} if ranking is not None else {}
-    scored = [r for r in rows if r.get("ccfv") is not None and not r.get("error")]
-    batch = twin_scores([(r["model"], r.get("architecture"), r.get("source_dataset"), r["ccfv"]) for r in scored])
-    local = {r["model"]: value for r, value in zip(scored, batch)}
+def _banks_of(versions_or_uris: Iterable, results: list[VersionResult]) -> list[str]:
+    """The banks of the scored versions (ranks are written within each), also of those that failed
+    before their tags were read (from the given ``ModelVersion`` or, for a URI, the registry)."""
+    banks = {r.tags[T.BANK] for r in results if r.tags.get(T.BANK)}
+    for item, r in zip(versions_or_uris, results):
+        if r.tags.get(T.BANK):
+            continue
+        tags = getattr(item, "tags", None)
+        if tags is None and r.name and r.version:
+            try:
+                tags = registered_version(f"models:/{r.name}/{r.version}").tags
+            except Exception:  # not in the registry (any more): nothing of its to re-rank
+                tags = None
+        banks.add((tags or {}).get(T.BANK, DEFAULT_BANK))
+    return sorted(banks)
+
+
+def _merged_order(rankings: list[Ranking], rank_by: str, rows: list[dict[str, Any]]) -> RankOrder:
+    """One :class:`RankOrder` over the banks' rankings (one bank: its own); without any, the batch's."""
+    orders = [r.order for r in rankings if r.order is not None]
+    if not orders:
+        return rank_members(_members(rows), rank_by)
+    if len(orders) == 1:
+        return orders[0]
+    return RankOrder(
+        orders[0].method if len({o.method for o in orders}) == 1 else "per bank",
+        [p for o in orders for p in o.ranked],
+        [p for o in orders for p in o.controls],
+        [m for o in orders for m in o.without_twin],
+        [m for o in orders for m in o.control_above],
+    )
+
+
+def _shown_methods(methods: Sequence[str], chosen: str) -> list[str]:
+    """The table's score columns: the ranking's column first, then the estimators."""
+    return list(dict.fromkeys([chosen, *methods])) if chosen in (TWIN_METHOD, *METHODS) else list(methods)
+
+
+def _ranked_table(
+    rows: list[dict[str, Any]],
+    methods: Sequence[str],
+    dataset_name: str,
+    order: RankOrder,
+    stored: list[Ranking] | None = None,
+) -> pd.DataFrame:
+    """``rows`` as the ranked table: the ranking score of each (``ccfv_twin`` from the registry's group when
+    ranked by it) and its rank as stored (``stored``: the registry's ranks, which may have gaps when a
+    subset was scored; else the batch's order). Controls have no rank and follow the candidates."""
+    values = {m.model: v for m, v in [*order.ranked, *order.controls]}
+    if stored is not None:
+        ranks = {f"{n}/{v}": i for r in stored for i, (n, v, _) in enumerate(r.ranked, 1)}
+    else:
+        ranks = {m.model: i for i, (m, _) in enumerate(order.ranked, 1)}
     out = []
     for r in rows:
         key = str(r["model"]).removeprefix("models:/")
-        out.append({**r, TWIN_METHOD: stored.get(key, local.get(r["model"], float("nan")))})
-    lonely = sorted(
-        {str(r.get("architecture")) for r in out if not r.get("error") and r[TWIN_METHOD] != r[TWIN_METHOD]}
-    )
-    if lonely:
+        extra = {TWIN_METHOD: values.get(key, float("nan"))} if order.method == TWIN_METHOD else {}
+        out.append({**r, **extra})
+    return rank_table(out, _shown_methods(methods, order.method), dataset_name, ranks=ranks)
+
+
+def _warn_ranking(requested: str, order: RankOrder) -> None:
+    """Say when ``auto`` fell back to ``ccfv`` (and how to get the default ranking), when ``ccfv_twin``
+    leaves versions unranked, and when a random-init control beats every pre-trained model."""
+    if order.without_twin and (requested == AUTO_RANK or order.method == TWIN_METHOD):
         _logger.warning(
-            "--rank-by %s: no random-init twin scored on this target for architecture(s) %s, so their "
-            "versions rank last; register one per architecture with the same constructor arguments "
-            "(mlflow-ccfv register --name <arch>-random-init --source-dataset %s --spec <spec> --random-init "
-            "true --bank <bank>) and score again",
-            TWIN_METHOD,
-            ", ".join(lonely),
+            "%s: no random-init twin of the same network (constructor arguments and patch size) scored on this "
+            "target for %s. Score again without --add-twins false (it registers one per network, no "
+            "training) or register one yourself (mlflow-ccfv register --name <arch>-random-init "
+            "--source-dataset %s --spec <the model's spec> --random-init true --bank <bank>)",
+            f"ranked by ccfv, not {TWIN_METHOD}" if order.method != TWIN_METHOD else f"{TWIN_METHOD} ranks last",
+            ", ".join(order.without_twin),
             CONTROL_SOURCE,
         )
-    return out
+    if (text := order.warning()) is not None:
+        _logger.warning("%s", text)
 
 
 def score_from_options(

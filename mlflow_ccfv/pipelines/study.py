@@ -41,14 +41,15 @@ from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_source
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
-from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control
+from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control, register_twins
 from mlflow_ccfv.pipelines.report import report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK, register_bank_folder
 from mlflow_ccfv.scoring import DEFAULT_METHODS
+from mlflow_ccfv.scoring.ranking import choose_ranking
 from mlflow_ccfv.study.report import Report, ranked_table
 from mlflow_ccfv.study.tables import to_markdown
-from mlflow_ccfv.study.variants import choose_ranking
+from mlflow_ccfv.study.variants import frame_members
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, resolve_dataset_reference
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
@@ -376,7 +377,15 @@ def _run_study(
         register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank, seed=config.control_seed)
         for arch in config.architectures
     ]
-    check_twins([v for vs in by_source.values() for v in vs], controls)
+    pretrained = [v for vs in by_source.values() for v in vs]
+    # a twin for every other network of the bank (e.g. an imported model): same identity, random weights
+    known = {(c.name, str(c.version)) for c in controls}
+    controls += [
+        t
+        for t in register_twins([*pretrained, *controls], seed=config.control_seed)
+        if (t.name, str(t.version)) not in known
+    ]
+    check_twins(pretrained, controls)
     _timed(seconds, "pretrain", start)
     seeds = tuple(config.seeds) if config.seeds else (config.finetune.seed,)
     n_units = sum(
@@ -498,17 +507,17 @@ def _duration(seconds: float) -> str:
 
 
 def check_twins(pretrained: Sequence, controls: Sequence) -> None:
-    """Every architecture among the ``pretrained`` versions has a random-init control (its twin) with the
-    same constructor arguments: the same architecture, input channels and patch size (both built by
-    ``networks.small_spec``; the output channels differ by source, and fine-tuning re-creates that layer)."""
-    twins = {(c.tags.get(T.ARCHITECTURE), c.tags.get(T.IN_CHANNELS), c.tags.get(T.PATCH_SIZE)) for c in controls}
+    """Every network among the ``pretrained`` versions has a random-init control (its twin) in the bank:
+    the same network identity (tag ``ccfv.network``: every constructor argument but the output channels,
+    and the patch size; :func:`~mlflow_ccfv.scoring.ranking.network_identity`)."""
+    twins = {c.tags.get(T.NETWORK) for c in controls}
     for v in pretrained:
-        key = (v.tags.get(T.ARCHITECTURE), v.tags.get(T.IN_CHANNELS), v.tags.get(T.PATCH_SIZE))
-        if key not in twins:
+        identity = v.tags.get(T.NETWORK)
+        if identity is None or identity not in twins:
             raise ValueError(
-                f"{version_uri(v)} ({key[0]}, {key[1]} input channel(s), patch {key[2]}) has no random-init twin "
-                "in the bank with the same constructor arguments; every architecture of a study bank needs one "
-                "(register_control with the same architecture, channels and patch size)."
+                f"{version_uri(v)} ({v.tags.get(T.ARCHITECTURE)}, network {identity}) has no random-init twin in "
+                "the bank with the same constructor arguments and patch size; every network of a study bank "
+                "needs one (pipelines.pretrain.register_twins registers it)."
             )
 
 
@@ -686,10 +695,9 @@ def study_config(
 
 def demo_ranking(result: StudyResult, dataset: str) -> str:
     """What the demo ranks ``dataset``'s bank by: the default of ``score`` (``auto``: ``ccfv_twin`` when
-    every model's architecture has a random-init control in the bank, else ``ccfv``)."""
+    every model has the random-init control of its network in the bank, else ``ccfv``)."""
     sub = result.frame[(result.frame["dataset"] == dataset) & (result.frame["method"] == "ccfv")]
-    members = [(str(r.model), r.architecture, str(r.source_dataset), r.score) for r in sub.itertuples(index=False)]
-    return choose_ranking(members)[0]
+    return choose_ranking(frame_members(sub))[0]
 
 
 def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:

@@ -15,9 +15,15 @@ __all__ = ["PLOT_TOP", "rank_table", "ranking_plot", "table_markdown"]
 
 
 def rank_table(
-    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], dataset_name: str, rank_method: str = "ccfv"
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    dataset_name: str,
+    rank_method: str = "ccfv",
+    ranks: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """One row per model, best ``rank_method`` first (``rank`` 1); failed models last with their ``error``.
+    ``ranks`` (model label without ``models:/`` -> rank): the ranks as stored, instead of the order of
+    ``rank_method``; models without one (random-init controls) have no rank and follow the ranked ones.
 
     ``rows``: per model ``model``, ``name``, ``version``, ``model_id``, ``architecture``,
     ``source_dataset``, a score per method, ``cached``, ``seconds`` and ``error`` (None when scored).
@@ -37,9 +43,15 @@ def rank_table(
     df = pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns)
     ok = df["error"].isna()
     df["rank"] = pd.array([pd.NA] * len(df), dtype="Int64")
-    df.loc[ok, "rank"] = (
-        pd.to_numeric(df.loc[ok, rank_method]).rank(ascending=False, method="first", na_option="bottom").astype(int)
-    )
+    if ranks is not None:
+        for i, model in enumerate(df["model"]):
+            rank = ranks.get(str(model).removeprefix("models:/"))
+            if rank is not None and ok.iloc[i]:
+                df.loc[i, "rank"] = int(rank)
+    else:
+        df.loc[ok, "rank"] = (
+            pd.to_numeric(df.loc[ok, rank_method]).rank(ascending=False, method="first", na_option="bottom").astype(int)
+        )
     df = df.sort_values(["rank", "model"], na_position="last").reset_index(drop=True)
     df.insert(0, "dataset", dataset_name)
     return df[["rank"] + [c for c in df.columns if c != "rank"]]
@@ -56,11 +68,16 @@ def ranking_plot(table: pd.DataFrame, path: str | os.PathLike, method: str = "cc
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     scored = table[table["error"].isna()]
-    ok = scored.sort_values("rank").head(top).sort_values("rank", ascending=False)
+    ok = scored.sort_values("rank").head(top).sort_values("rank", ascending=False, na_position="first")
     fig = Figure(figsize=(7, 0.5 * max(len(ok), 2) + 1.2))
     ax = fig.subplots()
-    labels = [f"#{int(r)}  {m} ({s})" for r, m, s in zip(ok["rank"], ok["model"], ok["source_dataset"])]
-    ax.barh(labels, ok[method].astype(float), color="tab:blue")
+    # models without a rank are the random-init controls: drawn in grey, as references
+    labels = [
+        f"{'control' if pd.isna(r) else f'#{int(r)}'}  {m} ({s})"
+        for r, m, s in zip(ok["rank"], ok["model"], ok["source_dataset"])
+    ]
+    colors = ["tab:gray" if pd.isna(r) else "tab:blue" for r in ok["rank"]]
+    ax.barh(labels, ok[method].astype(float), color=colors)
     ax.set_xlabel(f"{method} (higher = expected to transfer better)")
     shown = f" (top {len(ok)} of {len(scored)})" if len(ok) < len(scored) else ""
     ax.set_title(f"Transferability to {table['dataset'].iloc[0]}{shown}")

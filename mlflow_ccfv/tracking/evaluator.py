@@ -45,7 +45,7 @@ from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.networks import decoder_layers
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
 from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
-from mlflow_ccfv.study.variants import TWIN_METHOD, TWIN_SEED
+from mlflow_ccfv.scoring.ranking import TWIN_METHOD, TWIN_SEED
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
 from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed

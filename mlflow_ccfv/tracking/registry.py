@@ -49,6 +49,7 @@ from mlflow_ccfv.networks import (
     normalise_state_dict,
 )
 from mlflow_ccfv.options import format_ints, parse_ints
+from mlflow_ccfv.scoring.ranking import TWIN_METHOD, Member, RankOrder, network_identity, rank_members
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
@@ -169,6 +170,7 @@ def _version_tags(
     bank: str,
     flavor: str,
     extra_tags: dict[str, Any] | None,
+    network: str | None = None,
 ) -> dict[str, str]:
     tags = {
         T.ARCHITECTURE: architecture,
@@ -180,6 +182,8 @@ def _version_tags(
         BANK_TAG: bank,
         FLAVOR_TAG: flavor,
     }
+    if network is not None:
+        tags[T.NETWORK] = network
     for key, value in (extra_tags or {}).items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"Tag names must be non-empty strings; got {key!r}.")
@@ -259,16 +263,18 @@ def register_network(
     check_spec(spec)
     check_finite_weights(state)
     module = build_with_weights(spec, state)
+    patch = _patch_size(patch_size, spec)
     tags = _version_tags(
         architecture=spec.architecture,
         source_dataset=source_dataset,
         feature_layers=_decoder_layers(module),
         in_channels=spec.in_channels,
         out_channels=spec.out_channels,
-        patch_size=_patch_size(patch_size, spec),
+        patch_size=patch,
         bank=bank,
         flavor=FLAVOR_NAME,
         extra_tags=extra_tags,
+        network=network_identity(spec.architecture, spec.kwargs, patch),
     )
     # The owner process on the LoggedModel: a killed register leaves it PENDING, the next run removes it.
     info = log_model(spec, state, name=name, tags={**tags, T.PROCESS: process_identity(), T.REGISTERING: "true"})
@@ -577,10 +583,20 @@ def bank_versions(bank: str = DEFAULT_BANK) -> list:
 
 
 def resolve_versions(models: Iterable[str] | None = None, bank: str = DEFAULT_BANK) -> list:
-    """Explicit ``models:/`` URIs (each must exist) or, when none are given, every version of ``bank``."""
+    """Explicit ``models:/`` URIs (each must exist, each once) or, when none are given, every version of
+    ``bank``."""
     models = [m for m in (models or []) if m]
     if models:
-        return [get_version(m) for m in models]
+        versions = [get_version(m) for m in models]
+        seen: dict[tuple[str, str], str] = {}
+        for uri, v in zip(models, versions):
+            key = (v.name, str(v.version))
+            if key in seen:
+                raise OptionError(
+                    f"--models names {v.name}/{v.version} twice ({seen[key]} and {uri}); give each version once."
+                )
+            seen[key] = uri
+        return versions
     versions = bank_versions(bank)
     if not versions:
         raise RegistryError(
@@ -630,6 +646,11 @@ def _alias_holders(alias: str) -> dict[str, str]:
         token = page.token
         if not token:
             return holders
+
+
+def set_version_tag(name: str, version: str, key: str, value: str) -> None:
+    """Set one tag of a version (retried under concurrent writers)."""
+    _set_version_tag(name, version, key, value)
 
 
 def _set_version_tag(name: str, version: str, key: str, value: str) -> None:
@@ -688,8 +709,11 @@ def clear_version_scores(name: str, version: str, dataset: str) -> list[str]:
 
 @dataclass
 class Ranking:
-    """The outcome of :func:`rerank`: ``ranked`` = ``(name, version, score)`` best first (rank 1 first);
-    ``best`` = the alias holder ``(name, version)`` or None; ``group`` = the ranked scores' marker value."""
+    """The outcome of :func:`rerank`: ``ranked`` = ``(name, version, score)`` of the candidates best first
+    (rank 1 first; random-init controls are not ranked); ``best`` = the alias holder ``(name, version)``
+    or None; ``group`` = the ranked scores' marker value; ``bank`` = the bank ranked within;
+    ``order`` = the rule's full outcome (:class:`~mlflow_ccfv.scoring.ranking.RankOrder`: the
+    controls, the candidates without a twin, the controls above every candidate)."""
 
     dataset: str
     group: str
@@ -698,48 +722,90 @@ class Ranking:
     rounds: int
     method: str = "ccfv"
     without_twin: list[str] = field(default_factory=list)
+    bank: str | None = None
+    order: RankOrder | None = None
+
+    def warning(self) -> str | None:
+        """The ranking's sentence for the user when a random-init control beats every candidate."""
+        return self.order.warning() if self.order is not None else None
 
 
-def _plan_ranking(dataset: str, group: str, method: str):
-    """Read the registry: the wanted ranks of ``group``, the rank tags to remove, the alias changes, the
-    method ranked by (``auto`` resolved) and the architectures without a random-init twin."""
-    from mlflow_ccfv.study.variants import AUTO_RANK, TWIN_METHOD, choose_ranking, twin_scores
+def _split_label(label: str) -> tuple[str, str]:
+    name, _, version = label.rpartition("/")
+    return name, version
 
-    # ccfv_twin (and auto, which may resolve to it): from the stored ccfv scores
-    base = "ccfv" if method in (TWIN_METHOD, AUTO_RANK) else method
-    marker, rank_key, score_key = T.scored_tag(dataset), T.rank_tag(dataset), T.score_tag(base, dataset)
-    members, described = [], []
+
+@dataclass
+class _Plan:
+    order: RankOrder
+    ranked: list[tuple[str, str, float]]
+    set_tags: list[tuple[str, str, str, str]]
+    drop_tags: list[tuple[str, str, str]]
+    drop_alias: list[str]
+    set_alias: tuple[str, str] | None
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.set_tags or self.drop_tags or self.drop_alias or self.set_alias)
+
+
+def _group_members(dataset: str, group: str, bank: str | None) -> tuple[list[Member], dict[str, dict[str, str]]]:
+    """The versions of ``bank`` (None: every bank) whose marker on ``dataset`` is ``group``, as ranking
+    members, and each one's tags by label."""
+    marker = T.scored_tag(dataset)
+    members, tags_of = [], {}
     for mv in _search_versions(f"tags.`{marker}` = '{group}'"):
         tags = mv.tags or {}
-        try:
-            members.append((mv.name, str(mv.version), float(tags[score_key]), tags.get(rank_key)))
-        except (KeyError, ValueError):
+        if bank is not None and tags.get(BANK_TAG, DEFAULT_BANK) != bank:
+            continue
+        scores = T.dataset_scores(tags, dataset)
+        if not scores:
             continue  # a marker without a readable score: not comparable
-        described.append(
-            (f"{mv.name}/{mv.version}", tags.get(T.ARCHITECTURE), tags.get(T.SOURCE_DATASET), members[-1][2])
-        )
-    lonely: list[str] = []
-    if method == AUTO_RANK:
-        method, lonely = choose_ranking(described)
-    elif method == TWIN_METHOD:
-        lonely = choose_ranking(described)[1]
-    if method == TWIN_METHOD:  # a version without a twin in the group scores NaN: ranked last
-        members = [(n, v, twin, old) for (n, v, _, old), twin in zip(members, twin_scores(described))]
-    # Best score first; ties broken by name and version so every process computes the same order.
-    members.sort(key=lambda m: (-m[2] if m[2] == m[2] else float("inf"), m[0], int(m[1])))
-    ranked = [(n, v, s) for n, v, s, _ in members]
-    set_ranks = [(n, v, str(i)) for i, (n, v, _, old) in enumerate(members, 1) if old != str(i)]
-    in_group = {(n, v) for n, v, _ in ranked}
-    drop_ranks = [
-        (mv.name, str(mv.version))
+        label = f"{mv.name}/{mv.version}"
+        members.append(Member(label, tags.get(T.NETWORK), tags.get(T.SOURCE_DATASET), scores))
+        tags_of[label] = tags
+    return members, tags_of
+
+
+def _plan_ranking(dataset: str, group: str, method: str, bank: str | None) -> _Plan:
+    """Read the registry: the ranking of ``group`` within ``bank`` (:func:`~mlflow_ccfv.scoring.ranking.
+    rank_members`), the rank and ranking-score tags to write or remove, and the alias changes."""
+    members, tags_of = _group_members(dataset, group, bank)
+    order = rank_members(members, method)
+    rank_key, method_key = T.rank_tag(dataset), T.score_tag(order.method, dataset)
+    ranked = [(*_split_label(m.model), value) for m, value in order.ranked]
+    set_tags: list[tuple[str, str, str, str]] = []
+    for i, (m, _) in enumerate(order.ranked, 1):
+        name, version = _split_label(m.model)
+        if tags_of[m.model].get(rank_key) != str(i):
+            set_tags.append((name, version, rank_key, str(i)))
+    for m, value in [*order.ranked, *order.controls]:  # the ranking score beside the estimators' (UI, rank)
+        name, version = _split_label(m.model)
+        text = f"{value:.6g}"
+        if order.method == TWIN_METHOD and value == value and tags_of[m.model].get(method_key) != text:
+            set_tags.append((name, version, method_key, text))
+    candidates = {m.model for m, _ in order.ranked}
+    drop_tags = [
+        (mv.name, str(mv.version), rank_key)
         for mv in _search_versions(f"tags.`{rank_key}` LIKE '%'")
-        if (mv.name, str(mv.version)) not in in_group
+        if f"{mv.name}/{mv.version}" not in candidates
+        and (bank is None or (mv.tags or {}).get(BANK_TAG, DEFAULT_BANK) == bank)
     ]
-    best = (ranked[0][0], ranked[0][1]) if ranked else None
+    best = _split_label(order.best.model) if order.best is not None else None
     holders = _alias_holders(T.best_alias(dataset))
+    if bank is not None:
+        holders = {n: v for n, v in holders.items() if _model_bank(n) == bank}
     drop_alias = sorted(n for n in holders if best is None or n != best[0])
     set_alias = best if best is not None and holders.get(best[0]) != best[1] else None
-    return ranked, best, set_ranks, drop_ranks, drop_alias, set_alias, method, lonely
+    return _Plan(order, ranked, set_tags, drop_tags, drop_alias, set_alias)
+
+
+def _model_bank(name: str) -> str:
+    """The bank of a registered model (its ``ccfv.bank`` tag)."""
+    try:
+        return (_client().get_registered_model(name).tags or {}).get(BANK_TAG, DEFAULT_BANK)
+    except MlflowException:
+        return DEFAULT_BANK
 
 
 def rerank(
@@ -748,29 +814,34 @@ def rerank(
     data_digest: str | None = None,
     *,
     method: str = "ccfv",
+    bank: str | None = None,
     rounds: int = 10,
 ) -> Ranking:
-    """Recompute ``transferability.rank.<dataset>`` and the ``best-<dataset>`` alias from the registry.
+    """Recompute ``transferability.rank.<dataset>`` and the ``best-<dataset>`` alias within ``bank``
+    (None: over every bank) from the registry.
 
-    The ranked versions are every registered version whose completeness marker says its scores on
+    The ranked versions are the versions of the bank whose completeness marker says their scores on
     ``dataset`` were made with ``settings`` on data ``data_digest`` (None: the data digest of the
-    version scored last with these settings, i.e. the newest marker). Whatever subset or bank was just
-    scored, exactly one version is rank 1 and exactly one registered model holds the alias; versions
-    outside the group lose their rank tag (their scores stay, tagged with their settings).
+    version scored last with these settings, i.e. the newest marker). Random-init controls are scored
+    but never ranked nor aliased (:mod:`mlflow_ccfv.scoring.ranking`). Whatever subset was just scored,
+    exactly one version of the bank is rank 1 and exactly one of its registered models holds the alias;
+    versions of the bank outside the group lose their rank tag (their scores stay, tagged with their
+    settings). With ``ccfv_twin`` (or ``auto`` resolving to it) each member's ``transferability.
+    ccfv_twin.<dataset>`` is written too.
 
     Safe when several scorers (processes, Ray tasks) finish at once: each store its own versions'
-    scores (:func:`write_version_scores`) and then calls this; every round reads the whole registry,
+    scores (:func:`write_version_scores`) and then calls this; every round reads the whole bank,
     writes only what differs, and repeats until a read finds nothing to change, so the last writer's
     final read has seen every stored score. ``method`` orders the versions (higher = better): an
-    estimator, ``ccfv_twin``, or ``auto`` (``ccfv_twin`` when every ranked version's architecture has a
-    random-init control in the group, else ``ccfv``: :func:`~mlflow_ccfv.study.variants.choose_ranking`;
-    the returned :class:`Ranking` says which).
+    estimator, ``ccfv_twin``, or ``auto`` (:func:`~mlflow_ccfv.scoring.ranking.choose_ranking`; the
+    returned :class:`Ranking` says which).
     """
     if data_digest is None:
         newest = [
             mv
             for mv in _search_versions(f"tags.`{T.scored_tag(dataset)}` LIKE '{settings}/%'")
             if T.parse_scored_value((mv.tags or {}).get(T.scored_tag(dataset), ""))
+            and (bank is None or (mv.tags or {}).get(BANK_TAG, DEFAULT_BANK) == bank)
         ]
         if newest:
             latest = max(newest, key=lambda mv: (mv.last_updated_timestamp or 0, mv.name, int(mv.version)))
@@ -780,20 +851,33 @@ def rerank(
     jitter = random.Random()
     alias = T.best_alias(dataset)
     for round_ in range(1, rounds + 1):
-        ranked, best, set_ranks, drop_ranks, drop_alias, set_alias, chosen, lonely = _plan_ranking(
-            dataset, group, method
-        )
-        if not (set_ranks or drop_ranks or drop_alias or set_alias):
+        plan = _plan_ranking(dataset, group, method, bank)
+        if not plan.changes:
+            best = plan.ranked[0][:2] if plan.ranked else None
             if best is not None:
-                _logger.info("%s: rank 1 of %d version(s) by %s is %s/%s", dataset, len(ranked), chosen, *best)
-            return Ranking(dataset, group, ranked, best, round_, chosen, lonely)
-        for name, version, rank in set_ranks:
-            _set_version_tag(name, version, T.rank_tag(dataset), rank)
-        for name, version in drop_ranks:
-            _delete_version_tag(name, version, T.rank_tag(dataset))
-        if set_alias is not None:
-            retrying(client.set_registered_model_alias, set_alias[0], alias, set_alias[1], what=f"alias {alias}")
-        for name in drop_alias:
+                _logger.info(
+                    "%s: rank 1 of %d version(s) by %s is %s/%s", dataset, len(plan.ranked), plan.order.method, *best
+                )
+            return Ranking(
+                dataset,
+                group,
+                plan.ranked,
+                best,
+                round_,
+                plan.order.method,
+                plan.order.without_twin,
+                bank,
+                plan.order,
+            )
+        for name, version, key, value in plan.set_tags:
+            _set_version_tag(name, version, key, value)
+        for name, version, key in plan.drop_tags:
+            _delete_version_tag(name, version, key)
+        if plan.set_alias is not None:
+            retrying(
+                client.set_registered_model_alias, plan.set_alias[0], alias, plan.set_alias[1], what=f"alias {alias}"
+            )
+        for name in plan.drop_alias:
             try:
                 retrying(client.delete_registered_model_alias, name, alias, what=f"remove alias {alias}")
             except MlflowException as exc:
@@ -809,6 +893,7 @@ def rerank(
 __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
+    "DEFAULT_PATCH_SIZE",
     "LoadedModel",
     "PICKLE_ENV",
     "RegistryError",
@@ -826,6 +911,7 @@ __all__ = [
     "register_network",
     "resolve_versions",
     "search_versions",
+    "set_version_tag",
     "version_uri",
     "ALLOW_PICKLE_ENV",
     "PickleRefusedError",

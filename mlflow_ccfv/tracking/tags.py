@@ -51,6 +51,8 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "FEATURE_LAYERS",
     "FLAVOR",
+    "NETWORK",
+    "dataset_scores",
     "IN_CHANNELS",
     "OUT_CHANNELS",
     "PATCH_SIZE",
@@ -118,6 +120,9 @@ OUT_CHANNELS = "out_channels"
 PATCH_SIZE = "patch_size"
 BANK = "ccfv.bank"
 FLAVOR = "ccfv.flavor"
+#: The network identity (:func:`~mlflow_ccfv.scoring.ranking.network_identity`: the spec without its output
+#: channels, and the patch size): a version and its random-init twin share it.
+NETWORK = "ccfv.network"
 
 # -- run tags -----------------------------------------------------------------------------------------
 RUN_STAGE = "ccfv.stage"
@@ -137,6 +142,9 @@ RUN_DATASET_DIGEST = "ccfv.dataset.digest"
 RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
 #: On a ``score`` parent run: the method the ranks and the alias follow (``ccfv`` or ``ccfv_twin``).
 RUN_RANKED_BY = "ccfv.ranked_by"
+#: On a ``score`` parent run: the random-init controls that score above every pre-trained model (then no
+#: pre-trained model is expected to beat training from scratch).
+RUN_FROM_SCRATCH = "ccfv.from_scratch"
 #: On a ``score`` parent run: comma-separated labels of the versions whose scoring failed.
 RUN_FAILED_VERSIONS = "ccfv.failed_versions"
 
@@ -322,6 +330,21 @@ def parse_score_tag(key: str) -> tuple[str, str] | None:
     return (match["method"], match["dataset"]) if match else None
 
 
+def dataset_scores(tags: Mapping[str, str], dataset: str) -> dict[str, float]:
+    """The estimator scores among a version's ``tags`` on ``dataset`` (``transferability.<method>.<dataset>``
+    without rank, sampler and marker; unreadable values skipped)."""
+    out: dict[str, float] = {}
+    for key, value in tags.items():
+        parsed = parse_score_tag(key)
+        if parsed is None or parsed[1] != dataset or parsed[0] in (RANK, SAMPLER, SCORED):
+            continue
+        try:
+            out[parsed[0]] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
 def parse_dice_tag(key: str) -> str | None:
     """The dataset of a ``finetune.dice.<dataset>`` tag; else None."""
     match = _DICE_TAG.match(key)
@@ -329,9 +352,10 @@ def parse_dice_tag(key: str) -> str | None:
 
 
 def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFrame:
-    """The stored ranking of ``dataset``: one row per version holding ``transferability.rank.<dataset>``,
-    with ``rank``, ``model`` (``name/version``), ``architecture``, ``source_dataset`` and one column per
-    stored method score, ordered by rank."""
+    """The stored ranking of ``dataset``: one row per version holding ``transferability.rank.<dataset>``
+    (ranks are per bank), with ``rank``, ``model`` (``name/version``), ``bank``, ``architecture``,
+    ``source_dataset`` and one column per stored method score, the ranking's own column first
+    (``ccfv_twin`` where it was ranked by it), ordered by bank and rank."""
     rows: list[dict[str, Any]] = []
     for v in versions:
         tags: Mapping[str, str] = dict(v.tags or {})
@@ -349,13 +373,20 @@ def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFra
                 {
                     "rank": row.pop(RANK),
                     "model": f"{v.name}/{v.version}",
+                    "bank": tags.get(BANK, ""),
                     "architecture": tags.get(ARCHITECTURE, ""),
                     "source_dataset": tags.get(SOURCE_DATASET, ""),
                     **row,
                 }
             )
-    frame = pd.DataFrame(rows, columns=None if rows else ["rank", "model", "architecture", "source_dataset"])
-    return frame.sort_values(["rank", "model"], kind="stable").reset_index(drop=True)
+    head = ["rank", "model", "bank", "architecture", "source_dataset"]
+    if not rows:
+        return pd.DataFrame(columns=head)
+    frame = pd.DataFrame(rows)
+    scores = sorted(c for c in frame.columns if c not in head)
+    first = [c for c in ("ccfv_twin", "ccfv") if c in scores]
+    frame = frame[head + first + [c for c in scores if c not in first]]
+    return frame.sort_values(["bank", "rank", "model"], kind="stable").reset_index(drop=True)
 
 
 def layer_metric(index: int, component: str) -> str:
@@ -436,6 +467,7 @@ def scores_from_tags(
                     "dice": dice[dataset],
                     "architecture": tags.get(ARCHITECTURE, ""),
                     "source_dataset": tags.get(SOURCE_DATASET, ""),
+                    "network": tags.get(NETWORK, ""),
                     "dice_sd": float(tags.get(dice_sd_tag(dataset), "nan")),
                     "seeds": tags.get(finetune_seeds_tag(dataset), ""),
                     "finetune_run": tags.get(finetune_run_tag(dataset), ""),
@@ -460,4 +492,5 @@ SCORE_COLUMNS = (
     "finetune_run",
     "source_dice",
     "checkpoint",
+    "network",
 )
