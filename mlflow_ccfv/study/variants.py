@@ -1,4 +1,4 @@
-"""The two ranking variants pre-registered in docs/preregistration.md (issue 12), computed at the report
+"""The two ranking variants pre-registered in docs/preregistration.md, computed at the report
 level from the stored scores of every version of a target's bank; ``ccfv`` itself is never changed.
 
 - ``ccfv_twin``: CC-FV calibrated against a random-init twin of the model's own architecture,
