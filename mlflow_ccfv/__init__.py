@@ -10,4 +10,7 @@ Layers (data flows one way; a module imports only from the layers before it; doc
 imports nothing heavy: import the sub-package you need.
 """
 
+__all__ = ["__version__"]
+
+
 __version__ = "0.1.0"

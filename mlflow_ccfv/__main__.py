@@ -1,3 +1,6 @@
 from mlflow_ccfv.cli import main
 
+__all__: list[str] = []
+
+
 main()

@@ -86,6 +86,43 @@ def test_every_folder_has_a_rank(graph):
     assert {_layer(m) for m in graph} <= set(RANKS)
 
 
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def test_every_module_declares_its_public_names():
+    """docs/architecture.md: every module has ``__all__``, a literal list of names it defines or imports."""
+    missing, unknown = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        declared = [
+            node.value
+            for node in tree.body
+            if isinstance(node, (ast.Assign, ast.AnnAssign))
+            and any(
+                isinstance(t, ast.Name) and t.id == "__all__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
+        ]
+        if not declared or not isinstance(declared[0], (ast.List, ast.Tuple)):
+            missing.append(_module_name(path))
+            continue
+        names = [e.value for e in declared[0].elts if isinstance(e, ast.Constant)]
+        unknown += [f"{_module_name(path)}.{n}" for n in names if n not in _top_level_names(tree)]
+    assert not missing, f"modules without a literal __all__: {missing}"
+    assert not unknown, f"__all__ names a module does not define: {unknown}"
+
+
 def test_imports_run_downward_only(graph):
     wrong = []
     for module, imports in graph.items():

@@ -1,4 +1,4 @@
-"""mlflow_ccfv.study.goal: issue 12's goal and the pre-registered decision, on hand-made evidence tables."""
+"""mlflow_ccfv.study.goal: the ranking goal and the pre-registered decision, on hand-made evidence tables."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_goal_table_by_hand():
     assert bool(table.loc["avg", "met"])  # [0.05, 0.8] excludes 0
     text = goal_markdown(table.reset_index())
     assert "NOT MET" in text and "**1 of 3** (needed: 3)" in text
+    assert text.startswith("## The ranking goal for `ccfv`: NOT MET") and "Issue" not in text
 
 
 def _write(folder, tau_diff: tuple[float, float, float]) -> None:

@@ -6,6 +6,8 @@ import click
 
 from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
 
+__all__ = ["bank"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")

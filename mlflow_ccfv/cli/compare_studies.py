@@ -10,6 +10,8 @@ import click
 from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
+__all__ = ["compare_studies"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option(

@@ -16,6 +16,8 @@ from mlflow_ccfv.cli.base import (
 )
 from mlflow_ccfv.options import split_list
 
+__all__ = ["demo"]
+
 
 @click.command(cls=CCFVCommand)
 @data_root_option(

@@ -7,6 +7,8 @@ import click
 from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, data_root_option, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
+__all__ = ["export_bank"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--bank", required=True, help="Bank to export (tag ccfv.bank); only read.")

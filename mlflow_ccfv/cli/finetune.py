@@ -16,6 +16,8 @@ from mlflow_ccfv.cli.base import (
     train_options,
 )
 
+__all__ = ["finetune"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--model", required=True, help="models:/<name>/<version> (or models:/<name>@<alias>).")

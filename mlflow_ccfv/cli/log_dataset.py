@@ -7,6 +7,8 @@ import click
 
 from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 
+__all__ = ["log_dataset"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="The task folder: a name under --data-root (Task07) or a path.")

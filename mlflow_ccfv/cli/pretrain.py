@@ -16,6 +16,8 @@ from mlflow_ccfv.cli.base import (
     train_options,
 )
 
+__all__ = ["pretrain"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Source task: a name under --data-root (Task03) or a folder path.")

@@ -6,6 +6,8 @@ import click
 
 from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
 
+__all__ = ["rank"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Dataset name as scored (e.g. Task07).")

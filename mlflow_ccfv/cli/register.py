@@ -7,6 +7,8 @@ import click
 from mlflow_ccfv.cli.base import BoolText, CCFVCommand, allow_pickle_option, check_tracking_server, exit_on_input_error
 from mlflow_ccfv.errors import OptionError
 
+__all__ = ["register"]
+
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     tags = {}

@@ -7,6 +7,8 @@ import click
 from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
+__all__ = ["report"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option("--bank", default="default", show_default=True, help="Versions tagged ccfv.bank=<bank>.")

@@ -21,6 +21,8 @@ from mlflow_ccfv.cli.base import (
     methods_help,
 )
 
+__all__ = ["score"]
+
 
 @click.command(cls=CCFVCommand)
 @click.option(

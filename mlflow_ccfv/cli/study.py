@@ -17,6 +17,8 @@ from mlflow_ccfv.cli.base import (
 )
 from mlflow_ccfv.options import split_list
 
+__all__ = ["study"]
+
 
 @click.command(cls=CCFVCommand)
 @data_root_option(default="data/synthetic", help_text="Where the synthetic family is (generated there if missing).")

@@ -6,6 +6,8 @@ import click
 
 from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
 
+__all__ = ["synth"]
+
 
 def _triple(kind: type, what: str):
     """Callback: ``64,64,48`` (or ``64x64x48``) -> three ``kind`` values; the error names the option."""

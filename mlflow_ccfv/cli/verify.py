@@ -8,6 +8,8 @@ import click
 
 from mlflow_ccfv.cli.base import CCFVCommand, data_root_option, exit_on_input_error
 
+__all__ = ["verify"]
+
 
 @click.command("verify", cls=CCFVCommand)
 @click.argument("dataset")

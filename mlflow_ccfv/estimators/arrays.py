@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["check_features", "check_labels", "check_probabilities", "to_numpy"]
+
 
 def to_numpy(x: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
     """``x`` (ndarray, torch tensor, or nested sequence) as a numpy array of ``dtype``.

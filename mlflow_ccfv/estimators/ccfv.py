@@ -36,6 +36,9 @@ from mlflow_ccfv.estimators.class_consistency import per_class_consistency
 from mlflow_ccfv.estimators.feature_variety import DEFAULT_MIN_DISTANCE, feature_variety
 from mlflow_ccfv.estimators.gaussian_divergences import DEFAULT_REGULARIZATION
 
+__all__ = ["ClassCases", "GlobalCases", "Layer", "LayerScore", "ccfv", "ccfv_layers"]
+
+
 logger = logging.getLogger(__name__)
 
 ClassCases = Sequence[Mapping[Hashable, Any]]

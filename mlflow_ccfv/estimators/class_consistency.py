@@ -31,6 +31,9 @@ from mlflow_ccfv.estimators.gaussian_divergences import (
 )
 from mlflow_ccfv.estimators.wasserstein import fit_gaussian, pairwise_w2_factors
 
+__all__ = ["DISTANCES", "class_consistency", "per_class_consistency"]
+
+
 logger = logging.getLogger(__name__)
 
 DISTANCES = ("wasserstein", "kl", "bhattacharyya")

@@ -32,6 +32,9 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_features
 
+__all__ = ["DEFAULT_MIN_DISTANCE", "case_energies", "feature_variety", "hyperspherical_energy", "unit_sphere"]
+
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_DISTANCE = 1e-6

@@ -30,6 +30,16 @@ from threadpoolctl import threadpool_limits
 
 from mlflow_ccfv.estimators.wasserstein import GaussianFactor, fit_gaussians, stack_factors
 
+__all__ = [
+    "DEFAULT_REGULARIZATION",
+    "pairwise_bhattacharyya",
+    "pairwise_bhattacharyya_factors",
+    "pairwise_kl",
+    "pairwise_kl_factors",
+    "ridge",
+]
+
+
 DEFAULT_REGULARIZATION = 1e-3
 
 

@@ -23,6 +23,9 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_features, check_labels
 
+__all__ = ["gbc", "pca_project"]
+
+
 logger = logging.getLogger(__name__)
 
 _VAR_FLOOR = 1e-6

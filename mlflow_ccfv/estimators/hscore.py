@@ -18,6 +18,8 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_features, check_labels
 
+__all__ = ["hscore"]
+
 
 def _ledoit_wolf(centred: np.ndarray) -> np.ndarray:
     """Ledoit-Wolf (2004) shrinkage of the (biased) covariance of centred rows ``[n, d]``."""

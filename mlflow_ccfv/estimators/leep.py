@@ -18,6 +18,8 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_labels, check_probabilities
 
+__all__ = ["empirical_conditional", "leep"]
+
 
 def empirical_conditional(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``P(y | z)`` ``[C_t, C_s]`` from probabilities ``[n, C_s]`` and labels ``[n]`` (ids < C_t).

@@ -29,6 +29,9 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_features, check_labels
 
+__all__ = ["logme"]
+
+
 _EPS = 1e-5
 
 

@@ -34,6 +34,17 @@ from mlflow_ccfv.estimators.nce import nce
 from mlflow_ccfv.estimators.nleep import nleep
 from mlflow_ccfv.estimators.transrate import transrate
 
+__all__ = [
+    "CCFV_METHODS",
+    "FEATURE_METHODS",
+    "LAYER_SCORE_METHODS",
+    "METHODS",
+    "PROBABILITY_METHODS",
+    "ccfv_from_layer_scores",
+    "score_methods",
+]
+
+
 logger = logging.getLogger(__name__)
 
 CCFV_METHODS = (

@@ -14,6 +14,8 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_labels, check_probabilities
 
+__all__ = ["nce"]
+
 
 def nce(probs: Any, labels: Any) -> float:
     """NCE score (higher = better, <= 0).

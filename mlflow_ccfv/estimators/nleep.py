@@ -16,6 +16,8 @@ import numpy as np
 from mlflow_ccfv.estimators.arrays import check_features, check_labels
 from mlflow_ccfv.estimators.leep import leep
 
+__all__ = ["nleep"]
+
 
 def nleep(
     features: Any,

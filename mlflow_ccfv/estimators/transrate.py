@@ -17,6 +17,8 @@ import numpy as np
 
 from mlflow_ccfv.estimators.arrays import check_features, check_labels
 
+__all__ = ["coding_rate", "transrate"]
+
 
 def coding_rate(z: np.ndarray, eps: float) -> float:
     """``1/2 logdet(I + Z^T Z / (n eps))`` for ``z [n, d]``, on the smaller of the two Gram sides."""

@@ -34,6 +34,17 @@ from threadpoolctl import threadpool_limits
 
 from mlflow_ccfv.estimators.arrays import check_features
 
+__all__ = [
+    "GaussianFactor",
+    "fit_gaussian",
+    "fit_gaussians",
+    "gaussian_w2",
+    "pairwise_w2",
+    "pairwise_w2_factors",
+    "stack_factors",
+]
+
+
 logger = logging.getLogger(__name__)
 
 # Keep each batch of r x r pair products under this many bytes.

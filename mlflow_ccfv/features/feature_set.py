@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["CaseSamples", "FeatureSet"]
+
+
 _FORMAT = "mlflow_ccfv.FeatureSet/1"
 
 

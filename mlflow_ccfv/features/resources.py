@@ -91,21 +91,17 @@ class MemoryReleaser:
     ``every`` calls of :meth:`tick`: ``gc.collect()`` (they sit in reference cycles that Python's
     generational collector reaches late) then glibc's ``malloc_trim(0)`` (a no-op count without glibc).
 
-    Measured (bench/bench_memory.py scoring --tracking-uri, an ``mlflow server``, 60 small versions,
-    2026-11-30, one core busy with a study): RSS after versions 10 / 20 / 40 without it 547.9 / 558.8 /
-    562.5 MB (peak 567); ``malloc_trim`` alone 541.0 / 549.3 / 554.7 (no better); every 10 versions
-    537.5 / 542.2 / 544.0 (peak 562); **every version 522.7 / 522.8 / 522.9 (flat; peak 537)**, at
-    ~0.27 s per version for the collection (60 versions in 46 s instead of 27-30 s on this tiny
-    target). Hence every version by default.
+    Releasing after every version (``every=1``, the default) is what keeps the RSS of a long scoring
+    loop flat; ``malloc_trim`` alone gives nothing back (docs/deploy.md, section 4, has the figures).
 
     ``freeze=True`` makes that collection cheap: a full collection walks every object the collector
-    tracks (~430,000 once torch, MONAI and MLflow are imported: ~0.19 s here), almost all of them
+    tracks (hundreds of thousands once torch, MONAI and MLflow are imported), almost all of them
     modules and caches that live as long as the process. After its first collection the releaser moves
     the survivors to the collector's permanent generation (``gc.freeze()``), so each later collection
     walks only what was allocated since, where the networks' cycles are. :meth:`close` (or leaving a
     ``with`` block) gives them back (``gc.unfreeze()``). Nothing is frozen when something else in the
-    process already froze objects (its freeze is left alone). Measured side by side:
-    ``bench/bench_memory.py release``.
+    process already froze objects (its freeze is left alone). ``bench/bench_memory.py release``
+    measures the variants side by side.
     """
 
     def __init__(self, every: int = 1, freeze: bool = False):

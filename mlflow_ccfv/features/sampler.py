@@ -34,6 +34,19 @@ from mlflow_ccfv.features.resources import check_memory, inference_bytes
 from mlflow_ccfv.networks.devices import autocast_inference, resolve_device
 from mlflow_ccfv.networks.layers import resolve_layers
 
+__all__ = [
+    "SamplerConfig",
+    "VoxelPlan",
+    "assign_windows",
+    "case_generator",
+    "class_budgets",
+    "read_points",
+    "sample_features",
+    "sample_voxels",
+    "window_grid",
+]
+
+
 logger = logging.getLogger(__name__)
 
 

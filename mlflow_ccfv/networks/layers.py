@@ -34,6 +34,8 @@ from torch import nn
 
 from mlflow_ccfv.networks.specs import SUPPORTED_ARCHITECTURES
 
+__all__ = ["decoder_layers", "output_head", "resolve_layers"]
+
 
 def _names_of(model: nn.Module) -> dict[int, str]:
     """``id(module) -> name`` (the first name ``named_modules`` gives a module shared under two names)."""

@@ -19,6 +19,22 @@ from torch import nn
 
 from mlflow_ccfv.errors import OptionError
 
+__all__ = [
+    "INT_FIELDS",
+    "SEQUENCE_FIELDS",
+    "SPATIAL_DIMS",
+    "SUPPORTED_ARCHITECTURES",
+    "NetworkSpec",
+    "build_network",
+    "check_finite_weights",
+    "check_spec",
+    "load_state_dict_strict",
+    "random_state_dict",
+    "small_spec",
+    "spec_from_json_or_file",
+]
+
+
 #: Architectures whose decoder stages :func:`mlflow_ccfv.networks.decoder_layers` understands.
 SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR", "SegResNet", "SegResNetDS")
 

@@ -10,3 +10,5 @@ scoring, training, study) with MLflow (tracking). One module per MLproject workf
 
 Import the module you need; this package imports nothing itself.
 """
+
+__all__: list[str] = []

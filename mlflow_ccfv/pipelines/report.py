@@ -7,7 +7,7 @@ and top-1 regret per (dataset, method) and writes Table 1, Table 2 and the Fig.-
 this module logs them to a run: metrics ``<dataset>.<method>.weighted_tau`` / ``.pearson`` /
 ``.top1_regret`` (and ``avg.<method>.*`` across datasets), the tables (Markdown, CSV) and the PNGs.
 
-The evidence (issue 12) needs each fine-tuning's per-case, per-seed Dice table: it is read from the
+The evidence tables need each fine-tuning's per-case, per-seed Dice table: it is read from the
 run each version's ``finetune.run.<dataset>`` tag names (``dice_per_case.csv``). Metrics: the 95%
 interval bounds ``<...>.low`` / ``.high`` of every figure, the selection value
 ``<dataset>.<method>.top1_dice`` / ``.top3_dice``, ``<dataset>.bank.random_dice`` / ``.best_dice``,

@@ -14,6 +14,8 @@ from scipy import stats
 
 from mlflow_ccfv.estimators.arrays import to_numpy
 
+__all__ = ["pearson", "weighted_tau"]
+
 
 def _pair(scores: Any, dice: Any) -> tuple[np.ndarray, np.ndarray]:
     s = to_numpy(scores, "scores").ravel()

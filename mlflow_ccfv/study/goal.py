@@ -1,4 +1,4 @@
-"""Did the ranking meet issue 12's goal, and does the pre-registered confirmation support a variant?
+"""Did the ranking meet its goal, and does the pre-registered confirmation support a variant?
 Pure pandas over the report's evidence, no MLflow.
 
 - :func:`goal_table`: per target, the default ranking's weighted tau against 0.8 x that target's noise
@@ -97,7 +97,7 @@ def goal_markdown(table: pd.DataFrame, method: str = "ccfv") -> str:
     needed = int(np.ceil(GOAL_SHARE * n))
     verdict = "MET" if n_met >= needed and bool(avg["met"]) else "NOT MET"
     lines = [
-        f"## Issue 12's goal for `{method}`: {verdict}\n",
+        f"## The ranking goal for `{method}`: {verdict}\n",
         f"- targets where weighted tau >= {GOAL_FRACTION} x noise ceiling and top-1 regret <= one Dice sd: "
         f"**{n_met} of {n}** (needed: {needed})",
         f"- average weighted tau {interval_text(avg['weighted_tau'], avg['tau_low'], avg['tau_high'])}: "

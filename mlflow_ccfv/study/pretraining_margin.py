@@ -1,6 +1,6 @@
 """Did pre-training matter on a target? The best pre-trained model against the best random-init control.
 
-Issue 12's test of a demo bank: on the target, the best pre-trained model's mean fine-tune Dice (over
+The test of a demo bank: on the target, the best pre-trained model's mean fine-tune Dice (over
 seeds) must beat the best random-init control's by more than the Dice standard deviation over
 fine-tuning seeds. The standard deviation compared with is the larger of the two models' seed
 standard deviations (the conservative choice: a margin inside either model's seed noise does not

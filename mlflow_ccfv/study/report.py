@@ -46,6 +46,28 @@ from mlflow_ccfv.study.goal import goal_markdown, goal_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import AUTO_RANK, TWIN_METHOD, VARIANTS, add_variants
 
+__all__ = [
+    "METHOD_LABELS",
+    "REPORT_METHODS",
+    "REQUIRED_COLUMNS",
+    "TABLE1_METHODS",
+    "TABLE2_METHODS",
+    "Report",
+    "architecture_correlations",
+    "architecture_table",
+    "correlations",
+    "discrimination_table",
+    "evidence_markdown",
+    "ranked_table",
+    "regret_table",
+    "scatter_plot",
+    "standardise",
+    "table1",
+    "table2",
+    "write_report",
+]
+
+
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
 TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
 #: Table 2's rows: CC-FV and its ablations.
@@ -430,7 +452,7 @@ def write_report(
     per-case, per-seed Dice table) goes to ``evidence.{md,csv}`` (figures with 95% intervals),
     ``noise_ceiling.csv``, ``permutation.csv``, ``variants.csv`` (variant minus ``ccfv``), per
     target ``dice_vs_<rank_by>_<dataset>.png``, and whether ``rank_by`` (``auto``, the default ranking of
-    ``score``: ``ccfv_twin`` where the bank has its random-init controls, else ``ccfv``) met issue 12's goal
+    ``score``: ``ccfv_twin`` where the bank has its random-init controls, else ``ccfv``) met the ranking goal
     (:mod:`mlflow_ccfv.study.goal`: ``goal.{md,csv}``); every bank model's source Dice to ``source_dice.{md,csv}``;
     ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
     curves) to ``pretraining_curves.{csv,png}`` and whether each flattened to ``pretraining_plateau.{md,csv}``.

@@ -1,5 +1,5 @@
 """Uncertainty of the study's figures: bootstrap intervals, a permutation test, the noise ceiling and
-the selection value (issue 12). Pure numpy/scipy, no MLflow.
+the selection value. Pure numpy/scipy, no MLflow.
 
 The unit of resampling is the **per-case, per-seed Dice table** of each (model, target):
 ``dice [n_models, n_seeds, n_cases, n_classes]`` float, NaN where a foreground class is absent from a

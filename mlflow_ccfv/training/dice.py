@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from mlflow_ccfv.networks.devices import resolve_device
 from mlflow_ccfv.training.loops import checked_case
 
+__all__ = ["DiceResult", "constant_predictor_dice", "dice_per_class", "evaluate_dice", "predict"]
+
 
 @dataclass
 class DiceResult:

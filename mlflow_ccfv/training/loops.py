@@ -44,6 +44,23 @@ from mlflow_ccfv.networks.specs import NetworkSpec, load_state_dict_strict
 from mlflow_ccfv.options import parse_ints
 from mlflow_ccfv.training.checkpoint import TrainingCheckpoint
 
+__all__ = [
+    "OPTIMIZERS",
+    "PatchSampler",
+    "TrainConfig",
+    "TrainResult",
+    "checked_case",
+    "finetune",
+    "head_parameter_names",
+    "init_for_finetuning",
+    "input_parameter_names",
+    "pretrain",
+    "seeded_network",
+    "target_spec",
+    "train_segmentation",
+]
+
+
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")

@@ -2,8 +2,8 @@
 check: ``pretraining_curves.{csv,png}`` and ``pretraining_plateau.{md,csv}``, as ``report`` does for a
 study, for a bank that has no fine-tune Dice yet.
 
-    python docs/study-results-unet-8k/make_curves.py --tracking-uri sqlite:///unet8k.db --bank unet8k \
-        --out-dir docs/study-results-unet-8k
+    python results/pretrain-unet-8k/make_curves.py --tracking-uri sqlite:///unet8k.db --bank unet8k \
+        --out-dir results/pretrain-unet-8k
 """
 
 from __future__ import annotations
