@@ -268,7 +268,7 @@ def test_write_report_evidence_variants_source_dice_and_plots(tmp_path):
     assert noise.loc["TaskA", "low"] <= noise.loc["TaskA", "estimate"] <= noise.loc["TaskA", "high"]
     p = ev.pvalues.set_index(["dataset", "method"])["permutation_p"]
     assert p[("TaskA", "ccfv_no_variety")] < 0.05 and p[("TaskA", "logme")] > 0.5
-    assert set(ev.differences["method"]) == {"ccfv_twin", "rank_aggregate"}
+    assert set(ev.differences["method"]) == {"ccfv_twin", "ccfv_no_variety_twin", "rank_aggregate"}
     for name in ("evidence.md", "evidence.csv", "noise_ceiling.csv", "permutation.csv", "variants.csv"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "dice_vs_ccfv_twin_TaskA.png").stat().st_size > 10_000  # auto: the bank has its control

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
+from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.options import split_list
 
 __all__ = ["report"]
@@ -25,11 +26,19 @@ __all__ = ["report"]
     help="The ranking whose goal table and Dice-against-score plots are written: auto (ccfv_twin where the "
     "bank has random-init controls, else ccfv), ccfv_twin, or an estimator.",
 )
+@click.option(
+    "--in-domain",
+    "in_domain",
+    default="",
+    help="Targets whose own task is among the sources, TARGET=SOURCE[+SOURCE...] comma-separated (e.g. "
+    "Task42=Task41): the sanity property that one of those models ranks in the top 2.",
+)
 def report(**options) -> None:
     """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
     from mlflow_ccfv.pipelines.report import report_bank
 
     with exit_on_input_error("report"):
+        in_domain = _in_domain(options["in_domain"])
         check_tracking_server()
         rep = report_bank(
             options["bank"],
@@ -37,5 +46,17 @@ def report(**options) -> None:
             models=split_list(options["models"]) or None,
             out_dir=options["out_dir"] or None,
             rank_by=options["rank_by"],
+            in_domain=in_domain,
         )
     click.echo(rep.markdown())
+
+
+def _in_domain(text: str) -> dict[str, tuple[str, ...]]:
+    """``Task42=Task41,Task05=Task04+Task06`` -> {target: sources}; a malformed entry names the option."""
+    out: dict[str, tuple[str, ...]] = {}
+    for entry in split_list(text):
+        target, sep, sources = entry.partition("=")
+        if not sep or not target.strip() or not sources.strip():
+            raise OptionError(f"--in-domain: {entry!r} is not TARGET=SOURCE[+SOURCE...], e.g. Task42=Task41.")
+        out[target.strip()] = tuple(s.strip() for s in sources.split("+") if s.strip())
+    return out

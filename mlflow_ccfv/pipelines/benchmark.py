@@ -80,4 +80,5 @@ def real_benchmark_config(
         early_step=250,
         early_sources=tuple(short_name(MSDDataset.load(s.path)) for s in sources),
         device=device,
+        in_domain={short_name(MSDDataset.load(target)): (short_name(MSDDataset.load(source)),)},
     )

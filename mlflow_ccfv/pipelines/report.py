@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import mlflow
@@ -95,12 +95,14 @@ def report_bank(
     log_to_mlflow: bool = True,
     rank_by: str = "auto",
     n_resamples: int = 1000,
+    in_domain: Mapping[str, Sequence[str]] | None = None,
 ) -> Report:
     """Build the report for ``bank`` (or explicit ``models:/`` URIs) on ``datasets`` (default: all with Dice).
 
     Logs metrics and artifacts to the active run, or to a new run ``report <bank>``. ``rank_by``: the
     method of the Dice-against-score plots and of the goal table (``auto``: ``ccfv_twin`` where the bank
-    has its random-init controls, else ``ccfv``); ``n_resamples``: bootstrap resamples of the intervals.
+    has its random-init controls, else ``ccfv``); ``n_resamples``: bootstrap resamples of the intervals;
+    ``in_domain``: target -> the sources of its own task (the sanity property (b)).
     """
     versions = [get_version(m) for m in models] if models else bank_versions(bank)
     frame = scores_from_tags(versions, datasets)
@@ -122,6 +124,7 @@ def report_bank(
             rank_by=rank_by,
             n_resamples=n_resamples,
             curves=pretraining_curves(versions),
+            in_domain=in_domain,
         )
         if log_to_mlflow:
             with command_run(f"report {bank}"):

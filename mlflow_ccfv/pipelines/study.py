@@ -134,6 +134,9 @@ class StudyConfig:
     #: register the pre-trained models of this bank folder (safetensors + manifest, e.g. the shipped
     #: bank) instead of pre-training on ``sources``
     bank_folder: Path | None = None
+    #: target -> the sources of its own task (e.g. two parts of one dataset): the report checks that a
+    #: ranking puts one of their models in its top 2
+    in_domain: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def location(self, folder: str | Path) -> str:
         """Where a worker finds the dataset in ``folder``: its logged reference, else the folder's path."""
@@ -456,7 +459,13 @@ def _run_study(
             )
     # 4. the report, from the stored tags of every model involved
     start = time.perf_counter()
-    report = report_bank(config.bank, datasets=target_names, out_dir=out_dir, n_resamples=config.n_resamples)
+    report = report_bank(
+        config.bank,
+        datasets=target_names,
+        out_dir=out_dir,
+        n_resamples=config.n_resamples,
+        in_domain=config.in_domain,
+    )
     _timed(seconds, "report", start)
     seconds["total"] = time.perf_counter() - wall
     result = StudyResult(report, report.scores, seconds, outcomes)

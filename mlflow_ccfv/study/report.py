@@ -43,6 +43,7 @@ from mlflow_ccfv.study.evidence import (
     source_dice_table,
 )
 from mlflow_ccfv.study.goal import goal_markdown, goal_table
+from mlflow_ccfv.study.sanity import choose_default, sanity_markdown, sanity_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import AUTO_RANK, TWIN_METHOD, VARIANTS, add_variants
 
@@ -97,6 +98,8 @@ METHOD_LABELS = {
     "nce": "NCE",
     "hscore": "H-score",
     "ccfv_twin": "CC-FV minus random twin (pre-registered variant)",
+    "ccfv_no_variety_twin": "CC-FV w/o F_v minus random twin (pre-registered variant)",
+    "ccfv_single_scale_twin": "Single-scale minus random twin (pre-registered variant)",
     "rank_aggregate": "Rank aggregate (pre-registered variant)",
 }
 #: Every method a report may hold: the estimators and the report-level variants.
@@ -395,6 +398,11 @@ class Report:
     evidence: Evidence | None = None
     source_dice: pd.DataFrame = field(default_factory=pd.DataFrame)
     plateau: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the sanity properties per (target, method) (:func:`~mlflow_ccfv.study.sanity.sanity_table`)
+    sanity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the pre-registered rule's table over the candidate rankings and its choice
+    default_rule: pd.DataFrame = field(default_factory=pd.DataFrame)
+    default_choice: str | None = None
 
     def markdown(self) -> str:
         text = (
@@ -425,6 +433,14 @@ class Report:
                 f"minus the first half's; flattened: at most {PLATEAU_TOLERANCE})\n\n"
                 + to_markdown(self.plateau.set_index(["architecture", "source_dataset"]))
             )
+        if not self.sanity.empty:
+            text += "\n" + sanity_markdown(self.sanity, self.goal_method)
+        if not self.default_rule.empty:
+            text += (
+                "\n## The pre-registered rule for the default ranking (docs/preregistration.md)\n\n"
+                f"Chosen over these targets: `{self.default_choice}`.\n\n"
+                + to_markdown(self.default_rule.set_index("method"))
+            )
         if self.evidence is not None:
             text += "\n" + evidence_markdown(self.evidence, REPORT_METHODS, METHOD_LABELS)
         if not self.goal.empty:
@@ -441,6 +457,7 @@ def write_report(
     n_resamples: int = 1000,
     n_permutations: int = 1999,
     curves: pd.DataFrame | None = None,
+    in_domain: Mapping[str, Sequence[str]] | None = None,
 ) -> Report:
     """Compute the correlations and write ``correlations.csv``, ``table1.{md,csv}``, ``table2.{md,csv}``,
     ``regret.{md,csv}``, ``discrimination.{md,csv}``, ``scores.csv``, ``report.md`` and
@@ -455,7 +472,10 @@ def write_report(
     ``score``: ``ccfv_twin`` where the bank has its random-init controls, else ``ccfv``) met the ranking goal
     (:mod:`mlflow_ccfv.study.goal`: ``goal.{md,csv}``); every bank model's source Dice to ``source_dice.{md,csv}``;
     ``curves`` (``architecture``, ``source_dataset``, ``step``, ``source_dice``: the pre-training
-    curves) to ``pretraining_curves.{csv,png}`` and whether each flattened to ``pretraining_plateau.{md,csv}``.
+    curves) to ``pretraining_curves.{csv,png}`` and whether each flattened to ``pretraining_plateau.{md,csv}``;
+    the sanity properties of every method (:mod:`mlflow_ccfv.study.sanity`; ``in_domain``: target -> the
+    sources of its own task) to ``sanity.{md,csv}`` and the pre-registered rule's choice of the default
+    ranking to ``default_rule.{md,csv}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -496,6 +516,17 @@ def write_report(
         report.goal, report.goal_method = goal_table(ev.figures, ev.noise, frame, rank_by), rank_by
         report.goal.to_csv(files.setdefault("goal.csv", out / "goal.csv"), index=False)
         files.setdefault("goal.md", out / "goal.md").write_text(goal_markdown(report.goal, rank_by))
+    if "source_dataset" in frame.columns and "dice" in frame.columns:
+        report.sanity = sanity_table(frame, in_domain=in_domain)
+        report.sanity.to_csv(files.setdefault("sanity.csv", out / "sanity.csv"), index=False)
+        files.setdefault("sanity.md", out / "sanity.md").write_text(
+            "\n".join(sanity_markdown(report.sanity, m) for m in sorted(report.sanity["method"].unique()))
+        )
+        report.default_choice, report.default_rule = choose_default(report.sanity, corr)
+        report.default_rule.to_csv(files.setdefault("default_rule.csv", out / "default_rule.csv"), index=False)
+        files.setdefault("default_rule.md", out / "default_rule.md").write_text(
+            f"Chosen: `{report.default_choice}`\n\n" + to_markdown(report.default_rule.set_index("method"))
+        )
     if curves is not None and not curves.empty:
         curves.to_csv(files.setdefault("pretraining_curves.csv", out / "pretraining_curves.csv"), index=False)
         files["pretraining_curves.png"] = pretraining_curve_plot(curves, out / "pretraining_curves.png")

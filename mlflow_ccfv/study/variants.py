@@ -26,16 +26,28 @@ __all__ = [
     "AUTO_RANK",
     "CONTROL_SOURCE",
     "TWIN_METHOD",
+    "TWIN_CALIBRATED",
     "TWIN_SEED",
     "VARIANTS",
     "add_variants",
     "frame_members",
     "rank_aggregate",
     "twin_calibrated",
+    "twin_name",
 ]
 
+#: The estimators whose twin-calibrated variant ``<method>_twin`` the report adds (docs/preregistration.md,
+#: pre-registration 2: twin calibration per component).
+TWIN_CALIBRATED = ("ccfv", "ccfv_no_variety", "ccfv_single_scale")
+
+
+def twin_name(method: str) -> str:
+    """The name of ``method`` minus its twin's: ``ccfv_twin`` for ``ccfv``, else ``<method>_twin``."""
+    return TWIN_METHOD if method == "ccfv" else f"{method}_twin"
+
+
 #: The variants' method names.
-VARIANTS = (TWIN_METHOD, "rank_aggregate")
+VARIANTS = (*(twin_name(m) for m in TWIN_CALIBRATED), "rank_aggregate")
 #: The estimators ``rank_aggregate`` averages the ranks of (chosen in docs/preregistration.md).
 AGGREGATED_METHODS = ("ccfv_no_variety", "gbc", "logme")
 
@@ -48,27 +60,28 @@ def _identity_column(frame: pd.DataFrame) -> pd.Series:
 
 
 def frame_members(group: pd.DataFrame, method: str = "ccfv") -> list[Member]:
-    """One target's rows of ``method`` as ranking members (score under ``"ccfv"``, the twin rule's input)."""
+    """One target's rows of ``method`` as ranking members (their score under ``method``)."""
     identity = _identity_column(group)
     return [
-        Member(str(r.model), ident, str(r.source_dataset), {"ccfv": float(r.score)})
+        Member(str(r.model), ident, str(r.source_dataset), {method: float(r.score)})
         for r, ident in zip(group.itertuples(index=False), identity)
     ]
 
 
 def twin_calibrated(frame: pd.DataFrame, method: str = "ccfv") -> pd.DataFrame:
-    """Rows ``ccfv_twin``: per (dataset, model) ``method``'s score minus that of the bank's random-init
-    control of the same network (:func:`~mlflow_ccfv.scoring.ranking.twin_scores`). Needs the
-    ``architecture`` and ``source_dataset`` columns; models without a twin get no row."""
+    """Rows ``<method>_twin`` (``ccfv_twin`` for ``ccfv``): per (dataset, model) ``method``'s score minus
+    that of the bank's random-init control of the same network
+    (:func:`~mlflow_ccfv.scoring.ranking.twin_scores`). Needs the ``architecture`` and ``source_dataset``
+    columns; models without a twin get no row."""
     missing = [c for c in ("architecture", "source_dataset") if c not in frame.columns]
     if missing:
         raise ValueError(f"ccfv_twin needs the column(s) {', '.join(missing)} (which model is whose random twin).")
     sub = frame[frame["method"] == method]
     rows = []
     for _, g in sub.groupby("dataset", sort=True):
-        for row, value in zip(g.itertuples(index=False), twin_scores(frame_members(g, method))):
+        for row, value in zip(g.itertuples(index=False), twin_scores(frame_members(g, method), method)):
             if value == value:
-                rows.append({**row._asdict(), "method": TWIN_METHOD, "score": value})
+                rows.append({**row._asdict(), "method": twin_name(method), "score": value})
     return pd.DataFrame(rows, columns=frame.columns)
 
 
@@ -98,8 +111,8 @@ def rank_aggregate(frame: pd.DataFrame, methods: tuple[str, ...] = AGGREGATED_ME
 def add_variants(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the rows of every variant it has the scores for (none when it lacks them)."""
     parts = [frame[~frame["method"].isin(VARIANTS)]]
-    if {"architecture", "source_dataset"} <= set(frame.columns) and (frame["method"] == "ccfv").any():
-        parts.append(twin_calibrated(frame))
+    if {"architecture", "source_dataset"} <= set(frame.columns):
+        parts += [twin_calibrated(frame, m) for m in TWIN_CALIBRATED if (frame["method"] == m).any()]
     if frame["method"].isin(AGGREGATED_METHODS).any():
         parts.append(rank_aggregate(frame))
     parts = [p for p in parts if not p.empty]
