@@ -138,15 +138,16 @@ def study(**options) -> None:
 
     def make():
         if options["preset"]:
-            from mlflow_ccfv.pipelines.benchmark import REAL_PRESET, real_benchmark_config
+            from mlflow_ccfv.pipelines.benchmark import REAL_PRESET, imported_bundle_model, real_benchmark_config
+            from mlflow_ccfv.tracking.registry import version_uri
 
             chosen = {k: options[k] for k in ("pretrain_steps", "finetune_steps", "seeds", "bank") if given(k)}
-            return real_benchmark_config(
-                options["data_root"] if given("data_root") else "data/benchmark",
-                bank=chosen.pop("bank", REAL_PRESET),
-                device=options["device"],
-                **chosen,
+            root = options["data_root"] if given("data_root") else "data/benchmark"
+            config = real_benchmark_config(
+                root, bank=chosen.pop("bank", REAL_PRESET), device=options["device"], **chosen
             )
+            config.extra_models = (version_uri(imported_bundle_model(config, root)),)
+            return config
         return study_config(
             options["data_root"],
             n_cases=options["n_cases"],

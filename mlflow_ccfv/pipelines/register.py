@@ -27,7 +27,7 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import register_logged_model, register_network
 from mlflow_ccfv.tracking.runs import recover_crashed
 
-__all__ = ["parse_small_spec", "register_from_options"]
+__all__ = ["parse_small_spec", "register_from_options", "register_imported"]
 
 _logger = logging.getLogger(__name__)
 
@@ -42,17 +42,17 @@ def parse_small_spec(text: str) -> NetworkSpec:
     return small_spec(parts[0], int(parts[1]), int(parts[2]))
 
 
-def _register_imported(
-    bundle: str,
-    nnunet: str,
-    fold: str,
+def register_imported(
+    bundle: str = "",
+    nnunet: str = "",
+    fold: str = "0",
     *,
     name: str,
     source_dataset: str,
     bank: str,
-    patch_size: str | None,
-    description: str | None,
-    extra_tags: dict[str, Any] | None,
+    patch_size: str | None = None,
+    description: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags, its ROI the patch size."""
     if bundle:
@@ -102,7 +102,7 @@ def register_from_options(
     if bundle or nnunet:
         if sum(map(bool, (bundle, nnunet, spec or small_spec or checkpoint or random_init, logged_model))) > 1:
             raise OptionError("Pass one network source: --bundle, --nnunet, --logged-model or --spec/--small-spec.")
-        return _register_imported(
+        return register_imported(
             bundle,
             nnunet,
             fold,

@@ -52,7 +52,7 @@ from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, resolve_dataset_reference
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, version_uri
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, get_version, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
@@ -137,6 +137,9 @@ class StudyConfig:
     #: target -> the sources of its own task (e.g. two parts of one dataset): the report checks that a
     #: ranking puts one of their models in its top 2
     in_domain: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: registered models (``models:/<name>/<version>``) added to the bank beside the pre-trained ones
+    #: (e.g. an imported bundle); each gets the twin of its network
+    extra_models: tuple[str, ...] = ()
 
     def location(self, folder: str | Path) -> str:
         """Where a worker finds the dataset in ``folder``: its logged reference, else the folder's path."""
@@ -335,6 +338,7 @@ def _run_study(
             "early_sources": ",".join(config.early_sources),
             "references": ",".join(sorted(config.references.values())),
             "bank_folder": str(config.bank_folder or ""),
+            "extra_models": ",".join(config.extra_models),
             **T.prefixed_params("pretrain", config.pretrain.to_dict()),
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
@@ -376,6 +380,9 @@ def _run_study(
                 reused=time.perf_counter() - unit < 1.0,
             )
             by_source.setdefault(versions[-1].tags[T.SOURCE_DATASET], []).extend(versions)
+    for uri in config.extra_models:
+        extra = get_version(uri)
+        by_source.setdefault(extra.tags[T.SOURCE_DATASET], []).append(extra)
     controls = [
         register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank, seed=config.control_seed)
         for arch in config.architectures
