@@ -82,3 +82,21 @@ def test_the_report_flags_a_random_init_top_pick(tmp_path):
     # the twin-calibrated variant joins the table: the control scores 0, above every model here
     twin = rep.sanity.set_index("method").loc["ccfv_twin"]
     assert twin["top_pick"] == "twin/1" and twin["top_is_control"] and twin["in_domain_rank"] == 2
+
+
+def test_targets_measured_elsewhere_join_the_sanity_table_and_the_rule(tmp_path):
+    rep = write_report(
+        frame(),
+        tmp_path,
+        rank_by="ccfv",
+        n_resamples=20,
+        n_permutations=19,
+        in_domain={"Task42": ["Task41"]},
+        other_targets=frame("Task99"),
+    )
+    assert set(rep.sanity["dataset"]) == {"Task42", "Task99"}
+    assert set(rep.correlations["dataset"]) == {"Task42"}  # the figures stay those of this report's data
+    gbc = rep.default_rule.set_index("method").loc["gbc"]
+    assert gbc["targets"] == 2 and gbc["passes"]
+    # (b) applies where an in-domain source is named, not on the other target
+    assert rep.sanity.set_index(["dataset", "method"]).loc[("Task99", "gbc"), "b_pass"] is pd.NA

@@ -33,6 +33,13 @@ __all__ = ["report"]
     help="Targets whose own task is among the sources, TARGET=SOURCE[+SOURCE...] comma-separated (e.g. "
     "Task42=Task41): the sanity property that one of those models ranks in the top 2.",
 )
+@click.option(
+    "--other-targets",
+    "other_targets",
+    default="",
+    help="Comma-separated scores.csv files of earlier studies whose targets join the sanity table and the "
+    "pre-registered rule for the default ranking (e.g. results/study-dev-4k/scores.csv).",
+)
 def report(**options) -> None:
     """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
     from mlflow_ccfv.pipelines.report import report_bank
@@ -47,6 +54,7 @@ def report(**options) -> None:
             out_dir=options["out_dir"] or None,
             rank_by=options["rank_by"],
             in_domain=in_domain,
+            other_targets=split_list(options["other_targets"]),
         )
     click.echo(rep.markdown())
 

@@ -87,6 +87,16 @@ def pretraining_curves(versions: Sequence) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "architecture", "source_dataset", "step", "source_dice"])
 
 
+def _read_tables(paths: Sequence[str | Path]) -> pd.DataFrame | None:
+    """The long tables at ``paths`` (``scores.csv`` files), concatenated; a missing file names itself."""
+    frames = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{p}: no such scores table (a study's scores.csv); check the path.")
+        frames.append(pd.read_csv(p))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def report_bank(
     bank: str = DEFAULT_BANK,
     datasets: Sequence[str] | None = None,
@@ -96,13 +106,16 @@ def report_bank(
     rank_by: str = "auto",
     n_resamples: int = 1000,
     in_domain: Mapping[str, Sequence[str]] | None = None,
+    other_targets: Sequence[str | Path] = (),
 ) -> Report:
     """Build the report for ``bank`` (or explicit ``models:/`` URIs) on ``datasets`` (default: all with Dice).
 
     Logs metrics and artifacts to the active run, or to a new run ``report <bank>``. ``rank_by``: the
     method of the Dice-against-score plots and of the goal table (``auto``: ``ccfv_twin`` where the bank
     has its random-init controls, else ``ccfv``); ``n_resamples``: bootstrap resamples of the intervals;
-    ``in_domain``: target -> the sources of its own task (the sanity property (b)).
+    ``in_domain``: target -> the sources of its own task (the sanity property (b)); ``other_targets``:
+    stored long tables (``scores.csv`` of an earlier study) whose targets join the sanity table and the
+    pre-registered rule for the default.
     """
     versions = [get_version(m) for m in models] if models else bank_versions(bank)
     frame = scores_from_tags(versions, datasets)
@@ -125,6 +138,7 @@ def report_bank(
             n_resamples=n_resamples,
             curves=pretraining_curves(versions),
             in_domain=in_domain,
+            other_targets=_read_tables(other_targets),
         )
         if log_to_mlflow:
             with command_run(f"report {bank}"):

@@ -458,6 +458,7 @@ def write_report(
     n_permutations: int = 1999,
     curves: pd.DataFrame | None = None,
     in_domain: Mapping[str, Sequence[str]] | None = None,
+    other_targets: pd.DataFrame | None = None,
 ) -> Report:
     """Compute the correlations and write ``correlations.csv``, ``table1.{md,csv}``, ``table2.{md,csv}``,
     ``regret.{md,csv}``, ``discrimination.{md,csv}``, ``scores.csv``, ``report.md`` and
@@ -475,7 +476,9 @@ def write_report(
     curves) to ``pretraining_curves.{csv,png}`` and whether each flattened to ``pretraining_plateau.{md,csv}``;
     the sanity properties of every method (:mod:`mlflow_ccfv.study.sanity`; ``in_domain``: target -> the
     sources of its own task) to ``sanity.{md,csv}`` and the pre-registered rule's choice of the default
-    ranking to ``default_rule.{md,csv}``.
+    ranking to ``default_rule.{md,csv}``. ``other_targets``: the long tables of targets measured elsewhere
+    (e.g. a stored study's ``scores.csv``), added to the sanity table and the rule only (their intervals
+    need their per-case Dice, which such a table does not hold).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -517,12 +520,17 @@ def write_report(
         report.goal.to_csv(files.setdefault("goal.csv", out / "goal.csv"), index=False)
         files.setdefault("goal.md", out / "goal.md").write_text(goal_markdown(report.goal, rank_by))
     if "source_dataset" in frame.columns and "dice" in frame.columns:
-        report.sanity = sanity_table(frame, in_domain=in_domain)
+        ruled, ruled_corr = frame, corr
+        if other_targets is not None and not other_targets.empty:
+            extra = add_variants(_check_frame(other_targets[~other_targets["method"].isin(VARIANTS)]))
+            ruled = pd.concat([frame, extra[~extra["dataset"].isin(frame["dataset"])]], ignore_index=True)
+            ruled_corr = correlations(ruled)
+        report.sanity = sanity_table(ruled, in_domain=in_domain)
         report.sanity.to_csv(files.setdefault("sanity.csv", out / "sanity.csv"), index=False)
         files.setdefault("sanity.md", out / "sanity.md").write_text(
             "\n".join(sanity_markdown(report.sanity, m) for m in sorted(report.sanity["method"].unique()))
         )
-        report.default_choice, report.default_rule = choose_default(report.sanity, corr)
+        report.default_choice, report.default_rule = choose_default(report.sanity, ruled_corr)
         report.default_rule.to_csv(files.setdefault("default_rule.csv", out / "default_rule.csv"), index=False)
         files.setdefault("default_rule.md", out / "default_rule.md").write_text(
             f"Chosen: `{report.default_choice}`\n\n" + to_markdown(report.default_rule.set_index("method"))
