@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_ccfv.errors import EstimatorError
+from mlflow_ccfv.estimators.catalogue import method_names
 from mlflow_ccfv.estimators.ccfv import LayerScore, ccfv
 from mlflow_ccfv.estimators.gbc import gbc
 from mlflow_ccfv.estimators.hscore import hscore
@@ -47,18 +48,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CCFV_METHODS = (
-    "ccfv",
-    "ccfv_no_consistency",
-    "ccfv_no_variety",
-    "ccfv_single_scale",
-    "ccfv_kl",
-    "ccfv_bhattacharyya",
-    "ccfv_unit_sphere",
-)
-FEATURE_METHODS = ("logme", "gbc", "transrate", "nleep", "hscore")
-PROBABILITY_METHODS = ("leep", "nce")
-METHODS: tuple[str, ...] = CCFV_METHODS + ("logme", "leep", "gbc", "transrate", "nleep", "nce", "hscore")
+CCFV_METHODS = method_names(kinds=("ccfv",))
+FEATURE_METHODS = method_names(kinds=("feature",))
+PROBABILITY_METHODS = method_names(kinds=("probability",))
+METHODS: tuple[str, ...] = method_names(kinds=("ccfv", "feature", "probability"))
 
 
 def _required(value: float | None, method: str) -> float:

@@ -37,6 +37,8 @@ import pandas as pd
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
 from mlflow_ccfv.errors import DatasetError
+from mlflow_ccfv.estimators import METHODS
+from mlflow_ccfv.estimators.catalogue import method_names
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import parse_source
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
@@ -46,7 +48,7 @@ from mlflow_ccfv.pipelines.report import report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK, register_bank_folder
 from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.scoring.ranking import choose_ranking
+from mlflow_ccfv.scoring.ranking import TWIN_METHOD, choose_ranking
 from mlflow_ccfv.study.report import Report, ranked_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
@@ -720,7 +722,8 @@ def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
     """The ranked table the demo prints: models by the default ranking (:func:`demo_ranking`) with
     CC-FV's, the baselines' scores and the measured Dice."""
     by = demo_ranking(result, dataset)
-    methods = ("ccfv_twin", "ccfv", "logme", "leep", "gbc", "transrate") if by == "ccfv_twin" else DEMO_METHODS[:5]
+    estimators = tuple(m for m in DEMO_METHODS if m in METHODS)
+    methods = (TWIN_METHOD, *estimators) if by == TWIN_METHOD else estimators
     return ranked_table(result.frame, dataset, by=by, methods=methods)
 
 
@@ -789,7 +792,7 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
 
 
 def evidence_summary(
-    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, "ccfv_twin", "rank_aggregate")
+    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, TWIN_METHOD, "rank_aggregate")
 ) -> str:
     """Per target and for the average: the noise ceiling beside every method's weighted tau, top-1
     regret and selection value with their 95% intervals (the ``study`` command prints it)."""
@@ -817,7 +820,7 @@ def evidence_summary(
 
 
 #: The methods the demo's evidence table shows (the ranked table's, plus the pre-registered variants).
-DEMO_METHODS = ("ccfv", "logme", "leep", "gbc", "transrate", "ccfv_twin", "rank_aggregate")
+DEMO_METHODS = method_names(demo=True)
 
 
 def demo_evidence(result: StudyResult, methods: Sequence[str] = DEMO_METHODS) -> str:

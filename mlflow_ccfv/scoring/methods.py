@@ -11,13 +11,14 @@ import numpy as np
 
 from mlflow_ccfv.errors import EstimatorError, OptionError
 from mlflow_ccfv.estimators import METHODS, LayerScore, ccfv_layers, score_methods
+from mlflow_ccfv.estimators.catalogue import method_names
 from mlflow_ccfv.features import FeatureSet, SamplerConfig
 from mlflow_ccfv.options import split_list
 
 __all__ = ["DEFAULT_METHODS", "RANK_METHOD", "ModelScores", "parse_methods", "score_features"]
 
 #: Methods scored when none are asked for: CC-FV and every baseline (ablations on request).
-DEFAULT_METHODS = ("ccfv", "logme", "leep", "gbc", "transrate", "nleep", "nce", "hscore")
+DEFAULT_METHODS = method_names(default=True)
 #: The method that ranks a bank (rank tags, the ``best-<dataset>`` alias).
 RANK_METHOD = "ccfv"
 

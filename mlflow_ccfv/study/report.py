@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
+from mlflow_ccfv.estimators.catalogue import method_labels, method_names
 from mlflow_ccfv.study.correlation import pearson, weighted_tau
 from mlflow_ccfv.study.evidence import (
     PLATEAU_TOLERANCE,
@@ -70,38 +71,11 @@ __all__ = [
 
 
 #: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
-TABLE1_METHODS = ("ccfv", "logme", "transrate", "leep", "gbc", "nleep", "nce", "hscore")
+TABLE1_METHODS = method_names(table="table1")
 #: Table 2's rows: CC-FV and its ablations.
-TABLE2_METHODS = (
-    "ccfv",
-    "ccfv_no_consistency",
-    "ccfv_no_variety",
-    "ccfv_single_scale",
-    "ccfv_kl",
-    "ccfv_bhattacharyya",
-    "ccfv_unit_sphere",
-)
+TABLE2_METHODS = method_names(table="table2")
 #: Display names, as in the paper where it has one.
-METHOD_LABELS = {
-    "ccfv": "CC-FV",
-    "ccfv_no_consistency": "CC-FV w/o C_cons",
-    "ccfv_no_variety": "CC-FV w/o F_v",
-    "ccfv_single_scale": "Single-scale",
-    "ccfv_kl": "KL-divergence",
-    "ccfv_bhattacharyya": "Bha-distance",
-    "ccfv_unit_sphere": "CC-FV, unit-sphere C_cons (not in the paper)",
-    "logme": "LogME",
-    "transrate": "TransRate",
-    "leep": "LEEP",
-    "gbc": "GBC",
-    "nleep": "N-LEEP",
-    "nce": "NCE",
-    "hscore": "H-score",
-    "ccfv_twin": "CC-FV minus random twin (pre-registered variant)",
-    "ccfv_no_variety_twin": "CC-FV w/o F_v minus random twin (pre-registered variant)",
-    "ccfv_single_scale_twin": "Single-scale minus random twin (pre-registered variant)",
-    "rank_aggregate": "Rank aggregate (pre-registered variant)",
-}
+METHOD_LABELS = method_labels()
 #: Every method a report may hold: the estimators and the report-level variants.
 REPORT_METHODS = (*METHODS, *VARIANTS)
 REQUIRED_COLUMNS = ("dataset", "model", "method", "score", "dice")
