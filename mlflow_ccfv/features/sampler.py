@@ -33,6 +33,7 @@ from mlflow_ccfv.features.feature_set import CaseSamples, FeatureSet
 from mlflow_ccfv.features.resources import check_memory, inference_bytes
 from mlflow_ccfv.networks.devices import autocast_inference, resolve_device
 from mlflow_ccfv.networks.layers import resolve_layers
+from mlflow_ccfv.networks.specs import DEFAULT_PATCH_SIZE
 
 __all__ = [
     "SamplerConfig",
@@ -77,7 +78,7 @@ class SamplerConfig:
     ``min(p_k, max(floor, round(p_k·b/B)))`` of them. The background gets ``min(n_0, b)``.
     """
 
-    roi_size: tuple[int, ...] = (32, 32, 32)
+    roi_size: tuple[int, ...] = DEFAULT_PATCH_SIZE
     overlap: float = 0.25
     sw_batch_size: int = 4
     layer_budgets: tuple[int, ...] = (100, 200, 400)

@@ -10,6 +10,7 @@ from mlflow_ccfv.networks.checkpoints import build_with_weights, load_checkpoint
 from mlflow_ccfv.networks.devices import autocast_inference, resolve_device
 from mlflow_ccfv.networks.layers import decoder_layers, output_head, resolve_layers
 from mlflow_ccfv.networks.specs import (
+    DEFAULT_PATCH_SIZE,
     SUPPORTED_ARCHITECTURES,
     NetworkSpec,
     build_network,
@@ -21,6 +22,7 @@ from mlflow_ccfv.networks.specs import (
 )
 
 __all__ = [
+    "DEFAULT_PATCH_SIZE",
     "SUPPORTED_ARCHITECTURES",
     "NetworkSpec",
     "autocast_inference",

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks.checkpoints import build_with_weights, normalise_state_dict
-from mlflow_ccfv.networks.specs import NetworkSpec
+from mlflow_ccfv.networks.specs import DEFAULT_PATCH_SIZE, NetworkSpec
 
 __all__ = [
     "MANIFEST_FILE",
@@ -102,7 +102,7 @@ class ManifestEntry:
     source_dataset: str
     checkpoint: str = "final"
     source_dice: float | None = None
-    patch_size: tuple[int, int, int] = (32, 32, 32)
+    patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE
     pretrain: dict[str, str] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     source_data: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +121,7 @@ class ManifestEntry:
         try:
             spec = d.pop("spec")
             d["spec"] = NetworkSpec(spec["architecture"], dict(spec.get("kwargs", {})))
-            d["patch_size"] = tuple(int(s) for s in d.get("patch_size", (32, 32, 32)))
+            d["patch_size"] = tuple(int(s) for s in d.get("patch_size", DEFAULT_PATCH_SIZE))
             known = {f for f in cls.__dataclass_fields__}
             return cls(**{k: v for k, v in d.items() if k in known})
         except (KeyError, TypeError, ValueError) as exc:

@@ -20,6 +20,7 @@ from torch import nn
 from mlflow_ccfv.errors import OptionError
 
 __all__ = [
+    "DEFAULT_PATCH_SIZE",
     "INT_FIELDS",
     "SEQUENCE_FIELDS",
     "SPATIAL_DIMS",
@@ -37,6 +38,11 @@ __all__ = [
 
 #: Architectures whose decoder stages :func:`mlflow_ccfv.networks.decoder_layers` understands.
 SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR", "SegResNet", "SegResNetDS")
+
+
+#: The patch (sliding-window ROI, voxels) of a network when neither its spec (UNETR's ``img_size``) nor
+#: its registration says otherwise; the CPU-sized training patch of the study and the demo.
+DEFAULT_PATCH_SIZE: tuple[int, int, int] = (32, 32, 32)
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,7 @@ def small_spec(
     architecture: str,
     in_channels: int,
     out_channels: int,
-    patch_size: tuple[int, ...] = (32, 32, 32),
+    patch_size: tuple[int, ...] = DEFAULT_PATCH_SIZE,
 ) -> NetworkSpec:
     """A CPU-sized configuration of ``architecture`` (for tests, demos and synthetic studies).
 

@@ -22,7 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow_ccfv.data import MSDDataset, short_name
 from mlflow_ccfv.data.partition import partition_task
 from mlflow_ccfv.errors import DatasetError
-from mlflow_ccfv.networks import NetworkSpec
+from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec
 from mlflow_ccfv.pipelines.register import register_imported
 from mlflow_ccfv.pipelines.study import Source, StudyConfig, ensure_synthetic
 from mlflow_ccfv.tracking import tags as T
@@ -99,7 +99,7 @@ def real_benchmark_config(
     source, target = partition_task(real / "msd-hippocampus", Path(data_root) / "real", HIPPOCAMPUS_PARTS, seed=0)
     (task03,) = ensure_synthetic(Path(data_root) / "synthetic", ["Task03"], 50, (64, 64, 48), progress=progress)
     sources = [Source(source), Source(real / "brats2013-6", channels=(0,)), Source(task03)]
-    patch = (32, 32, 32)
+    patch = DEFAULT_PATCH_SIZE
     return StudyConfig(
         targets=[target],
         sources=sources,

@@ -39,7 +39,7 @@ from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
 from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.estimators.catalogue import method_names
-from mlflow_ccfv.networks import resolve_device
+from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, resolve_device
 from mlflow_ccfv.options import parse_source
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
@@ -550,7 +550,7 @@ def demo_config(
     bank: str = DEFAULT_BANK,
     architectures: Sequence[str] | None = None,
     methods: str = "all",
-    patch_size: Sequence[int] = (32, 32, 32),
+    patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
     seed: int = 0,
     progress: bool = True,
     device: str | None = None,
@@ -663,7 +663,7 @@ def study_config(
     curve_every: int = 250,
     early_step: int | None = 250,
     early_sources: Sequence[str] = ("Task03", "Task09"),
-    patch_size: Sequence[int] = (32, 32, 32),
+    patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
     device: str | None = None,
 ) -> StudyConfig:
     """Leave-one-task-out over the synthetic family (generated under ``data_root`` with

@@ -41,6 +41,7 @@ from torch import nn
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.networks import (
+    DEFAULT_PATCH_SIZE,
     NetworkSpec,
     build_with_weights,
     check_finite_weights,
@@ -59,8 +60,6 @@ _logger = logging.getLogger(__name__)
 BANK_TAG = T.BANK
 FLAVOR_TAG = T.FLAVOR
 DEFAULT_BANK = "default"
-#: Sliding-window ROI recorded when neither the caller nor the spec (UNETR's ``img_size``) gives one.
-DEFAULT_PATCH_SIZE = (32, 32, 32)
 VERSION_TAGS = (
     T.ARCHITECTURE,
     T.SOURCE_DATASET,

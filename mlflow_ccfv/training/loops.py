@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mlflow_ccfv.networks.devices import resolve_device
-from mlflow_ccfv.networks.specs import NetworkSpec, load_state_dict_strict
+from mlflow_ccfv.networks.specs import DEFAULT_PATCH_SIZE, NetworkSpec, load_state_dict_strict
 from mlflow_ccfv.options import parse_ints
 from mlflow_ccfv.training.checkpoint import TrainingCheckpoint
 
@@ -82,7 +82,7 @@ class TrainConfig:
 
     steps: int = 100
     batch_size: int = 2
-    patch_size: tuple[int, ...] = (32, 32, 32)
+    patch_size: tuple[int, ...] = DEFAULT_PATCH_SIZE
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
