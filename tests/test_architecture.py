@@ -210,6 +210,7 @@ def test_tag_names_are_formatted_in_one_module():
         r"""f["'](transferability|finetune|pretrain|train|sampler|best-|ccfv\.layer)[.\w-]*\{"""  # f"pretrain.{k}"
         r"""|["'](transferability|finetune\.dice|pretrain)\.["']\s*\+"""  # "transferability." + name
         r"""|re\.compile\(r?["']\^?(transferability|finetune|pretrain)"""  # parsing them with a regex
+        r"""|["'](transferability|finetune|pretrain|ccfv|weights|import|select)\.[a-z_.]+["']"""  # "ccfv.bank"
     )
     offenders = sorted(
         f"{p.relative_to(PACKAGE)}: {m.group(0)}"

@@ -80,9 +80,11 @@ def pretrain(**options) -> None:
             early_step=options["early_step"],
             device=options["device"],
         )
+    from mlflow_ccfv.tracking import tags as T
+
     for mv in versions:
         click.echo(
-            f"registered models:/{mv.name}/{mv.version} (source {mv.tags['source_dataset']}, bank "
-            f"{mv.tags['ccfv.bank']}, {mv.tags.get('pretrain.steps')} steps, source Dice "
-            f"{mv.tags.get('pretrain.source_dice', 'not measured')})"
+            f"registered models:/{mv.name}/{mv.version} (source {mv.tags[T.SOURCE_DATASET]}, bank "
+            f"{mv.tags[T.BANK]}, {mv.tags.get(T.pretrain_tag('steps'))} steps, source Dice "
+            f"{mv.tags.get(T.PRETRAIN_SOURCE_DICE, 'not measured')})"
         )

@@ -368,7 +368,7 @@ def _finetune_seed(
             checkpoint=checkpoint,
         )
         if result.resumed_from:
-            mlflow.set_tag("ccfv.resumed_from_step", str(result.resumed_from))
+            mlflow.set_tag(T.RUN_RESUMED_FROM, str(result.resumed_from))
         mlflow.log_params(
             {
                 "model_uri": f"models:/{loaded.label}" if loaded.name else loaded.uri,
@@ -410,7 +410,7 @@ def _finetune_seed(
                 new_spec,
                 result.model.state_dict(),
                 name="finetuned",
-                tags={"ccfv.finetuned_from": loaded.label, T.RUN_DATASET: name},
+                tags={T.FINETUNED_FROM: loaded.label, T.RUN_DATASET: name},
             )
         # The bank version's LoggedModel gets the Dice next to its transferability metrics
         # (a multi-seed fine-tuning logs the mean there instead).

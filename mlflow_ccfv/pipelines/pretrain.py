@@ -293,7 +293,7 @@ def pretrain_checkpoints(
         out.append(
             register(name, result.model.state_dict(), config.steps, source_dice, "final" if early_step else None)
         )
-        mlflow.set_tag("ccfv.registered", ",".join(f"models:/{mv.name}/{mv.version}" for mv in out))
+        mlflow.set_tag(T.RUN_REGISTERED, ",".join(f"models:/{mv.name}/{mv.version}" for mv in out))
     for mv in out:
         _logger.info(
             "registered %s/%s: %s pre-trained on %s (%s steps, source Dice %s, %.0f s)",

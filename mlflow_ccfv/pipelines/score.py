@@ -378,19 +378,22 @@ def score_versions(
             log_input(ds, context="target")
             # Prefixed: `mlflow run` has already logged the entry point's own (string) parameters here.
             mlflow.log_params(
-                {
-                    "ccfv.dataset": dataset.name,
-                    "ccfv.dataset_digest": dataset.digest,
-                    "ccfv.split": dataset.split,
-                    "ccfv.methods": ",".join(methods),
-                    "ccfv.n_versions": len(items),
-                    "ccfv.force": force,
-                    "ccfv.sampler_settings": settings,
-                    "ccfv.device": str(run_on),
-                    "ccfv.amp": amp,
-                    "ccfv.rank_by": rank_by,
-                    "ccfv.executor": executor.name,
-                }
+                T.prefixed_params(
+                    T.RUN_PARAM_PREFIX,
+                    {
+                        "dataset": dataset.name,
+                        "dataset_digest": dataset.digest,
+                        "split": dataset.split,
+                        "methods": ",".join(methods),
+                        "n_versions": len(items),
+                        "force": force,
+                        "sampler_settings": settings,
+                        "device": str(run_on),
+                        "amp": amp,
+                        "rank_by": rank_by,
+                        "executor": executor.name,
+                    },
+                )
             )
         results = _run_version_tasks(
             items,

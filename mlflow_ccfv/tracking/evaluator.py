@@ -200,8 +200,12 @@ class CCFVEvaluator(ModelEvaluator):
             link = mlflow_dataset(target, name=ds_name, digest=ds_digest)
             mlflow.log_metrics(metrics, model_id=model_id, dataset=link, run_id=run_id)
         client = mlflow.MlflowClient()
-        client.log_param(run_id, "ccfv.sampler", str(result.config.to_dict() if result.config else {}))
-        client.log_param(run_id, "ccfv.features_cached", str(result.cached))
+        params = {
+            "sampler": str(result.config.to_dict() if result.config else {}),
+            "features_cached": str(result.cached),
+        }
+        for key, value in T.prefixed_params(T.RUN_PARAM_PREFIX, params).items():
+            client.log_param(run_id, key, value)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "ccfv_layers.csv"
             pd.DataFrame(

@@ -51,7 +51,11 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "FEATURE_LAYERS",
     "FLAVOR",
+    "FINETUNED_FROM",
     "NETWORK",
+    "RUN_PARAM_PREFIX",
+    "RUN_REGISTERED",
+    "RUN_RESUMED_FROM",
     "dataset_scores",
     "IN_CHANNELS",
     "OUT_CHANNELS",
@@ -142,6 +146,15 @@ RUN_DATASET_DIGEST = "ccfv.dataset.digest"
 RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
 #: On a ``score`` parent run: the method the ranks and the alias follow (``ccfv`` or ``ccfv_twin``).
 RUN_RANKED_BY = "ccfv.ranked_by"
+#: Prefix of the parameters ``score`` and the evaluator log on their runs (``ccfv.dataset``, ``ccfv.sampler``
+#: ...): prefixed because ``mlflow run`` has already logged the entry point's own parameters there.
+RUN_PARAM_PREFIX = "ccfv"
+#: On a ``pretrain`` run: the versions it registered (``models:/<name>/<version>``, comma-separated).
+RUN_REGISTERED = "ccfv.registered"
+#: On a fine-tuning run: the step its checkpoint was resumed from.
+RUN_RESUMED_FROM = "ccfv.resumed_from_step"
+#: On a fine-tuned model: the version it was fine-tuned from.
+FINETUNED_FROM = "ccfv.finetuned_from"
 #: On a ``score`` parent run: the random-init controls that score above every pre-trained model (then no
 #: pre-trained model is expected to beat training from scratch).
 RUN_FROM_SCRATCH = "ccfv.from_scratch"
