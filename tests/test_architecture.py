@@ -219,3 +219,13 @@ def test_tag_names_are_formatted_in_one_module():
         for m in formatting.finditer(p.read_text())
     )
     assert not offenders, offenders
+
+
+def test_tracking_imports_nothing_from_study(graph):
+    """The ranking rule lives below tracking (scoring/ranking.py): tracking needs nothing of the study layer."""
+    offenders = {
+        m: sorted(i for i in imports if i.startswith("mlflow_ccfv.study"))
+        for m, imports in graph.items()
+        if m.startswith("mlflow_ccfv.tracking")
+    }
+    assert not {m: i for m, i in offenders.items() if i}, offenders

@@ -2,8 +2,7 @@
 
 - :mod:`~mlflow_ccfv.study.correlation`: weighted Kendall's tau and Pearson (the paper's evaluation);
 - :mod:`~mlflow_ccfv.study.report`: top-1 regret, Tables 1-2, the Fig.-2 scatter plots;
-- :mod:`~mlflow_ccfv.study.ranking`: one target's ranked table (Markdown) and bar plot;
-- :mod:`~mlflow_ccfv.study.plots`: training curves.
+- :mod:`~mlflow_ccfv.study.ranking`: one target's ranked table (Markdown) and bar plot.
 
 ``report`` is not imported here (it pulls in matplotlib and pandas): import it directly.
 """

@@ -1,4 +1,4 @@
-"""Plots of training runs (no MLflow; drawn on a ``matplotlib.figure.Figure``, the global backend untouched)."""
+"""The training curve of a run as a PNG (no MLflow; drawn on a ``matplotlib.figure.Figure``, the global backend untouched)."""
 
 from __future__ import annotations
 
