@@ -16,4 +16,3 @@ def test_names_are_unique_and_every_list_comes_from_the_catalogue():
     assert set(CANDIDATES) <= set(names)  # the pre-registered candidates are all known methods
     assert set(method_labels()) == set(names)
     assert method_names(table="table1")[0] == method_names(table="table2")[0] == "ccfv"
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -94,3 +95,23 @@ def test_the_order_does_not_depend_on_the_order_of_the_members(scores, rng):
     first, second = rank_members(members), rank_members(shuffled)
     assert [(m.model, v) for m, v in first.ranked] == [(m.model, v) for m, v in second.ranked]
     assert first.control_above == second.control_above
+
+
+def test_any_estimator_can_be_twin_calibrated_and_the_aggregate_is_a_ranking():
+    from mlflow_ccfv.scoring.ranking import RANK_AGGREGATE, needed_estimators, ranking_score
+
+    members = [
+        Member("a/1", "n", "src", {"ccfv_no_variety": 2.0, "gbc": 1.0, "logme": 0.5}),
+        Member("b/1", "n", "src", {"ccfv_no_variety": 1.0, "gbc": 3.0, "logme": 0.1}),
+        Member("twin/1", "n", CONTROL_SOURCE, {"ccfv_no_variety": 1.5, "gbc": 0.0, "logme": 0.3}),
+    ]
+    assert ranking_score(members, "ccfv_no_variety_twin") == [0.5, -0.5, 0.0]
+    # ranks: ccfv_no_variety a1 b3 t2; gbc a2 b1 t3; logme a1 b3 t2 -> -(4/3), -(7/3), -(7/3)
+    assert ranking_score(members, RANK_AGGREGATE) == pytest.approx([-4 / 3, -7 / 3, -7 / 3])
+    assert needed_estimators(RANK_AGGREGATE) == ("ccfv_no_variety", "gbc", "logme")
+    assert needed_estimators("ccfv_single_scale_twin") == ("ccfv_single_scale",)
+    order = rank_members(members, "ccfv_no_variety_twin")
+    assert [m.model for m, _ in order.ranked] == ["a/1", "b/1"] and order.control_above == []
+    assert choose_ranking(members, preferred="gbc") == ("gbc", [])  # an estimator needs no twin
+    lonely = members[:2]
+    assert choose_ranking(lonely, preferred="ccfv_single_scale_twin") == ("ccfv_single_scale", ["a/1", "b/1"])

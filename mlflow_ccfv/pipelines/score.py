@@ -36,7 +36,16 @@ from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import format_ints, parse_bool, parse_float, parse_int, parse_ints, split_list
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure, make_executor
 from mlflow_ccfv.scoring import RANK_METHOD, CaseCache, FeatureCache, ModelScores, parse_methods, score_model
-from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD, Member, RankOrder, rank_members
+from mlflow_ccfv.scoring.ranking import (
+    AUTO_RANK,
+    CONTROL_SOURCE,
+    DEFAULT_RANKING,
+    Member,
+    RankOrder,
+    is_twin,
+    needed_estimators,
+    rank_members,
+)
 from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import (
@@ -433,8 +442,8 @@ def score_versions(
             mlflow.set_tag(T.RUN_FROM_SCRATCH, ",".join(order.control_above))
         table = _ranked_table(rows, methods, dataset.name, order, stored=rankings)
         shown = _shown_methods(methods, chosen)
-        if chosen == TWIN_METHOD:  # beside ccfv on each version's run, so that the UI sorts by it too
-            _log_twin_metrics(results, table)
+        if chosen not in METHODS:  # the ranking's own score beside the estimators' on each version's run (UI sort)
+            _log_ranking_metric(results, table, chosen)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(artifact_dir) if artifact_dir else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
@@ -531,15 +540,15 @@ def _run_version_tasks(
     return results
 
 
-def _log_twin_metrics(results: list[VersionResult], table: pd.DataFrame) -> None:
-    """Log each scored version's ``ccfv_twin`` (from the ranked ``table``) on its run."""
-    values = dict(zip(table["model"], table[TWIN_METHOD]))
+def _log_ranking_metric(results: list[VersionResult], table: pd.DataFrame, method: str) -> None:
+    """Log each scored version's ranking score ``method`` (e.g. ``ccfv_twin``, from ``table``) on its run."""
+    values = dict(zip(table["model"], table[method]))
     client = mlflow.MlflowClient()
     for r in results:
         value = values.get(r.label)
         if r.run_id and value is not None and value == value:
             try:
-                client.log_metric(r.run_id, TWIN_METHOD, float(value))
+                client.log_metric(r.run_id, method, float(value))
             except MlflowException as exc:  # a concurrent scorer's run of the same key replaced this one
                 _logger.info("%s: run %s is gone (%s); its replacement logs its own", r.label, r.run_id, exc)
 
@@ -549,15 +558,15 @@ def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
     before any work."""
     from mlflow_ccfv.estimators import METHODS
 
-    needed = "ccfv" if rank_by in (TWIN_METHOD, AUTO_RANK) else rank_by
-    if needed not in METHODS:
+    needed = needed_estimators(rank_by)
+    if any(n not in METHODS for n in needed):
         raise OptionError(
-            f"--rank-by {rank_by!r} is not an estimator; choose {AUTO_RANK} (the default: {TWIN_METHOD} where "
-            f"every architecture has a random-init twin, else ccfv), {TWIN_METHOD} (CC-FV minus the CC-FV of "
-            f"a random-init twin of the model's architecture) or one of {', '.join(METHODS)} (rank_aggregate "
-            "is computed by `report`, from every version's scores)."
+            f"--rank-by {rank_by!r} is not a ranking; choose {AUTO_RANK} (the default: {DEFAULT_RANKING} where "
+            f"every model has the random-init twin of its network, else {needed_estimators(AUTO_RANK)[-1]}), "
+            f"an estimator ({', '.join(METHODS)}), <estimator>_twin (the estimator minus that of the model's "
+            "random-init twin, e.g. ccfv_twin) or rank_aggregate."
         )
-    return methods if needed in methods else [*methods, needed]
+    return list(dict.fromkeys([*methods, *needed]))
 
 
 def _members(rows: list[dict[str, Any]]) -> list[Member]:
@@ -610,7 +619,7 @@ def _merged_order(rankings: list[Ranking], rank_by: str, rows: list[dict[str, An
 
 def _shown_methods(methods: Sequence[str], chosen: str) -> list[str]:
     """The table's score columns: the ranking's column first, then the estimators."""
-    return list(dict.fromkeys([chosen, *methods])) if chosen in (TWIN_METHOD, *METHODS) else list(methods)
+    return list(dict.fromkeys([chosen, *methods]))
 
 
 def _ranked_table(
@@ -631,7 +640,7 @@ def _ranked_table(
     out = []
     for r in rows:
         key = str(r["model"]).removeprefix("models:/")
-        extra = {TWIN_METHOD: values.get(key, float("nan"))} if order.method == TWIN_METHOD else {}
+        extra = {order.method: values.get(key, float("nan"))} if order.method not in METHODS else {}
         out.append({**r, **extra})
     return rank_table(out, _shown_methods(methods, order.method), dataset_name, ranks=ranks)
 
@@ -639,13 +648,15 @@ def _ranked_table(
 def _warn_ranking(requested: str, order: RankOrder) -> None:
     """Say when ``auto`` fell back to ``ccfv`` (and how to get the default ranking), when ``ccfv_twin``
     leaves versions unranked, and when a random-init control beats every pre-trained model."""
-    if order.without_twin and (requested == AUTO_RANK or order.method == TWIN_METHOD):
+    if order.without_twin and (requested == AUTO_RANK or is_twin(order.method)):
         _logger.warning(
             "%s: no random-init twin of the same network (constructor arguments and patch size) scored on this "
             "target for %s. Score again without --add-twins false (it registers one per network, no "
             "training) or register one yourself (mlflow-ccfv register --name <arch>-random-init "
             "--source-dataset %s --spec <the model's spec> --random-init true --bank <bank>)",
-            f"ranked by ccfv, not {TWIN_METHOD}" if order.method != TWIN_METHOD else f"{TWIN_METHOD} ranks last",
+            f"ranked by {order.method}, not {DEFAULT_RANKING}"
+            if not is_twin(order.method)
+            else f"{order.method} ranks last",
             ", ".join(order.without_twin),
             CONTROL_SOURCE,
         )
@@ -713,7 +724,7 @@ def score_from_options(
             overrides["roi_size"],
             "lower --roi-size (a typical window is 32-128 voxels a side).",
         )
-    twins_wanted = parse_bool(add_twins, "add_twins") and rank_by in (AUTO_RANK, TWIN_METHOD)
+    twins_wanted = parse_bool(add_twins, "add_twins") and is_twin(DEFAULT_RANKING if rank_by == AUTO_RANK else rank_by)
     versions = resolve_versions(split_list(models), bank=bank)
     ds = load_msd_dataset(dataset, data_root or None, cache_dir or None)
     if parse_bool(verify, "verify"):

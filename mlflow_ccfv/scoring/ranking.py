@@ -10,8 +10,11 @@ table, the evaluator and the study's report all build members and call these.
   (``source_dataset=random-init``), never a control of another configuration of the same class.
 - **``ccfv_twin``** = a model's CC-FV minus its twin's CC-FV on the same target (the twin scores 0);
   a model whose identity has no control among the members has none (NaN).
-- **``auto``** ranks by ``ccfv_twin`` when every candidate has a twin among the members, else by
-  ``ccfv`` (one rule for the whole group: two scales are never mixed).
+- **Rankings**: an estimator's score; ``<estimator>_twin`` (``ccfv_twin`` for ``ccfv``) = the estimator
+  minus its twin's; ``rank_aggregate`` = minus the mean rank under :data:`AGGREGATED_METHODS`.
+- **``auto``** ranks by :data:`DEFAULT_RANKING` (chosen by the pre-registered rule of
+  docs/preregistration.md); a twin-calibrated default falls back to its estimator when a candidate has no
+  twin among the members (one rule for the whole group: two scales are never mixed).
 - **Candidates and controls.** Random-init controls are references, not candidates: they get no rank
   and never the ``best-<dataset>`` alias. When a control scores above the best candidate, the ranking
   says so (:attr:`RankOrder.control_above`): no pre-trained model is expected to beat training from
@@ -28,17 +31,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AGGREGATED_METHODS",
     "AUTO_RANK",
     "CONTROL_SOURCE",
+    "DEFAULT_RANKING",
+    "RANK_AGGREGATE",
     "FROM_SCRATCH_WARNING",
     "TWIN_METHOD",
     "TWIN_SEED",
     "Member",
     "RankOrder",
     "choose_ranking",
+    "is_twin",
+    "needed_estimators",
     "network_identity",
     "rank_members",
     "ranking_score",
+    "twin_base",
     "twin_scores",
 ]
 
@@ -46,8 +55,13 @@ __all__ = [
 CONTROL_SOURCE = "random-init"
 #: The twin-calibrated ranking: CC-FV minus the CC-FV of the model's random-init twin.
 TWIN_METHOD = "ccfv_twin"
-#: The default ranking: ``ccfv_twin`` where every candidate has a twin, else ``ccfv``.
+#: ``--rank-by`` value of the default ranking.
 AUTO_RANK = "auto"
+#: What ``auto`` ranks by (the pre-registered rule's choice, docs/preregistration.md; docs/study.md).
+DEFAULT_RANKING = TWIN_METHOD
+#: The rank aggregate: minus the mean rank of a model under these estimators (pre-registered).
+RANK_AGGREGATE = "rank_aggregate"
+AGGREGATED_METHODS = ("ccfv_no_variety", "gbc", "logme")
 #: Seed of the random weights of a twin (registered by ``score``, built by the evaluator).
 TWIN_SEED = 0
 #: What a ranking says when a random-init control scores above every pre-trained candidate.
@@ -55,6 +69,31 @@ FROM_SCRATCH_WARNING = "no pre-trained model is expected to beat training from s
 
 #: Constructor arguments that name the output channels (MONAI's and nnU-Net's spelling): not identity.
 _OUTPUT_KEYS = ("out_channels", "num_classes")
+
+
+def is_twin(method: str) -> bool:
+    """Whether ``method`` is a twin-calibrated ranking (``ccfv_twin``, ``ccfv_no_variety_twin`` ...)."""
+    return method.endswith("_twin")
+
+
+def twin_base(method: str) -> str:
+    """The estimator a twin-calibrated ranking calibrates: ``ccfv_twin`` -> ``ccfv``."""
+    return method[: -len("_twin")]
+
+
+def needed_estimators(method: str) -> tuple[str, ...]:
+    """The estimators whose stored scores ``method`` (a ranking, or ``auto``) is computed from."""
+    if method == AUTO_RANK:
+        return tuple(dict.fromkeys([*needed_estimators(DEFAULT_RANKING), *_fallback_needs()]))
+    if is_twin(method):
+        return (twin_base(method),)
+    if method == RANK_AGGREGATE:
+        return AGGREGATED_METHODS
+    return (method,)
+
+
+def _fallback_needs() -> tuple[str, ...]:
+    return (twin_base(DEFAULT_RANKING),) if is_twin(DEFAULT_RANKING) else ()
 
 
 def network_identity(architecture: str, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> str:
@@ -110,19 +149,43 @@ def twin_scores(members: Sequence[Member], method: str = "ccfv") -> list[float]:
     ]
 
 
-def choose_ranking(members: Sequence[Member]) -> tuple[str, list[str]]:
-    """What ``auto`` ranks by: ``(ccfv_twin, [])`` when every candidate has a twin among ``members``,
-    else ``(ccfv, the labels of the candidates without one)``."""
-    twins = _twins(members, "ccfv")
-    lonely = sorted((m.model for m in members if not m.is_control and m.network not in twins), key=_sort_key)
+def _without_twin(members: Sequence[Member], method: str) -> list[str]:
+    twins = _twins(members, twin_base(method))
+    return sorted((m.model for m in members if not m.is_control and m.network not in twins), key=_sort_key)
+
+
+def choose_ranking(members: Sequence[Member], preferred: str = DEFAULT_RANKING) -> tuple[str, list[str]]:
+    """What ``auto`` ranks by: ``(preferred, [])``, except that a twin-calibrated ``preferred`` needs every
+    candidate's twin among ``members``: without, ``(its estimator, the candidates without one)``."""
+    if not is_twin(preferred):
+        return preferred, []
+    lonely = _without_twin(members, preferred)
     candidates = [m for m in members if not m.is_control]
-    return (TWIN_METHOD if candidates and not lonely else "ccfv"), lonely
+    return (preferred if candidates and not lonely else twin_base(preferred)), lonely
+
+
+def _rank_aggregate(members: Sequence[Member]) -> list[float]:
+    """Minus the mean rank (1 = best, ties averaged) of each member under :data:`AGGREGATED_METHODS`
+    among ``members``, over the ones it has a finite score for; NaN with none."""
+    ranks: list[list[float]] = [[] for _ in members]
+    for method in AGGREGATED_METHODS:
+        scored = [
+            (i, float(m.scores[method])) for i, m in enumerate(members) if math.isfinite(m.scores.get(method, math.nan))
+        ]
+        for i, value in scored:
+            above = sum(1 for _, v in scored if v > value)
+            ties = sum(1 for _, v in scored if v == value)
+            ranks[i].append(above + (ties + 1) / 2)
+    return [-sum(r) / len(r) if r else math.nan for r in ranks]
 
 
 def ranking_score(members: Sequence[Member], method: str) -> list[float]:
-    """Each member's score under ``method`` (an estimator's name or ``ccfv_twin``); NaN where missing."""
-    if method == TWIN_METHOD:
-        return twin_scores(members)
+    """Each member's score under the ranking ``method`` (an estimator, ``<estimator>_twin`` or
+    ``rank_aggregate``); NaN where missing."""
+    if is_twin(method):
+        return twin_scores(members, twin_base(method))
+    if method == RANK_AGGREGATE:
+        return _rank_aggregate(members)
     return [float(m.scores[method]) if method in m.scores else math.nan for m in members]
 
 
@@ -162,8 +225,8 @@ def rank_members(members: Sequence[Member], method: str = AUTO_RANK) -> RankOrde
     lonely: list[str] = []
     if method == AUTO_RANK:
         method, lonely = choose_ranking(members)
-    elif method == TWIN_METHOD:
-        lonely = choose_ranking(members)[1]
+    elif is_twin(method):
+        lonely = _without_twin(members, method)
     values = ranking_score(members, method)
     pairs = list(zip(members, values))
 

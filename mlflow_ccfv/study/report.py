@@ -32,6 +32,7 @@ import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.estimators.catalogue import method_labels, method_names
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING, needed_estimators
 from mlflow_ccfv.study.correlation import pearson, weighted_tau
 from mlflow_ccfv.study.evidence import (
     PLATEAU_TOLERANCE,
@@ -46,7 +47,7 @@ from mlflow_ccfv.study.evidence import (
 from mlflow_ccfv.study.goal import goal_markdown, goal_table
 from mlflow_ccfv.study.sanity import choose_default, sanity_markdown, sanity_table
 from mlflow_ccfv.study.tables import to_markdown
-from mlflow_ccfv.study.variants import AUTO_RANK, TWIN_METHOD, VARIANTS, add_variants
+from mlflow_ccfv.study.variants import AUTO_RANK, VARIANTS, add_variants
 
 __all__ = [
     "METHOD_LABELS",
@@ -457,8 +458,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = add_variants(_check_frame(frame))
-    if rank_by == AUTO_RANK:
-        rank_by = TWIN_METHOD if (frame["method"] == TWIN_METHOD).any() else "ccfv"
+    if rank_by == AUTO_RANK:  # the default ranking where the bank has what it needs, else its estimator
+        rank_by = DEFAULT_RANKING if (frame["method"] == DEFAULT_RANKING).any() else needed_estimators(AUTO_RANK)[-1]
     corr = correlations(frame)
     t1, t2, rg = table1(corr), table2(corr), regret_table(corr)
     report = Report(corr, t1, t2, rg, discrimination=discrimination_table(frame), scores=frame)

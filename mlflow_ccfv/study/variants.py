@@ -15,11 +15,19 @@ variants' rows, copying each model's descriptive columns.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD, TWIN_SEED, Member, twin_scores
+from mlflow_ccfv.scoring.ranking import (
+    AGGREGATED_METHODS,
+    AUTO_RANK,
+    CONTROL_SOURCE,
+    RANK_AGGREGATE,
+    TWIN_METHOD,
+    TWIN_SEED,
+    Member,
+    ranking_score,
+    twin_scores,
+)
 
 __all__ = [
     "AGGREGATED_METHODS",
@@ -48,8 +56,6 @@ def twin_name(method: str) -> str:
 
 #: The variants' method names.
 VARIANTS = (*(twin_name(m) for m in TWIN_CALIBRATED), "rank_aggregate")
-#: The estimators ``rank_aggregate`` averages the ranks of (chosen in docs/preregistration.md).
-AGGREGATED_METHODS = ("ccfv_no_variety", "gbc", "logme")
 
 
 def _identity_column(frame: pd.DataFrame) -> pd.Series:
@@ -85,26 +91,29 @@ def twin_calibrated(frame: pd.DataFrame, method: str = "ccfv") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=frame.columns)
 
 
-def rank_aggregate(frame: pd.DataFrame, methods: tuple[str, ...] = AGGREGATED_METHODS) -> pd.DataFrame:
-    """Rows ``rank_aggregate``: per (dataset, model) minus the mean of its ranks under ``methods``
-    within the dataset's bank (rank 1 = highest score, ties averaged; non-finite scores unranked)."""
-    sub = frame[frame["method"].isin(methods)]
+def rank_aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``rank_aggregate``: per (dataset, model) minus the mean of its ranks under
+    :data:`~mlflow_ccfv.scoring.ranking.AGGREGATED_METHODS` within the dataset's bank (the rule of
+    :func:`~mlflow_ccfv.scoring.ranking.ranking_score`: rank 1 = highest score, ties averaged)."""
+    sub = frame[frame["method"].isin(AGGREGATED_METHODS)]
     rows = []
     for _, g in sub.groupby("dataset", sort=True):
-        ranks: dict[str, list[float]] = {}
-        for _, m in g.groupby("method"):
-            m = m[np.isfinite(m["score"].astype(float))]
-            if m.empty:
-                continue
-            r = stats.rankdata(-m["score"].to_numpy(float), method="average")
-            for model, value in zip(m["model"], r):
-                ranks.setdefault(str(model), []).append(float(value))
+        wide = g.pivot_table(index="model", columns="method", values="score", aggfunc="first")
         first = g.drop_duplicates("model").set_index("model")
-        for model, values in sorted(ranks.items()):
-            out = {"model": model, **first.loc[model].to_dict()}
-            out["method"] = "rank_aggregate"
-            out["score"] = -float(np.mean(values))
-            rows.append(out)
+        members = [
+            Member(str(model), None, None, {m: float(v) for m, v in values.items() if v == v})
+            for model, values in wide.iterrows()
+        ]
+        for member, value in zip(members, ranking_score(members, RANK_AGGREGATE)):
+            if value == value:
+                rows.append(
+                    {
+                        **first.loc[member.model].to_dict(),
+                        "model": member.model,
+                        "method": RANK_AGGREGATE,
+                        "score": value,
+                    }
+                )
     return pd.DataFrame(rows, columns=frame.columns)
 
 

@@ -40,6 +40,7 @@ from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.errors import OptionError, RegistryError
+from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.networks import (
     DEFAULT_PATCH_SIZE,
     NetworkSpec,
@@ -50,7 +51,7 @@ from mlflow_ccfv.networks import (
     normalise_state_dict,
 )
 from mlflow_ccfv.options import format_ints, parse_ints
-from mlflow_ccfv.scoring.ranking import TWIN_METHOD, Member, RankOrder, network_identity, rank_members
+from mlflow_ccfv.scoring.ranking import Member, RankOrder, network_identity, rank_members
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
@@ -778,10 +779,11 @@ def _plan_ranking(dataset: str, group: str, method: str, bank: str | None) -> _P
         name, version = _split_label(m.model)
         if tags_of[m.model].get(rank_key) != str(i):
             set_tags.append((name, version, rank_key, str(i)))
-    for m, value in [*order.ranked, *order.controls]:  # the ranking score beside the estimators' (UI, rank)
+    not_estimator = order.method not in METHODS  # a ranking of its own (ccfv_twin ...): stored beside the estimators'
+    for m, value in [*order.ranked, *order.controls]:
         name, version = _split_label(m.model)
         text = f"{value:.6g}"
-        if order.method == TWIN_METHOD and value == value and tags_of[m.model].get(method_key) != text:
+        if not_estimator and value == value and tags_of[m.model].get(method_key) != text:
             set_tags.append((name, version, method_key, text))
     candidates = {m.model for m, _ in order.ranked}
     drop_tags = [

@@ -28,8 +28,8 @@ from mlflow.exceptions import MlflowException
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.target import Target
-from mlflow_ccfv.training.curves import training_curve_png
 from mlflow_ccfv.tracking.retry import retrying
+from mlflow_ccfv.training.curves import training_curve_png
 
 __all__ = [
     "command_run",
