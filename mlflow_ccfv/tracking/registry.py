@@ -44,6 +44,7 @@ from mlflow_ccfv.networks import (
     NetworkSpec,
     build_with_weights,
     check_finite_weights,
+    check_patch_fits,
     check_spec,
     decoder_layers,
     normalise_state_dict,
@@ -258,6 +259,8 @@ def register_network(
     state = normalise_state_dict(state_dict)
     check_spec(spec)
     check_finite_weights(state)
+    patch = _patch_size(patch_size, spec)
+    check_patch_fits(spec, patch)  # a spec deeper than its patch would fail every later score
     module = build_with_weights(spec, state)
     tags = _version_tags(
         architecture=spec.architecture,
@@ -265,7 +268,7 @@ def register_network(
         feature_layers=_decoder_layers(module),
         in_channels=spec.in_channels,
         out_channels=spec.out_channels,
-        patch_size=_patch_size(patch_size, spec),
+        patch_size=patch,
         bank=bank,
         flavor=FLAVOR_NAME,
         extra_tags=extra_tags,
