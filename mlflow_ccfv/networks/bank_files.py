@@ -249,7 +249,10 @@ def read_manifest(directory: str | os.PathLike) -> BankManifest:
         raise RegistryError(f"{path}: 'models' must be a list of entries, got {_shown(entries)}; restore it.")
     if not _is_str_dict(data.get("notes", {})):
         raise RegistryError(f"{path}: 'notes' must be an object, got {_shown(data.get('notes'))}; restore it.")
-    models = [ManifestEntry.from_dict(m, i) for i, m in enumerate(entries)]
+    try:
+        models = [ManifestEntry.from_dict(m, i) for i, m in enumerate(entries)]
+    except RegistryError as exc:
+        raise RegistryError(f"{path}: {exc}") from None
     if not models:
         raise RegistryError(f"{path} lists no models; export a bank with at least one model.")
     names = [m.name for m in models]
