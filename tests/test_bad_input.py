@@ -202,6 +202,43 @@ def _all_zero_labels(w: World) -> list[str]:
     return ["score", "--dataset", str(folder), "--bank", "b"]
 
 
+def _one_empty_label(w: World, name: str) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    folder = w.task(name)
+    path = folder / "labelsTr" / "spleen_001.nii.gz"
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, dtype=np.uint8), img.affine), str(path))
+    return folder
+
+
+def _dataset_json_symlink_out(w: World) -> list[str]:
+    folder = w.task("Task80_JsonLink")
+    outside = w.root / "dataset-elsewhere.json"
+    (folder / "dataset.json").rename(outside)  # a valid dataset.json outside: must still be refused
+    (folder / "dataset.json").symlink_to(outside)
+    return ["score", "--dataset", str(folder), "--bank", "b"]
+
+
+def _pickled_checkpoint(w: World) -> list[str]:
+    from mlflow_ccfv.networks import NetworkSpec, build_network
+
+    path = w.root / "module.pt"
+    torch.save(build_network(NetworkSpec(SPEC["architecture"], SPEC["kwargs"])), path)  # a whole module, pickled
+    return (
+        REGISTER[:2] + ["pickled"] + REGISTER[3:] + ["--spec", str(w.root / "ok-spec.json"), "--checkpoint", str(path)]
+    )
+
+
+def _garbage_checkpoint(w: World) -> list[str]:
+    path = w.root / "garbage.pt"
+    path.write_bytes(b"not a checkpoint at all " * 8)
+    return (
+        REGISTER[:2] + ["garbage"] + REGISTER[3:] + ["--spec", str(w.root / "ok-spec.json"), "--checkpoint", str(path)]
+    )
+
+
 def _million(w: World) -> list[str]:
     folder = w.data / "Task83_Huge"
     folder.mkdir()
@@ -325,6 +362,19 @@ ROWS = [
     Row("truncated image file", _corrupt_image, DATASET, "cannot be read as NIfTI"),
     Row("all-zero label maps", _all_zero_labels, DATASET, "all background"),
     Row("20k broken entries", _million, DATASET, "stopped after 1000 failing cases"),
+    Row(
+        "one empty label map (score, before any run)",
+        lambda w: ["score", "--dataset", str(_one_empty_label(w, "Task82_OneEmpty")), "--bank", "b"],
+        DATASET,
+        "spleen_001.nii.gz is all background (0)",
+    ),
+    Row(
+        "one empty label map (verify)",
+        lambda w: ["verify", str(_one_empty_label(w, "Task81_OneEmptyVerify"))],
+        DATASET,
+        "spleen_001.nii.gz is all background (0)",
+    ),
+    Row("dataset.json a symlink leading out", _dataset_json_symlink_out, DATASET, "outside the dataset folder"),
     # register: specification fields and weights
     Row("spec channels 10**9", lambda w: _spec(w, "c1", {"channels": [10**9, 16]}), OPTION, "kwargs.channels"),
     Row("spec channels abc", lambda w: _spec(w, "c2", {"channels": "abc"}), OPTION, "kwargs.channels"),
@@ -335,6 +385,14 @@ ROWS = [
     Row("spec unknown architecture", lambda w: _spec(w, "c7", text='{"architecture": "Magic"}'), OPTION, "Magic"),
     Row("spec not JSON", REGISTER + ["--spec", "{oops", "--random-init", "true"], OPTION, "Not a network spec"),
     Row("spec deeply nested", REGISTER + ["--spec", "[" * 50_000, "--random-init", "true"], OPTION, "Not a network"),
+    Row(
+        "spec deeper than its patch (9 levels, 32^3)",
+        lambda w: _spec(w, "deep", {"channels": [4] * 9, "strides": [2] * 8}),
+        OPTION,
+        "cannot take a 32x32x32 patch",
+    ),
+    Row("pickled checkpoint", _pickled_checkpoint, OPTION, "holds the Python object"),
+    Row("garbage checkpoint", _garbage_checkpoint, OPTION, "not a PyTorch checkpoint"),
     Row("NaN weights", lambda w: _checkpoint(w, "nan", math.nan), OPTION, "NaN or inf"),
     Row("inf weights", lambda w: _checkpoint(w, "inf", math.inf), OPTION, "NaN or inf"),
     Row("small spec letters", REGISTER + ["--small-spec", "UNet:x:2", "--random-init", "true"], OPTION, "UNet:1:3"),
@@ -354,6 +412,15 @@ ROWS = [
         OPTION,
         "patch_size",
     ),
+    *[
+        Row(
+            f"register tag in the reserved {prefix} namespace",
+            REGISTER + ["--small-spec", "UNet:1:2", "--random-init", "1", "--tag", f"{prefix}rank.Task09=1"],
+            OPTION,
+            f"namespace {prefix!r}",
+        )
+        for prefix in ("transferability.", "finetune.", "ccfv.", "pretrain.", "weights.")
+    ],
     Row("nnU-Net fold five", REGISTER + ["--nnunet", "x", "--fold", "five"], OPTION, "--fold must be a fold number"),
     # training: budgets and memory
     Row("finetune patch 512 (24 GB)", FINETUNE + ["--patch-size", "512,512,512"], OPTION, "of memory"),
@@ -436,6 +503,7 @@ def test_bad_input_is_refused_by_name_and_leaves_nothing(world, row, monkeypatch
     assert isinstance(result.exception, SystemExit), f"{row.kind}: {result.exception!r}"
     assert row.fragment in output, f"{row.kind}: {row.fragment!r} not in\n{output[-3000:]}"
     assert "Traceback" not in output
+    assert "weights_only` set to `False`" not in output and "weights_only=False" not in output
     assert len(output) < 8000, f"{row.kind}: {len(output)} characters of output"
     assert _store(world.uri) == store, f"{row.kind} wrote to the tracking store"
     assert _files(world.root) == files, f"{row.kind} left files: {sorted(_files(world.root) ^ files)[:5]}"

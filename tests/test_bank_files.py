@@ -97,3 +97,43 @@ def test_export_then_register_gives_the_same_weights_once(tracking_uri, tmp_path
     generate_task("Task06", other, n_cases=5, shape=(32, 32, 24), seed=7, progress=False)
     with pytest.raises(OptionError, match="other data"):
         export_bank("src", tmp_path / "out2", data_root=other)
+
+
+def _edit_first(field: str, value):
+    def edit(manifest: dict) -> None:
+        if value is _REMOVE:
+            manifest["models"][0].pop(field)
+        else:
+            manifest["models"][0][field] = value
+
+    return edit
+
+
+_REMOVE = object()
+BAD_MANIFESTS = {
+    "models: [1]": (lambda m: m.__setitem__("models", [1]), "Manifest entry 0 must be an object"),
+    "models not a list": (lambda m: m.__setitem__("models", {"a": 1}), "'models' must be a list"),
+    "file: 5": (_edit_first("file", 5), "file must be a file name relative to the bank folder"),
+    "file ../x": (_edit_first("file", "../outside.safetensors"), "file must be a file name relative"),
+    "sha256 not hex": (_edit_first("sha256", "abc"), "sha256 must be 64 lower-case hex digits"),
+    "spec a list": (_edit_first("spec", [1]), "spec must be an object"),
+    "spec without architecture": (_edit_first("spec", {"kwargs": {}}), "spec must be an object"),
+    "patch_size text": (_edit_first("patch_size", "32"), "patch_size must be three integers"),
+    "source_dice text": (_edit_first("source_dice", "high"), "source_dice must be a number or null"),
+    "reproduce a text": (_edit_first("reproduce", "mlflow-ccfv synth"), "reproduce must be a list of texts"),
+    "no name": (_edit_first("name", _REMOVE), "lacks the field 'name'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MANIFESTS), ids=list(BAD_MANIFESTS))
+def test_a_malformed_manifest_entry_is_refused_by_field(tmp_path, case):
+    edit, fragment = BAD_MANIFESTS[case]
+    folder = tmp_path / "bank"
+    shutil.copytree(SHIPPED_BANK, folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    edit(manifest)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(RegistryError) as err:
+        verify_bank(folder)
+    assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert str(err.value).startswith(str(folder / MANIFEST_FILE))

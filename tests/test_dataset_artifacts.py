@@ -145,3 +145,37 @@ def test_a_study_target_given_as_a_logged_dataset_resolves_from_another_folder(t
     assert config.references == {str(local): uri} and config.location(local) == uri
     assert config.location(tmp_path) == str(tmp_path)
     assert not (tmp_path / "synthetic").exists()  # no synthetic task generated for a logged target
+
+
+def test_a_cached_file_replaced_by_another_valid_one_of_the_same_size_is_downloaded_again(tracking_uri, tmp_path):
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    folder = make_target_folder(tmp_path / "data")
+    meta = json.loads((folder / "dataset.json").read_text())
+    for entry in meta["training"]:  # uncompressed labels: an edited label keeps its size to the byte
+        gz = folder / entry["label"]
+        plain = gz.with_name(gz.name.removesuffix(".gz"))
+        img = nib.load(str(gz))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(plain))
+        gz.unlink()
+        entry["label"] = entry["label"].removesuffix(".gz")
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    uri = _log(CliRunner(), folder)
+    cache = tmp_path / "cache"
+    local = resolve_dataset_reference(uri, cache)
+    victim = local / meta["training"][0]["label"]
+    uploaded = victim.read_bytes()
+    img = nib.load(str(victim))
+    labels = np.asarray(img.dataobj).copy()
+    labels[labels == 0] = 1  # a valid label map of the same grid, dtype and size: another segmentation
+    nib.save(nib.Nifti1Image(labels, img.affine, img.header), str(victim))
+    assert victim.stat().st_size == len(uploaded) and victim.read_bytes() != uploaded
+
+    assert resolve_dataset_reference(uri, cache) == local
+    assert victim.read_bytes() == uploaded  # the damaged copy was not used: downloaded again
+    assert not [p for p in (cache / "datasets").iterdir() if p.name.startswith(".")]  # nothing set aside is left
+    victim.unlink()
+    assert resolve_dataset_reference(uri, cache) == local and victim.read_bytes() == uploaded

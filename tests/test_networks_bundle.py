@@ -179,3 +179,57 @@ def test_register_bundle_and_load_it_back(tracking_uri, tmp_path):
     x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(loaded.module(x), original(x))
+
+
+# Expressions that ran for minutes, or ended in a traceback, before they were bounded.
+HEAVY_EXPRESSIONS = {
+    "$((9**64)**64)**64 % 3 + 1": "integer longer than",  # the full tower of five runs for minutes: below
+    "$[[8]*10000]*10000": "more than 10000 elements",
+    "$len('a'*(10**64))": "more than 10000 elements",
+    "$'%0999999999d' % 1": "formatting",
+    "$'a' - 1": "TypeError",
+    "$" + "+".join(["1"] * 4000): "nested too deeply",
+    "$str([[1]*100]*99)": "more than 10000 elements",
+}
+
+
+@pytest.mark.parametrize("expression", list(HEAVY_EXPRESSIONS), ids=[e[:40] for e in HEAVY_EXPRESSIONS])
+def test_expressions_are_bounded_in_size_and_time(expression):
+    import time
+
+    evaluate_expression("$1", {})  # the first call imports MONAI's config classes
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=HEAVY_EXPRESSIONS[expression]):
+        evaluate_expression(expression, {})
+    assert time.monotonic() - start < 1.0
+    assert evaluate_expression("$9**64 % 3 + 1", {}) == 1 and evaluate_expression("$[8] * 4", {}) == [8] * 4
+
+
+@pytest.mark.parametrize("argument,expression", [("out_channels", "$((((9**64)**64)**64)**64)**64 % 3 + 1"),
+                                                 ("channels", "$[[8]*10000]*10000")])  # fmt: skip
+def test_register_refuses_a_heavy_bundle_expression_quickly(tracking_uri, tmp_path, argument, expression):
+    """The real command, in its own process: before the budget it ran for minutes (killed here at 120 s)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    folder, _ = write_bundle(tmp_path, "UNet")
+    config_file = folder / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
+    config["network_def"][argument] = expression
+    config_file.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "mlflow_ccfv", "register", "--name", "b", "--source-dataset", "x"]
+    start = time.monotonic()
+    done = subprocess.run(
+        [*command, "--bundle", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"},
+    )
+    took = time.monotonic() - start
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and lines[0].startswith("register failed:") and "network_def: an argument" in lines[0]
+    assert took < 60, took  # start-up (imports, store) only

@@ -301,3 +301,64 @@ def test_register_nnunet_and_load_it_back(tracking_uri, tmp_path):
         main, ["register", "--name", "x", "--source-dataset", "y", "--nnunet", str(folder), "--fold", "five"]
     )
     assert result.exit_code == 2 and "--fold must be a fold number" in result.output
+
+
+def _set(path: list, value):
+    """An edit of plans.json: ``path`` of keys from the top, the last one set to ``value`` (or removed: None)."""
+
+    def edit(plans: dict) -> None:
+        node = plans
+        for key in path[:-1]:
+            node = node[key]
+        if value is None:
+            node.pop(path[-1])
+        else:
+            node[path[-1]] = value
+
+    return edit
+
+
+FULLRES = ["configurations", "3d_fullres"]
+BAD_PLANS = {
+    "architecture a function name": ("2.4", _set([*FULLRES, "architecture"], "os.system"), "architecture must be"),
+    "configurations a list": ("2.4", _set(["configurations"], ["3d_fullres"]), "configurations must be"),
+    "old plans without n_conv_per_stage_encoder": (
+        "2.1",
+        _set([*FULLRES, "n_conv_per_stage_encoder"], None),
+        "n_conv_per_stage_encoder must be",
+    ),
+    "transpose_forward out of range": ("2.4", _set(["transpose_forward"], [0, 1, 7]), "transpose_forward must be"),
+    "arch_kwargs a list": ("2.4", _set([*FULLRES, "architecture", "arch_kwargs"], [1]), "arch_kwargs must be"),
+    "patch_size text": ("2.4", _set([*FULLRES, "patch_size"], "big"), "patch_size must be"),
+    "inherits_from a number": ("2.4", _set([*FULLRES, "inherits_from"], 3), "inherits_from must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PLANS), ids=list(BAD_PLANS))
+def test_plans_of_an_unexpected_shape_are_refused_by_field(tmp_path, case):
+    plans_format, edit, fragment = BAD_PLANS[case]
+    folder, _ = write_nnunet_model(tmp_path, plans_format=plans_format)
+    plans = json.loads((folder / "plans.json").read_text())
+    edit(plans)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ValueError) as err:
+        read_nnunet(folder, 0, configuration="3d_fullres")
+    assert type(err.value) is ValueError, repr(err.value)  # not a KeyError / IndexError underneath
+    assert fragment in str(err.value) and "plans.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_register_refuses_bad_plans_with_one_line(tracking_uri, tmp_path):
+    from click.testing import CliRunner
+
+    from mlflow_ccfv.cli import main
+
+    folder, _ = write_nnunet_model(tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["transpose_forward"] = [0, 1, 7]
+    (folder / "plans.json").write_text(json.dumps(plans))
+    result = CliRunner().invoke(main, ["register", "--name", "x", "--source-dataset", "y", "--nnunet", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "transpose_forward must be a permutation" in result.output and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if " INFO " not in line] == [
+        next(line for line in result.output.splitlines() if line.startswith("register failed:"))
+    ]

@@ -145,3 +145,61 @@ def test_score_skips_pickled_versions_without_opt_in(tracking_uri, tmp_path, mon
     assert mark.read_text() == "unpickled"
     tags = MlflowClient().get_model_version("unet-pickled", "1").tags
     assert f"transferability.ccfv.{TARGET_TASK}" in tags
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _refused_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Checkpoint files torch.load(weights_only=True) refuses, and the clause each refusal must give."""
+    made: dict[str, tuple[Path, str]] = {}
+    path = folder / "runs-code.pt"
+    torch.save({"state": _RunsCode(folder / "executed")}, path)
+    made["runs code"] = (path, "holds the Python object posix.system")
+    path = folder / "module.pt"
+    torch.save(build_network(SPEC), path)
+    made["pickled module"] = (path, "holds the Python object monai.networks.nets.unet.UNet")
+    path = folder / "garbage.pt"
+    path.write_bytes(b"\x80\x02garbage" * 40)
+    made["garbage"] = (path, "not a PyTorch checkpoint")
+    good = folder / "good.pt"
+    torch.save(build_network(SPEC).state_dict(), good)
+    path = folder / "truncated.pt"
+    path.write_bytes(good.read_bytes()[:4000])
+    made["truncated"] = (path, "truncated or corrupted")
+    path = folder / "empty.pt"
+    path.write_bytes(b"")
+    made["empty"] = (path, "empty or truncated")
+    return made
+
+
+def test_a_refused_checkpoint_is_one_line_without_the_advice_to_unpickle(tracking_uri, tmp_path):
+    for kind, (path, clause) in _refused_checkpoints(tmp_path).items():
+        result = CliRunner().invoke(
+            main,
+            [
+                "register",
+                "--name",
+                "x",
+                "--source-dataset",
+                "none",
+                "--small-spec",
+                "UNet:1:3",
+                "--checkpoint",
+                str(path),
+            ],
+        )
+        lines = [line for line in result.output.splitlines() if " INFO " not in line]
+        assert result.exit_code == 2, f"{kind}: {result.output}"
+        assert len(lines) == 1 and lines[0].startswith("register failed: Cannot read checkpoint"), f"{kind}: {lines}"
+        assert clause in lines[0] and str(path) in lines[0], f"{kind}: {lines[0]}"
+        assert "weights_only=False" not in result.output and "set to `False`" not in result.output, kind
+        assert "add_safe_globals" not in result.output, kind
+    assert not (tmp_path / "executed").exists() and mlflow.search_registered_models() == []

@@ -78,7 +78,13 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     help="Training patch / sliding-window ROI, e.g. 32,32,32 (default: UNETR img_size or 32,32,32).",
 )
 @click.option("--description", default="", help="Version description.")
-@click.option("--tag", "tags", multiple=True, help="Extra version tag KEY=VALUE (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Extra version tag KEY=VALUE (repeatable); not in the namespaces mlflow-ccfv writes "
+    "(transferability., finetune., ccfv., pretrain., weights.).",
+)
 @allow_pickle_option
 def register(
     name,

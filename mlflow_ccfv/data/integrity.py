@@ -3,8 +3,9 @@
 For every case listed in ``dataset.json``: both files exist and load completely; the image is 3D
 (one channel) or 4D ``[X, Y, Z, C]`` with one channel per declared modality; the label is 3D on the
 same grid (same shape, affines equal within ``affine_tol``); label values are integers declared in
-``labels``; neither file holds NaN or inf. Every failure is collected, then reported at once in a
-:class:`DatasetError` whose lines each name the case, the file, the problem and the fix.
+``labels``; neither file holds NaN or inf; the label map holds foreground (a value other than 0).
+Every failure is collected, then reported at once in a :class:`DatasetError` whose lines each name
+the case, the file, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -143,6 +144,12 @@ def verify_case(case: CaseFiles, n_channels: int, labels: dict[int, str], affine
             f"case {cid!r}: label file {case.label} contains values {undeclared} not declared in "
             f"dataset.json 'labels' ({sorted(labels)}); declare them or remap the label map."
         )
+    if not (values != 0).any():
+        raise DatasetError(
+            f"case {cid!r}: label file {case.label} is all background (0), with no foreground voxel; CC-FV "
+            "samples every case's foreground, so scoring would fail. Restore its segmentation or remove the case "
+            "from dataset.json."
+        )
     return CaseReport(
         case_id=cid,
         shape=tuple(int(s) for s in label.shape),
@@ -188,13 +195,6 @@ def verify_dataset(dataset: TaskFolder, affine_tol: float = 1e-3, progress: bool
             f"dataset {dataset.name!r} at {dataset.root} failed its integrity check ({count}):\n- "
             + "\n- ".join(p if len(p) <= 1000 else p[:1000] + " ..." for p in shown)
             + (f"\n- ... and {more} more case(s) (fix the ones above first)" if more else "")
-        )
-    voxels = report.label_voxels()
-    if not any(n for k, n in voxels.items() if k != 0):
-        raise DatasetError(
-            f"dataset {dataset.name!r} at {dataset.root}: every label map is all background (0) in all "
-            f"{report.n_cases} case(s); there is nothing to segment or score. Check that labelsTr/ holds "
-            "the segmentations (not empty masks)."
         )
     log.info("dataset %s verified: %d cases", dataset.name, report.n_cases)
     return report

@@ -223,6 +223,12 @@ class MSDDataset:
             raise DatasetError(
                 f"{root} has no dataset.json. An MSD task folder needs dataset.json, imagesTr/ and labelsTr/."
             )
+        real = str(meta_path.resolve())
+        if not real.startswith(str(root) + os.sep):
+            raise DatasetError(
+                f"{meta_path} is a symlink to {real}, outside the dataset folder {root}; only files inside the "
+                "task folder are read. Copy dataset.json into the task folder."
+            )
         meta = _read_dataset_json(meta_path)
         for key in ("labels", "modality", "training"):
             if key not in meta:

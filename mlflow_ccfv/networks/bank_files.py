@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,73 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path), device="cpu")
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_dict(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+
+
+#: Each manifest field: (its test, what it must be). ``name``, ``file``, ``sha256``, ``spec`` and
+#: ``source_dataset`` are required; the others have defaults.
+_ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty text"),
+    "file": (
+        lambda v: isinstance(v, str) and bool(v) and not Path(v).is_absolute() and ".." not in Path(v).parts,
+        "a file name relative to the bank folder (no '..', not absolute)",
+    ),
+    "sha256": (lambda v: isinstance(v, str) and bool(_SHA256.match(v)), "64 lower-case hex digits"),
+    "spec": (
+        lambda v: (
+            _is_str_dict(v)
+            and isinstance(v.get("architecture"), str)
+            and bool(v["architecture"])
+            and _is_str_dict(v.get("kwargs", {}))
+        ),
+        'an object {"architecture": "UNet", "kwargs": {...}}',
+    ),
+    "source_dataset": (lambda v: isinstance(v, str) and bool(v), "a non-empty text"),
+    "checkpoint": (lambda v: isinstance(v, str), "a text (final or early)"),
+    "source_dice": (
+        lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+        "a number or null",
+    ),
+    "patch_size": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(s) and 1 <= s <= 4096 for s in v),
+        "three integers in [1, 4096]",
+    ),
+    "pretrain": (_is_str_dict, "an object"),
+    "train_config": (_is_str_dict, "an object"),
+    "source_data": (_is_str_dict, "an object"),
+    "reproduce": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of texts"),
+    "exported_from": (lambda v: isinstance(v, str), "a text"),
+}
+_REQUIRED_FIELDS = ("name", "file", "sha256", "spec", "source_dataset")
+
+
+def _check_entry(d: Any, index: int) -> None:
+    """Raise a :class:`~mlflow_ccfv.errors.RegistryError` naming entry ``index`` and its first bad field."""
+    fix = "restore the bank's manifest.json (reinstall mlflow-ccfv, or export the bank again)."
+    if not _is_str_dict(d):
+        raise RegistryError(f"Manifest entry {index} must be an object of fields, got {_shown(d)}; {fix}")
+    who = f"Manifest entry {index} ({_shown(d.get('name'))})"
+    for key in _REQUIRED_FIELDS:
+        if key not in d:
+            raise RegistryError(f"{who} lacks the field {key!r}; {fix}")
+    for key, (ok, what) in _ENTRY_FIELDS.items():
+        if key in d and not ok(d[key]):
+            raise RegistryError(f"{who}: {key} must be {what}, got {_shown(d[key])}; {fix}")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 @dataclass
 class ManifestEntry:
     """One model of a bank folder.
@@ -116,18 +184,17 @@ class ManifestEntry:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ManifestEntry:
+    def from_dict(cls, d: Any, index: int = 0) -> ManifestEntry:
+        """The entry of manifest item ``d`` (the ``index``-th of ``models``), each field checked for its
+        type (:func:`_check_entry`); a malformed one is a :class:`~mlflow_ccfv.errors.RegistryError`
+        naming the entry and the field."""
+        _check_entry(d, index)
         d = dict(d)
-        try:
-            spec = d.pop("spec")
-            d["spec"] = NetworkSpec(spec["architecture"], dict(spec.get("kwargs", {})))
-            d["patch_size"] = tuple(int(s) for s in d.get("patch_size", DEFAULT_PATCH_SIZE))
-            known = {f for f in cls.__dataclass_fields__}
-            return cls(**{k: v for k, v in d.items() if k in known})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegistryError(
-                f"Manifest entry {d.get('name', '?')!r} is malformed ({exc}); restore the bank's manifest.json."
-            ) from exc
+        spec = d.pop("spec")
+        d["spec"] = NetworkSpec(spec["architecture"], dict(spec.get("kwargs", {})))
+        d["patch_size"] = tuple(d.get("patch_size", DEFAULT_PATCH_SIZE))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     @property
     def architecture(self) -> str:
@@ -177,7 +244,15 @@ def read_manifest(directory: str | os.PathLike) -> BankManifest:
             f"{path} has format {data.get('format') if isinstance(data, dict) else None!r}; expected "
             f"{MANIFEST_FORMAT!r}. Restore it (reinstall mlflow-ccfv) or export the bank again."
         )
-    models = [ManifestEntry.from_dict(m) for m in data.get("models", [])]
+    entries = data.get("models", [])
+    if not isinstance(entries, list):
+        raise RegistryError(f"{path}: 'models' must be a list of entries, got {_shown(entries)}; restore it.")
+    if not _is_str_dict(data.get("notes", {})):
+        raise RegistryError(f"{path}: 'notes' must be an object, got {_shown(data.get('notes'))}; restore it.")
+    try:
+        models = [ManifestEntry.from_dict(m, i) for i, m in enumerate(entries)]
+    except RegistryError as exc:
+        raise RegistryError(f"{path}: {exc}") from None
     if not models:
         raise RegistryError(f"{path} lists no models; export a bank with at least one model.")
     names = [m.name for m in models]

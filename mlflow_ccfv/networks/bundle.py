@@ -13,7 +13,8 @@ definition's ``_target_`` must be a network of :mod:`monai.networks.nets` the pr
 arguments become a :class:`~mlflow_ccfv.networks.specs.NetworkSpec`. ``$`` expressions among
 them (``"$len(@labels) + 1"``, ``"$[1] * 3"``) are evaluated by :func:`evaluate_expression`, which
 accepts only literals, arithmetic, comparisons, ``@`` references and a few pure built-ins
-(``len``, ``int``, ``min`` ...). The sliding-window ROI is read from ``inferer#roi_size`` when given.
+(``len``, ``int``, ``min`` ...), under a step, time and size budget (an expression that would build a
+huge integer or sequence is refused before it runs). The sliding-window ROI is read from ``inferer#roi_size`` when given.
 Weights come from ``models/model.pt`` with ``torch.load(weights_only=True)``.
 
 As in MONAI, a ``%configs/other.json#id`` macro names its file relative to the working directory.
@@ -26,6 +27,7 @@ import json
 import logging
 import operator
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,43 +75,127 @@ _COMPARE: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f for f in (len, int, float, bool, str, tuple, list, min, max, abs, round, sum)
 }
-_MAX_ITEMS = 10_000  # "$[1] * 10**9" must not exhaust memory
+#: Limits of one ``$`` expression: it may evaluate at most ``_MAX_STEPS`` syntax nodes within
+#: ``_TIME_BUDGET_S`` seconds; no value it builds may hold more than ``_MAX_ITEMS`` elements (counted
+#: through nested sequences; characters for a text) or an integer longer than ``_MAX_INT_BITS`` bits.
+#: Each operation is checked *before* it runs (``9**64**64``, ``[[8]*10000]*10000``, ``'a'*10**64``),
+#: so no single step can take long; a network argument needs none of these sizes.
+_MAX_ITEMS = 10_000
+_MAX_INT_BITS = 4096
+_MAX_STEPS = 10_000
+_MAX_SOURCE = 10_000  # characters of expression text
+_TIME_BUDGET_S = 1.0
 
 
 class _Unsafe(ValueError):
     pass
 
 
+class _Budget:
+    """The steps and the time left to one expression's evaluation."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.deadline = time.monotonic() + _TIME_BUDGET_S
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > _MAX_STEPS:
+            raise _Unsafe(f"it takes more than {_MAX_STEPS} evaluation steps")
+        if time.monotonic() > self.deadline:
+            raise _Unsafe(f"it takes longer than {_TIME_BUDGET_S:g} s to evaluate")
+
+
+def _size(value: Any, limit: int = _MAX_ITEMS) -> int:
+    """Elements of ``value`` counted through nested sequences and dicts (characters of a text); stops
+    counting once past ``limit`` (a shared inner list is counted once per reference, as JSON would be)."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        return 0
+    total = len(value)
+    for item in value:
+        if total > limit:
+            break
+        total += _size(item, limit - total)
+    return total
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int)  # bool included: True * [1] is a list
+
+
+def _check_value(value: Any) -> Any:
+    """``value`` if within the size budget, else :class:`_Unsafe`."""
+    if _is_int(value) and value.bit_length() > _MAX_INT_BITS:
+        raise _Unsafe(f"an integer longer than {_MAX_INT_BITS} bits")
+    if _size(value) > _MAX_ITEMS:
+        raise _Unsafe(f"a value of more than {_MAX_ITEMS} elements or characters")
+    return value
+
+
+def _check_binary(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuse an operation whose result would exceed the size budget, before it runs."""
+    sequences = (str, bytes, list, tuple)
+    if isinstance(op, ast.Pow):
+        if isinstance(right, (int, float)) and abs(right) > 64:
+            raise _Unsafe("exponent larger than 64")
+        if _is_int(left) and _is_int(right) and right > 0 and left.bit_length() * right > _MAX_INT_BITS:
+            raise _Unsafe(f"an integer longer than {_MAX_INT_BITS} bits")
+    elif isinstance(op, ast.Mult):
+        if _is_int(left) and _is_int(right):
+            if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+                raise _Unsafe(f"an integer longer than {_MAX_INT_BITS} bits")
+        elif (isinstance(left, sequences) and _is_int(right)) or (isinstance(right, sequences) and _is_int(left)):
+            seq, times = (left, right) if isinstance(left, sequences) else (right, left)
+            if times > 0 and _size(seq) * times > _MAX_ITEMS:
+                raise _Unsafe(f"a sequence of more than {_MAX_ITEMS} elements or characters")
+    elif isinstance(op, ast.Mod) and isinstance(left, (str, bytes)):
+        raise _Unsafe("text formatting with % is not allowed")
+
+
 def evaluate_expression(text: str, refs: dict[str, Any]) -> Any:
     """Evaluate a bundle ``$`` expression whose ``@id`` references ConfigParser rewrote to
     ``__local_refs['id']``, looking them up in ``refs``; anything but literals, arithmetic,
     comparisons, conditionals, indexing and calls of pure built-ins (``len``, ``int``, ``min`` ...)
-    raises ``ValueError`` without running any of it."""
+    raises ``ValueError`` without running any of it. The evaluation is bounded: at most
+    ``_MAX_STEPS`` nodes in ``_TIME_BUDGET_S`` seconds, no value beyond ``_MAX_ITEMS`` elements or
+    ``_MAX_INT_BITS``-bit integers (each operation checked before it runs); an expression past a
+    limit, or one that fails (``"a" - 1``), raises ``ValueError`` naming why."""
+    import monai.bundle.config_item  # noqa: F401  imported before the clock starts (``_plain`` uses it)
+
     source = text[1:] if text.startswith("$") else text
+    if len(source) > _MAX_SOURCE:
+        raise _Unsafe(f"an expression of {len(source)} characters (at most {_MAX_SOURCE})")
     try:
         tree = ast.parse(source.strip(), mode="eval")
+        return _evaluate(tree.body, refs, _Budget())
     except SyntaxError as exc:
         raise _Unsafe(f"not a Python expression ({exc.msg})") from exc
-    return _evaluate(tree.body, refs)
+    except _Unsafe:
+        raise
+    except RecursionError:
+        raise _Unsafe("it is nested too deeply") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError, MemoryError) as exc:
+        raise _Unsafe(f"it fails: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def _evaluate(node: ast.AST, refs: dict[str, Any]) -> Any:
-    ev = lambda n: _evaluate(n, refs)  # noqa: E731
+def _evaluate(node: ast.AST, refs: dict[str, Any], budget: _Budget) -> Any:
+    budget.step()
+    ev = lambda n: _evaluate(n, refs, budget)  # noqa: E731
     if isinstance(node, ast.Constant):
-        return node.value
+        return _check_value(node.value)
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
         items = [ev(e) for e in node.elts]
-        return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
+        return _check_value({ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items))
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {ev(k): ev(v) for k, v in zip(node.keys, node.values)}
+        return _check_value({ev(k): ev(v) for k, v in zip(node.keys, node.values)})
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = ev(node.left), ev(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise _Unsafe("exponent larger than 64")
-        result = _BINARY[type(node.op)](left, right)
-        if hasattr(result, "__len__") and len(result) > _MAX_ITEMS:
-            raise _Unsafe(f"a sequence longer than {_MAX_ITEMS}")
-        return result
+        _check_binary(node.op, left, right)
+        return _check_value(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](ev(node.operand))
     if isinstance(node, ast.BoolOp):
@@ -130,8 +216,8 @@ def _evaluate(node: ast.AST, refs: dict[str, Any]) -> Any:
             key = ev(node.slice)
             if key not in refs:
                 raise _Unsafe(f"reference @{key} is not resolved")
-            return _plain(refs[key], refs)
-        return ev(node.value)[ev(node.slice)]
+            return _check_value(_plain(refs[key], refs))
+        return _check_value(ev(node.value)[ev(node.slice)])
     if isinstance(node, ast.Slice):
         return slice(*(ev(p) if p is not None else None for p in (node.lower, node.upper, node.step)))
     if (
@@ -140,10 +226,7 @@ def _evaluate(node: ast.AST, refs: dict[str, Any]) -> Any:
         and node.func.id in _FUNCTIONS
         and not node.keywords
     ):
-        result = _FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
-        if hasattr(result, "__len__") and len(result) > _MAX_ITEMS:
-            raise _Unsafe(f"a sequence longer than {_MAX_ITEMS}")
-        return result
+        return _check_value(_FUNCTIONS[node.func.id](*[ev(a) for a in node.args]))
     raise _Unsafe(f"{type(node).__name__} is not allowed (it could run code)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from mlflow_ccfv.networks.specs import NetworkSpec, build_network, load_state_dict_strict
 
-__all__ = ["build_with_weights", "load_checkpoint", "normalise_state_dict"]
+__all__ = ["build_with_weights", "load_checkpoint", "normalise_state_dict", "refusal_reason"]
 
 
 def normalise_state_dict(state: Any) -> dict[str, torch.Tensor]:
@@ -32,6 +33,33 @@ def normalise_state_dict(state: Any) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one short clause.
+
+    torch's own message runs to several lines and advises re-running with ``weights_only=False``
+    (which would run whatever the file holds); this keeps only what is wrong with the file: the
+    Python object it would have to import, or that it is not a (complete) checkpoint.
+    """
+    text = str(exc)
+    found = _GLOBAL.search(text)
+    if found:
+        return (
+            f"it holds the Python object {found[1]}, which only a full unpickling (running the file's code) "
+            "could rebuild; it is refused"
+        )
+    if "central directory" in text or "PytorchStreamReader" in text or "zip archive" in text:
+        return "the file is truncated or corrupted (not a complete torch.save archive)"
+    if isinstance(exc, EOFError) or not text.strip():
+        return "the file is empty or truncated"
+    if "WeightsUnpickler" in text or "Unsupported operand" in text or "invalid load key" in text:
+        return "the file is not a PyTorch checkpoint (its bytes are not a pickle of tensors)"
+    first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
+    return (first[:200] + "...") if len(first) > 200 else (first or type(exc).__name__)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file safely (``weights_only=True``) and return its plain state_dict."""
     path = Path(path)
@@ -41,7 +69,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError and friends
         raise ValueError(
-            f"Cannot read checkpoint {path} safely with torch.load(weights_only=True): {exc}. "
+            f"Cannot read checkpoint {path} safely with torch.load(weights_only=True): {refusal_reason(exc)}. "
             "Save only the weights: torch.save(model.state_dict(), path)."
         ) from exc
     return normalise_state_dict(state)

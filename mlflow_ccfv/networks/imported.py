@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mlflow_ccfv.networks.checkpoints import normalise_state_dict
+from mlflow_ccfv.networks.checkpoints import normalise_state_dict, refusal_reason
 from mlflow_ccfv.networks.specs import NetworkSpec
 
 __all__ = ["ImportedNetwork", "load_safely", "read_weights"]
@@ -44,11 +44,9 @@ def load_safely(path: str | os.PathLike, *, safe_globals: Sequence[Any] = (), fi
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError for non-checkpoints ...
-        # torch's message is long and suggests weights_only=False; keep the line naming the refused global.
-        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Can only build" in line]
-        detail = " ".join(refused) or str(exc)
         raise ValueError(
-            f"Cannot read checkpoint {path} safely with torch.load(weights_only=True): {detail} {fix}"
+            f"Cannot read checkpoint {path} safely with torch.load(weights_only=True): {refusal_reason(exc)}."
+            + (f" {fix}" if fix else "")
         ) from exc
 
 

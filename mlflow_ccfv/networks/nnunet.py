@@ -89,6 +89,136 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_list(v: Any, length: int | None = None) -> bool:
+    return isinstance(v, list) and (length is None or len(v) == length) and all(_is_int(i) and i >= 0 for i in v)
+
+
+def _nested_int_lists(v: Any) -> bool:
+    """A list of per-stage entries, each an integer or a list of integers (kernel sizes, strides)."""
+    return isinstance(v, list) and bool(v) and all(_is_int(e) or _int_list(e) for e in v)
+
+
+def _require(ok: bool, where: str, field: str, what: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(
+            f"{where}: {field} must be {what}, got {_shown(value)}. The plans do not match nnU-Net v2's schema; "
+            "use the plans.json nnU-Net wrote for this model."
+        )
+
+
+#: The keys of a plans configuration written by nnU-Net 2.1 - 2.3 (before the ``architecture`` entry).
+_OLD_ARCH_KEYS: dict[str, tuple[Any, str]] = {
+    "UNet_class_name": (lambda v: isinstance(v, str) and bool(v), "a class name"),
+    "UNet_base_num_features": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "unet_max_num_features": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "n_conv_per_stage_encoder": (lambda v: _int_list(v) and bool(v), "a list of integers, one per stage"),
+    "n_conv_per_stage_decoder": (lambda v: _int_list(v) and bool(v), "a list of integers, one per stage"),
+    "conv_kernel_sizes": (_nested_int_lists, "a list of kernel sizes, one per stage"),
+    "pool_op_kernel_sizes": (_nested_int_lists, "a list of strides, one per stage"),
+}
+
+
+def _check_plans(plans: dict[str, Any], plans_file: Path) -> None:
+    """The top level of ``plans.json`` against nnU-Net v2's schema (a one-line ``ValueError`` naming the field)."""
+    where = str(plans_file)
+    configurations = plans.get("configurations")
+    _require(
+        isinstance(configurations, dict)
+        and bool(configurations)
+        and all(isinstance(c, dict) for c in configurations.values()),
+        where,
+        "configurations",
+        'an object of named configurations ({"3d_fullres": {...}})',
+        configurations,
+    )
+    transpose = plans.get("transpose_forward", [0, 1, 2])
+    _require(
+        isinstance(transpose, list) and sorted(transpose) == [0, 1, 2] and all(_is_int(t) for t in transpose),
+        where,
+        "transpose_forward",
+        "a permutation of [0, 1, 2]",
+        transpose,
+    )
+    reader = plans.get("image_reader_writer", "")
+    _require(isinstance(reader, str), where, "image_reader_writer", "a class name", reader)
+    for key in ("foreground_intensity_properties_per_channel", "foreground_intensity_properties_by_modality"):
+        props = plans.get(key, {})
+        _require(
+            isinstance(props, dict) and all(isinstance(p, dict) for p in props.values()),
+            where,
+            key,
+            'an object {"0": {"mean": ..., "std": ...}}',
+            props,
+        )
+
+
+def _check_configuration(config: dict[str, Any], where: str) -> None:
+    """A resolved plans configuration against nnU-Net v2's schema (the network and the fields read here)."""
+    if "architecture" in config:
+        arch = config["architecture"]
+        _require(
+            isinstance(arch, dict),
+            where,
+            "architecture",
+            'an object {"network_class_name": ..., "arch_kwargs": {...}}',
+            arch,
+        )
+        name = arch.get("network_class_name")
+        _require(isinstance(name, str) and bool(name), where, "architecture.network_class_name", "a class name", name)
+        kwargs = arch.get("arch_kwargs") or {}
+        _require(isinstance(kwargs, dict), where, "architecture.arch_kwargs", "an object", kwargs)
+        imports = arch.get("_kw_requires_import") or []
+        _require(
+            isinstance(imports, list) and all(isinstance(k, str) for k in imports),
+            where,
+            "architecture._kw_requires_import",
+            "a list of argument names",
+            imports,
+        )
+    elif "UNet_class_name" in config:
+        for key, (ok, what) in _OLD_ARCH_KEYS.items():
+            _require(key in config and ok(config[key]), where, key, what, config.get(key, "nothing (missing)"))
+    patch = config.get("patch_size")
+    _require(
+        isinstance(patch, list) and all(_is_int(p) and p >= 1 for p in patch),
+        where,
+        "patch_size",
+        "a list of positive integers",
+        patch,
+    )
+    spacing = config.get("spacing")
+    _require(
+        spacing is None or (isinstance(spacing, list) and all(_is_number(v) and v > 0 for v in spacing)),
+        where,
+        "spacing",
+        "a list of positive numbers",
+        spacing,
+    )
+    schemes = config.get("normalization_schemes") or []
+    _require(
+        isinstance(schemes, list) and all(isinstance(v, str) for v in schemes),
+        where,
+        "normalization_schemes",
+        "a list of scheme names",
+        schemes,
+    )
+    masks = config.get("use_mask_for_norm") or []
+    _require(isinstance(masks, list), where, "use_mask_for_norm", "a list of booleans", masks)
+
+
 def _configuration(plans: dict[str, Any], name: str, plans_file: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """``plans["configurations"][name]`` with ``inherits_from`` resolved (as nnU-Net's PlansManager)."""
     configurations = plans.get("configurations") or {}
@@ -103,6 +233,8 @@ def _configuration(plans: dict[str, Any], name: str, plans_file: Path, seen: tup
         )
     config = deepcopy(configurations[name])
     parent = config.pop("inherits_from", None)
+    _require(parent is None or isinstance(parent, str), f"{plans_file} configuration {name!r}", "inherits_from",
+             "the name of another configuration", parent)  # fmt: skip
     if parent:
         config = {**_configuration(plans, parent, plans_file, seen + (name,)), **config}
     return config
@@ -164,6 +296,10 @@ def _channels(dataset: dict[str, Any], dataset_file: Path) -> list[str]:
     names = dataset.get("channel_names", dataset.get("modality"))
     if not isinstance(names, dict) or not names:
         raise ValueError(f"{dataset_file} has no channel_names; it is not an nnU-Net v2 dataset.json.")
+    if not all(str(k).isdigit() for k in names):
+        raise ValueError(
+            f'{dataset_file}: channel_names must map channel numbers to names ({{"0": "CT"}}), got {_shown(names)}.'
+        )
     return [str(names[k]) for k in sorted(names, key=int)]
 
 
@@ -177,6 +313,11 @@ def _num_outputs(dataset: dict[str, Any], dataset_file: Path) -> int:
     entries = {k: v for k, v in labels.items() if k != "ignore"}
     if any(isinstance(v, (list, tuple)) for v in entries.values()):
         return len([k for k in entries if k != "background"])
+    if not all((_is_int(v) and v >= 0) or (isinstance(v, str) and v.isdigit()) for v in entries.values()):
+        raise ValueError(
+            f'{dataset_file}: labels must map names to label values ({{"background": 0, "liver": 1}}), '
+            f"got {_shown(labels)}."
+        )
     return len({int(v) for v in entries.values()})
 
 
@@ -272,8 +413,10 @@ def read_nnunet(
         raise ValueError(
             f"Cannot tell which configuration of {plans_file} {checkpoint_file} was trained with; pass it."
         )
+    _check_plans(plans, plans_file)
     config = _configuration(plans, configuration, plans_file)
     where = f"{plans_file} configuration {configuration!r}"
+    _check_configuration(config, where)
     architecture, arch_kwargs = _architecture(config, where)
     channels = _channels(dataset, dataset_file)
     patch = config.get("patch_size")

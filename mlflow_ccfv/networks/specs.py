@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ __all__ = [
     "NetworkSpec",
     "build_network",
     "check_finite_weights",
+    "check_patch_fits",
     "check_spec",
     "load_state_dict_strict",
     "random_state_dict",
@@ -35,6 +38,7 @@ __all__ = [
     "spec_from_json_or_file",
 ]
 
+_logger = logging.getLogger(__name__)
 
 #: Architectures whose decoder stages :func:`mlflow_ccfv.networks.decoder_layers` understands.
 SUPPORTED_ARCHITECTURES = ("UNet", "BasicUNet", "DynUNet", "UNETR", "SwinUNETR", "SegResNet", "SegResNetDS")
@@ -180,6 +184,39 @@ def check_finite_weights(state: dict[str, torch.Tensor]) -> None:
         raise OptionError(
             f"The weights hold NaN or inf values in {shown}. Register a checkpoint saved before training diverged."
         )
+
+
+def check_patch_fits(spec: NetworkSpec, patch_size: Sequence[int]) -> None:
+    """Refuse ``spec`` when a ``patch_size`` input (voxels) cannot pass through it: a network deeper
+    than the patch allows (eight stride-2 levels shrink a 32³ patch to one voxel, where instance
+    norm fails), a UNETR whose ``img_size`` differs, a SwinUNETR patch not divisible by 32.
+
+    The check is a forward pass on PyTorch's ``meta`` device: shapes only, no memory or arithmetic.
+    An :class:`~mlflow_ccfv.errors.OptionError` names the spec, the patch and the fix; an operation
+    the meta device does not implement skips the check.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    try:
+        with torch.device("meta"):
+            module = build_network(spec)
+    except (RuntimeError, NotImplementedError):  # a constructor that reads tensor values (SwinUNETR)
+        module = build_network(spec).to("meta")
+    probe = torch.empty(1, spec.in_channels, *patch, device="meta")
+    try:
+        with torch.no_grad():
+            module.eval()(probe)
+    except NotImplementedError as exc:
+        _logger.debug("patch check of %s skipped: the meta device lacks an operation (%s)", spec.architecture, exc)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        shown = json.dumps(spec.kwargs, separators=(",", ":"))
+        shown = shown if len(shown) <= 160 else shown[:160] + "..."
+        raise OptionError(
+            f"The {spec.architecture} specification {shown} cannot take a {'x'.join(map(str, patch))} patch "
+            f"({reason[:200]}), so every score of it would fail. Register it with a --patch-size it takes (larger "
+            "sides, each divisible by the network's total stride with more than one voxel left at the bottleneck; "
+            "UNETR: its img_size) or with fewer levels (shorter channels/strides)."
+        ) from None
 
 
 def _network_class(architecture: str) -> type[nn.Module]:

@@ -27,7 +27,7 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import register_logged_model, register_network
 from mlflow_ccfv.tracking.runs import recover_crashed
 
-__all__ = ["parse_small_spec", "register_from_options", "register_imported"]
+__all__ = ["check_user_tags", "parse_small_spec", "register_from_options", "register_imported"]
 
 _logger = logging.getLogger(__name__)
 
@@ -40,6 +40,19 @@ def parse_small_spec(text: str) -> NetworkSpec:
             f"--small-spec must look like UNet:1:3 (architecture:in_channels:out_channels); got {text!r}."
         )
     return small_spec(parts[0], int(parts[1]), int(parts[2]))
+
+
+def check_user_tags(tags: dict[str, Any] | None) -> None:
+    """Refuse a user's extra version tag (``register --tag``) in a namespace this package writes itself
+    (:data:`~mlflow_ccfv.tracking.tags.RESERVED_PREFIXES`): a hand-set ``transferability.rank.<dataset>``
+    would be read as a score."""
+    for key in tags or {}:
+        prefix = T.reserved_prefix(str(key))
+        if prefix is not None:
+            raise OptionError(
+                f"--tag {str(key)[:80]!r} is in the namespace {prefix!r}, which mlflow-ccfv writes itself "
+                f"(reserved: {', '.join(T.RESERVED_PREFIXES)}); choose a key outside them."
+            )
 
 
 def register_imported(
@@ -96,8 +109,10 @@ def register_from_options(
 ) -> ModelVersion:
     """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init), logged_model
     (optionally with spec|small_spec to convert it; needs ``allow_pickle``), bundle (a MONAI bundle
-    folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``)."""
+    folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``). ``extra_tags`` may not use a
+    reserved namespace (:func:`check_user_tags`)."""
     random_init = parse_bool(random_init, "random_init")
+    check_user_tags(extra_tags)
     recover_crashed()
     if bundle or nnunet:
         if sum(map(bool, (bundle, nnunet, spec or small_spec or checkpoint or random_init, logged_model))) > 1:

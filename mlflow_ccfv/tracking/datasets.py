@@ -13,7 +13,8 @@ content digest (run tag ``ccfv.dataset.digest``, set only once the upload is com
 same data twice finds the first run and uploads nothing. Anyone with access to the tracking server
 then names the target ``runs:/<run_id>/<folder>`` (or the folder's artifact URI);
 :func:`resolve_dataset_reference` downloads it once into ``<cache>/datasets/<digest>/``, checks every
-file's checksum and the digest, and returns the local folder.
+file's checksum and the digest, and returns the local folder; every later use checks the cached files'
+SHA-256 again before reusing them.
 """
 
 from __future__ import annotations
@@ -272,19 +273,67 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
 
 
-def _check_files(root: Path, files: dict[str, dict[str, Any]], ref: str) -> None:
+def _bad_files(root: Path, files: dict[str, dict[str, Any]]) -> list[str]:
+    """The listed files under ``root`` that are missing or whose size or SHA-256 differs from ``files``."""
     bad = []
     for rel, info in files.items():
         path = root / rel
-        if not path.is_file():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            bad.append(f"{rel} (outside the folder)")
+        elif not path.is_file():
             bad.append(f"{rel} (missing)")
         elif path.stat().st_size != info["size"] or sha256_file(path) != info["sha256"]:
             bad.append(f"{rel} (checksum differs)")
+    return bad
+
+
+def _check_files(root: Path, files: dict[str, dict[str, Any]], ref: str) -> None:
+    bad = _bad_files(root, files)
     if bad:
         raise DatasetError(
             f"Dataset {ref} downloaded with {len(bad)} bad file(s): {', '.join(bad[:10])}; "
             "the upload is damaged: log the dataset again with `mlflow-ccfv log-dataset`."
         )
+
+
+def _run_file_list(client: MlflowClient, run_id: str, ref: str) -> dict[str, dict[str, Any]]:
+    """The ``files`` of the run's own ``ccfv-files.json`` (path -> SHA-256 and size), fetched from the server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        client.download_artifacts(run_id, FILE_LIST, tmp)
+        try:
+            files = json.loads((Path(tmp) / FILE_LIST).read_text())["files"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(
+                f"Dataset {ref}: the run's {FILE_LIST} is unreadable ({exc}); log the dataset again."
+            ) from exc
+    if not isinstance(files, dict) or not all(
+        isinstance(f, dict) and isinstance(f.get("sha256"), str) and isinstance(f.get("size"), int)
+        for f in files.values()
+    ):
+        raise DatasetError(f"Dataset {ref}: the run's {FILE_LIST} is malformed; log the dataset again.")
+    return files
+
+
+def _verified_cache(client: MlflowClient, run_id: str, final: Path, folder: str, ref: str) -> bool:
+    """True if the cached ``final/folder`` holds every file of the run's listing with its size and SHA-256.
+    A damaged copy (a file changed, missing or replaced) is moved aside and deleted, and False returned
+    so the caller downloads it again."""
+    bad = _bad_files(final / folder, _run_file_list(client, run_id, ref))
+    if not bad:
+        return True
+    _logger.warning(
+        "dataset %s: the cached copy %s differs from the upload (%s); downloading it again",
+        ref,
+        final / folder,
+        ", ".join(bad[:10]),
+    )
+    aside = final.with_name(f".{final.name}.damaged-{uuid.uuid4().hex[:8]}")
+    try:
+        final.rename(aside)
+    except OSError:  # another process moved it first
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return False
 
 
 def resolve_dataset_reference(ref: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -294,7 +343,9 @@ def resolve_dataset_reference(ref: str, cache_dir: str | os.PathLike | None = No
     ``$MLFLOW_CCFV_CACHE`` or ``.ccfv-cache``): into a private staging folder first, every file's SHA-256
     and size checked against ``ccfv-files.json`` and the folder's digest against the run's tag, then
     renamed into place (concurrent workers: the first rename wins, the others discard theirs). A cached
-    folder is reused after checking that every listed file is present with its size.
+    folder is reused after checking every file against the run's own ``ccfv-files.json`` (size and
+    SHA-256); a damaged copy (a file changed, replaced or missing) is deleted and downloaded again, and
+    a download that still differs is a one-line :class:`DatasetError` naming the files.
     """
     run_id, folder = _parse_reference(ref)
     try:
@@ -310,17 +361,9 @@ def resolve_dataset_reference(ref: str, cache_dir: str | os.PathLike | None = No
     base = Path(cache_dir or _default_cache_dir()) / "datasets"
     final = base / digest
     listing_path = final / FILE_LIST
-    if listing_path.is_file():
-        files = json.loads(listing_path.read_text())["files"]
-        if all(
-            (final / folder / rel).is_file() and (final / folder / rel).stat().st_size == f["size"]
-            for rel, f in files.items()
-        ):
-            _logger.info("dataset %s: cached at %s", ref, final / folder)
-            return final / folder
-        raise DatasetError(
-            f"The cached dataset {final / folder} is incomplete or changed; delete {final} and run again."
-        )
+    if listing_path.is_file() and _verified_cache(MlflowClient(), run_id, final, folder, ref):
+        _logger.info("dataset %s: cached at %s (every file's SHA-256 checked)", ref, final / folder)
+        return final / folder
     base.mkdir(parents=True, exist_ok=True)
     staging = base / f".{digest}.partial-{uuid.uuid4().hex[:8]}"
     try:

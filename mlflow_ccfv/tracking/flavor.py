@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlflow_ccfv.networks.checkpoints import build_with_weights, normalise_state_dict
+from mlflow_ccfv.networks.checkpoints import build_with_weights, load_checkpoint, normalise_state_dict
 from mlflow_ccfv.networks.dynamic import DYNAMIC_ARCHITECTURES
 from mlflow_ccfv.networks.specs import NetworkSpec
 from mlflow_ccfv.tracking.environment import CONDA_FILE, PYTHON_ENV_FILE, write_environment
@@ -126,7 +126,7 @@ def read_local_model(path: str | os.PathLike) -> tuple[NetworkSpec, nn.Module]:
     if conf is None:
         raise ValueError(f"{path} is not an {FLAVOR_NAME} model (no '{FLAVOR_NAME}' flavor in its MLmodel).")
     spec = NetworkSpec.from_json((path / conf["spec"]).read_text())
-    state = torch.load(path / conf["weights"], map_location="cpu", weights_only=True)
+    state = load_checkpoint(path / conf["weights"])  # weights_only; a refusal is one line naming the file
     return spec, build_with_weights(spec, state)
 
 

@@ -46,6 +46,7 @@ from mlflow_ccfv.networks import (
     NetworkSpec,
     build_with_weights,
     check_finite_weights,
+    check_patch_fits,
     check_spec,
     decoder_layers,
     normalise_state_dict,
@@ -262,6 +263,8 @@ def register_network(
     state = normalise_state_dict(state_dict)
     check_spec(spec)
     check_finite_weights(state)
+    patch = _patch_size(patch_size, spec)
+    check_patch_fits(spec, patch)  # a spec deeper than its patch would fail every later score
     module = build_with_weights(spec, state)
     patch = _patch_size(patch_size, spec)
     tags = _version_tags(

@@ -63,6 +63,7 @@ __all__ = [
     "PROCESS",
     "RANK",
     "REGISTERING",
+    "RESERVED_PREFIXES",
     "RUN_BANK",
     "RUN_DATASET_ARTIFACT",
     "RUN_DATASET_DIGEST",
@@ -101,6 +102,7 @@ __all__ = [
     "prefixed_params",
     "pretrain_tag",
     "pretrain_values",
+    "reserved_prefix",
     "rank_tag",
     "stored_ranking",
     "report_metric",
@@ -114,6 +116,16 @@ __all__ = [
     "TWIN_CONTROL_METRIC",
     "scores_from_tags",
 ]
+
+#: The tag namespaces this package writes itself (scores, ranks, Dice, run bookkeeping, pre-training
+#: record, weight digests); a user's ``register --tag`` may not write into them.
+RESERVED_PREFIXES = ("transferability.", "finetune.", "ccfv.", "pretrain.", "weights.")
+
+
+def reserved_prefix(key: str) -> str | None:
+    """The :data:`RESERVED_PREFIXES` entry ``key`` starts with, or None when the key is free to use."""
+    return next((p for p in RESERVED_PREFIXES if key.startswith(p)), None)
+
 
 # -- registry tags written at registration ------------------------------------------------------------
 ARCHITECTURE = "architecture"
