@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    CCFVCommand,
+    RankBy,
+    check_tracking_server,
+    exit_on_input_error,
+    experiment_option,
+    json_option,
+)
 from mlflow_ccfv.options import split_list
 
 
@@ -20,15 +27,19 @@ from mlflow_ccfv.options import split_list
     "rank_by",
     default="auto",
     show_default=True,
+    type=RankBy(variants=True),
     help="The ranking whose goal table and Dice-against-score plots are written: auto (ccfv_twin where the "
     "bank has random-init controls, else ccfv), ccfv_twin, or an estimator.",
 )
+@experiment_option()
+@json_option("the tables")
 def report(**options) -> None:
     """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
-    from mlflow_ccfv.pipelines.report import report_bank
+    from mlflow_ccfv.pipelines.rank import frames_json
+    from mlflow_ccfv.pipelines.report import report_bank, report_tables
 
     with exit_on_input_error("report"):
-        check_tracking_server()
+        check_tracking_server(options["experiment"])
         rep = report_bank(
             options["bank"],
             datasets=split_list(options["datasets"]) or None,
@@ -36,4 +47,4 @@ def report(**options) -> None:
             out_dir=options["out_dir"] or None,
             rank_by=options["rank_by"],
         )
-    click.echo(rep.markdown())
+    click.echo(frames_json(report_tables(rep)) if options["json"] else rep.markdown())
