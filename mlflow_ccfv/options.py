@@ -18,7 +18,7 @@ from mlflow_ccfv.errors import OptionError
 
 __all__ = [
     "StrEnum",
-    "Executor",
+    "ExecutorKind",
     "Optimizer",
     "Orientation",
     "TargetSplit",
@@ -56,7 +56,7 @@ else:  # pragma: no cover - Python 3.10
 
 # The string choices of the command line, each one catalogue (``click.Choice`` of their values in
 # ``cli``; the layers that use them compare with plain text, which a member equals).
-class Executor(StrEnum):
+class ExecutorKind(StrEnum):
     """Where ``score``/``study`` run their tasks: ``serial`` (this process) or ``ray`` (one Ray task each)."""
 
     SERIAL = "serial"

@@ -352,7 +352,7 @@ ROWS = [
         "register patch 0",
         REGISTER + ["--small-spec", "UNet:1:2", "--random-init", "1", "--patch-size", "0,0,0"],
         OPTION,
-        "patch_size",
+        "'--patch-size': --patch-size must be integers >= 1",
     ),
     Row("nnU-Net fold five", REGISTER + ["--nnunet", "x", "--fold", "five"], OPTION, "--fold must be a fold number"),
     # training: budgets and memory
@@ -368,7 +368,12 @@ ROWS = [
         REGISTRY,
         "mlflow-ccfv bank",
     ),
-    Row("pretrain unknown architecture", PRETRAIN + ["--architecture", "Magic"], OPTION, "Unknown architecture"),
+    Row(
+        "pretrain unknown architecture",
+        PRETRAIN + ["--architecture", "Magic"],
+        OPTION,
+        "'--architecture': 'Magic' is not one of UNet",
+    ),
     Row("pretrain channels text", PRETRAIN + ["--channels", "flair"], OPTION, "--channels"),
     # verify, synth: tolerances, shapes (before any folder is made)
     Row(

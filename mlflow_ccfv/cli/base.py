@@ -18,7 +18,7 @@ import click
 
 from mlflow_ccfv.errors import CCFVError, OptionError, cap_message
 from mlflow_ccfv.options import (
-    Executor,
+    ExecutorKind,
     Optimizer,
     StrEnum,
     parse_bool,
@@ -395,9 +395,9 @@ def ray_options(f):
         [
             click.option(
                 "--executor",
-                default=Executor.SERIAL.value,
+                default=ExecutorKind.SERIAL.value,
                 show_default=True,
-                type=EnumChoice(Executor),
+                type=EnumChoice(ExecutorKind),
                 help="serial: in this process; ray: one Ray task per scored version (and, in a study, per fine-tune).",
             ),
             click.option(
