@@ -287,7 +287,15 @@ class RankBy(click.ParamType):
         return [AUTO_RANK, *(VARIANTS if self.variants else (TWIN_METHOD,)), *METHODS]
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from mlflow_ccfv.study.variants import VARIANTS
+
         allowed = self.allowed()
+        if value in VARIANTS and value not in allowed:
+            self.fail(
+                f"{value} is computed by `report`, from every version's scores; choose one of {', '.join(allowed)}.",
+                param,
+                ctx,
+            )
         if value not in allowed:
             self.fail(f"{value!r} is not a ranking; choose one of {', '.join(allowed)}.", param, ctx)
         return str(value)
