@@ -311,3 +311,15 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     runs = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
     assert max(runs, key=lambda r: r.info.start_time).data.tags[T.RUN_RANKED_BY] == "ccfv"
     assert "ranked by ccfv, not ccfv_twin" in caplog.text and "SegResNet" in caplog.text
+
+
+@pytest.mark.parametrize(("option", "value"), [("num_cpus", "abc"), ("num_gpus", "-1")])
+def test_score_from_options_refuses_bad_ray_resources_before_any_work(option, value, tmp_path, monkeypatch):
+    """The Python entry of ``score`` (text as MLproject passes it) checks the Ray resources up front."""
+    from mlflow_ccfv.errors import OptionError
+    from mlflow_ccfv.pipelines.score import score_from_options
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OptionError, match=f"--{option.replace('_', '-')}"):
+        score_from_options(dataset="Task09", **{option: value})
+    assert not list(tmp_path.iterdir())  # no store, cache or data touched
