@@ -107,7 +107,7 @@ def main() -> None:
         chosen = [pairs[i] for i in order[: len(chosen)]]
     ref = []
     t0 = time.perf_counter()
-    for i, j in tqdm(chosen, desc="reference (np.cov + sqrtm)", mininterval=5):
+    for i, j in tqdm(chosen, desc="reference (np.cov + sqrtm)", mininterval=5, disable=None):
         ref.append(reference_w2(cases[i], cases[j]))
         if args.time_limit is not None and time.perf_counter() - t0 > args.time_limit:
             break

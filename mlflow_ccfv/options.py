@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Sequence
+from enum import Enum
 
 from mlflow_ccfv.errors import OptionError
 
 __all__ = [
+    "ExecutorKind",
+    "Optimizer",
+    "Orientation",
+    "TargetSplit",
     "format_ints",
     "parse_bool",
     "parse_device",
@@ -31,6 +37,51 @@ _INT_SEPARATORS = re.compile(r"[,x\s]+")
 _INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
 #: Longer option texts are refused by their length (nobody types a 10k-character ROI size).
 _MAX_TEXT = 1000
+
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, Enum):
+        """``enum.StrEnum`` of Python 3.11: members are their values as text."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
+
+
+# The string choices of the command line, each one catalogue (``click.Choice`` of their values in
+# ``cli``; the layers that use them compare with plain text, which a member equals).
+class ExecutorKind(StrEnum):
+    """Where ``score``/``study`` run their tasks: ``serial`` (this process) or ``ray`` (one Ray task each)."""
+
+    SERIAL = "serial"
+    RAY = "ray"
+
+
+class TargetSplit(StrEnum):
+    """The cases of a target that score the models: ``train`` (the 80% fine-tuned on), ``test``, ``all``."""
+
+    TRAIN = "train"
+    TEST = "test"
+    ALL = "all"
+
+
+class Optimizer(StrEnum):
+    """The training optimiser: ``adamw``, or ``sgd`` (nnU-Net's Nesterov momentum 0.99)."""
+
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class Orientation(StrEnum):
+    """Storage axis codes of synthetic NIfTI files: ``LPS`` (as DICOM-converted MSD files) or ``RAS``."""
+
+    LPS = "LPS"
+    RAS = "RAS"
 
 
 def split_list(text: str | Iterable[str] | None) -> list[str]:

@@ -410,7 +410,7 @@ ROWS = [
         "register patch 0",
         REGISTER + ["--small-spec", "UNet:1:2", "--random-init", "1", "--patch-size", "0,0,0"],
         OPTION,
-        "patch_size",
+        "'--patch-size': --patch-size must be integers >= 1",
     ),
     *[
         Row(
@@ -435,7 +435,12 @@ ROWS = [
         REGISTRY,
         "mlflow-ccfv bank",
     ),
-    Row("pretrain unknown architecture", PRETRAIN + ["--architecture", "Magic"], OPTION, "Unknown architecture"),
+    Row(
+        "pretrain unknown architecture",
+        PRETRAIN + ["--architecture", "Magic"],
+        OPTION,
+        "'--architecture': 'Magic' is not one of UNet",
+    ),
     Row("pretrain channels text", PRETRAIN + ["--channels", "flair"], OPTION, "--channels"),
     # verify, synth: tolerances, shapes (before any folder is made)
     Row(

@@ -214,5 +214,233 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
     printed = {r[1].strip(): float(r[4]) for r in score_rows}  # score printed the same ranking column
     assert printed == pytest.approx(stored, abs=1e-4)
 
+    # score --json prints the table it ranked: the same models and ranks as the stored ranking
+    rescored = runner.invoke(
+        main,
+        ["score", "--dataset", "Task09", "--data-root", "data", "--bank", "r", "--methods", "ccfv,logme", "--json"],
+    )
+    assert rescored.exit_code == 0, rescored.output
+    table = json.loads(rescored.output)
+    assert {(r["model"], r["rank"]) for r in table} == {(r["model"], r["rank"]) for r in records}
+    assert all({"ccfv", "logme", "architecture", "error"} <= set(r) for r in table)
+
     listed = runner.invoke(main, ["bank", "--bank", "r"])
     assert listed.exit_code == 0 and "models:/m0/1" in listed.output and "models:/m1/1" in listed.output
+
+
+def _mlflow_command(entry: str, **given: str) -> list[str]:
+    """The command line ``mlflow run . -e <entry> -P name=value ...`` executes, built by MLflow itself."""
+    from mlflow.projects import _project_spec
+
+    spec = _entry_points()[entry]
+    required = {n: "Task09" for n, p in spec["parameters"].items() if not (isinstance(p, dict) and "default" in p)}
+    if entry == "finetune":
+        required["model"] = "models:/m/1"
+    point = _project_spec.load_project(str(REPO)).get_entry_point(entry)
+    return shlex.split(point.compute_command({**required, **given}, None))
+
+
+def _boolean_parameters() -> list[tuple[str, str]]:
+    return [
+        (entry, name)
+        for entry, spec in sorted(_entry_points().items())
+        for name, p in spec["parameters"].items()
+        if isinstance(p, dict) and str(p.get("default")).lower() in ("true", "false")
+    ]
+
+
+def test_the_mlproject_offers_json_where_a_command_prints_a_table():
+    for entry in ("rank", "bank", "score", "report"):
+        assert ("json" in _entry_points()[entry]["parameters"]) and (entry, "json") in _boolean_parameters()
+
+
+@pytest.mark.parametrize(("entry", "name"), _boolean_parameters())
+def test_every_mlproject_boolean_takes_true_and_false_through_mlflow_run(entry, name):
+    """``mlflow run . -e <entry> -P <name>=true`` (as MLflow builds the command) parses to ``True``, and
+    ``false`` to ``False``: booleans are value options (``--json true``), not bare flags."""
+    for text, expected in (("true", True), ("false", False), ("1", True), ("no", False)):
+        argv = _mlflow_command(entry, **{name: text})
+        assert argv[:3] == ["python", "-m", "mlflow_ccfv"]
+        ctx = main.commands[argv[3]].make_context(argv[3], argv[4:])
+        assert ctx.params[name] is expected, (entry, name, text)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "name"),
+    [
+        ("rank", ["--dataset", "D", "--json"], "json"),
+        ("bank", ["--json", "--bank", "b"], "json"),
+        ("score", ["--dataset", "D", "--force", "--json"], "force"),
+        ("finetune", ["--model", "models:/m/1", "--dataset", "D", "--force"], "force"),
+        ("synth", ["--out", "x", "--overwrite"], "overwrite"),
+    ],
+)
+def test_a_boolean_option_alone_means_true(command, args, name):
+    params = main.commands[command].make_context(command, args).params
+    assert params[name] is True
+    if command == "bank":
+        assert params["bank"] == "b"  # the next option is not taken as the value
+
+
+def _required_args(name: str) -> list[str]:
+    return {
+        "score": ["--dataset", "D"],
+        "pretrain": ["--dataset", "D"],
+        "finetune": ["--dataset", "D", "--model", "models:/m/1"],
+        "register": ["--name", "n", "--source-dataset", "none"],
+        "rank": ["--dataset", "D"],
+        "log-dataset": ["--dataset", "D"],
+        "export-bank": ["--bank", "b", "--out", "o"],
+        "synth": ["--out", "o"],
+        "verify": ["D"],
+        "compare-studies": ["--development", "a", "--confirmation", "b"],
+    }.get(name, [])
+
+
+def _boolean_options() -> list[tuple[str, str]]:
+    from mlflow_ccfv.cli.base import BoolText
+
+    return [
+        (name, opt)
+        for name, command in sorted(main.commands.items())
+        for p in command.params
+        if isinstance(p.type, BoolText)
+        for opt in p.opts
+    ]
+
+
+@pytest.mark.parametrize(("command", "option"), _boolean_options())
+def test_a_bad_boolean_fails_at_once_naming_its_option(command, option, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    result = CliRunner().invoke(main, [command, *_required_args(command), option, "maybe"])
+    assert result.exit_code == 2, result.output
+    assert f"'{option}'" in result.output and "true or false" in result.output
+    assert not (tmp_path / "never.db").exists()  # refused while parsing: no store was opened
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["score", "--dataset", "D", "--log-dataset", "maybe"], "--log-dataset"),
+        (["score", "--dataset", "D", "--num-cpus", "abc"], "--num-cpus"),
+        (["score", "--dataset", "D", "--num-gpus", "-1"], "--num-gpus"),
+        (["score", "--dataset", "D", "--executor", "dask"], "--executor"),
+        (["score", "--dataset", "D", "--rank-by", "ccfv_twn"], "--rank-by"),
+        (["score", "--dataset", "D", "--methods", "ccfv,lgme"], "--methods"),
+        (["score", "--dataset", "D", "--split", "val"], "--split"),
+        (["study", "--num-cpus", "two"], "--num-cpus"),
+        (["report", "--rank-by", "best"], "--rank-by"),
+        (["pretrain", "--dataset", "D", "--architecture", "ResNet"], "--architecture"),
+        (["pretrain", "--dataset", "D", "--optimizer", "adam"], "--optimizer"),
+        (["register", "--name", "n", "--source-dataset", "none", "--patch-size", "32,32"], "--patch-size"),
+        (["synth", "--out", "o", "--orientation", "XYZ"], "--orientation"),
+    ],
+)
+def test_a_bad_value_fails_before_any_work_naming_its_option(args, option, tmp_path, monkeypatch):
+    """What issue 21 found: ``score --log-dataset maybe`` and ``--num-cpus abc`` failed only after
+    "scoring 3 version(s)". Every such value is refused while the command line is parsed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert "scoring" not in result.output and not (tmp_path / "never.db").exists()
+
+
+def test_string_choices_are_str_enums():
+    """Choices parse to their :class:`~mlflow_ccfv.options.StrEnum` member, which is also its text."""
+    from mlflow_ccfv.options import ExecutorKind, Optimizer, Orientation, TargetSplit
+
+    score = main.commands["score"].make_context("score", ["--dataset", "D", "--executor", "ray", "--split", "all"])
+    assert score.params["executor"] is ExecutorKind.RAY and score.params["executor"] == "ray"
+    assert score.params["split"] is TargetSplit.ALL and f"{score.params['split']}" == "all"
+    pre = main.commands["pretrain"].make_context("pretrain", ["--dataset", "D", "--optimizer", "SGD"])
+    assert pre.params["optimizer"] is Optimizer.SGD
+    synth = main.commands["synth"].make_context("synth", ["--out", "o", "--orientation", "RAS"])
+    assert synth.params["orientation"] is Orientation.RAS
+
+
+def test_the_data_root_default_is_defined_once_and_documented_so():
+    from mlflow_ccfv.cli.base import DEFAULT_DATA_ROOT
+
+    defaults = {name: main.commands[name].make_context(name, _required_args(name)).params for name in DATA_COMMANDS}
+    for name in ("score", "pretrain", "finetune", "demo"):
+        assert defaults[name]["data_root"] == DEFAULT_DATA_ROOT, name
+    assert main.commands["log-dataset"].make_context("log-dataset", ["--dataset", "D"]).params["data_root"] == (
+        DEFAULT_DATA_ROOT
+    )
+    row = next(line for line in (REPO / "docs" / "cli.md").read_text().splitlines() if "`MLFLOW_CCFV_DATA`" in line)
+    assert f"default `{DEFAULT_DATA_ROOT}`" in row
+    assert f"`{defaults['verify']['data_root']}` for verify" in row
+    assert f"`{defaults['study']['data_root']}` for study" in row
+    assert "for study and demo" not in row
+    help_text = CliRunner().invoke(main, ["demo", "--help"], terminal_width=200).output
+    assert f"default: {DEFAULT_DATA_ROOT}]" in help_text
+
+
+def test_every_progress_bar_is_silent_off_a_terminal():
+    """tqdm's ``disable=None``: no bar when stderr is not a terminal (logs of CI, Ray, mlflow run)."""
+    sources = [*(REPO / "mlflow_ccfv").rglob("*.py"), *(REPO / "bench").glob("*.py")]
+    calls = [
+        (path, m) for path in sources for m in re.finditer(r"\btqdm\((.*?)\n\s*\)|\btqdm\((.*)\)", path.read_text())
+    ]
+    assert calls
+    for path, match in calls:
+        assert "disable=None" in match.group(0), f"{path.name}: {match.group(0)[:80]}"
+
+
+def test_synthesising_with_progress_writes_no_bar_to_a_pipe(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from mlflow_ccfv.data.synthetic import generate_task; generate_task('Task09', 'out', n_cases=2, shape=(16, 16, 16))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=_child_env(), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out").is_dir()
+    assert "\r" not in done.stderr and "synthesising" not in done.stderr
+
+
+def _child_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_every_writing_command_logs_to_a_named_experiment(tracking_uri, monkeypatch):
+    """``ccfv`` by default; ``--experiment`` or ``$MLFLOW_EXPERIMENT_NAME`` choose (the option wins);
+    under ``mlflow run`` (``MLFLOW_RUN_ID`` and ``MLFLOW_EXPERIMENT_ID`` set) the run's experiment stays."""
+    import os
+
+    import mlflow
+    from mlflow.tracking import fluent
+
+    from mlflow_ccfv.cli.base import DEFAULT_EXPERIMENT
+
+    client = mlflow.MlflowClient()
+
+    def experiment_of_register(name: str, *extra: str) -> str:
+        args = ["register", "--name", name, "--source-dataset", "none", "--small-spec", "UNet:1:2"]
+        out = CliRunner().invoke(main, [*args, "--random-init", "true", *extra])
+        assert out.exit_code == 0, out.output
+        model_id = client.get_model_version(name, "1").source.removeprefix("models:/")
+        return client.get_experiment(mlflow.get_logged_model(model_id).experiment_id).name
+
+    assert experiment_of_register("a") == DEFAULT_EXPERIMENT
+    assert experiment_of_register("b", "--experiment", "mine") == "mine"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    assert experiment_of_register("c") == "from-env"
+    assert experiment_of_register("d", "--experiment", "given") == "given"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+
+    chosen = client.create_experiment("chosen-by-mlflow-run")
+    run = client.create_run(chosen)
+    fluent._active_experiment_id = None  # a fresh process, as mlflow run starts
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", chosen)
+    assert experiment_of_register("e") == "chosen-by-mlflow-run"
+    assert experiment_of_register("f", "--experiment", "ignored") == "chosen-by-mlflow-run"
+    assert client.get_experiment_by_name("ignored") is None

@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from mlflow_ccfv.cli.base import DEFAULT_EXPERIMENT
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.data.synthetic import generate_task
 from mlflow_ccfv.networks import random_state_dict, small_spec
@@ -26,6 +27,12 @@ pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server", "reliability")
 from mlflow_server import register_tiny_bank  # noqa: E402
 from reliability import assert_one_ranking, assert_runs_settled, cli_env, run_cli, start_cli  # noqa: E402
+
+
+def _cli_experiment(client: MlflowClient) -> list[str]:
+    """The experiment a command writes to without --experiment (cli_env sets no MLFLOW_EXPERIMENT_*)."""
+    return [client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id]
+
 
 #: Moments of a `score` run's logging phase, as rows that appear in the store.
 SCORE_KILL_POINTS = {
@@ -94,7 +101,7 @@ def test_score_killed_in_its_logging_phase_then_rerun(tracking_uri, tmp_path, po
     args += ["--add-twins", "false"]  # the bank as registered: the expected tags are computed without a twin
     _kill_when(start_cli(args, env, tmp_path), _db(tracking_uri), SCORE_KILL_POINTS[point])
     client = MlflowClient()
-    killed = [r for r in client.search_runs(["0"]) if r.info.status == "RUNNING"]
+    killed = [r for r in client.search_runs(_cli_experiment(client)) if r.info.status == "RUNNING"]
     assert killed  # the kill left its run(s) RUNNING ...
     code, output = run_cli(args, env, tmp_path)
     assert code == 0, output[-3000:]
@@ -103,7 +110,7 @@ def test_score_killed_in_its_logging_phase_then_rerun(tracking_uri, tmp_path, po
     assert {client.get_run(r.info.run_id).info.status for r in killed} == {"KILLED"}
     assert _score_tags(client, versions, "Task09") == expected
     assert_one_ranking(client, "Task09", set(expected))
-    runs = assert_runs_settled(client, ["0"])
+    runs = assert_runs_settled(client, _cli_experiment(client))
     assert len([r for r in runs if "ccfv.run_key" in r.data.tags]) == 3
 
 
@@ -133,12 +140,14 @@ def test_finetune_killed_during_training_resumes_from_its_checkpoint(tracking_ur
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     client = MlflowClient()
-    assert [r.info.status for r in client.search_runs(["0"]) if r.info.run_name.startswith("finetune ft-b")] == [
-        "RUNNING"
-    ]
+    assert [
+        r.info.status
+        for r in client.search_runs(_cli_experiment(client))
+        if r.info.run_name.startswith("finetune ft-b")
+    ] == ["RUNNING"]
     code, output = run_cli(args, env, tmp_path)
     assert code == 0, output[-3000:]
-    runs = assert_runs_settled(client, ["0"])
+    runs = assert_runs_settled(client, _cli_experiment(client))
     mine = [r for r in runs if r.info.run_name.startswith("finetune ft-b")]
     assert len(mine) == 1 and mine[0].info.status == "FINISHED"  # the killed run was replaced
     assert int(mine[0].data.tags["ccfv.resumed_from_step"]) >= 4
@@ -159,12 +168,12 @@ def test_register_killed_with_a_pending_logged_model_then_rerun(tracking_uri, tm
     _kill_when(start_cli(args, env, tmp_path), _db(tracking_uri), "SELECT count(*) FROM logged_models WHERE status = 1")
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient()
-    pending = [m.model_id for m in client.search_logged_models(["0"]) if str(m.status) == "PENDING"]
+    pending = [m.model_id for m in client.search_logged_models(_cli_experiment(client)) if str(m.status) == "PENDING"]
     assert len(pending) == 1
     code, output = run_cli(args, env, tmp_path)
     assert code == 0, output[-3000:]
     assert "deleted 1 PENDING LoggedModel" in output
-    models = client.search_logged_models(["0"])
+    models = client.search_logged_models(_cli_experiment(client))
     assert pending[0] not in {m.model_id for m in models}
     assert {str(m.status) for m in models} == {"READY"}
     assert [str(v.version) for v in client.search_model_versions("name = 'killed-reg'")] == ["1"]

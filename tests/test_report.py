@@ -282,3 +282,21 @@ def test_write_report_evidence_variants_source_dice_and_plots(tmp_path):
     assert "TaskA.ccfv.weighted_tau.low" in metrics and "avg.ccfv.weighted_tau.high" in metrics
     assert metrics["TaskA.ccfv_no_variety.top1_dice"] == pytest.approx(top1)
     assert "TaskA.bank.random_dice.low" in metrics and "TaskA.logme.permutation_p" in metrics
+
+
+def test_report_json_holds_the_printed_tables(tmp_path):
+    """``report --json``: every table ``report`` prints, as records with the same values."""
+    import json
+
+    from mlflow_ccfv.pipelines.rank import frames_json
+    from mlflow_ccfv.pipelines.report import report_tables
+
+    report = write_report(frame_for(DICE, SCORERS), tmp_path)
+    data = json.loads(frames_json(report_tables(report)))
+    assert {"table1", "table2", "regret", "correlations"} <= set(data)
+    table1 = report.table1.reset_index()
+    assert len(data["table1"]) == len(table1) and set(data["table1"][0]) == set(table1.columns)
+    first = data["table1"][0]
+    assert first["TaskA"] == pytest.approx(float(table1.iloc[0]["TaskA"]))
+    corr = report.correlations
+    assert [r["method"] for r in data["correlations"]] == list(corr["method"])

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlflow_ccfv.cli import main
+from mlflow_ccfv.cli.base import DEFAULT_EXPERIMENT
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.pipelines.score import score_versions
@@ -70,8 +71,9 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
     lines = [l for l in result.output.splitlines() if l.startswith("| ") and "unet-rand" in l]
     assert [l.split("|")[2].strip() for l in lines] == [f"{v.name}/{v.version}" for v in by_rank]
 
-    # One child run per version with the metrics and the scoring params; the parent logs the ranking.
-    exp = mlflow.get_experiment_by_name("Default")
+    # One child run per version with the metrics and the scoring params, in the command's experiment
+    # (--experiment's default); the parent logs the ranking.
+    exp = mlflow.get_experiment_by_name(DEFAULT_EXPERIMENT)
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -93,7 +95,7 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
 
     # The same metrics sit on each version's LoggedModel, linked to the dataset: the Models tab sorts by them.
     ordered = mlflow.search_logged_models(
-        experiment_ids=[exp.experiment_id],
+        experiment_ids=[mlflow.get_experiment_by_name("Default").experiment_id],  # registered in-process
         output_format="list",
         order_by=[{"field_name": "metrics.ccfv", "ascending": False, "dataset_name": TARGET_TASK}],
     )
@@ -317,3 +319,15 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     runs = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
     assert max(runs, key=lambda r: r.info.start_time).data.tags[T.RUN_RANKED_BY] == "ccfv"
     assert "ranked by ccfv, not ccfv_twin" in caplog.text and "segresnet-rand-0" in caplog.text
+
+
+@pytest.mark.parametrize(("option", "value"), [("num_cpus", "abc"), ("num_gpus", "-1")])
+def test_score_from_options_refuses_bad_ray_resources_before_any_work(option, value, tmp_path, monkeypatch):
+    """The Python entry of ``score`` (text as MLproject passes it) checks the Ray resources up front."""
+    from mlflow_ccfv.errors import OptionError
+    from mlflow_ccfv.pipelines.score import score_from_options
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OptionError, match=f"--{option.replace('_', '-')}"):
+        score_from_options(dataset="Task09", **{option: value})
+    assert not list(tmp_path.iterdir())  # no store, cache or data touched

@@ -17,19 +17,40 @@ from typing import Any
 import click
 
 from mlflow_ccfv.errors import CCFVError, OptionError, cap_message
-from mlflow_ccfv.options import parse_bool, parse_device, parse_float, parse_int, parse_ints
+from mlflow_ccfv.options import (
+    ExecutorKind,
+    Optimizer,
+    StrEnum,
+    parse_bool,
+    parse_device,
+    parse_float,
+    parse_int,
+    parse_ints,
+)
 
 __all__ = [
+    "DEFAULT_DATA_ROOT",
+    "DEFAULT_EXPERIMENT",
+    "DEMO_EXPERIMENT",
+    "STUDY_EXPERIMENT",
     "INPUT_ERRORS",
     "BoolText",
     "CCFVCommand",
+    "EnumChoice",
     "IntTuple",
+    "MethodsText",
     "OptionalFloat",
     "OptionalInt",
     "allow_pickle_option",
+    "architecture_option",
+    "bool_option",
     "cache_dir_option",
     "data_root_option",
     "device_option",
+    "experiment_option",
+    "json_option",
+    "ray_options",
+    "RankBy",
     "exit_code_of",
     "exit_on_input_error",
     "train_config_from_options",
@@ -44,6 +65,14 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (CCFVError, ValueError, LookupEr
 #: Environment variables documented in docs/cli.md.
 DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
 CACHE_ENV = "MLFLOW_CCFV_CACHE"
+#: MLflow's own variable naming the experiment; here it is the default of ``--experiment``.
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+#: ``--experiment`` of every command that writes to MLflow (``study``, ``demo``, ``log-dataset``: their own).
+DEFAULT_EXPERIMENT = "ccfv"
+STUDY_EXPERIMENT = "ccfv-study"
+DEMO_EXPERIMENT = "ccfv-demo"
+#: ``--data-root`` of every command that reads task folders (``verify``: ``.``; ``study``: ``data/synthetic``).
+DEFAULT_DATA_ROOT = "data"
 
 
 def exit_code_of(exc: BaseException) -> int:
@@ -74,14 +103,33 @@ def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = 
 def allow_pickle_option(f):
     """``--allow-pickle``: load ``mlflow.pytorch`` (pickled) models, which runs their code; absent, the
     environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` decides (``tracking.registry.pickle_allowed``)."""
-    return click.option(
+    return bool_option(
         "--allow-pickle",
-        "allow_pickle",
-        is_flag=True,
         default=None,
         help="Load mlflow.pytorch (pickled) models: this runs code saved by whoever logged them. "
         "Default: refused unless MLFLOW_CCFV_ALLOW_PICKLE=1.",
     )(f)
+
+
+def bool_option(flag: str, *, default: bool | None = False, help: str):
+    """A boolean option that takes a value, ``--force true`` / ``--force false`` (as ``mlflow run -P
+    force=true`` passes it; :class:`BoolText`), and alone, ``--force``, means true. ``default=None``:
+    not given (the command decides)."""
+    return click.option(
+        flag,
+        flag.removeprefix("--").replace("-", "_"),
+        type=BoolText(),
+        default=None if default is None else str(default).lower(),
+        is_flag=False,
+        flag_value="true",
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def json_option(what: str = "the table"):
+    """``--json`` (a :func:`bool_option`): print JSON records instead of ``what`` as Markdown."""
+    return bool_option("--json", help=f"true: print JSON records instead of {what} as Markdown.")
 
 
 # --------------------------------------------------------------------------- typed options
@@ -195,6 +243,57 @@ class DeviceType(click.ParamType):
         return "[cpu|cuda|cuda:N]"
 
 
+class EnumChoice(click.Choice):
+    """A ``click.Choice`` of a :class:`~mlflow_ccfv.options.StrEnum`'s values, converted to the member."""
+
+    def __init__(self, enum_type: type[StrEnum], case_sensitive: bool = True):
+        self.enum_type = enum_type
+        super().__init__([member.value for member in enum_type], case_sensitive=case_sensitive)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return self.enum_type(super().convert(value, param, ctx))
+
+
+class MethodsText(click.ParamType):
+    """Comma-separated estimator names (``all``, ``default``, ``""``: :func:`~mlflow_ccfv.scoring.parse_methods`),
+    checked here and passed on as typed."""
+
+    name = "methods"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from mlflow_ccfv.scoring import parse_methods
+
+        try:
+            parse_methods(value)
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+class RankBy(click.ParamType):
+    """``--rank-by``: ``auto``, an estimator, or a ranking computed from stored scores (``<estimator>_twin``,
+    ``rank_aggregate``); the names come from the method catalogue (imported on first use: it loads the
+    statistics stack)."""
+
+    name = "ranking"
+
+    def allowed(self) -> list[str]:
+        from mlflow_ccfv.estimators import METHODS
+        from mlflow_ccfv.scoring.ranking import AUTO_RANK
+        from mlflow_ccfv.study.variants import VARIANTS
+
+        return [AUTO_RANK, *VARIANTS, *METHODS]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        allowed = self.allowed()
+        if value not in allowed:
+            self.fail(f"{value!r} is not a ranking; choose one of {', '.join(allowed)}.", param, ctx)
+        return str(value)
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "[auto|ccfv_twin|METHOD]"
+
+
 def _env_default(env: str, default: str) -> Callable[[click.Context, click.Parameter, Any], str]:
     """``""`` (an unset MLproject parameter) -> ``$env`` or ``default``."""
 
@@ -204,7 +303,7 @@ def _env_default(env: str, default: str) -> Callable[[click.Context, click.Param
     return callback
 
 
-def data_root_option(default: str = "data", help_text: str = "Folder holding the MSD task folders."):
+def data_root_option(default: str = DEFAULT_DATA_ROOT, help_text: str = "Folder holding the MSD task folders."):
     """``--data-root`` (``$MLFLOW_CCFV_DATA``, then ``default``)."""
     return click.option(
         "--data-root",
@@ -255,6 +354,75 @@ def cache_dir_option():
     )
 
 
+def experiment_option(default: str = DEFAULT_EXPERIMENT):
+    """``--experiment``: the MLflow experiment the command's runs and models go to: the option, else
+    ``$MLFLOW_EXPERIMENT_NAME``, else ``default``. The value stays ``""`` when neither is given, so that
+    :func:`check_tracking_server` can tell a chosen experiment from the default."""
+    return click.option(
+        "--experiment",
+        default="",
+        envvar=EXPERIMENT_ENV,
+        show_envvar=True,
+        help=f"MLflow experiment of the command's runs and models; default {default} (a run started by "
+        "mlflow run keeps its own).",
+    )
+
+
+def _check_architecture(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from mlflow_ccfv.networks.specs import SUPPORTED_ARCHITECTURES  # imports torch: only when the command runs
+
+    if value not in SUPPORTED_ARCHITECTURES:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(SUPPORTED_ARCHITECTURES)}.", ctx, param)
+    return value
+
+
+def architecture_option(f):
+    """``--architecture``: a MONAI network of :data:`~mlflow_ccfv.networks.specs.SUPPORTED_ARCHITECTURES`."""
+    return click.option(
+        "--architecture",
+        default="UNet",
+        show_default=True,
+        callback=_check_architecture,
+        help="MONAI network, CPU-sized: UNet, BasicUNet, DynUNet, UNETR, SwinUNETR, SegResNet, SegResNetDS.",
+    )(f)
+
+
+def ray_options(f):
+    """``--executor``, ``--ray-address``, ``--num-cpus`` and ``--num-gpus`` (score, study)."""
+    for option in reversed(
+        [
+            click.option(
+                "--executor",
+                default=ExecutorKind.SERIAL.value,
+                show_default=True,
+                type=EnumChoice(ExecutorKind),
+                help="serial: in this process; ray: one Ray task per scored version (and, in a study, per fine-tune).",
+            ),
+            click.option(
+                "--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance)."
+            ),
+            click.option(
+                "--num-cpus",
+                "num_cpus",
+                default=1.0,
+                type=click.FloatRange(min=0),
+                show_default=True,
+                help="CPUs per Ray task (>= 0).",
+            ),
+            click.option(
+                "--num-gpus",
+                "num_gpus",
+                default=0.0,
+                type=click.FloatRange(min=0),
+                show_default=True,
+                help="GPUs per Ray task (>= 0).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 def device_option():
     """``--device``: cpu, cuda or cuda:N; empty = CUDA when available, else the CPU."""
     return click.option(
@@ -298,8 +466,8 @@ def train_options(steps: int, seed: int):
         ),
         click.option(
             "--optimizer",
-            default="adamw",
-            type=click.Choice(["adamw", "sgd"], case_sensitive=False),
+            default=Optimizer.ADAMW.value,
+            type=EnumChoice(Optimizer, case_sensitive=False),
             show_default=True,
             help="adamw, or sgd (nnU-Net: Nesterov momentum 0.99).",
         ),
@@ -377,11 +545,17 @@ class CCFVCommand(click.Command):
             ) from exc
 
 
-def check_tracking_server() -> None:
-    """Refuse up front (exit 6, one line) when ``MLFLOW_TRACKING_URI`` is a server that does not answer."""
+def check_tracking_server(experiment: str | None = None, default: str = DEFAULT_EXPERIMENT) -> None:
+    """Refuse up front (exit 6, one line) when ``MLFLOW_TRACKING_URI`` is a server that does not answer;
+    then, for a command that writes, make its experiment the active one: ``experiment`` (its
+    :func:`experiment_option`; ``""``: ``default``) through :func:`~mlflow_ccfv.tracking.runs.use_experiment`."""
     from mlflow_ccfv.tracking.server import ensure_tracking_reachable
 
     ensure_tracking_reachable()
+    if experiment is not None:
+        from mlflow_ccfv.tracking.runs import use_experiment
+
+        use_experiment(experiment or default, chosen=bool(experiment))
 
 
 def choices(values: Sequence[str]) -> click.Choice:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import click
 
 from mlflow_ccfv.cli.base import (
-    BoolText,
+    DEMO_EXPERIMENT,
     CCFVCommand,
     IntTuple,
+    bool_option,
     check_tracking_server,
     data_root_option,
     device_option,
     exit_on_input_error,
+    experiment_option,
     steps_options,
 )
 from mlflow_ccfv.options import split_list
@@ -21,7 +23,6 @@ __all__ = ["demo"]
 
 @click.command(cls=CCFVCommand)
 @data_root_option(
-    default="data",
     help_text="Where the synthetic tasks are generated (reused when present); score's default data root.",
 )
 @click.option("--target", default="Task10", show_default=True, help="Target task of the demo.")
@@ -46,12 +47,8 @@ __all__ = ["demo"]
     show_default=True,
     help="Fine-tuning seeds per model.",
 )
-@click.option(
+@bool_option(
     "--from-scratch",
-    "from_scratch",
-    default="false",
-    type=BoolText(),
-    show_default=True,
     help="true: pre-train the bank here (--sources x UNet,UNETR for --pretrain-steps) instead of registering the "
     "shipped pre-trained bank (slower, and at this budget the models barely learn their sources).",
 )
@@ -66,12 +63,7 @@ __all__ = ["demo"]
 @click.option(
     "--bank", default="default", show_default=True, help="Bank tag of the demo's models (score's default bank)."
 )
-@click.option(
-    "--experiment",
-    default="ccfv-demo",
-    show_default=True,
-    help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).",
-)
+@experiment_option(DEMO_EXPERIMENT)
 @click.option(
     "--out-dir",
     "out_dir",
@@ -107,7 +99,7 @@ def demo(**options) -> None:
 
     with exit_on_input_error("demo"):
         resolve_device(options["device"])
-        check_tracking_server()
-        result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None)
+        check_tracking_server(options["experiment"], DEMO_EXPERIMENT)
+        result = run_cli_workflow(make, options["out_dir"] or None)
     click.echo(print_summary(result, ui_hint=True))
     click.echo(demo_evidence(result))

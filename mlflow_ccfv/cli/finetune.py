@@ -5,14 +5,15 @@ from __future__ import annotations
 import click
 
 from mlflow_ccfv.cli.base import (
-    BoolText,
     CCFVCommand,
     IntTuple,
     allow_pickle_option,
+    bool_option,
     check_tracking_server,
     data_root_option,
     device_option,
     exit_on_input_error,
+    experiment_option,
     train_options,
 )
 
@@ -38,13 +39,7 @@ __all__ = ["finetune"]
     show_default=True,
     help="Sliding-window overlap at evaluation, in [0, 1).",
 )
-@click.option(
-    "--force",
-    default="false",
-    type=BoolText(),
-    show_default=True,
-    help="true: fine-tune even if this budget's Dice is tagged.",
-)
+@bool_option("--force", help="true: fine-tune even if this budget's Dice is tagged.")
 @click.option(
     "--seeds",
     default="",
@@ -62,6 +57,7 @@ __all__ = ["finetune"]
 @allow_pickle_option
 @train_options(steps=100, seed=0)
 @device_option()
+@experiment_option()
 def finetune(**options) -> None:
     """Fine-tune a bank version on a target (all pre-trained weights but the last convolution, nothing
     frozen) and record its Dice (MONAI DiceMetric) on the held-out 20%."""
@@ -70,7 +66,7 @@ def finetune(**options) -> None:
 
     with exit_on_input_error("finetune"):
         config = train_config_from_options(options)
-        check_tracking_server()
+        check_tracking_server(options["experiment"])
         outcome = finetune_version(
             options["model"],
             options["dataset"],

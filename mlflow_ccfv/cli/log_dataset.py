@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, bool_option, data_root_option, exit_on_input_error
 
 __all__ = ["log_dataset"]
 
 
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="The task folder: a name under --data-root (Task07) or a path.")
-@click.option(
-    "--data-root", "data_root", default="data", show_default=True, help="Folder holding the MSD task folders."
-)
-@click.option("--verify", default="true", show_default=True, help="Run the dataset integrity check first.")
+@data_root_option()
+@bool_option("--verify", default=True, help="Run the dataset integrity check first.")
 @click.option("--experiment", default="ccfv-datasets", show_default=True, help="Experiment holding the dataset runs.")
 def log_dataset(**options) -> None:
     """Upload dataset.json, imagesTr and labelsTr as artifacts of a dataset run, once per content digest."""

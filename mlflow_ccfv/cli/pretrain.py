@@ -5,14 +5,16 @@ from __future__ import annotations
 import click
 
 from mlflow_ccfv.cli.base import (
-    BoolText,
     CCFVCommand,
     IntTuple,
     OptionalInt,
+    architecture_option,
+    bool_option,
     check_tracking_server,
     data_root_option,
     device_option,
     exit_on_input_error,
+    experiment_option,
     train_options,
 )
 
@@ -22,12 +24,7 @@ __all__ = ["pretrain"]
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Source task: a name under --data-root (Task03) or a folder path.")
 @data_root_option()
-@click.option(
-    "--architecture",
-    default="UNet",
-    show_default=True,
-    help="MONAI network, CPU-sized: UNet, BasicUNet, DynUNet, UNETR, SwinUNETR, SegResNet, SegResNetDS.",
-)
+@architecture_option
 @click.option(
     "--channels",
     default="",
@@ -36,13 +33,7 @@ __all__ = ["pretrain"]
 )
 @click.option("--name", default="", help="Registered model name (default <architecture>-<source>).")
 @click.option("--bank", default="default", show_default=True, help="Bank tag ccfv.bank of the new version.")
-@click.option(
-    "--reuse",
-    default="true",
-    type=BoolText(),
-    show_default=True,
-    help="true: return an existing version with the same budget.",
-)
+@bool_option("--reuse", default=True, help="true: return an existing version with the same budget.")
 @click.option(
     "--curve-every",
     "curve_every",
@@ -59,6 +50,7 @@ __all__ = ["pretrain"]
 )
 @train_options(steps=300, seed=1)
 @device_option()
+@experiment_option()
 def pretrain(**options) -> None:
     """Pre-train a network (nnU-Net-like: foreground-oversampled patches, Dice+CE, AdamW + poly) and register it."""
     from mlflow_ccfv.cli.base import train_config_from_options
@@ -66,7 +58,7 @@ def pretrain(**options) -> None:
 
     with exit_on_input_error("pretrain"):
         config = train_config_from_options(options)
-        check_tracking_server()
+        check_tracking_server(options["experiment"])
         versions = pretrain_checkpoints(
             options["dataset"],
             options["architecture"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error, json_option
 
 __all__ = ["rank"]
 
@@ -12,12 +12,12 @@ __all__ = ["rank"]
 @click.command(cls=CCFVCommand)
 @click.option("--dataset", required=True, help="Dataset name as scored (e.g. Task07).")
 @click.option("--bank", default="", help="Only the versions of this bank (default: every version).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a Markdown table.")
-def rank(dataset: str, bank: str, as_json: bool) -> None:
+@json_option("the ranking")
+def rank(dataset: str, bank: str, json: bool) -> None:
     """Print the stored transferability ranking of a dataset from the registry tags (nothing is recomputed)."""
     from mlflow_ccfv.pipelines.rank import frame_json, frame_markdown, ranking_of
 
     with exit_on_input_error("rank"):
         check_tracking_server()
         frame = ranking_of(dataset, bank or None)
-    click.echo(frame_json(frame) if as_json else frame_markdown(frame))
+    click.echo(frame_json(frame) if json else frame_markdown(frame))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import BoolText, CCFVCommand, allow_pickle_option, check_tracking_server, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    CCFVCommand,
+    IntTuple,
+    allow_pickle_option,
+    bool_option,
+    check_tracking_server,
+    exit_on_input_error,
+    experiment_option,
+)
 from mlflow_ccfv.errors import OptionError
 
 __all__ = ["register"]
@@ -40,13 +48,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--checkpoint", default="", help="state_dict file (torch.save; also {'state_dict': ...} or module.-prefixed)."
 )
-@click.option(
-    "--random-init",
-    "random_init",
-    default="false",
-    type=BoolText(),
-    help="true: register the randomly initialised network (seeded) instead of a checkpoint.",
-)
+@bool_option("--random-init", help="true: register the randomly initialised network (seeded) instead of a checkpoint.")
 @click.option(
     "--seed", default=0, type=click.IntRange(min=0, max=2**32 - 1), show_default=True, help="Seed of --random-init."
 )
@@ -75,6 +77,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     "--patch-size",
     "patch_size",
     default="",
+    type=IntTuple(length=3, minimum=1, maximum=4096),
     help="Training patch / sliding-window ROI, e.g. 32,32,32 (default: UNETR img_size or 32,32,32).",
 )
 @click.option("--description", default="", help="Version description.")
@@ -86,6 +89,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     "(transferability., finetune., ccfv., pretrain., weights.).",
 )
 @allow_pickle_option
+@experiment_option()
 def register(
     name,
     source_dataset,
@@ -103,6 +107,7 @@ def register(
     description,
     tags,
     allow_pickle,
+    experiment,
 ) -> None:
     """Register a MONAI network (spec + checkpoint, or a MONAI bundle), an nnU-Net v2 model or an
     mlflow.pytorch model as a bank version."""
@@ -110,7 +115,7 @@ def register(
 
     with exit_on_input_error("register"):
         extra_tags = _parse_tags(tags)
-        check_tracking_server()
+        check_tracking_server(experiment)
         mv = register_from_options(
             name=name,
             source_dataset=source_dataset,

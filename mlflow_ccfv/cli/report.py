@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
+from mlflow_ccfv.cli.base import (
+    CCFVCommand,
+    RankBy,
+    check_tracking_server,
+    exit_on_input_error,
+    experiment_option,
+    json_option,
+)
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.options import split_list
 
@@ -23,6 +30,7 @@ __all__ = ["report"]
     "rank_by",
     default="auto",
     show_default=True,
+    type=RankBy(),
     help="The ranking whose goal table and Dice-against-score plots are written: auto (ccfv_twin where the "
     "bank has random-init controls, else ccfv), ccfv_twin, or an estimator.",
 )
@@ -40,13 +48,16 @@ __all__ = ["report"]
     help="Comma-separated scores.csv files of earlier studies whose targets join the sanity table and the "
     "pre-registered rule for the default ranking (e.g. results/study-dev-4k/scores.csv).",
 )
+@experiment_option()
+@json_option("the tables")
 def report(**options) -> None:
     """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
-    from mlflow_ccfv.pipelines.report import report_bank
+    from mlflow_ccfv.pipelines.rank import frames_json
+    from mlflow_ccfv.pipelines.report import report_bank, report_tables
 
     with exit_on_input_error("report"):
         in_domain = _in_domain(options["in_domain"])
-        check_tracking_server()
+        check_tracking_server(options["experiment"])
         rep = report_bank(
             options["bank"],
             datasets=split_list(options["datasets"]) or None,
@@ -56,7 +67,7 @@ def report(**options) -> None:
             in_domain=in_domain,
             other_targets=split_list(options["other_targets"]),
         )
-    click.echo(rep.markdown())
+    click.echo(frames_json(report_tables(rep)) if options["json"] else rep.markdown())
 
 
 def _in_domain(text: str) -> dict[str, tuple[str, ...]]:

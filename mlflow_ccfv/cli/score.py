@@ -7,19 +7,26 @@ import sys
 import click
 
 from mlflow_ccfv.cli.base import (
-    BoolText,
     CCFVCommand,
+    EnumChoice,
     IntTuple,
+    MethodsText,
     OptionalFloat,
     OptionalInt,
+    RankBy,
     allow_pickle_option,
+    bool_option,
     cache_dir_option,
     check_tracking_server,
     data_root_option,
     device_option,
     exit_on_input_error,
+    experiment_option,
+    json_option,
     methods_help,
+    ray_options,
 )
+from mlflow_ccfv.options import TargetSplit
 
 __all__ = ["score"]
 
@@ -36,13 +43,14 @@ __all__ = ["score"]
 @click.option(
     "--methods",
     default="",
+    type=MethodsText(),
     help=methods_help("Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations)."),
 )
 @click.option(
     "--split",
-    default="train",
+    default=TargetSplit.TRAIN.value,
     show_default=True,
-    type=click.Choice(["train", "test", "all"]),
+    type=EnumChoice(TargetSplit),
     help="Which cases of the target score the models.",
 )
 @click.option(
@@ -79,28 +87,14 @@ __all__ = ["score"]
     type=OptionalInt(0, 2**63 - 1),
     help="Seed of the voxel sampling, an integer >= 0 (default 0).",
 )
-@click.option("--force", default="false", type=BoolText(), show_default=True, help="true: recompute features.")
+@bool_option("--force", help="true: recompute features.")
 @cache_dir_option()
-@click.option(
-    "--verify", default="true", type=BoolText(), show_default=True, help="Run the dataset integrity check first."
-)
+@bool_option("--verify", default=True, help="Run the dataset integrity check first.")
 @device_option()
 @allow_pickle_option
-@click.option(
-    "--executor",
-    default="serial",
-    show_default=True,
-    type=click.Choice(["serial", "ray"]),
-    help="serial: in this process; ray: one Ray task per model version.",
-)
-@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
-@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
-@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
-@click.option(
+@ray_options
+@bool_option(
     "--log-dataset",
-    "log_dataset",
-    default="false",
-    show_default=True,
     help="true: upload the target folder as artifacts first (as log-dataset; once per content).",
 )
 @click.option(
@@ -108,36 +102,41 @@ __all__ = ["score"]
     "rank_by",
     default="auto",
     show_default=True,
+    type=RankBy(),
     help="What sets the rank tags and the best-<dataset> alias: auto (ccfv_twin where every architecture "
     "has a random-init twin, else ccfv), ccfv_twin (CC-FV minus that of a random-init twin of the model's "
     "architecture: the method docs/study.md's evidence supports), or an estimator (ccfv: the paper's).",
 )
-@click.option(
+@bool_option(
     "--add-twins",
-    "add_twins",
-    default="true",
-    show_default=True,
+    default=True,
     help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
     "architecture that has none (same network, random weights; no training).",
 )
+@experiment_option()
+@json_option()
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
+    from mlflow_ccfv.pipelines.rank import frame_json
     from mlflow_ccfv.pipelines.score import score_from_options
     from mlflow_ccfv.scoring import parse_methods
     from mlflow_ccfv.study.ranking import table_markdown
 
+    as_json = options.pop("json")
     with exit_on_input_error("score"):
-        parse_methods(options["methods"])  # an unknown name is refused before the server is asked
-        check_tracking_server()
+        check_tracking_server(options.pop("experiment"))
         table = score_from_options(**options)
     shown = parse_methods(options["methods"])
-    click.echo(
-        table_markdown(
-            table,
-            # the column ranked by first (ccfv_twin where the default ranking resolved to it)
-            list(dict.fromkeys([*[c for c in ("ccfv_twin", options["rank_by"]) if c in table.columns], *shown])),
+    if as_json:
+        click.echo(frame_json(table))
+    else:
+        click.echo(
+            table_markdown(
+                table,
+                # the column ranked by first (ccfv_twin where the default ranking resolved to it)
+                list(dict.fromkeys([*[c for c in ("ccfv_twin", options["rank_by"]) if c in table.columns], *shown])),
+            )
         )
-    )
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]
     for model, error in errors:  # pickled versions without the opt-in are skipped, not failed
         if error.startswith("skipped: "):

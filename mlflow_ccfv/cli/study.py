@@ -6,6 +6,7 @@ import click
 from click.core import ParameterSource
 
 from mlflow_ccfv.cli.base import (
+    STUDY_EXPERIMENT,
     CCFVCommand,
     IntTuple,
     OptionalInt,
@@ -13,6 +14,8 @@ from mlflow_ccfv.cli.base import (
     data_root_option,
     device_option,
     exit_on_input_error,
+    experiment_option,
+    ray_options,
     steps_options,
 )
 from mlflow_ccfv.options import split_list
@@ -92,12 +95,7 @@ __all__ = ["study"]
 )
 @steps_options(pretrain=2000, finetune=200)
 @click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
-@click.option(
-    "--experiment",
-    default="ccfv-study",
-    show_default=True,
-    help="MLflow experiment (unless MLFLOW_EXPERIMENT_* or mlflow run chose one).",
-)
+@experiment_option(STUDY_EXPERIMENT)
 @click.option(
     "--out-dir",
     "out_dir",
@@ -106,16 +104,7 @@ __all__ = ["study"]
     help="Also write the report's tables and plots here.",
 )
 @device_option()
-@click.option(
-    "--executor",
-    default="serial",
-    show_default=True,
-    type=click.Choice(["serial", "ray"]),
-    help="ray: one Ray task per scored version and per fine-tune.",
-)
-@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
-@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
-@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
+@ray_options
 @click.option(
     "--preset",
     default="",
@@ -169,15 +158,15 @@ def study(**options) -> None:
 
     with exit_on_input_error("study"):
         resolve_device(options["device"])
-        check_tracking_server()
+        check_tracking_server(options["experiment"], STUDY_EXPERIMENT)
         executor = make_executor(
             options["executor"],
             address=options["ray_address"] or None,
-            num_cpus=float(options["num_cpus"]),
-            num_gpus=float(options["num_gpus"]),
+            num_cpus=options["num_cpus"],
+            num_gpus=options["num_gpus"],
         )
         try:
-            result = run_cli_workflow(make, options["experiment"], options["out_dir"] or None, executor)
+            result = run_cli_workflow(make, options["out_dir"] or None, executor)
         finally:
             executor.close()
     click.echo(print_summary(result))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, EnumChoice, bool_option, exit_on_input_error
+from mlflow_ccfv.options import Orientation
 
 __all__ = ["synth"]
 
@@ -55,12 +56,12 @@ def _triple(kind: type, what: str):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed; same seed, same files.")
 @click.option(
     "--orientation",
-    type=click.Choice(["LPS", "RAS"]),
-    default="LPS",
+    type=EnumChoice(Orientation),
+    default=Orientation.LPS.value,
     show_default=True,
     help="Storage axis codes of the NIfTI files.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing task folders.")
+@bool_option("--overwrite", help="true: replace existing task folders.")
 @click.option(
     "--figure",
     type=click.Path(dir_okay=False),

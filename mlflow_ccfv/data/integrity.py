@@ -176,7 +176,7 @@ def verify_dataset(dataset: TaskFolder, affine_tol: float = 1e-3, progress: bool
     """
     report = VerifyReport(name=dataset.name, root=dataset.root, modalities=dataset.modalities, labels=dataset.labels)
     problems: list[str] = []
-    for case in tqdm(dataset.cases, desc=f"verifying {dataset.name}", unit="case", disable=not progress):
+    for case in tqdm(dataset.cases, desc=f"verifying {dataset.name}", unit="case", disable=None if progress else True):
         try:
             report.cases.append(verify_case(case, dataset.n_channels, dataset.labels, affine_tol))
         except DatasetError as exc:

@@ -351,7 +351,7 @@ class MSDDataset:
     ) -> Iterator[PreprocessedCase]:
         """Yield pre-processed cases (all by default) one at a time, with a tqdm progress bar."""
         ids = list(self.case_ids if case_ids is None else case_ids)
-        for case_id in tqdm(ids, desc=f"loading {self.name}", unit="case", disable=not progress):
+        for case_id in tqdm(ids, desc=f"loading {self.name}", unit="case", disable=None if progress else True):
             yield self.load_case(case_id, config)
 
     def largest_side(self, case_ids: Iterable[str] | None = None) -> int:

@@ -747,7 +747,7 @@ def _write_task(
     affine, flip = _affine(shape, spacing, orientation)
     training = []
     start = time.perf_counter()
-    for i in tqdm(range(n_cases), desc=f"synthesising {t.name}", unit="case", disable=not progress):
+    for i in tqdm(range(n_cases), desc=f"synthesising {t.name}", unit="case", disable=None if progress else True):
         image, label = synthesize_case(t, _case_rng(seed, t, i), shape, spacing)
         if flip:
             image, label = image[::-1, ::-1].copy(), label[::-1, ::-1].copy()

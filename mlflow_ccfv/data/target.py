@@ -17,10 +17,11 @@ import pandas as pd
 
 from mlflow_ccfv.data.msd import MSDDataset
 from mlflow_ccfv.errors import DatasetError
+from mlflow_ccfv.options import TargetSplit
 
 __all__ = ["MANIFEST_COLUMNS", "SPLITS", "Target", "make_target", "short_name", "target_from_manifest"]
 
-SPLITS = ("train", "test", "all")
+SPLITS: tuple[str, ...] = tuple(TargetSplit)
 MANIFEST_COLUMNS = ("case_id", "image", "label", "image_sha256", "label_sha256", "split")
 _TASK = re.compile(r"^(Task\d+)(_|$)")
 

@@ -509,7 +509,9 @@ def sample_features(
     seen: set[str] = set()
     try:
         with torch.inference_mode():
-            for case in tqdm(_iter_cases(cases), desc="sampling features", unit="case", disable=not progress):
+            for case in tqdm(
+                _iter_cases(cases), desc="sampling features", unit="case", disable=None if progress else True
+            ):
                 case_id, image, label = _check_case(case)
                 if case_id in seen:
                     raise ValueError(f"Case id {case_id!r} appears twice; case ids must be unique.")

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import mlflow
 
 from mlflow_ccfv.errors import OptionError
+from mlflow_ccfv.options import ExecutorKind
 
 __all__ = [
     "EXECUTORS",
@@ -43,7 +44,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 #: The ``--executor`` choices.
-EXECUTORS = ("serial", "ray")
+EXECUTORS: tuple[str, ...] = tuple(ExecutorKind)
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 

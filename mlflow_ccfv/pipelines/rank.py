@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
@@ -18,7 +19,7 @@ from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import bank_versions
 
-__all__ = ["bank_table", "frame_json", "frame_markdown", "ranking_of"]
+__all__ = ["bank_table", "frame_json", "frame_markdown", "frames_json", "ranking_of"]
 
 
 def ranking_of(dataset: str, bank: str | None = None) -> pd.DataFrame:
@@ -67,10 +68,18 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
 
-def frame_json(frame: pd.DataFrame) -> str:
-    """A table as a JSON list of records (missing values ``null``)."""
-    records = [
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
         for rec in frame.to_dict(orient="records")
     ]
-    return json.dumps(records, indent=2, default=str)
+
+
+def frame_json(frame: pd.DataFrame) -> str:
+    """A table as a JSON list of records (missing values ``null``)."""
+    return json.dumps(_records(frame), indent=2, default=str)
+
+
+def frames_json(frames: Mapping[str, pd.DataFrame]) -> str:
+    """Named tables as one JSON object: name -> list of records (missing values ``null``)."""
+    return json.dumps({name: _records(frame) for name, frame in frames.items()}, indent=2, default=str)

@@ -30,7 +30,14 @@ from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import DEFAULT_BANK, bank_versions, get_version
 from mlflow_ccfv.tracking.runs import command_run, run_csv
 
-__all__ = ["dice_tables", "pretraining_curves", "report_bank", "report_metrics", "scores_from_tags"]
+__all__ = [
+    "dice_tables",
+    "pretraining_curves",
+    "report_bank",
+    "report_metrics",
+    "report_tables",
+    "scores_from_tags",
+]
 
 #: The fine-tune runs' artifact with the per-case, per-seed Dice (see ``pipelines.finetune``).
 DICE_TABLE = "dice_per_case.csv"
@@ -192,3 +199,26 @@ def report_metrics(report: Report) -> dict[str, float]:
             if r.permutation_p == r.permutation_p:
                 out[T.permutation_metric(r.dataset, r.method)] = float(r.permutation_p)
     return out
+
+
+def report_tables(report: Report) -> dict[str, pd.DataFrame]:
+    """The tables :meth:`Report.markdown` prints, by name, with their index as columns (``report --json``);
+    ``correlations``: every (dataset, method) row they summarise. Empty tables are left out."""
+    tables = {
+        "table1": report.table1,
+        "table2": report.table2,
+        "regret": report.regret,
+        "discrimination": report.discrimination,
+        "by_architecture": report.by_architecture,
+        "source_dice": report.source_dice,
+        "plateau": report.plateau,
+        "goal": report.goal,
+        "correlations": report.correlations,
+    }
+    return {
+        name: frame.reset_index() if _named_index(frame) else frame for name, frame in tables.items() if not frame.empty
+    }
+
+
+def _named_index(frame: pd.DataFrame) -> bool:
+    return any(name is not None for name in frame.index.names)

@@ -553,6 +553,11 @@ def _log_ranking_metric(results: list[VersionResult], table: pd.DataFrame, metho
                 _logger.info("%s: run %s is gone (%s); its replacement logs its own", r.label, r.run_id, exc)
 
 
+def _per_task(value: str | float, name: str, default: float) -> float:
+    """A Ray task's CPUs or GPUs (``--num-cpus``, ``--num-gpus``): a number >= 0; ``""`` is ``default``."""
+    return default if value in ("", None) else parse_float(value, f"--{name.replace('_', '-')}", minimum=0)
+
+
 def _with_rank_method(methods: list[str], rank_by: str) -> list[str]:
     """``methods`` plus what ``rank_by`` needs (an estimator, or ``ccfv_twin``: ``ccfv``), checked here
     before any work."""
@@ -684,8 +689,8 @@ def score_from_options(
     amp: str | bool = False,
     executor: str = "serial",
     ray_address: str = "",
-    num_cpus: str = "1",
-    num_gpus: str = "0",
+    num_cpus: str | float = 1.0,
+    num_gpus: str | float = 0.0,
     log_dataset="false",
     allow_pickle: bool | None = None,
     rank_by: str = AUTO_RANK,
@@ -715,6 +720,7 @@ def score_from_options(
         sampler_seed=sampler_seed,
     )
     use_amp = parse_bool(amp, "amp")
+    cpus, gpus = _per_task(num_cpus, "num_cpus", 1.0), _per_task(num_gpus, "num_gpus", 0.0)
     chosen_device = str(resolve_device(device or None))
     FeatureCache(cache_dir or None).check_writable()
     if "roi_size" in overrides:
@@ -742,7 +748,10 @@ def score_from_options(
         chosen_device,
     )
     runner = make_executor(
-        executor or "serial", address=ray_address or None, num_cpus=float(num_cpus or 1), num_gpus=float(num_gpus or 0)
+        executor or "serial",
+        address=ray_address or None,
+        num_cpus=cpus,
+        num_gpus=gpus,
     )
     reference = dataset if is_dataset_reference(dataset) else None
     if reference is None and parse_bool(log_dataset, "log_dataset"):

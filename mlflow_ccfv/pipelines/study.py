@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -727,13 +726,8 @@ def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
     return ranked_table(result.frame, dataset, by=by, methods=methods)
 
 
-def run_cli_workflow(
-    make_config, experiment: str, out_dir: str | Path | None = None, executor: Executor | None = None
-) -> StudyResult:
-    """Choose the experiment (unless ``mlflow run`` or ``MLFLOW_EXPERIMENT_*`` did), build the config, run."""
-
-    if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")):
-        mlflow.set_experiment(experiment)
+def run_cli_workflow(make_config, out_dir: str | Path | None = None, executor: Executor | None = None) -> StudyResult:
+    """Build the config (``make_config()``), run it in the active experiment (the command chose it)."""
     return run_transfer_study(make_config(), out_dir=out_dir, executor=executor)
 
 

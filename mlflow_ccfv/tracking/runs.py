@@ -44,10 +44,22 @@ __all__ = [
     "run_csv",
     "run_record",
     "tag_process",
+    "use_experiment",
 ]
 
 _logger = logging.getLogger(__name__)
 _PAGE = 500
+
+
+def use_experiment(name: str, *, chosen: bool = True) -> str | None:
+    """Make ``name`` the active experiment of this process's runs and LoggedModels; returns it, or
+    ``None`` where the experiment is already decided: a run given by ``MLFLOW_RUN_ID`` (``mlflow run``
+    sets it, with the run's ``MLFLOW_EXPERIMENT_ID``) keeps its experiment, and so does an
+    ``MLFLOW_EXPERIMENT_ID`` when ``name`` is only a default (``chosen=False``)."""
+    if os.environ.get("MLFLOW_RUN_ID") or (not chosen and os.environ.get("MLFLOW_EXPERIMENT_ID")):
+        return None
+    mlflow.set_experiment(name)
+    return name
 
 
 def _start_time(pid: int) -> str:

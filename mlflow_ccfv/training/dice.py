@@ -122,7 +122,7 @@ def evaluate_dice(
     if not cases:
         raise ValueError("No evaluation cases: the held-out split is empty.")
     table: dict[str, dict[int, float]] = {}
-    for case in tqdm(cases, desc=desc, disable=not progress, leave=False):
+    for case in tqdm(cases, desc=desc, disable=None if progress else True, leave=False):
         case_id, image, label = checked_case(case)
         table[case_id] = dice_per_class(
             predict(model, image, roi_size, overlap, sw_batch_size, device=device), label, num_classes

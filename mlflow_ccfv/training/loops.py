@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from mlflow_ccfv.networks.devices import resolve_device
 from mlflow_ccfv.networks.specs import DEFAULT_PATCH_SIZE, NetworkSpec, load_state_dict_strict
-from mlflow_ccfv.options import parse_ints
+from mlflow_ccfv.options import Optimizer, parse_ints
 from mlflow_ccfv.training.checkpoint import TrainingCheckpoint
 
 __all__ = [
@@ -63,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS: tuple[str, ...] = tuple(Optimizer)
 
 
 @dataclass(frozen=True)
@@ -414,7 +414,12 @@ def train_segmentation(
             first = int(saved["step"])
             log.info("%s: resuming from the checkpoint at step %d/%d", desc, first, config.steps)
         bar = tqdm(
-            range(first, config.steps), desc=desc, disable=not progress, leave=False, mininterval=1.0, initial=first
+            range(first, config.steps),
+            desc=desc,
+            disable=None if progress else True,
+            leave=False,
+            mininterval=1.0,
+            initial=first,
         )
         for step in bar:
             images, labels = sampler.sample(config.batch_size)
