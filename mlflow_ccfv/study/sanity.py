@@ -87,13 +87,13 @@ def sanity_table(
     """One row per (dataset, method): ``a_pass``, ``a_violations``, ``b_pass`` (NA where the target has
     no in-domain model), ``in_domain_rank`` (the best rank of an in-domain model), ``top_pick``,
     ``top_is_control``. ``in_domain``: target -> the ``source_dataset`` values of its own task."""
-    in_domain = {k: set(v) for k, v in (in_domain or {}).items()}
+    own_sources: dict[str, set[str]] = {str(k): set(v) for k, v in (in_domain or {}).items()}
     rows = []
     chosen = frame if methods is None else frame[frame["method"].isin(methods)]
     for (dataset, method), group in chosen.groupby(["dataset", "method"], sort=True):
         ordered = _ordered(group)
         sources = ordered["source_dataset"].astype(str).tolist()
-        own = in_domain.get(str(dataset), set())
+        own = own_sources.get(str(dataset), set())
         own_ranks = [i + 1 for i, s in enumerate(sources) if s in own]
         violations = _violations(group)
         rows.append(
