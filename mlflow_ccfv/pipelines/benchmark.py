@@ -24,7 +24,7 @@ from mlflow_ccfv.data.partition import partition_task
 from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec
 from mlflow_ccfv.pipelines.register import register_imported
-from mlflow_ccfv.pipelines.study import Source, StudyConfig, ensure_synthetic
+from mlflow_ccfv.pipelines.study_config import Source, StudyConfig, ensure_synthetic
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import find_version
 from mlflow_ccfv.training import TrainConfig, pretrain

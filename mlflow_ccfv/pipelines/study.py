@@ -22,173 +22,71 @@ estimate of the time left.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import quote
 
 import mlflow
-import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
-from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
-from mlflow_ccfv.errors import DatasetError
-from mlflow_ccfv.estimators import METHODS
-from mlflow_ccfv.estimators.catalogue import method_names
-from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, resolve_device
-from mlflow_ccfv.options import parse_source
+from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control, register_twins
 from mlflow_ccfv.pipelines.report import report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
-from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK, register_bank_folder
-from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.scoring.ranking import TWIN_METHOD, choose_ranking
-from mlflow_ccfv.study.report import Report, ranked_table
-from mlflow_ccfv.study.tables import to_markdown
-from mlflow_ccfv.study.variants import frame_members
+from mlflow_ccfv.pipelines.shipped_bank import register_bank_folder
+from mlflow_ccfv.pipelines.study_config import (
+    ARCHITECTURES,
+    DEMO_EXTRA_TASKS,
+    DEMO_SOURCES,
+    Source,
+    StudyConfig,
+    StudyResult,
+    demo_config,
+    ensure_synthetic,
+    study_config,
+)
+from mlflow_ccfv.pipelines.study_summary import (
+    DEMO_METHODS,
+    demo_evidence,
+    demo_ranking,
+    demo_table,
+    evidence_summary,
+    print_summary,
+)
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.datasets import is_dataset_reference, resolve_dataset_reference
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, get_version, version_uri
+from mlflow_ccfv.tracking.registry import get_version, version_uri
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.training import TrainConfig
 
 __all__ = [
     "ARCHITECTURES",
-    "DEMO_EXTRA_TASKS",
-    "DEMO_SOURCES",
     "CONTROL_SOURCE",
+    "DEMO_EXTRA_TASKS",
+    "DEMO_METHODS",
+    "DEMO_SOURCES",
     "FinetuneTask",
     "Source",
     "StudyConfig",
     "StudyResult",
-    "demo_config",
-    "demo_table",
     "check_twins",
+    "demo_config",
     "demo_evidence",
-    "evidence_summary",
+    "demo_ranking",
+    "demo_table",
     "ensure_synthetic",
+    "evidence_summary",
     "finetune_task_remote",
+    "print_summary",
+    "run_cli_workflow",
     "run_transfer_study",
     "study_config",
 ]
 
 _logger = logging.getLogger(__name__)
-
-ARCHITECTURES = ("UNet", "UNETR")
-#: The demo's tasks beside its target: generated with the shipped bank (Task07: the README's next
-#: command scores it), pre-trained on with ``from_scratch``.
-DEMO_EXTRA_TASKS = ("Task07",)
-DEMO_SOURCES = ("Task03", "Task07", "Task06")
-
-
-@dataclass(frozen=True)
-class Source:
-    """A pre-training source: a dataset folder and the input channels used (None = all)."""
-
-    path: Path
-    channels: tuple[int, ...] | None = None
-
-
-@dataclass
-class StudyConfig:
-    """Everything a study run depends on (logged as params); defaults are the CPU study's.
-
-    ``targets``: dataset folders fine-tuned on; ``sources``: pre-training sources (targets are also
-    sources of each other, leave-one-out); ``pretrain``/``finetune``: the budgets, identical for every
-    model; ``methods``: estimators scored (``"all"`` includes the Table 2 ablations); ``device``: where
-    the networks train and run (``None``: CUDA when available, else CPU); ``amp``: mixed-precision
-    inference when scoring (an opt-in, see :mod:`mlflow_ccfv.networks.devices`).
-    """
-
-    targets: list[Path]
-    sources: list[Source]
-    architectures: tuple[str, ...] = ARCHITECTURES
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, learning_rate=3e-3, seed=1))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, learning_rate=3e-3, seed=0))
-    bank: str = "study"
-    methods: str = "all"
-    control_seed: int = 0
-    split_seed: int = 0
-    overlap: float = 0.5
-    cache_dir: str | None = None
-    device: str | None = None
-    amp: bool = False
-    #: fine-tuning seeds per (model, target); None: the ``finetune`` config's one seed
-    seeds: tuple[int, ...] | None = None
-    #: pre-train on each source's 80% split and tag the Dice on its 20% (``pretrain.source_dice``)
-    source_holdout: bool = False
-    #: the pre-training curve: source Dice every N steps (0: only at the end)
-    curve_every: int = 0
-    #: with ``early_sources``: also register this step's checkpoint of those sources' runs
-    early_step: int | None = None
-    early_sources: tuple[str, ...] = ()
-    #: bootstrap resamples of the report's intervals
-    n_resamples: int = 1000
-    #: datasets given as logged references: local folder (resolved path) -> ``runs:/<run_id>/<folder>``;
-    #: Ray tasks read these targets from the reference (downloaded once per worker machine)
-    references: dict[str, str] = field(default_factory=dict)
-    #: register the pre-trained models of this bank folder (safetensors + manifest, e.g. the shipped
-    #: bank) instead of pre-training on ``sources``
-    bank_folder: Path | None = None
-    #: target -> the sources of its own task (e.g. two parts of one dataset): the report checks that a
-    #: ranking puts one of their models in its top 2
-    in_domain: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    #: registered models (``models:/<name>/<version>``) added to the bank beside the pre-trained ones
-    #: (e.g. an imported bundle); each gets the twin of its network
-    extra_models: tuple[str, ...] = ()
-
-    def location(self, folder: str | Path) -> str:
-        """Where a worker finds the dataset in ``folder``: its logged reference, else the folder's path."""
-        return self.references.get(str(Path(folder).resolve()), str(folder))
-
-
-@dataclass
-class StudyResult:
-    report: Report
-    frame: pd.DataFrame
-    seconds: dict[str, float]
-    outcomes: list[FinetuneOutcome]
-
-    @property
-    def cost_ratio(self) -> float:
-        """Wall time of scoring the banks over wall time of fine-tuning them (measured, not reused)."""
-        ft = self.seconds.get("finetune", 0.0)
-        return self.seconds.get("score", float("nan")) / ft if ft > 0 else float("nan")
-
-
-def ensure_synthetic(
-    data_root: str | Path,
-    tasks: Sequence[str],
-    n_cases: int,
-    shape: Sequence[int],
-    seed: int = 0,
-    progress: bool = True,
-) -> list[Path]:
-    """The synthetic task folders under ``data_root``, generated only when missing or made differently."""
-    root = Path(data_root)
-    out = []
-    for task in tasks:
-        t = get_task(task)
-        folder = root / t.name
-        meta_file = folder / "dataset.json"
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
-            synth = meta.get("synthetic", {})
-            if (
-                meta.get("numTraining") == n_cases
-                and synth.get("seed") == seed
-                and list(synth.get("shape", [])) == list(shape)
-            ):
-                out.append(folder)
-                continue
-            _logger.info("%s exists with other settings; regenerating", folder)
-        out.append(generate_task(t, root, n_cases=n_cases, shape=shape, seed=seed, overwrite=True, progress=progress))
-    return out
 
 
 def _timed(seconds: dict[str, float], key: str, start: float) -> None:
@@ -538,318 +436,6 @@ def check_twins(pretrained: Sequence, controls: Sequence) -> None:
             )
 
 
-def demo_config(
-    data_root: str | Path,
-    target: str = "Task10",
-    n_cases: int = 50,
-    shape: Sequence[int] = (64, 64, 48),
-    sources: Sequence[str] | None = None,
-    pretrain_steps: int = 150,
-    finetune_steps: int = 150,
-    bank: str = DEFAULT_BANK,
-    architectures: Sequence[str] | None = None,
-    methods: str = "all",
-    patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
-    seed: int = 0,
-    progress: bool = True,
-    device: str | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    from_scratch: bool = False,
-    bank_folder: str | Path | None = None,
-) -> StudyConfig:
-    """The demo: one synthetic target (``n_cases`` generated with ``seed``; the 80/20 split holds out
-    10 of 50), a bank, one random-init control per architecture; every model fine-tuned with each of
-    ``seeds`` for ``finetune_steps`` (the study's budget).
-
-    The bank: by default the pre-trained models of ``bank_folder`` (the shipped bank: UNets the
-    development study pre-trained for 1000 steps on the same synthetic family, see
-    :data:`~mlflow_ccfv.pipelines.shipped_bank.SHIPPED_BANK`), verified and registered in seconds;
-    ``sources`` are then only generated beside the target (default ``Task07``). With ``from_scratch``,
-    ``len(sources) x len(architectures)`` models are pre-trained here for ``pretrain_steps`` (default
-    sources Task03, Task07, Task06; architectures UNet, UNETR).
-
-    The demo's models go to the bank ``score`` uses by default (``default``) and its tasks are generated
-    where ``score`` looks by default (``data``), so the headline ``mlflow run . -e score -P
-    dataset=Task07`` works right after it."""
-    from mlflow_ccfv.networks.bank_files import read_manifest
-
-    folder = None if from_scratch else Path(bank_folder) if bank_folder else SHIPPED_BANK
-    if folder is not None:
-        manifest = read_manifest(folder)
-        arch = tuple(architectures) if architectures else tuple(manifest.architectures)
-        extra = tuple(sources) if sources is not None else DEMO_EXTRA_TASKS
-        shipped_sources = {m.source_dataset for m in manifest.models}
-        if get_task(target).name.split("_")[0] in shipped_sources:
-            _logger.warning(
-                "the demo's target %s is a source of the bank in %s; those models are left out of its bank",
-                target,
-                folder,
-            )
-    else:
-        arch = tuple(architectures) if architectures else ARCHITECTURES
-        extra = tuple(sources) if sources is not None else DEMO_SOURCES
-    names = [target] + [s for s in extra if get_task(s).name != get_task(target).name]
-    folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
-    patch = tuple(int(p) for p in patch_size)
-    return StudyConfig(
-        targets=[folders[0]],
-        sources=[] if folder is not None else [Source(f) for f in folders[1:]],
-        bank=bank,
-        methods=methods,
-        architectures=arch,
-        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
-        seeds=tuple(int(s) for s in seeds),
-        device=device,
-        bank_folder=folder,
-    )
-
-
-def _resolve_entries(
-    entries: Sequence[str], references: dict[str, str] | None = None
-) -> tuple[list[str], list[tuple[Path, tuple[int, ...] | None]]]:
-    """Split study entries into synthetic task names and real MSD folders (``PATH[:CHANNELS]``); a logged
-    dataset (``runs:/<run_id>/<folder>[:CHANNELS]``) is downloaded once into the digest-keyed cache,
-    verified, and recorded in ``references`` (its local folder -> the reference)."""
-    synthetic, real = [], []
-    for entry in entries:
-        where, channels = parse_source(entry)
-        if is_dataset_reference(where):
-            local = resolve_dataset_reference(where).resolve()
-            if references is not None:
-                references[str(local)] = where
-            real.append((local, channels))
-            continue
-        path = Path(where).expanduser()
-        if path.is_dir():
-            if not (path / "dataset.json").is_file():
-                raise ValueError(f"{path} is not an MSD task folder (no dataset.json); give a Decathlon-layout folder.")
-            real.append((path.resolve(), channels))
-        elif "/" in where or "\\" in where:
-            raise ValueError(
-                f"Dataset folder {where} does not exist; give an MSD task folder or a synthetic task name."
-            )
-        else:
-            synthetic.append(get_task(where).name)  # raises with the known names
-    return synthetic, real
-
-
-def _short_source_name(entry: str) -> str:
-    """``Task03``, ``liver``, ``Task03_SynthLiver`` or an MSD folder path -> the short name in the tags."""
-    path = Path(parse_source(entry)[0]).expanduser()
-    if path.is_dir():
-        return short_name(MSDDataset.load(path))
-    try:
-        return get_task(entry).name.split("_")[0]
-    except DatasetError:
-        return entry  # a real source's short name (``Task90``)
-
-
-def study_config(
-    data_root: str | Path,
-    n_cases: int = 50,
-    shape: Sequence[int] = (64, 64, 48),
-    brats: str | Path | None = None,
-    pretrain_steps: int = 2000,
-    finetune_steps: int = 200,
-    architectures: Sequence[str] = ARCHITECTURES,
-    bank: str = "study",
-    targets: Sequence[str] | None = None,
-    progress: bool = True,
-    sources: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    synthetic_seed: int = 0,
-    curve_every: int = 250,
-    early_step: int | None = 250,
-    early_sources: Sequence[str] = ("Task03", "Task09"),
-    patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
-    device: str | None = None,
-) -> StudyConfig:
-    """Leave-one-task-out over the synthetic family (generated under ``data_root`` with
-    ``synthetic_seed``) and/or real MSD folders.
-
-    ``targets``/``sources``: synthetic task names (``Task03``), MSD folder paths or logged datasets
-    (``runs:/<run_id>/<folder>``, downloaded once into ``$MLFLOW_CCFV_CACHE``/``.ccfv-cache`` and
-    verified; the config's ``references`` keeps them for Ray workers); a source may keep
-    some channels (``/data/Task01_BrainTumour:0``). Default targets: the five synthetic tasks; default
-    sources: the synthetic family when a target is synthetic, plus every real target. ``brats``: the
-    BRATS folder, an extra source used with its FLAIR channel only (the targets are 1-channel CT; see
-    docs/study.md). ``seeds``: fine-tuning seeds per (model, target). Pre-training: each source's 80%
-    split, its held-out Dice every ``curve_every`` steps, and for ``early_sources`` the checkpoint at
-    ``early_step`` registered as a second version.
-    """
-    references: dict[str, str] = {}
-    target_synth, target_real = _resolve_entries(list(targets) if targets else list(SYNTHETIC_TASKS), references)
-    if sources:
-        source_synth, source_real = _resolve_entries(list(sources), references)
-    else:
-        source_synth = list(SYNTHETIC_TASKS) if target_synth else []
-        source_real = [(path, None) for path, _ in target_real]
-    names = list(dict.fromkeys(target_synth + source_synth))
-    folders = dict(
-        zip(names, ensure_synthetic(data_root, names, n_cases, shape, seed=synthetic_seed, progress=progress))
-    )
-    source_list = [Source(folders[n]) for n in source_synth] + [Source(p, c) for p, c in source_real]
-    if brats:
-        source_list.append(Source(Path(brats), channels=(0,)))
-    patch = tuple(int(p) for p in patch_size)
-    return StudyConfig(
-        targets=[folders[n] for n in target_synth] + [p for p, _ in target_real],
-        sources=source_list,
-        architectures=tuple(architectures),
-        bank=bank,
-        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
-        seeds=tuple(int(s) for s in seeds),
-        source_holdout=True,
-        curve_every=curve_every,
-        early_step=early_step if early_sources else None,
-        early_sources=tuple(_short_source_name(t) for t in early_sources),
-        device=device,
-        references=references,
-    )
-
-
-def demo_ranking(result: StudyResult, dataset: str) -> str:
-    """What the demo ranks ``dataset``'s bank by: the default of ``score`` (``auto``: ``ccfv_twin`` when
-    every model has the random-init control of its network in the bank, else ``ccfv``)."""
-    sub = result.frame[(result.frame["dataset"] == dataset) & (result.frame["method"] == "ccfv")]
-    return choose_ranking(frame_members(sub))[0]
-
-
-def demo_table(result: StudyResult, dataset: str) -> pd.DataFrame:
-    """The ranked table the demo prints: models by the default ranking (:func:`demo_ranking`) with
-    CC-FV's, the baselines' scores and the measured Dice."""
-    by = demo_ranking(result, dataset)
-    estimators = tuple(m for m in DEMO_METHODS if m in METHODS)
-    methods = (TWIN_METHOD, *estimators) if by == TWIN_METHOD else estimators
-    return ranked_table(result.frame, dataset, by=by, methods=methods)
-
-
 def run_cli_workflow(make_config, out_dir: str | Path | None = None, executor: Executor | None = None) -> StudyResult:
     """Build the config (``make_config()``), run it in the active experiment (the command chose it)."""
     return run_transfer_study(make_config(), out_dir=out_dir, executor=executor)
-
-
-def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
-    """The ranked table per target, the correlations, timings and (demo) how to sort models in the UI."""
-    lines = []
-    for dataset in sorted(result.frame["dataset"].unique()):
-        by = (
-            "ccfv_twin (CC-FV minus its random-init twin's: the default)"
-            if demo_ranking(result, dataset) == "ccfv_twin"
-            else "CC-FV"
-        )
-        lines.append(f"\n## {dataset}: the bank ranked by {by} (dice = measured after fine-tuning)\n")
-        lines.append(to_markdown(demo_table(result, dataset).set_index("rank")))
-    corr = result.report.correlations
-    main = corr[corr["method"].isin(DEFAULT_METHODS)]
-    lines.append("\n## Correlation with the measured Dice (weighted Kendall's tau, Pearson, top-1 regret)\n")
-    lines.append(
-        to_markdown(
-            main[["dataset", "method", "weighted_tau", "pearson", "top1_regret", "n_models"]].set_index(
-                ["dataset", "method"]
-            )
-        )
-    )
-    s = result.seconds
-    lines.append(
-        f"\nTime: {s.get('total', 0):.0f} s in all (pre-training {s.get('pretrain', 0):.0f} s, scoring "
-        f"{s.get('score', 0):.0f} s, fine-tuning {s.get('finetune', 0):.0f} s, report {s.get('report', 0):.0f} s)."
-    )
-    if s.get("finetune"):
-        lines.append(
-            f"Scoring the bank took {result.cost_ratio:.3f} x the time of fine-tuning it "
-            f"(1/{1 / result.cost_ratio:.1f}) at this fine-tuning budget."
-        )
-    if ui_hint:
-        uri = mlflow.get_tracking_uri()
-        last = mlflow.last_active_run()  # the study/demo run itself
-        active = last.info.experiment_id if last is not None else "<experiment id>"
-        lines.append(
-            "\nOpen the MLflow UI to sort the models:\n"
-            f"  mlflow ui --backend-store-uri {uri} --port 5000\n"
-            "  then, per target, the experiment's Runs tab filtered to that dataset and sorted by ccfv\n"
-            "  (one run per model version; MLflow 3.17's Models tab shows the same columns but cannot sort them):"
-        )
-        for dataset in sorted(result.frame["dataset"].unique()):
-            search = quote(f"tags.`{T.RUN_DATASET}` = '{dataset}'")
-            lines.append(
-                f"  http://127.0.0.1:5000/#/experiments/{active}/runs?searchFilter={search}"
-                "&orderByKey=metrics.%60ccfv%60&orderByAsc=false"
-            )
-        lines.append(
-            "  Registry: each version's tags transferability.<method>.<dataset>, finetune.dice.<dataset>,\n"
-            "  and the alias best-<dataset> on the top-ranked model."
-        )
-    return "\n".join(lines)
-
-
-def evidence_summary(
-    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, TWIN_METHOD, "rank_aggregate")
-) -> str:
-    """Per target and for the average: the noise ceiling beside every method's weighted tau, top-1
-    regret and selection value with their 95% intervals (the ``study`` command prints it)."""
-    from mlflow_ccfv.study.evidence import evidence_table
-    from mlflow_ccfv.study.report import METHOD_LABELS
-
-    ev = result.report.evidence
-    if ev is None:
-        return ""
-    table = evidence_table(ev, methods, METHOD_LABELS)
-    columns = [
-        "dataset",
-        "method",
-        "noise_ceiling",
-        "weighted_tau",
-        "top1_regret",
-        "top1_dice",
-        "random_dice",
-        "best_dice",
-    ]
-    return (
-        "\n## The evidence (bootstrap 95% intervals; the noise ceiling bounds what any estimator can reach)\n\n"
-        + to_markdown(table[columns])
-    )
-
-
-#: The methods the demo's evidence table shows (the ranked table's, plus the pre-registered variants).
-DEMO_METHODS = method_names(demo=True)
-
-
-def demo_evidence(result: StudyResult, methods: Sequence[str] = DEMO_METHODS) -> str:
-    """Per target: each method's weighted tau, Pearson and top-1 regret and its selection value (the
-    Dice of its top-1 pick, the mean of its top 3) with bootstrap 95% intervals, beside a random pick,
-    the best model and the noise ceiling; then whether pre-training mattered (the best pre-trained
-    model against the best random-init control, :mod:`mlflow_ccfv.study.pretraining_margin`)."""
-    from mlflow_ccfv.study.evidence import evidence_table
-    from mlflow_ccfv.study.pretraining_margin import pretraining_margin
-    from mlflow_ccfv.study.report import METHOD_LABELS
-
-    ev = result.report.evidence
-    lines = []
-    for dataset in sorted(result.frame["dataset"].unique()):
-        if ev is not None:
-            table = evidence_table(ev, methods, METHOD_LABELS)
-            table = table[table["dataset"] == dataset]
-            if not table.empty:
-                first = table.iloc[0]
-                lines.append(
-                    f"\n## {dataset}: does the ranking pick better models? (bootstrap 95% intervals over held-out "
-                    "cases and fine-tuning seeds)\n"
-                )
-                lines.append(
-                    "top1_dice / top3_dice: the selection value, the fine-tune Dice of the method's top pick / mean "
-                    "of its top 3;\n"
-                    f"against a random pick {first['random_dice']}, the best model {first['best_dice']}, and the "
-                    f"noise ceiling (tau between fine-tuning replicates) {first['noise_ceiling']}.\n"
-                )
-                columns = ["method", "weighted_tau", "pearson", "top1_regret", "top1_dice", "top3_dice"]
-                lines.append(to_markdown(table[columns].set_index("method")))
-        try:
-            lines.append(
-                "\nDid pre-training matter? " + pretraining_margin(result.frame, dataset, CONTROL_SOURCE).sentence()
-            )
-        except ValueError as exc:
-            lines.append(f"\nDid pre-training matter? Not measured: {exc}")
-    return "\n".join(lines)
