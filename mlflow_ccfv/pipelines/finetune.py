@@ -411,6 +411,7 @@ def _finetune_seed(
                 result.model.state_dict(),
                 name="finetuned",
                 tags={"ccfv.finetuned_from": loaded.label, T.RUN_DATASET: name},
+                patch_size=config.patch_size,
             )
         # The bank version's LoggedModel gets the Dice next to its transferability metrics
         # (a multi-seed fine-tuning logs the mean there instead).

@@ -49,7 +49,7 @@ from mlflow_ccfv.networks import (
     normalise_state_dict,
 )
 from mlflow_ccfv.options import format_ints, parse_ints
-from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
+from mlflow_ccfv.tracking.flavor import DEFAULT_PATCH_SIZE, FLAVOR_NAME, default_patch_size, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
 
@@ -58,8 +58,6 @@ _logger = logging.getLogger(__name__)
 BANK_TAG = T.BANK
 FLAVOR_TAG = T.FLAVOR
 DEFAULT_BANK = "default"
-#: Sliding-window ROI recorded when neither the caller nor the spec (UNETR's ``img_size``) gives one.
-DEFAULT_PATCH_SIZE = (32, 32, 32)
 VERSION_TAGS = (
     T.ARCHITECTURE,
     T.SOURCE_DATASET,
@@ -151,10 +149,7 @@ _check_name = check_name
 
 def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None) -> tuple[int, ...]:
     if patch_size is None:
-        if spec is not None and "img_size" in spec.kwargs:
-            patch_size = spec.kwargs["img_size"]
-        else:
-            patch_size = DEFAULT_PATCH_SIZE
+        patch_size = default_patch_size(spec) if spec is not None else DEFAULT_PATCH_SIZE
     return parse_ints(patch_size, "patch_size", length=3, minimum=1, maximum=4096)
 
 
@@ -259,19 +254,22 @@ def register_network(
     check_spec(spec)
     check_finite_weights(state)
     module = build_with_weights(spec, state)
+    patch = _patch_size(patch_size, spec)
     tags = _version_tags(
         architecture=spec.architecture,
         source_dataset=source_dataset,
         feature_layers=_decoder_layers(module),
         in_channels=spec.in_channels,
         out_channels=spec.out_channels,
-        patch_size=_patch_size(patch_size, spec),
+        patch_size=patch,
         bank=bank,
         flavor=FLAVOR_NAME,
         extra_tags=extra_tags,
     )
     # The owner process on the LoggedModel: a killed register leaves it PENDING, the next run removes it.
-    info = log_model(spec, state, name=name, tags={**tags, T.PROCESS: process_identity(), T.REGISTERING: "true"})
+    info = log_model(
+        spec, state, name=name, tags={**tags, T.PROCESS: process_identity(), T.REGISTERING: "true"}, patch_size=patch
+    )
     try:
         mv = _create_version(name, info.model_uri, info.model_id, tags, description)
     except Exception:
