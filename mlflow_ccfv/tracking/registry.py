@@ -25,7 +25,7 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from mlflow.models import Model
 from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
+from mlflow_ccfv.data.preprocess import IntensityNormalization
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.networks import (
     NetworkSpec,
@@ -120,6 +121,23 @@ class LoadedModel:
     @property
     def label(self) -> str:
         return f"{self.name}/{self.version}" if self.name else self.uri
+
+    @property
+    def normalization(self) -> IntensityNormalization | None:
+        """The version's own intensity normalisation (:func:`version_normalization`), or None."""
+        return version_normalization(self.tags, self.label)
+
+
+def version_normalization(tags: Mapping[str, str], label: str = "the version") -> IntensityNormalization | None:
+    """The intensity normalisation an imported version recorded (tag ``import.normalization``), or None
+    when it recorded none (its input is then normalised with the target's statistics)."""
+    try:
+        return IntensityNormalization.from_json(tags.get(T.IMPORT_NORMALIZATION))
+    except ValueError as exc:
+        raise RegistryError(
+            f"{label}: tag {T.IMPORT_NORMALIZATION} cannot be applied ({exc}). Fix the tag, or delete it to "
+            "normalise this model's input with the target's statistics."
+        ) from exc
 
 
 def _client():
@@ -818,6 +836,7 @@ __all__ = [
     "find_versions",
     "get_version",
     "load_version",
+    "version_normalization",
     "logged_model_id",
     "pickle_allowed",
     "register_logged_model",

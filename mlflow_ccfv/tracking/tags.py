@@ -29,7 +29,9 @@ Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccf
 per-version run per key).
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
 (``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
-and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
+and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task); a scoring or fine-tuning
+run also ``ccfv.normalization`` (the intensity normalisation its model's input got: ``target``, or an
+imported version's own, read from its ``import.normalization`` tag).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "FEATURE_LAYERS",
     "FLAVOR",
+    "IMPORT_NORMALIZATION",
     "IN_CHANNELS",
     "OUT_CHANNELS",
     "PATCH_SIZE",
@@ -63,6 +66,7 @@ __all__ = [
     "RUN_DATASET",
     "RUN_KEY",
     "RUN_MODEL",
+    "RUN_NORMALIZATION",
     "RUN_STAGE",
     "FINETUNE_DICE",
     "SCORE_COLUMNS",
@@ -118,6 +122,9 @@ OUT_CHANNELS = "out_channels"
 PATCH_SIZE = "patch_size"
 BANK = "ccfv.bank"
 FLAVOR = "ccfv.flavor"
+#: On an imported version: its own intensity normalisation, a JSON list of per-channel records
+#: (:class:`~mlflow_ccfv.data.preprocess.IntensityNormalization`), written by :func:`import_tags`.
+IMPORT_NORMALIZATION = "import.normalization"
 
 # -- run tags -----------------------------------------------------------------------------------------
 RUN_STAGE = "ccfv.stage"
@@ -139,6 +146,9 @@ RUN_DATASET_ARTIFACT = "ccfv.dataset.artifact"
 RUN_RANKED_BY = "ccfv.ranked_by"
 #: On a ``score`` parent run: comma-separated labels of the versions whose scoring failed.
 RUN_FAILED_VERSIONS = "ccfv.failed_versions"
+#: On a scoring or fine-tuning run: the intensity normalisation the model's input got (``target``:
+#: the target's own statistics; else the model's recorded one, described).
+RUN_NORMALIZATION = "ccfv.normalization"
 
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"
