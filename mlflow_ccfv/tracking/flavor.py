@@ -221,10 +221,9 @@ class CCFVPyfuncModel:
         if sw_batch_size < 1:
             raise ValueError(f"predict param sw_batch_size must be at least 1; got {sw_batch_size}.")
         device = resolve_device(str(chosen["device"]))
-        with torch.inference_mode():
-            labels = sliding_window_labels(
-                self.module, x, self.patch_size, overlap=overlap, sw_batch_size=sw_batch_size, device=device
-            )
+        labels = sliding_window_labels(  # under torch.no_grad; the module moves to ``device``
+            self.module, x, self.patch_size, overlap=overlap, sw_batch_size=sw_batch_size, device=device
+        )
         return labels.numpy().astype(np.int64, copy=False)
 
 
