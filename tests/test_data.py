@@ -319,3 +319,83 @@ def test_split_partitions_and_ignores_listing_order(n, seed, fraction):
     assert split == reordered.split(seed=seed, test_fraction=fraction)
     expected = 0 if fraction == 0 or n < 2 else min(max(round(fraction * n), 1), n - 1)
     assert len(split.test) == expected
+
+
+# ---------------------------------------------------------------- a model's own intensity normalisation
+def _hu(totalseg) -> np.ndarray:
+    return np.asarray(nib.load(str(totalseg[0])).dataobj).astype(np.float64)[None]  # [1, X, Y, Z] HU
+
+
+def test_ct_normalisation_of_nnunet_plans_on_real_hu(totalseg):
+    from mlflow_ccfv.data import IntensityNormalization
+
+    record = [{"channel": "CT", "scheme": "CTNormalization", "mean": 99.4, "std": 39.4, "lower": -17.0, "upper": 201.0}]
+    norm = IntensityNormalization.from_records(record)
+    assert IntensityNormalization.from_json(norm.to_json()) == norm and norm.to_records() == record
+    assert norm.describe() == "CT: CTNormalization(clip [-17, 201], (x - 99.4) / 39.4)"
+    hu = _hu(totalseg)
+    out = norm.apply(hu)
+    assert out.dtype == np.float32 and out.shape == hu.shape
+    np.testing.assert_allclose(out, (np.clip(hu, -17.0, 201.0) - 99.4) / 39.4, rtol=1e-6)
+    assert out.min() == pytest.approx((-17.0 - 99.4) / 39.4) and out.max() == pytest.approx((201 - 99.4) / 39.4)
+    with pytest.raises(DatasetError, match="normalises 1 input channel"):
+        norm.apply(np.concatenate([hu, hu]))
+
+
+def test_bundle_normalisations_equal_monai_transforms(totalseg):
+    from monai.transforms import NormalizeIntensity, ScaleIntensityRange
+
+    from mlflow_ccfv.data import IntensityNormalization
+
+    hu = _hu(totalseg)
+    two = np.concatenate([hu, np.where(hu > 0, hu / 3, 0)])  # a second channel with zeros
+    cases = [
+        ({"a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0, "clip": True}, ScaleIntensityRange, hu),
+        ({"a_min": -1000, "a_max": 1000, "b_min": -1.0, "b_max": 1.0, "clip": False}, ScaleIntensityRange, hu),
+        ({"nonzero": True, "channel_wise": True}, NormalizeIntensity, two),
+        ({"nonzero": False, "channel_wise": False}, NormalizeIntensity, two),
+    ]
+    for args, transform, image in cases:
+        scheme = transform.__name__
+        norm = IntensityNormalization.from_records([{"scheme": scheme, **args}])
+        expected = np.asarray(transform(**args)(image.astype(np.float32)))
+        np.testing.assert_allclose(norm.apply(image), expected, rtol=1e-5, atol=1e-5, err_msg=str(args))
+
+
+def test_zscore_with_nnunet_mask_and_bad_records():
+    from mlflow_ccfv.data import IntensityNormalization
+
+    image = np.zeros((1, 8, 8, 8))
+    image[0, 2:6, 2:6, 2:6] = np.arange(64).reshape(4, 4, 4) + 1.0
+    image[0, 3, 3, 3] = 0.0  # a hole inside the region: nnU-Net fills it, it is normalised too
+    norm = IntensityNormalization.from_records(
+        [{"channel": "MR", "scheme": "ZScoreNormalization", "use_mask_for_norm": True}]
+    )
+    out = norm.apply(image)
+    region = np.zeros((8, 8, 8), bool)
+    region[2:6, 2:6, 2:6] = True
+    values = image[0][region]
+    np.testing.assert_allclose(out[0][region], (values - values.mean()) / values.std(), rtol=1e-6)
+    assert not out[0][~region].any()
+    whole = IntensityNormalization.from_records([{"scheme": "ZScoreNormalization"}]).apply(image)
+    np.testing.assert_allclose(whole, (image - image.mean()) / image.std(), rtol=1e-6)
+    with pytest.raises(ValueError, match="'WindowNormalization' is not supported; supported: CTNormalization"):
+        IntensityNormalization.from_records([{"scheme": "WindowNormalization"}])
+    with pytest.raises(ValueError, match="CTNormalization of channel CT needs a finite number 'lower'"):
+        IntensityNormalization.from_records([{"channel": "CT", "scheme": "CTNormalization", "mean": 1, "std": 1}])
+    assert IntensityNormalization.from_json(None) is None and IntensityNormalization.from_json("[]") is None
+
+
+def test_preprocess_with_a_model_normalisation_replaces_the_targets(spleen_task, totalseg):
+    from mlflow_ccfv.data import IntensityNormalization
+
+    ds = MSDDataset.load(spleen_task)
+    norm = IntensityNormalization.from_records(
+        [{"scheme": "ScaleIntensityRange", "a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0, "clip": True}]
+    )
+    own = ds.load_case(ds.case_ids[0], normalization=norm)
+    default = ds.load_case(ds.case_ids[0])
+    hu = _hu(totalseg)[0]
+    np.testing.assert_allclose(own.image[0].numpy(), np.clip((hu + 57) / 221, 0, 1), atol=1e-5)
+    assert torch.equal(own.label, default.label) and own.spacing == default.spacing
+    assert not torch.allclose(own.image, default.image)

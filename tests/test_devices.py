@@ -90,6 +90,13 @@ def test_cpu_scores_are_bit_equal_with_and_without_the_device_option(target, tmp
         == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:24]
     )
     assert cache_key("m-a", target, config, LAYERS, amp=True) != cache_key("m-a", target, config, LAYERS)
+    # a model's own intensity normalisation gets its own entry too
+    from mlflow_ccfv.data import IntensityNormalization
+
+    ct = IntensityNormalization.from_records(
+        [{"scheme": "CTNormalization", "mean": 0, "std": 1, "lower": -1, "upper": 1}]
+    )
+    assert cache_key("m-a", target, config, LAYERS, normalization=ct) != cache_key("m-a", target, config, LAYERS)
 
 
 def test_mixed_precision_is_an_opt_in_with_its_own_cache_entry(target, tmp_path, one_torch_thread):

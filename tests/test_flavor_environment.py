@@ -56,6 +56,19 @@ def test_every_requirement_is_a_pinned_release_or_a_file_inside_the_model(model_
     assert "Name: mlflow-ccfv" in text and "Requires-Dist: monai" in text
 
 
+def test_the_wheel_carries_the_code_without_the_shipped_bank(model_dir):
+    """Every model carries the package, not its 2.8 MB of package data (the demo's pre-trained bank)."""
+    (wheel,) = (model_dir / "wheels").glob("mlflow_ccfv-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert not [n for n in names if n.startswith("mlflow_ccfv/shipped_bank/")]
+    assert not [n for n in names if n.endswith((".safetensors", ".pt"))]
+    assert "mlflow_ccfv/pipelines/shipped_bank.py" in names  # the code that reads a bank stays
+    assert wheel.stat().st_size < 600_000, wheel.stat().st_size
+    shipped = sum(p.stat().st_size for p in (REPO / "mlflow_ccfv" / "shipped_bank").iterdir())
+    assert shipped > 2_000_000  # what used to ride along in every model
+
+
 def test_python_env_and_conda_env_use_the_same_requirements(model_dir):
     from mlflow.models import Model
 
@@ -101,7 +114,7 @@ def test_requirements_install_in_a_fresh_virtual_environment(model_dir, tmp_path
         "import sys, numpy as np, mlflow.pyfunc, mlflow_ccfv\n"
         "assert mlflow_ccfv.__file__.startswith(sys.prefix), mlflow_ccfv.__file__\n"
         f"m = mlflow.pyfunc.load_model({str(model_dir)!r})\n"
-        "assert m.predict(np.zeros((1, 1, 32, 32, 32), dtype='float32')).shape == (1, 3, 32, 32, 32)\n"
+        "assert m.predict(np.zeros((1, 45, 39, 35), dtype='float32')).shape == (45, 39, 35)\n"
         "from mlflow_ccfv.networks import small_spec, random_state_dict\n"
         "from mlflow_ccfv.tracking.flavor import save_model\n"
         "s = small_spec('UNet', 1, 3)\n"

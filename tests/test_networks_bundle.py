@@ -233,3 +233,39 @@ def test_register_refuses_a_heavy_bundle_expression_quickly(tracking_uri, tmp_pa
     lines = [line for line in (done.stdout + done.stderr).splitlines() if " INFO " not in line]
     assert len(lines) == 1 and lines[0].startswith("register failed:") and "network_def: an argument" in lines[0]
     assert took < 60, took  # start-up (imports, store) only
+
+
+def _with_preprocessing(folder: Path, transforms: list[dict], **extra) -> None:
+    path = folder / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config["preprocessing"]["transforms"] += transforms
+    config.update(extra)
+    path.write_text(json.dumps(config))
+
+
+def test_bundle_records_its_intensity_normalisation(tmp_path, caplog, tracking_uri):
+    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.tracking.registry import load_version
+
+    folder, _ = write_bundle(tmp_path, "UNet")
+    window = {"_target_": "ScaleIntensityRanged", "keys": ["image"], "a_min": "@hu#0", "a_max": "$@hu[1]"}
+    window.update(b_min=0.0, b_max=1.0, clip=True)
+    _with_preprocessing(
+        folder, [{"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}, window], hu=[-57, 164]
+    )
+    info = read_bundle(folder).info
+    assert not (tmp_path / "ran-code").exists()
+    record = {"scheme": "ScaleIntensityRange", "a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0, "clip": True}
+    assert info["normalization"] == [record]
+    register_from_options(name="spleen-bundle", source_dataset="Task09", bundle=str(folder))
+    loaded = load_version("models:/spleen-bundle/1")
+    assert json.loads(loaded.tags["import.normalization"]) == [record]
+    assert loaded.normalization.describe() == "ScaleIntensityRange([-57, 164] -> [0.0, 1.0], clip)"
+
+    other, _ = write_bundle(tmp_path / "other", "UNet")
+    assert read_bundle(other).info["normalization"] is None  # no intensity transform: the target's normalisation
+    _with_preprocessing(
+        other, [{"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 1, "upper": 99}]
+    )
+    assert read_bundle(other).info["normalization"] is None
+    assert "ScaleIntensityRangePercentilesd; not reproduced" in caplog.text

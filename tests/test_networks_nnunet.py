@@ -362,3 +362,100 @@ def test_register_refuses_bad_plans_with_one_line(tracking_uri, tmp_path):
     assert [line for line in result.output.splitlines() if " INFO " not in line] == [
         next(line for line in result.output.splitlines() if line.startswith("register failed:"))
     ]
+
+
+def test_imported_ct_model_is_scored_on_hu_normalised_with_its_own_plans(tracking_uri, tmp_path, real_data):
+    """The sampler sees the real CT (HU) clipped to the plans' [percentile_00_5, percentile_99_5] and
+    z-scored with the plans' foreground mean and std, not the target's statistics; the run says so.
+    A version without recorded normalisation is scored on the target's normalisation as before."""
+    import mlflow
+    import nibabel as nib
+
+    from mlflow_ccfv.data import MSDDataset, PreprocessedCase, make_target
+    from mlflow_ccfv.data.derive import derive_task
+    from mlflow_ccfv.features import FeatureSet, sample_features
+    from mlflow_ccfv.networks import random_state_dict
+    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.scoring import CaseCache, sampler_config_for
+    from mlflow_ccfv.tracking import tags as T
+    from mlflow_ccfv.tracking.registry import load_version, register_network
+
+    folder, _ = write_nnunet_model(tmp_path)
+    register_from_options(name="liver-nnunet", source_dataset="Task03", nnunet=str(folder), bank="ct")
+    plain = small_spec("UNet", 1, 3)
+    register_network(plain, random_state_dict(plain, 0), "plain-unet", "none", bank="ct", patch_size="24,32,16")
+    ct, seg = real_data / "totalseg-ct" / "example_ct_sm.nii.gz", real_data / "totalseg-ct" / "example_seg.nii.gz"
+    # the real CT twice: CC-FV compares cases pairwise
+    task = derive_task([ct, ct], [seg, seg], tmp_path / "data", {1: "spleen"}, "Task09_Spleen", case_ids=["a", "b"])
+    ds = MSDDataset.load(task)
+    target = make_target(ds, "all")
+    cache = tmp_path / "cache"
+    sampler = {"global_samples": 64}
+    score_versions(["models:/liver-nnunet/1", "models:/plain-unet/1"], target, ["ccfv"], sampler, cache_dir=cache)
+
+    nnunet, other = load_version("models:/liver-nnunet/1"), load_version("models:/plain-unet/1")
+    hu = np.asarray(nib.load(str(ct)).dataobj).astype(np.float64)  # RAS at 3 mm: the grid is kept
+    expected = ((np.clip(hu, -17.0, 201.0) - 99.4) / 39.4).astype(np.float32)  # the fixture's plans
+    for sees in CaseCache(target).cases(nnunet.normalization):
+        np.testing.assert_allclose(sees.image[0].numpy(), expected, atol=1e-5)
+    defaults = CaseCache(target).cases()
+    assert not np.allclose(defaults[0].image[0].numpy(), expected, atol=0.1)  # the target's own statistics differ
+
+    def cached(model_id: str) -> FeatureSet:
+        (entry,) = (cache / "features" / model_id).glob("*.npz")
+        return FeatureSet.load(entry)
+
+    config = sampler_config_for((24, 32, 16), sampler)
+    own = [
+        PreprocessedCase(c.case_id, torch.from_numpy(expected)[None], c.label, c.spacing, c.affine) for c in defaults
+    ]
+    for loaded, cases in ((nnunet, own), (other, defaults)):
+        fresh = sample_features(loaded.module, cases, loaded.feature_layers, config, device="cpu", progress=False)
+        stored = cached(loaded.model_id)
+        for i, layer in ((i, layer) for i in range(2) for layer in loaded.feature_layers):
+            np.testing.assert_allclose(
+                stored.cases[i].features[layer], fresh.cases[i].features[layer], atol=1e-4, err_msg=layer
+            )
+    runs = {r.data.tags[T.RUN_MODEL]: r for r in mlflow.search_runs(output_format="list") if T.RUN_MODEL in r.data.tags}
+    assert (
+        runs["liver-nnunet/1"].data.tags[T.RUN_NORMALIZATION]
+        == "CT: CTNormalization(clip [-17, 201], (x - 99.4) / 39.4)"
+    )
+    assert runs["plain-unet/1"].data.tags[T.RUN_NORMALIZATION] == "target"
+
+
+def test_imported_ct_model_is_fine_tuned_on_its_own_normalisation(tracking_uri, tmp_path, real_data):
+    """Fine-tuning an imported version normalises the target with the version's plans and says so; its
+    budget (hence the Dice it may reuse) is keyed by that normalisation too."""
+    import mlflow
+
+    from mlflow_ccfv.data import MSDDataset, make_target
+    from mlflow_ccfv.data.derive import derive_task
+    from mlflow_ccfv.pipelines.finetune import budget_digest, finetune_version
+    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.tracking import tags as T
+    from mlflow_ccfv.training import TrainConfig
+
+    folder, _ = write_nnunet_model(tmp_path)
+    register_from_options(name="liver-nnunet", source_dataset="Task03", nnunet=str(folder), bank="ct")
+    ct, seg = real_data / "totalseg-ct" / "example_ct_sm.nii.gz", real_data / "totalseg-ct" / "example_seg.nii.gz"
+    task = derive_task([ct, ct], [seg, seg], tmp_path / "data", {1: "spleen"}, "Task09_Spleen", case_ids=["a", "b"])
+    ds = MSDDataset.load(task)
+    config = TrainConfig(steps=2, patch_size=(24, 32, 16), batch_size=1, seed=0)
+    # cases pre-loaded with the target's normalisation (a study's) are not what this model is fed
+    defaults = (list(ds.iter_cases(["a"], progress=False)), list(ds.iter_cases(["b"], progress=False)))
+    outcome = finetune_version(
+        "models:/liver-nnunet/1",
+        ds,
+        config,
+        cases=defaults,
+        checkpoint_every=0,
+        log_finetuned_model=False,
+        progress=False,
+    )
+    run = mlflow.get_run(outcome.run_id)
+    assert run.data.tags[T.RUN_NORMALIZATION] == "CT: CTNormalization(clip [-17, 201], (x - 99.4) / 39.4)"
+    target = make_target(ds, "train")
+    budget = mlflow.MlflowClient().get_model_version("liver-nnunet", "1").tags[T.finetune_budget_tag(target.name)]
+    assert budget != budget_digest(config, (0,), 0, 0.5, target.digest)  # not the budget of the target's normalisation

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from mlflow_ccfv.data.cases import CaseFiles
 from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
 from mlflow_ccfv.data.nifti import ras_spacing, sha256_file, strip_nifti_suffix
-from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase, preprocess_case
+from mlflow_ccfv.data.preprocess import IntensityNormalization, PreprocessConfig, PreprocessedCase, preprocess_case
 from mlflow_ccfv.errors import DatasetError
 
 __all__ = ["CaseFiles", "MSDDataset", "Split", "resolve_dataset", "DATA_ROOT_ENV"]
@@ -337,22 +337,33 @@ class MSDDataset:
         return Split(train=train, test=test, seed=seed, test_fraction=test_fraction)
 
     # ----------------------------------------------------------- pre-processing
-    def load_case(self, case_id: str, config: PreprocessConfig | None = None) -> PreprocessedCase:
+    def load_case(
+        self,
+        case_id: str,
+        config: PreprocessConfig | None = None,
+        normalization: IntensityNormalization | None = None,
+    ) -> PreprocessedCase:
         """Load and pre-process one case; see :func:`mlflow_ccfv.data.preprocess.preprocess_case`.
 
+        ``normalization``: a model's own intensity normalisation instead of the target's (None).
         Returns a :class:`~mlflow_ccfv.data.preprocess.PreprocessedCase` (``image`` float32
         ``[C, X, Y, Z]``, ``label`` int64 ``[X, Y, Z]``, ``spacing`` in mm, RAS axis order).
         """
         config = config or PreprocessConfig()
-        return preprocess_case(self, self.case(case_id), config)
+        return preprocess_case(self, self.case(case_id), config, normalization)
 
     def iter_cases(
-        self, case_ids: Iterable[str] | None = None, config: PreprocessConfig | None = None, progress: bool = True
+        self,
+        case_ids: Iterable[str] | None = None,
+        config: PreprocessConfig | None = None,
+        progress: bool = True,
+        normalization: IntensityNormalization | None = None,
     ) -> Iterator[PreprocessedCase]:
-        """Yield pre-processed cases (all by default) one at a time, with a tqdm progress bar."""
+        """Yield pre-processed cases (all by default) one at a time, with a tqdm progress bar;
+        ``normalization`` as in :meth:`load_case`."""
         ids = list(self.case_ids if case_ids is None else case_ids)
         for case_id in tqdm(ids, desc=f"loading {self.name}", unit="case", disable=None if progress else True):
-            yield self.load_case(case_id, config)
+            yield self.load_case(case_id, config, normalization)
 
     def largest_side(self, case_ids: Iterable[str] | None = None) -> int:
         """The largest spatial side (voxels) over the images of ``case_ids`` (default all), read from

@@ -35,7 +35,7 @@ from typing import Any
 from mlflow_ccfv.networks.imported import ImportedNetwork, read_weights
 from mlflow_ccfv.networks.specs import SUPPORTED_ARCHITECTURES, NetworkSpec, build_network, load_state_dict_strict
 
-__all__ = ["CONFIG_NAMES", "NETWORK_KEYS", "evaluate_expression", "read_bundle"]
+__all__ = ["BUNDLE_NORMALIZATIONS", "CONFIG_NAMES", "NETWORK_KEYS", "evaluate_expression", "read_bundle"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +45,18 @@ CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 NETWORK_KEYS = ("network_def", "network")
 #: Config ids that may state the sliding-window ROI (voxels), in order.
 PATCH_KEYS = ("inferer#roi_size", "roi_size", "patch_size")
+#: Bundle transforms recorded as the model's intensity normalisation: (scheme, the arguments it takes).
+BUNDLE_NORMALIZATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    name: spec
+    for names, spec in (
+        (
+            ("ScaleIntensityRange", "ScaleIntensityRanged"),
+            ("ScaleIntensityRange", ("a_min", "a_max", "b_min", "b_max", "clip")),
+        ),
+        (("NormalizeIntensity", "NormalizeIntensityd"), ("NormalizeIntensity", ("nonzero", "channel_wise"))),
+    )
+    for name in names
+}
 _MONAI_PREFIX = "monai.networks.nets"
 _NON_ARG_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
 
@@ -315,6 +327,61 @@ def _patch_size(parser, refs: dict[str, Any], config_file: Path) -> tuple[int, i
     return None
 
 
+def _transform_name(target: Any) -> str:
+    return target.rpartition(".")[2] if isinstance(target, str) else ""
+
+
+def _acts_on_image(args: dict[str, Any]) -> bool:
+    keys = args.get("keys", "image")
+    return "image" in ([keys] if isinstance(keys, str) else list(keys or []))
+
+
+def _normalisation(parser, refs: dict[str, Any], config_file: Path) -> list[dict[str, Any]] | None:
+    """The intensity normalisation of the bundle's ``preprocessing`` transforms, as records of
+    :class:`~mlflow_ccfv.data.preprocess.IntensityNormalization` (one entry, every channel); None when
+    it has none, or one this project cannot reproduce (then the target's own normalisation is used)."""
+    from monai.bundle.config_item import ConfigComponent
+
+    if "preprocessing#transforms" not in parser:
+        return None
+    raw = parser.get("preprocessing#transforms")
+    found: list[dict[str, Any]] = []
+    other: list[str] = []
+    for i in range(len(raw) if isinstance(raw, list) else 0):
+        item = parser.get_parsed_content(f"preprocessing#transforms#{i}", instantiate=False, eval_expr=False)
+        if not isinstance(item, ConfigComponent):
+            continue
+        definition = item.get_config()
+        name = _transform_name(definition.get("_target_"))
+        if name not in BUNDLE_NORMALIZATIONS:
+            if ("Intensity" in name or "HistogramNormalize" in name) and not name.startswith("Rand"):
+                other.append(name)
+            continue
+        try:
+            args = _plain({k: v for k, v in definition.items() if k not in _NON_ARG_KEYS}, refs)
+        except _Unsafe as exc:
+            other.append(f"{name} ({exc})")
+            continue
+        if not _acts_on_image(args):
+            continue
+        scheme, keys = BUNDLE_NORMALIZATIONS[name]
+        unsupported = sorted(set(args) - {*keys, "keys", "allow_missing_keys", "dtype"})
+        unsupported = [k for k in unsupported if args[k] is not None]
+        if unsupported:
+            other.append(f"{name} with {', '.join(unsupported)}")
+            continue
+        found.append({"scheme": scheme, **{k: args[k] for k in keys if k in args}})
+    if other or len(found) > 1:
+        _logger.warning(
+            "%s: preprocessing has %s; not reproduced, so this model's input is normalised with the target's "
+            "statistics",
+            config_file,
+            ", ".join(other + [f["scheme"] for f in found]),
+        )
+        return None
+    return found or None
+
+
 def _metadata(bundle: Path) -> dict[str, Any]:
     path = bundle / "configs" / "metadata.json"
     if not path.is_file():
@@ -337,7 +404,10 @@ def read_bundle(
     ``config``: the config file (default: the first of :data:`CONFIG_NAMES` under ``configs/``);
     ``weights``: the state_dict file, relative to ``bundle``. ``info`` holds ``format``
     (``"monai_bundle"``), ``source``, ``config``, ``network_key``, ``target``, ``patch_size`` (the
-    inferer's ``roi_size`` as three ints, or None) and the metadata's ``name`` and ``version``.
+    inferer's ``roi_size`` as three ints, or None), ``normalization`` (the ``preprocessing``'s
+    ``ScaleIntensityRanged`` or ``NormalizeIntensityd`` as records of
+    :class:`~mlflow_ccfv.data.preprocess.IntensityNormalization`, or None) and the metadata's ``name``
+    and ``version``.
     The weights are checked against the network: a mismatch is an error listing the keys.
     """
     from monai.bundle import ConfigParser
@@ -410,6 +480,7 @@ def read_bundle(
         "network_key": key,
         "target": definition["_target_"],
         "patch_size": _patch_size(parser, refs, config_file),
+        "normalization": _normalisation(parser, refs, config_file),
         "name": meta.get("name"),
         "version": meta.get("version"),
     }

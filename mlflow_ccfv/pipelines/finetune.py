@@ -45,7 +45,8 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
-from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, make_target
+from mlflow_ccfv.data import IntensityNormalization, MSDDataset, PreprocessConfig, PreprocessedCase, make_target
+from mlflow_ccfv.data.preprocess import describe_normalization
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.pretrain import check_training_resources, load_dataset
@@ -53,7 +54,7 @@ from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
-from mlflow_ccfv.tracking.registry import LoadedModel, load_version, registered_version
+from mlflow_ccfv.tracking.registry import LoadedModel, load_version, registered_version, version_normalization
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import (
     command_run,
@@ -101,6 +102,14 @@ def budget_digest(config: TrainConfig, seeds: Sequence[int], split_seed: int, ov
     return dataclasses.replace(config, seed=0).digest(
         split_seed=split_seed, overlap=overlap, dataset=dataset, seeds=T.format_seeds(seeds)
     )
+
+
+def _input_digest(dataset_digest: str, normalization: IntensityNormalization | None) -> str:
+    """The digest of what a model is fine-tuned on: the target's, plus its own normalisation when it
+    has one (so a version imported with its own normalisation never reuses Dice measured without it)."""
+    if normalization is None:
+        return dataset_digest
+    return f"{dataset_digest}+{normalization.digest()}"
 
 
 def _dice_table(dice: DiceResult, seed: int, labels: dict[int, str]) -> pd.DataFrame:
@@ -163,10 +172,12 @@ def finetune_version(
     ds = load_dataset(dataset, data_root)
     target = make_target(ds, "train", seed=split_seed)
     name = target.name
-    digest = budget_digest(config, seeds, split_seed, overlap, target.digest)
     tag = T.dice_tag(name)
     mv = registered_version(model_uri)  # the tags, without downloading the weights
     tags = dict(mv.tags or {}) if mv is not None else {}
+    # an imported version's own normalisation is part of what it is fine-tuned on
+    data_digest = _input_digest(target.digest, version_normalization(tags, f"{mv.name}/{mv.version}") if mv else None)
+    digest = budget_digest(config, seeds, split_seed, overlap, data_digest)
     if not force and not recombine and tags.get(T.finetune_budget_tag(name)) == digest and tag in tags:
         label = f"{mv.name}/{mv.version}"
         _logger.info("%s already fine-tuned on %s with this budget: Dice %s (reused)", label, name, tags[tag])
@@ -186,12 +197,17 @@ def finetune_version(
             f"{loaded.label} is an mlflow.pytorch model without a network specification; fine-tuning re-creates "
             "the last convolution from the spec, so register it with register_network (a MONAI spec + weights)."
         )
-    if cases is None:
+    normalization = loaded.normalization
+    if cases is None or normalization is not None:
+        if cases is not None:
+            _logger.info("%s: loading %s with its own normalisation (%s)", loaded.label, name, normalization)
         split = ds.split(seed=split_seed)
-        train = list(ds.iter_cases(split.train, config=preprocess, progress=progress))
-        test = list(ds.iter_cases(split.test, config=preprocess, progress=progress))
+        train = list(ds.iter_cases(split.train, config=preprocess, progress=progress, normalization=normalization))
+        test = list(ds.iter_cases(split.test, config=preprocess, progress=progress, normalization=normalization))
     else:
         train, test = cases
+    data_digest = _input_digest(target.digest, normalization)  # also for a models:/m-... URI (no version tags)
+    digest = budget_digest(config, seeds, split_seed, overlap, data_digest)
     labels = ds.labels
     start = time.perf_counter()
     results: dict[int, tuple[float, pd.DataFrame, DiceResult | None, str]] = {}
@@ -201,7 +217,7 @@ def finetune_version(
     def one_seed(seed: int) -> None:
         nonlocal reused_all
         seed_config = dataclasses.replace(config, seed=seed)
-        seed_digest = seed_config.digest(split_seed=split_seed, overlap=overlap, dataset=target.digest)
+        seed_digest = seed_config.digest(split_seed=split_seed, overlap=overlap, dataset=data_digest)
         done = (
             None if force else finished_run({"budget": seed_digest}, {T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
         )
@@ -254,7 +270,14 @@ def finetune_version(
         run_id = results[seeds[0]][3]
     else:
         with command_run(f"finetune {loaded.label} on {name}", parent_run_id=parent_run_id) as parent:
-            mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name})
+            mlflow.set_tags(
+                {
+                    T.RUN_STAGE: "finetune",
+                    T.RUN_MODEL: loaded.label,
+                    T.RUN_DATASET: name,
+                    T.RUN_NORMALIZATION: describe_normalization(normalization)[:5000],
+                }
+            )
             mlflow.log_params(
                 {
                     "model_uri": f"models:/{loaded.label}" if loaded.name else loaded.uri,
@@ -352,7 +375,15 @@ def _finetune_seed(
     with command_run(f"finetune {loaded.label} on {name}{suffix}", parent_run_id=parent_run_id) as run:
         log_input(mlflow_ds, context="finetune")
         log_input(mlflow_dataset(make_target(ds, "test", seed=split_seed)), context="evaluation")
-        mlflow.set_tags({T.RUN_STAGE: "finetune", T.RUN_MODEL: loaded.label, T.RUN_DATASET: name, T.RUN_KEY: key})
+        mlflow.set_tags(
+            {
+                T.RUN_STAGE: "finetune",
+                T.RUN_MODEL: loaded.label,
+                T.RUN_DATASET: name,
+                T.RUN_KEY: key,
+                T.RUN_NORMALIZATION: describe_normalization(loaded.normalization)[:5000],
+            }
+        )
         state = loaded.module.state_dict()
         if loaded.spec is None:  # checked by the caller; keeps the type checker informed
             raise RegistryError(f"{loaded.label} has no network specification.")
@@ -411,6 +442,7 @@ def _finetune_seed(
                 result.model.state_dict(),
                 name="finetuned",
                 tags={T.FINETUNED_FROM: loaded.label, T.RUN_DATASET: name},
+                patch_size=config.patch_size,
             )
         # The bank version's LoggedModel gets the Dice next to its transferability metrics
         # (a multi-seed fine-tuning logs the mean there instead).

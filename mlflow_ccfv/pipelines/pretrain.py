@@ -319,10 +319,12 @@ def register_control(
     name: str | None = None,
     reuse: bool = True,
     spec: NetworkSpec | None = None,
+    normalization: str | None = None,
 ) -> ModelVersion:
     """Register the randomly initialised ``architecture`` (tag ``source_dataset=random-init``): the CPU-sized
     :func:`small_spec` with these channels, or ``spec`` as given (a twin of a registered model: the same
-    constructor arguments; its digest is tagged, so a twin is reused only for the same spec)."""
+    constructor arguments; its digest is tagged, so a twin is reused only for the same spec); ``normalization``:
+    the ``import.normalization`` of the model it is the twin of (the same input as that model)."""
     patch = tuple(int(s) for s in patch_size)
     name = name or bank_name(architecture, CONTROL_SOURCE)
     spec = spec or small_spec(architecture, in_channels, out_channels, patch)
@@ -337,7 +339,10 @@ def register_control(
         CONTROL_SOURCE,
         bank=bank,
         patch_size=patch,
-        extra_tags={k: v for k, v in wanted.items() if k.startswith(T.pretrain_tag(""))},  # steps, seed, spec
+        extra_tags={
+            **{k: v for k, v in wanted.items() if k.startswith(T.pretrain_tag(""))},  # steps, seed, spec
+            **({T.IMPORT_NORMALIZATION: normalization} if normalization else {}),
+        },
         description=f"{architecture}, randomly initialised (seed {seed}): the control",
     )
 
@@ -388,7 +393,7 @@ def network_of(version: ModelVersion) -> tuple[str | None, NetworkSpec | None]:
     if spec is None:
         return None, None
     patch = parse_ints(tags[T.PATCH_SIZE], T.PATCH_SIZE) if tags.get(T.PATCH_SIZE) else DEFAULT_PATCH_SIZE
-    identity = network_identity(spec.architecture, spec.kwargs, patch)
+    identity = network_identity(spec.architecture, spec.kwargs, patch, tags.get(T.IMPORT_NORMALIZATION))
     set_version_tag(version.name, str(version.version), T.NETWORK, identity)
     return identity, spec
 
@@ -452,6 +457,7 @@ def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -
                     seed=seed,
                     spec=spec,
                     reuse=False,
+                    normalization=tags.get(T.IMPORT_NORMALIZATION),
                 )
                 # No conditional create in MLflow: a scorer racing this one may have registered the same
                 # twin meanwhile. Every scorer keeps the oldest; the one that made a newer copy deletes it.

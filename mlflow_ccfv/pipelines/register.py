@@ -17,6 +17,7 @@ from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 
+from mlflow_ccfv.data import IntensityNormalization
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.networks import NetworkSpec, load_checkpoint, random_state_dict, small_spec
 from mlflow_ccfv.networks.bundle import read_bundle
@@ -67,7 +68,8 @@ def register_imported(
     description: str | None = None,
     extra_tags: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags, its ROI the patch size."""
+    """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags (its intensity
+    normalisation ``import.normalization``, checked here), its ROI the patch size."""
     if bundle:
         imported = read_bundle(bundle)
     else:
@@ -75,6 +77,15 @@ def register_imported(
         if not (fold.isdigit() or fold == "all"):
             raise OptionError(f"--fold must be a fold number (0-4) or 'all'; got {fold!r}.")
         imported = read_nnunet(nnunet, fold)
+    records = imported.info.get("normalization")
+    if records:  # checked now: scoring and fine-tuning apply it to the target's images
+        try:
+            IntensityNormalization.from_records(records)
+        except ValueError as exc:
+            raise OptionError(
+                f"{bundle or nnunet}: its intensity normalisation cannot be reproduced ({exc}); scoring it on "
+                "differently normalised input would say little about it."
+            ) from exc
     tags = T.import_tags({k: v for k, v in imported.info.items() if k != "patch_size"})
     return register_network(
         imported.spec,

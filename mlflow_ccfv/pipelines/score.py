@@ -98,7 +98,8 @@ def score_loaded(
     device: str | None = None,
     amp: bool = False,
 ) -> ModelScores:
-    """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry."""
+    """:func:`mlflow_ccfv.scoring.score_model` for a version loaded from the registry, on the target's
+    images normalised as the version recorded (an imported model's own normalisation), else as the target's."""
     patch = loaded.tags.get(T.PATCH_SIZE)
     return score_model(
         loaded.module,
@@ -114,6 +115,7 @@ def score_loaded(
         cases=cases,
         device=device,
         amp=amp,
+        normalization=loaded.normalization,
     )
 
 
@@ -289,6 +291,7 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
             metrics=result.metrics,
             settings=task.settings,
             parent_run_id=task.parent_run_id,
+            normalization=result.result.normalization,
         )
         result.run_id = run_id
         dice = result.tags.get(T.dice_tag(target.name))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlflow_ccfv.data.preprocess import PreprocessedCase
+from mlflow_ccfv.data.preprocess import IntensityNormalization, PreprocessedCase
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features
@@ -33,11 +33,20 @@ DEFAULT_CACHE_DIR = ".ccfv-cache"
 CACHE_ENV = "MLFLOW_CCFV_CACHE"
 
 
-def cache_key(model_id: str, target: Target, config: SamplerConfig, layers: Sequence[str], *, amp: bool = False) -> str:
-    """Hash of (LoggedModel id, dataset digest, case ids, pre-processing, sampler settings, layers[, amp]).
+def cache_key(
+    model_id: str,
+    target: Target,
+    config: SamplerConfig,
+    layers: Sequence[str],
+    *,
+    amp: bool = False,
+    normalization: IntensityNormalization | None = None,
+) -> str:
+    """Hash of (LoggedModel id, dataset digest, case ids, sampler settings, layers[, amp][, normalization]).
 
     The device is not part of the key (features do not depend on it beyond rounding); mixed
-    precision is, and only when on, so the keys of float32 features stay what they were.
+    precision and a model's own intensity normalisation are, and only when set, so the keys of
+    float32 features on the target's normalisation stay what they were.
     """
     payload: dict[str, object] = {
         "model_id": model_id,
@@ -48,20 +57,34 @@ def cache_key(model_id: str, target: Target, config: SamplerConfig, layers: Sequ
     }
     if amp:
         payload["amp"] = True
+    if normalization is not None:
+        payload["normalization"] = normalization.to_records()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
 class CaseCache:
-    """Pre-processed target cases, loaded once and shared by every model scored on the target."""
+    """Pre-processed target cases, loaded once and shared by every model scored on the target.
+
+    Cases normalised with a model's own intensity normalisation are kept for the last such
+    normalisation only (besides the target's own), so memory stays at two copies of the target.
+    """
 
     def __init__(self, target: Target):
         self.target = target
         self._cases: list[PreprocessedCase] | None = None
+        self._own: tuple[IntensityNormalization, list[PreprocessedCase]] | None = None
 
-    def cases(self) -> list[PreprocessedCase]:
-        if self._cases is None:
-            self._cases = list(self.target.dataset.iter_cases(self.target.case_ids))
-        return self._cases
+    def cases(self, normalization: IntensityNormalization | None = None) -> list[PreprocessedCase]:
+        """The target's cases, with ``normalization`` (a model's own) instead of the target's when given."""
+        if normalization is None:
+            if self._cases is None:
+                self._cases = list(self.target.dataset.iter_cases(self.target.case_ids))
+            return self._cases
+        if self._own is None or self._own[0] != normalization:
+            self._own = None  # the previous model's cases go before the next ones are loaded
+            cases = list(self.target.dataset.iter_cases(self.target.case_ids, normalization=normalization))
+            self._own = (normalization, cases)
+        return self._own[1]
 
 
 class FeatureCache:
@@ -102,8 +125,12 @@ class FeatureCache:
         cases: CaseCache | None = None,
         device: str | torch.device | None = None,
         amp: bool = False,
+        normalization: IntensityNormalization | None = None,
     ) -> tuple[FeatureSet, bool]:
         """Features of ``module`` at ``layers`` on ``target``: ``(features, from_cache)``.
+
+        ``normalization``: the model's own intensity normalisation of the target's images (None: the
+        target's); part of the key when given.
 
         ``model_id`` identifies the weights in the key (``None``: ``label`` does); ``force`` re-runs
         inference even when an entry exists; ``device`` (default CUDA when available, else CPU) and
@@ -112,7 +139,7 @@ class FeatureCache:
         (written beside it) before it is read; a corrupt one (truncated, empty, a flipped bit) is
         recomputed with a warning.
         """
-        key = cache_key(model_id or label, target, config, layers, amp=amp)
+        key = cache_key(model_id or label, target, config, layers, amp=amp, normalization=normalization)
         path = self.path(model_id, key)
         if path.is_file() and not force:
             problem = _verify_entry(path)
@@ -126,7 +153,12 @@ class FeatureCache:
             _logger.warning("%s: feature cache entry %s is unusable (%s); recomputing it", label, path, problem)
         cases = cases or CaseCache(target)
         features = sample_features(
-            module, cases.cases(), layers=list(layers), config=config, device=resolve_device(device), amp=amp
+            module,
+            cases.cases(normalization),
+            layers=list(layers),
+            config=config,
+            device=resolve_device(device),
+            amp=amp,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mlflow_ccfv.data.preprocess import TARGET_NORMALIZATION
 from mlflow_ccfv.errors import EstimatorError, OptionError
 from mlflow_ccfv.estimators import METHODS, LayerScore, ccfv_layers, score_methods
 from mlflow_ccfv.estimators.catalogue import method_names
@@ -51,7 +52,8 @@ class ModelScores:
 
     ``scores``: method -> score (higher = expected to transfer better); ``layers``: C_cons (Eq. 2) and
     F_v (Eq. 4) per decoder layer, bottleneck first, named ``layer_names``; ``config``: the sampler
-    settings used; ``cached``: the features came from the on-disk cache.
+    settings used; ``cached``: the features came from the on-disk cache; ``normalization``: the
+    intensity normalisation of the target's images (``target``, or the model's own, described).
     """
 
     scores: dict[str, float]
@@ -59,6 +61,7 @@ class ModelScores:
     layer_names: list[str]
     config: SamplerConfig | None = None
     cached: bool = False
+    normalization: str = TARGET_NORMALIZATION
 
 
 def score_features(features: FeatureSet, methods: Sequence[str]) -> ModelScores:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlflow_ccfv.data.preprocess import IntensityNormalization, describe_normalization
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.scoring.feature_cache import CaseCache, FeatureCache
@@ -45,6 +46,7 @@ def score_model(
     cases: CaseCache | None = None,
     device: str | torch.device | None = None,
     amp: bool = False,
+    normalization: IntensityNormalization | None = None,
 ) -> ModelScores:
     """Sample ``module``'s features at ``layers`` on ``target`` (cached) and run ``methods`` on them.
 
@@ -52,12 +54,25 @@ def score_model(
     sliding-window ROI; ``sampler_config`` overrides it and the other sampler settings. ``device``:
     where the network runs (default CUDA when available, else CPU; the features, hence the scores,
     do not depend on it beyond rounding). ``amp``: mixed-precision inference (an opt-in: see
-    :mod:`mlflow_ccfv.networks.devices`).
+    :mod:`mlflow_ccfv.networks.devices`). ``normalization``: the model's own intensity normalisation,
+    applied to the target's images instead of the target's (``None``: the target's); the result's
+    ``normalization`` names the one applied.
     """
     config = sampler_config_for(patch_size, sampler_config)
     features, cached = FeatureCache(cache_dir).features(
-        module, layers, target, config, model_id=model_id, label=label, force=force, cases=cases, device=device, amp=amp
+        module,
+        layers,
+        target,
+        config,
+        model_id=model_id,
+        label=label,
+        force=force,
+        cases=cases,
+        device=device,
+        amp=amp,
+        normalization=normalization,
     )
     result = score_features(features, parse_methods(methods))
     result.config, result.cached = config, cached
+    result.normalization = describe_normalization(normalization)
     return result

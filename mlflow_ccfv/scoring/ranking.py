@@ -96,14 +96,19 @@ def _fallback_needs() -> tuple[str, ...]:
     return (twin_base(DEFAULT_RANKING),) if is_twin(DEFAULT_RANKING) else ()
 
 
-def network_identity(architecture: str, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> str:
+def network_identity(
+    architecture: str, kwargs: Mapping[str, Any], patch_size: Sequence[int], normalization: str | None = None
+) -> str:
     """The first 16 hex digits of the SHA-256 of the network's architecture, its constructor arguments
-    without the output channels, and its patch size (voxels): equal for a model and its twin."""
-    body = {
+    without the output channels, its patch size (voxels) and, for an imported model, the intensity
+    normalisation it was trained with (its input): equal for a model and its twin."""
+    body: dict[str, Any] = {
         "architecture": architecture,
         "kwargs": {k: v for k, v in kwargs.items() if k not in _OUTPUT_KEYS},
         "patch_size": [int(s) for s in patch_size],
     }
+    if normalization:
+        body["normalization"] = normalization
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -3,8 +3,10 @@
 A model directory written by :func:`~mlflow_ccfv.tracking.flavor.save_model` gets, in MLflow's
 documented formats:
 
-- ``wheels/mlflow_ccfv-<version>-py3-none-any.whl``: this package, built once per process (no index
-  serves ``mlflow-ccfv``, so the model carries it);
+- ``wheels/mlflow_ccfv-<version>-py3-none-any.whl``: this package's code, built once per process (no
+  index serves ``mlflow-ccfv``, so the model carries it), without its package data: the shipped bank
+  (``mlflow_ccfv/shipped_bank/``, the demo's pre-trained weights) is not needed to load or run a model;
+  ``demo`` run from such an install says to reinstall the package;
 - ``requirements.txt``: ``mlflow``, ``torch``, ``monai`` (and ``dynamic-network-architectures`` for
   nnU-Net networks) pinned to the versions that wrote the model, then the wheel by its path relative
   to the model directory (MLflow installs a model's requirements from inside its directory; by hand:
@@ -49,6 +51,8 @@ CONDA_FILE = "conda.yaml"
 PYTHON_ENV_FILE = "python_env.yaml"
 
 _wheel_cache: dict[str, Path] = {}
+#: Package folders holding data, not code, left out of the model's wheel.
+DATA_FOLDERS = ("shipped_bank",)
 
 
 def _source_tree() -> Path | None:
@@ -63,7 +67,9 @@ def _source_tree() -> Path | None:
 def _build_from_source(root: Path, out: Path) -> Path:
     """``pip wheel --no-deps`` of a copy of the sources (the tree itself stays untouched, no build/ folder)."""
     src = out / "src"
-    shutil.copytree(root / "mlflow_ccfv", src / "mlflow_ccfv", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        root / "mlflow_ccfv", src / "mlflow_ccfv", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *DATA_FOLDERS)
+    )
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (root / name).is_file():
             shutil.copy2(root / name, src / name)
@@ -82,7 +88,7 @@ def _record_hash(data: bytes) -> str:
 
 
 def _repack_installed(out: Path) -> Path:
-    """A wheel made of the installed distribution's files (those its ``RECORD`` lists)."""
+    """A wheel made of the installed distribution's files (those its ``RECORD`` lists) but its package data."""
     dist = importlib.metadata.distribution(DISTRIBUTION)
     if not any(f.as_posix() == "mlflow_ccfv/__init__.py" for f in dist.files or []):
         raise RuntimeError(
@@ -104,6 +110,8 @@ def _repack_installed(out: Path) -> Path:
             ):
                 continue
             if not (posix.startswith("mlflow_ccfv/") or posix.startswith(f"{info}/")):
+                continue
+            if any(posix.startswith(f"mlflow_ccfv/{folder}/") for folder in DATA_FOLDERS):
                 continue
             data = Path(str(file.locate())).read_bytes()
             zf.writestr(posix, data)

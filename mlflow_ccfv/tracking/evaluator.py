@@ -20,6 +20,10 @@ MLflow's plugin API to :func:`mlflow_ccfv.scoring.score_model`, the code path of
   you trust whoever logged them; the evaluator uses it only with ``allow_pickle: True`` in the config
   or ``MLFLOW_CCFV_ALLOW_PICKLE=1`` (:func:`~mlflow_ccfv.tracking.registry.pickle_allowed`).
 
+An imported model's recorded intensity normalisation (its LoggedModel's ``import.normalization`` tag)
+is applied to the target's images, for the model and its twin; the run tag ``ccfv.normalization``
+names the one applied (``target``: the target's own statistics).
+
 ``can_evaluate`` only answers (MLflow asks every installed evaluator, with configs meant for others);
 the config is validated in ``evaluate``. Returns ``ccfv``, ``ccfv.layer<i>.class_consistency`` /
 ``.feature_variety``, ``ccfv_twin`` and ``ccfv.twin_control`` (the twin's CC-FV), and the requested baselines; they are logged on the run and on the model's
@@ -48,7 +52,7 @@ from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
 from mlflow_ccfv.scoring.ranking import TWIN_METHOD, TWIN_SEED
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed
+from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed, version_normalization
 from mlflow_ccfv.training import seeded_network
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
@@ -153,6 +157,7 @@ class CCFVEvaluator(ModelEvaluator):
         model_tags = dict(mlflow.MlflowClient().get_logged_model(model_id).tags or {}) if model_id else {}
         layers = split_list(model_tags.get(T.FEATURE_LAYERS)) or decoder_layers(module)
         patch = model_tags.get(T.PATCH_SIZE)
+        normalization = version_normalization(model_tags, f"models:/{model_id}")
 
         target, ds_name, ds_digest = _target(config, dataset)
         methods = config.get("methods", ["ccfv"])
@@ -169,6 +174,7 @@ class CCFVEvaluator(ModelEvaluator):
             cache_dir=config.get("cache_dir"),
             device=config.get("device") or None,
             amp=parse_bool(config.get("amp", False), "amp"),
+            normalization=normalization,
         )
         metrics = {**result.scores, **T.layer_metrics(result.layers)}
         # the mlflow_ccfv flavor's pyfunc keeps its NetworkSpec; an mlflow.pytorch model has none
@@ -190,6 +196,7 @@ class CCFVEvaluator(ModelEvaluator):
                     cache_dir=config.get("cache_dir"),
                     device=config.get("device") or None,
                     amp=parse_bool(config.get("amp", False), "amp"),
+                    normalization=normalization,  # the twin sees what the model sees
                 ).scores["ccfv"]
                 metrics[TWIN_METHOD] = result.scores["ccfv"] - twin
                 metrics[T.TWIN_CONTROL_METRIC] = twin
@@ -206,6 +213,7 @@ class CCFVEvaluator(ModelEvaluator):
         }
         for key, value in T.prefixed_params(T.RUN_PARAM_PREFIX, params).items():
             client.log_param(run_id, key, value)
+        client.set_tag(run_id, T.RUN_NORMALIZATION, result.normalization[:5000])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "ccfv_layers.csv"
             pd.DataFrame(

@@ -25,7 +25,7 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from mlflow.models import Model
 from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
+from mlflow_ccfv.data.preprocess import IntensityNormalization
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.networks import (
@@ -53,7 +54,7 @@ from mlflow_ccfv.networks import (
 )
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.scoring.ranking import Member, RankOrder, network_identity, rank_members
-from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
+from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, default_patch_size, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
 
@@ -125,6 +126,23 @@ class LoadedModel:
     def label(self) -> str:
         return f"{self.name}/{self.version}" if self.name else self.uri
 
+    @property
+    def normalization(self) -> IntensityNormalization | None:
+        """The version's own intensity normalisation (:func:`version_normalization`), or None."""
+        return version_normalization(self.tags, self.label)
+
+
+def version_normalization(tags: Mapping[str, str], label: str = "the version") -> IntensityNormalization | None:
+    """The intensity normalisation an imported version recorded (tag ``import.normalization``), or None
+    when it recorded none (its input is then normalised with the target's statistics)."""
+    try:
+        return IntensityNormalization.from_json(tags.get(T.IMPORT_NORMALIZATION))
+    except ValueError as exc:
+        raise RegistryError(
+            f"{label}: tag {T.IMPORT_NORMALIZATION} cannot be applied ({exc}). Fix the tag, or delete it to "
+            "normalise this model's input with the target's statistics."
+        ) from exc
+
 
 def _client():
     return MlflowClient()
@@ -153,10 +171,7 @@ _check_name = check_name
 
 def _patch_size(patch_size: Sequence[int] | str | None, spec: NetworkSpec | None) -> tuple[int, ...]:
     if patch_size is None:
-        if spec is not None and "img_size" in spec.kwargs:
-            patch_size = spec.kwargs["img_size"]
-        else:
-            patch_size = DEFAULT_PATCH_SIZE
+        patch_size = default_patch_size(spec) if spec is not None else DEFAULT_PATCH_SIZE
     return parse_ints(patch_size, "patch_size", length=3, minimum=1, maximum=4096)
 
 
@@ -277,10 +292,12 @@ def register_network(
         bank=bank,
         flavor=FLAVOR_NAME,
         extra_tags=extra_tags,
-        network=network_identity(spec.architecture, spec.kwargs, patch),
+        network=network_identity(spec.architecture, spec.kwargs, patch, (extra_tags or {}).get(T.IMPORT_NORMALIZATION)),
     )
     # The owner process on the LoggedModel: a killed register leaves it PENDING, the next run removes it.
-    info = log_model(spec, state, name=name, tags={**tags, T.PROCESS: process_identity(), T.REGISTERING: "true"})
+    info = log_model(
+        spec, state, name=name, tags={**tags, T.PROCESS: process_identity(), T.REGISTERING: "true"}, patch_size=patch
+    )
     try:
         mv = _create_version(name, info.model_uri, info.model_id, tags, description)
     except Exception:
@@ -909,6 +926,7 @@ __all__ = [
     "find_versions",
     "get_version",
     "load_version",
+    "version_normalization",
     "logged_model_id",
     "pickle_allowed",
     "register_logged_model",

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Run, RunStatus
 from mlflow.exceptions import MlflowException
 
 import mlflow_ccfv.tracking.tags as T
+from mlflow_ccfv.data.preprocess import TARGET_NORMALIZATION
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.training.curves import training_curve_png
@@ -252,9 +253,11 @@ def log_version_run(
     metrics: Mapping[str, float],
     settings: str = T.DEFAULT_SETTINGS,
     parent_run_id: str | None = None,
+    normalization: str = TARGET_NORMALIZATION,
 ) -> str:
     """One run nested in the active (score) run, or under ``parent_run_id`` (a Ray worker has no active
-    run): a version's params and metrics on ``target``.
+    run): a version's params and metrics on ``target``; ``normalization`` (tag ``ccfv.normalization``):
+    the intensity normalisation its input got.
 
     Keyed (``ccfv.run_key``) by the LoggedModel, the target's digest and the sampler ``settings``:
     once it has finished, earlier runs of the same key (a previous or killed scoring) are deleted.
@@ -279,6 +282,7 @@ def log_version_run(
         T.RUN_MODEL: label,
         T.PROCESS: process_identity(),
         T.RUN_KEY: key,
+        T.RUN_NORMALIZATION: normalization[:5000],
     }
     with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run:
         log_input(ds, context="target")

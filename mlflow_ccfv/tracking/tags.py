@@ -29,7 +29,9 @@ Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccf
 per-version run per key).
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
 (``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
-and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
+and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task); a scoring or fine-tuning
+run also ``ccfv.normalization`` (the intensity normalisation its model's input got: ``target``, or an
+imported version's own, read from its ``import.normalization`` tag).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "RUN_REGISTERED",
     "RUN_RESUMED_FROM",
     "dataset_scores",
+    "IMPORT_NORMALIZATION",
     "IN_CHANNELS",
     "OUT_CHANNELS",
     "PATCH_SIZE",
@@ -70,6 +73,7 @@ __all__ = [
     "RUN_DATASET",
     "RUN_KEY",
     "RUN_MODEL",
+    "RUN_NORMALIZATION",
     "RUN_STAGE",
     "FINETUNE_DICE",
     "SCORE_COLUMNS",
@@ -139,6 +143,9 @@ FLAVOR = "ccfv.flavor"
 #: The network identity (:func:`~mlflow_ccfv.scoring.ranking.network_identity`: the spec without its output
 #: channels, and the patch size): a version and its random-init twin share it.
 NETWORK = "ccfv.network"
+#: On an imported version: its own intensity normalisation, a JSON list of per-channel records
+#: (:class:`~mlflow_ccfv.data.preprocess.IntensityNormalization`), written by :func:`import_tags`.
+IMPORT_NORMALIZATION = "import.normalization"
 
 # -- run tags -----------------------------------------------------------------------------------------
 RUN_STAGE = "ccfv.stage"
@@ -172,6 +179,9 @@ FINETUNED_FROM = "ccfv.finetuned_from"
 RUN_FROM_SCRATCH = "ccfv.from_scratch"
 #: On a ``score`` parent run: comma-separated labels of the versions whose scoring failed.
 RUN_FAILED_VERSIONS = "ccfv.failed_versions"
+#: On a scoring or fine-tuning run: the intensity normalisation the model's input got (``target``:
+#: the target's own statistics; else the model's recorded one, described).
+RUN_NORMALIZATION = "ccfv.normalization"
 
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"
