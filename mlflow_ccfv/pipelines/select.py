@@ -170,6 +170,7 @@ class SelectTask:
     device: str | None = None
     cache_dir: str | None = None
     allow_pickle: bool | None = None
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def race_unit(task: SelectTask, cases: tuple[list, list] | None = None) -> RaceR
         fit,
         task.num_classes,
         task.config,
-        progress=False,
+        progress=task.progress,
         desc=f"select {loaded.label} round {task.round}",
         device=task.device,
     )
@@ -319,6 +320,7 @@ def select_models(request: SelectRequest, executor: Executor | None = None, prog
             device=str(resolve_device(request.device)) if executor.in_process else request.device,
             cache_dir=request.cache_dir,
             allow_pickle=request.allow_pickle,
+            progress=progress and executor.in_process,  # a training bar per unit in this process
         )
         in_race, trained = list(shortlist), 0
         for rnd in schedule:
