@@ -427,7 +427,7 @@ def _candidate_runs(client: mlflow.MlflowClient, parent, shortlist: list[str], d
         if run is None:
             run = client.create_run(
                 parent.info.experiment_id,
-                run_name=f"{label} on {dataset}",
+                run_name=f"select {label} on {dataset}",
                 tags={
                     "mlflow.parentRunId": parent.info.run_id,
                     T.RUN_STAGE: "select",
