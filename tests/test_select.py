@@ -241,3 +241,16 @@ def test_ray_races_one_task_per_candidate_and_round_with_the_serial_results(
     assert calls[-2:] == [3, 2]  # the race: one task per candidate in round 0, then per survivor in round 1
     assert {label: pytest.approx(d) for label, d in remote.dice.items()} == serial.dice  # CPU training: same Dice
     assert remote.winner == serial.winner
+
+
+def test_the_selected_alias_has_one_holder_per_bank(tracking_uri):
+    from mlflow_ccfv.tracking.registry import move_alias
+    from mlflow_ccfv.tracking.tags import selected_alias
+
+    a0, a1 = register_tiny_bank("a", seeds=(0, 1), prefix="a")
+    (b0,) = register_tiny_bank("b", seeds=(0,), prefix="b")
+    alias, client = selected_alias("Task07"), MlflowClient()
+    assert move_alias(alias, b0.name, b0.version, "b") == []
+    assert move_alias(alias, a0.name, a0.version, "a") == []
+    assert move_alias(alias, a1.name, a1.version, "a") == [a0.name]  # moved within bank a ...
+    assert _alias_holders(client, alias) == [(a1.name, str(a1.version)), (b0.name, str(b0.version))]  # ... b's kept
