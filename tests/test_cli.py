@@ -18,8 +18,8 @@ from mlflow_ccfv.cli import main
 from mlflow_ccfv.cli.base import exit_code_of
 
 REPO = Path(__file__).resolve().parents[1]
-NETWORK_COMMANDS = ("score", "pretrain", "finetune", "study", "demo")
-DATA_COMMANDS = ("score", "pretrain", "finetune", "verify", "study", "demo")
+NETWORK_COMMANDS = ("score", "pretrain", "finetune", "select", "study", "demo")
+DATA_COMMANDS = ("score", "pretrain", "finetune", "select", "verify", "study", "demo")
 #: The first word of every command's help: what it does.
 VERBS = {
     "Generate",
@@ -34,6 +34,7 @@ VERBS = {
     "Run",
     "Upload",
     "Export",
+    "Select",
 }
 
 
@@ -112,7 +113,12 @@ def test_network_commands_take_a_device(name):
 @pytest.mark.parametrize("name", DATA_COMMANDS)
 def test_data_root_follows_mlflow_ccfv_data(name, monkeypatch, tmp_path):
     command = main.commands[name]
-    required = {"score": ["--dataset", "D"], "pretrain": ["--dataset", "D"], "verify": ["D"]}
+    required = {
+        "score": ["--dataset", "D"],
+        "pretrain": ["--dataset", "D"],
+        "select": ["--dataset", "D"],
+        "verify": ["D"],
+    }
     required["finetune"] = ["--dataset", "D", "--model", "models:/m/1"]
     monkeypatch.setenv("MLFLOW_CCFV_DATA", str(tmp_path))
     for given in ([], ["--data-root", ""]):  # unset, and blank as MLproject passes it
@@ -290,6 +296,7 @@ def _required_args(name: str) -> list[str]:
         "register": ["--name", "n", "--source-dataset", "none"],
         "rank": ["--dataset", "D"],
         "log-dataset": ["--dataset", "D"],
+        "select": ["--dataset", "D"],
         "export-bank": ["--bank", "b", "--out", "o"],
         "synth": ["--out", "o"],
         "verify": ["D"],

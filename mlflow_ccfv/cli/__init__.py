@@ -26,6 +26,7 @@ COMMANDS = (
     "rank",
     "pretrain",
     "finetune",
+    "select",
     "report",
     "compare_studies",
     "study",

@@ -434,8 +434,9 @@ def device_option():
 
 
 # --------------------------------------------------------------------------- training options
-def train_options(steps: int, seed: int):
-    """Decorator adding ``--steps``, ``--batch-size`` ... (typed; see :func:`train_config_from_options`)."""
+def train_options(steps: int | None, seed: int):
+    """Decorator adding ``--steps``, ``--batch-size`` ... (typed; see :func:`train_config_from_options`);
+    ``steps=None``: no ``--steps`` (a command whose steps come from another option, e.g. ``select --rounds``)."""
     opts = [
         click.option(
             "--steps", default=steps, type=click.IntRange(min=1), show_default=True, help="Optimiser steps (>= 1)."
@@ -487,6 +488,9 @@ def train_options(steps: int, seed: int):
             help="Seed of initialisation, patch sampling and augmentation.",
         ),
     ]
+
+    if steps is None:
+        opts = opts[1:]
 
     def decorate(f):
         for o in reversed(opts):

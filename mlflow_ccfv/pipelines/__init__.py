@@ -5,6 +5,7 @@ scoring, training, study) with MLflow (tracking). One module per MLproject workf
 - :mod:`~mlflow_ccfv.pipelines.score`: score a bank on a target, tag, alias and rank it;
 - :mod:`~mlflow_ccfv.pipelines.pretrain`: pre-train and register bank models and random-init controls;
 - :mod:`~mlflow_ccfv.pipelines.finetune`: fine-tune a version and tag its measured Dice;
+- :mod:`~mlflow_ccfv.pipelines.select`: shortlist by the scores, then successive halving with short fine-tunes;
 - :mod:`~mlflow_ccfv.pipelines.report`: correlations of stored scores with stored Dice;
 - :mod:`~mlflow_ccfv.pipelines.study`: the paper's experiment (and the demo) end to end.
 

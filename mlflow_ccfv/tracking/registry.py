@@ -911,6 +911,28 @@ def rerank(
     )
 
 
+def move_alias(alias: str, name: str, version: str, bank: str) -> list[str]:
+    """Give ``alias`` to version ``version`` of the registered model ``name`` and take it from every other
+    registered model of ``bank`` (one holder per bank, as ``best-<dataset>``); returns the names it left."""
+    client = _client()
+    holders = {n: v for n, v in _alias_holders(alias).items() if _model_bank(n) == bank}
+    if holders.get(name) != str(version):
+        retrying(client.set_registered_model_alias, name, alias, str(version), what=f"alias {alias}")
+    left = sorted(n for n in holders if n != name)
+    for other in left:
+        try:
+            retrying(client.delete_registered_model_alias, other, alias, what=f"remove alias {alias}")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # removed by another writer: the goal
+                raise
+    return left
+
+
+def delete_version_tag(name: str, version: str, key: str) -> None:
+    """Remove one tag of a version (retried; a tag already gone is fine)."""
+    _delete_version_tag(name, version, key)
+
+
 __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
@@ -922,6 +944,8 @@ __all__ = [
     "bank_versions",
     "check_name",
     "delete_version",
+    "delete_version_tag",
+    "move_alias",
     "find_version",
     "find_versions",
     "get_version",

@@ -14,6 +14,9 @@ Registry (model version) tags:
   ``finetune.seeds.<dataset>``, ``finetune.run.<dataset>``, ``finetune.budget.<dataset>``;
 - written by ``pretrain``: ``pretrain.source_dice`` (Dice on the source's own held-out 20%) and, for
   a pre-training curve's checkpoints, ``pretrain.checkpoint`` (``early`` or ``final``);
+- written by ``select``: ``select.round.<dataset>`` (the last successive-halving round a shortlisted
+  version ran, 0 first) and ``select.dice.<dataset>`` (its validation Dice in that round), and the
+  alias ``selected-<dataset>`` on the registered model of the winner (one holder per bank);
 - written when a bank folder is registered (the shipped bank, ``export-bank`` output): the same
   ``pretrain.*`` tags as the version it was exported from, and ``weights.sha256`` (the file's digest).
 
@@ -24,6 +27,8 @@ that dataset, so one Runs-tab row shows a model's scores beside its measured Dic
 ``finetune_dice.seed<s>``; ``source_dice`` (pre-training); the report's ``<dataset>.<method>.<statistic>`` and ``avg.<method>.<statistic>``, their interval bounds
 ``<...>.<statistic>.low`` / ``.high``, ``<dataset>.noise_ceiling`` (and bounds) and
 ``<dataset>.<method>.permutation_p``.
+``val_dice`` (a ``select`` candidate's validation Dice, one value per round, ``step`` = the round;
+on the ``select`` run, the winner's at the last round), ``select_steps`` (the fine-tuning steps of a ``select`` schedule).
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccfv.process`` (the
 ``host:pid:start`` of the process that owns a run or a PENDING LoggedModel) and ``ccfv.run_key`` (one
 per-version run per key).
@@ -83,6 +88,13 @@ __all__ = [
     "WEIGHTS_SHA256",
     "SOURCE_DICE_METRIC",
     "best_alias",
+    "SELECT_STEPS",
+    "RUN_SELECT_ROUND",
+    "RUN_SELECT_WINNER",
+    "VAL_DICE",
+    "select_dice_tag",
+    "select_round_tag",
+    "selected_alias",
     "dataset_score_keys",
     "dice_sd_tag",
     "dice_spread_metric",
@@ -186,6 +198,15 @@ RUN_NORMALIZATION = "ccfv.normalization"
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"
 
+#: Metric of a ``select`` candidate's run: its Dice on the validation cases, ``step`` = the round (0 first).
+VAL_DICE = "val_dice"
+#: Metric of a ``select`` run: the fine-tuning steps of its schedule (over rounds and candidates).
+SELECT_STEPS = "select_steps"
+#: On a ``select`` run: the winner's label (``name/version``).
+RUN_SELECT_WINNER = "ccfv.select.winner"
+#: On a ``select`` candidate's run: the last round it ran (0 first).
+RUN_SELECT_ROUND = "ccfv.select.round"
+
 #: The method name in ``transferability.rank.<dataset>`` (not an estimator).
 RANK = "rank"
 #: The pseudo-methods of ``transferability.sampler.<dataset>`` and ``transferability.scored.<dataset>``.
@@ -286,6 +307,21 @@ def run_key(*parts: Any) -> str:
 def best_alias(dataset: str) -> str:
     """``best-<dataset>``: the registered-model alias of the rank-1 version."""
     return f"best-{dataset}"
+
+
+def selected_alias(dataset: str) -> str:
+    """``selected-<dataset>``: the registered-model alias of the version ``select`` chose (one per bank)."""
+    return f"selected-{dataset}"
+
+
+def select_round_tag(dataset: str) -> str:
+    """``select.round.<dataset>``: the last successive-halving round a shortlisted version ran (0 first)."""
+    return f"select.round.{dataset}"
+
+
+def select_dice_tag(dataset: str) -> str:
+    """``select.dice.<dataset>``: a shortlisted version's validation Dice in the last round it ran."""
+    return f"select.dice.{dataset}"
 
 
 def dice_tag(dataset: str) -> str:

@@ -1,0 +1,165 @@
+"""``mlflow-ccfv select``: shortlist a bank by its scores, then race the shortlist with short fine-tunes."""
+
+from __future__ import annotations
+
+import click
+
+from mlflow_ccfv.cli.base import (
+    BoolText,
+    CCFVCommand,
+    IntTuple,
+    OptionalInt,
+    allow_pickle_option,
+    cache_dir_option,
+    check_tracking_server,
+    data_root_option,
+    device_option,
+    exit_on_input_error,
+    methods_help,
+    train_options,
+)
+
+__all__ = ["select"]
+
+
+@click.command(cls=CCFVCommand)
+@click.option(
+    "--dataset",
+    required=True,
+    help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset (runs:/<run_id>/<folder>).",
+)
+@data_root_option()
+@click.option("--bank", default="default", show_default=True, help="Select among the versions tagged ccfv.bank=<bank>.")
+@click.option(
+    "--top-k",
+    "top_k",
+    default=4,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Shortlist size: the best-ranked pre-trained versions (random-init controls are never candidates).",
+)
+@click.option(
+    "--rank-by",
+    "rank_by",
+    default="auto",
+    show_default=True,
+    help="The ranking that shortlists: auto (ccfv_twin where every architecture has a random-init twin, "
+    "else ccfv), ccfv_twin, or an estimator (as score --rank-by).",
+)
+@click.option(
+    "--rounds",
+    default="50,100,200",
+    type=IntTuple(minimum=1, maximum=10_000_000),
+    show_default=True,
+    help="Fine-tuning steps per successive-halving round; each round keeps the better half (rounded up) "
+    "by validation Dice, the last keeps the winner.",
+)
+@click.option(
+    "--budget",
+    default="",
+    type=OptionalInt(1, 10**12),
+    help="The most fine-tuning steps the schedule may spend, summed over rounds and candidates; a schedule "
+    "above it is refused before any work (default: no limit).",
+)
+@click.option(
+    "--validation-fraction",
+    "validation_fraction",
+    default=0.2,
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    show_default=True,
+    help="Share of the target's training cases the race measures Dice on (the held-out 20% is never used).",
+)
+@click.option(
+    "--validation-seed",
+    "validation_seed",
+    default=0,
+    type=click.IntRange(min=0, max=2**32 - 1),
+    show_default=True,
+    help="Seed of the validation draw.",
+)
+@click.option(
+    "--overlap",
+    default=0.5,
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    show_default=True,
+    help="Sliding-window overlap when measuring Dice, in [0, 1).",
+)
+@click.option("--methods", default="", help=methods_help("Estimators scored (default: score's)."))
+@click.option(
+    "--force",
+    default="false",
+    type=BoolText(),
+    show_default=True,
+    help="true: a new selection even when one with the same settings is recorded (default: resume it).",
+)
+@cache_dir_option()
+@train_options(steps=None, seed=0)
+@device_option()
+@allow_pickle_option
+@click.option(
+    "--executor",
+    default="serial",
+    show_default=True,
+    type=click.Choice(["serial", "ray"]),
+    help="serial: in this process; ray: one Ray task per version when scoring, per candidate and round when racing.",
+)
+@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
+@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
+@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
+@click.option(
+    "--add-twins",
+    "add_twins",
+    default="true",
+    type=BoolText(),
+    show_default=True,
+    help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
+    "architecture that has none (as score --add-twins).",
+)
+def select(**options) -> None:
+    """Select a model for a target: shortlist the bank by its scores, then spend a fine-tuning budget on
+    the shortlist (successive halving on a validation part of the training cases); alias the winner
+    selected-<dataset>."""
+    from mlflow_ccfv.cli.base import train_config_from_options
+    from mlflow_ccfv.pipelines.executors import make_executor
+    from mlflow_ccfv.pipelines.select import SelectRequest, select_models
+    from mlflow_ccfv.scoring import parse_methods
+
+    with exit_on_input_error("select"):
+        parse_methods(options["methods"])  # an unknown name is refused before the server is asked
+        request = SelectRequest(
+            dataset=options["dataset"],
+            data_root=options["data_root"] or None,
+            bank=options["bank"],
+            top_k=options["top_k"],
+            rank_by=options["rank_by"],
+            rounds=tuple(options["rounds"]),
+            budget=options["budget"],
+            train=train_config_from_options({**options, "steps": max(options["rounds"])}),
+            validation_fraction=options["validation_fraction"],
+            validation_seed=options["validation_seed"],
+            overlap=options["overlap"],
+            methods=options["methods"],
+            force=options["force"],
+            cache_dir=options["cache_dir"] or None,
+            device=options["device"],
+            allow_pickle=options["allow_pickle"],
+            add_twins=options["add_twins"],
+        )
+        runner = make_executor(
+            options["executor"],
+            address=options["ray_address"] or None,
+            num_cpus=float(options["num_cpus"] or 1),
+            num_gpus=float(options["num_gpus"] or 0),
+        )
+        check_tracking_server()
+        try:
+            outcome = select_models(request, executor=runner)
+        finally:
+            runner.close()
+    for label in outcome.shortlist:
+        rounds = ", ".join(f"round {r}: {d:.4f}" for r, d in sorted(outcome.dice[label].items()))
+        click.echo(f"{label}: {rounds}")
+    click.echo(
+        f"selected {outcome.winner} for {outcome.dataset} (validation Dice {outcome.winner_dice:.4f}; "
+        f"{outcome.steps} fine-tuning steps, {outcome.trained_steps} trained now); run {outcome.run_id}"
+    )
