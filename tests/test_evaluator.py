@@ -66,6 +66,28 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     assert [(m.dataset_name, m.dataset_digest) for m in linked] == [(TARGET_TASK, data.digest)]
     assert linked[0].value == pytest.approx(metrics["ccfv"])
 
+    # The run is tagged as a score version run (the UI's ranking filter finds it); the caller's run keeps its name.
+    label = f"{mv.name}/{mv.version}"
+    user_run = MlflowClient().get_run(run.info.run_id)
+    assert user_run.info.run_name == run.info.run_name
+    assert {k: user_run.data.tags.get(k) for k in ("ccfv.stage", "ccfv.dataset", "ccfv.model")} == {
+        "ccfv.stage": "score",
+        "ccfv.dataset": TARGET_TASK,
+        "ccfv.model": label,
+    }
+    # A run evaluate starts itself is named like score's version runs.
+    mlflow.models.evaluate(
+        model=f"models:/{label}",
+        data=data,
+        model_type="segmentation",
+        evaluators=["ccfv"],
+        evaluator_config={"ccfv": {"methods": ["ccfv"], "twin": False}},
+    )
+    own = MlflowClient().get_run(mlflow.last_active_run().info.run_id)
+    assert own.info.run_id != run.info.run_id
+    assert own.info.run_name == f"{label} on {TARGET_TASK}"
+    assert own.data.tags["ccfv.stage"] == "score" and own.data.tags["ccfv.model"] == label
+
 
 def test_evaluator_config_errors_are_clear(tracking_uri, tmp_path):
     root = make_target_folder(tmp_path / "data")

@@ -24,10 +24,16 @@ MLflow's plugin API to :func:`mlflow_ccfv.scoring.score_model`, the code path of
 the config is validated in ``evaluate``. Returns ``ccfv``, ``ccfv.layer<i>.class_consistency`` /
 ``.feature_variety``, ``ccfv_twin`` and ``ccfv.twin_control`` (the twin's CC-FV), and the requested baselines; they are logged on the run and on the model's
 LoggedModel, linked to the dataset.
+
+The run gets the tags of a ``score`` version run (``ccfv.stage=score``, ``ccfv.dataset``, ``ccfv.model``
+= ``<name>/<version>`` of the registered version, else the LoggedModel id), so the Runs tab's ranking
+filter and view list it; a run ``evaluate`` started itself is also named ``<name>/<version> on
+<dataset>``, while a run the caller started (an active run) keeps its name.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 from pathlib import Path
@@ -36,6 +42,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
+from mlflow.models.evaluation import base as evaluation_base
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact
 from torch import nn
 
@@ -48,7 +55,8 @@ from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
 from mlflow_ccfv.scoring.ranking import TWIN_METHOD, TWIN_SEED
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed
+from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed, search_versions
+from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.training import seeded_network
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
@@ -121,6 +129,44 @@ def _target(config: dict[str, Any], dataset) -> tuple[Target, str, str]:
         )
     target = target_from_manifest(manifest, name=dataset.name or None, root=config.get("data_root"))
     return target, dataset.name or target.name, dataset.digest or target.digest
+
+
+def _model_label(model_id: str | None) -> str:
+    """``<name>/<version>`` of the registered version behind LoggedModel ``model_id`` (the lowest, when
+    several point at it); the LoggedModel id when none does; ``pyfunc`` without an id."""
+    if not model_id:
+        return "pyfunc"
+    versions = search_versions(f"source_path = 'models:/{model_id}'")
+    if not versions:
+        return model_id
+    first = min(versions, key=lambda mv: (mv.name, int(mv.version)))
+    return f"{first.name}/{first.version}"
+
+
+def _started_by_evaluate(run_id: str) -> bool:
+    """Whether ``mlflow.models.evaluate`` started run ``run_id`` itself (no run was active when it was
+    called): its ``_start_run_or_reuse_active_run`` context, suspended while the evaluators run, then
+    holds the run it started and no ``active_run``. False when that cannot be told (another MLflow
+    version): a run is renamed only when it is certainly not the caller's."""
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return False
+    code = getattr(getattr(evaluation_base, "_start_run_or_reuse_active_run", None), "__wrapped__", None)
+    code = getattr(code, "__code__", None)
+    for referrer in gc.get_referrers(active):
+        frame = getattr(referrer, "gi_frame", None)
+        if frame is not None and frame.f_code is code:
+            return frame.f_locals.get("active_run", active) is None
+    return False
+
+
+def _tag_run(run_id: str, label: str, dataset: str) -> None:
+    """The tags of a ``score`` version run on ``run_id``; its name too when ``evaluate`` started it."""
+    client = mlflow.MlflowClient()
+    for key, value in {T.RUN_STAGE: "score", T.RUN_DATASET: dataset, T.RUN_MODEL: label}.items():
+        retrying(client.set_tag, run_id, key, value, what=f"run tag {key}")
+    if _started_by_evaluate(run_id):
+        retrying(client.update_run, run_id, name=f"{label} on {dataset}", what="run name")
 
 
 class CCFVEvaluator(ModelEvaluator):
@@ -200,6 +246,7 @@ class CCFVEvaluator(ModelEvaluator):
             link = mlflow_dataset(target, name=ds_name, digest=ds_digest)
             mlflow.log_metrics(metrics, model_id=model_id, dataset=link, run_id=run_id)
         client = mlflow.MlflowClient()
+        _tag_run(run_id, _model_label(model_id), ds_name)
         client.log_param(run_id, "ccfv.sampler", str(result.config.to_dict() if result.config else {}))
         client.log_param(run_id, "ccfv.features_cached", str(result.cached))
         with tempfile.TemporaryDirectory() as tmp:

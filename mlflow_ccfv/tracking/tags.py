@@ -109,6 +109,10 @@ __all__ = [
     "spec_digest",
     "TWIN_CONTROL_METRIC",
     "scores_from_tags",
+    "RUN_NOTE",
+    "SHARED_VIEW_PREFIX",
+    "ranking_view_key",
+    "shared_view_tag",
 ]
 
 # -- registry tags written at registration ------------------------------------------------------------
@@ -147,6 +151,12 @@ RUN_RANKED_BY = "ccfv.ranked_by"
 RUN_FROM_SCRATCH = "ccfv.from_scratch"
 #: On a ``score`` parent run: comma-separated labels of the versions whose scoring failed.
 RUN_FAILED_VERSIONS = "ccfv.failed_versions"
+
+#: MLflow's run description (the run page's "Description"): on a ``score`` parent run, the ranked table.
+RUN_NOTE = "mlflow.note.content"
+#: MLflow's experiment tag prefix of a shared Runs-tab view (``mlflow.sharedViewState.<key>``: the
+#: JSON of the view's filter, sort and visible columns; opened by ``?viewStateShareKey=<key>``).
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"
@@ -246,6 +256,17 @@ def parse_process(value: str) -> tuple[str, int, str] | None:
 def run_key(*parts: Any) -> str:
     """The :data:`RUN_KEY` of a run made from ``parts`` (model id, data digest, settings ...): 16 hex digits."""
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def ranking_view_key(dataset: str) -> str:
+    """``ccfv-<dataset>``: the share key of an experiment's ranking view of ``dataset`` (letters, digits,
+    ``-`` and ``_`` only, so that it travels in a URL unquoted)."""
+    return "ccfv-" + re.sub(r"[^A-Za-z0-9_-]", "_", dataset)
+
+
+def shared_view_tag(key: str) -> str:
+    """``mlflow.sharedViewState.<key>``: the experiment tag holding the shared view ``key``."""
+    return f"{SHARED_VIEW_PREFIX}{key}"
 
 
 def best_alias(dataset: str) -> str:
