@@ -14,6 +14,7 @@ Registry (model version) tags:
   ``finetune.seeds.<dataset>``, ``finetune.run.<dataset>``, ``finetune.budget.<dataset>``;
 - written by ``pretrain``: ``pretrain.source_dice`` (Dice on the source's own held-out 20%) and, for
   a pre-training curve's checkpoints, ``pretrain.checkpoint`` (``early`` or ``final``);
+- the version's description ends with a summary of these tags (:mod:`mlflow_ccfv.tracking.summary`);
 - written when a bank folder is registered (the shipped bank, ``export-bank`` output): the same
   ``pretrain.*`` tags as the version it was exported from, and ``weights.sha256`` (the file's digest).
 
@@ -27,6 +28,9 @@ that dataset, so one Runs-tab row shows a model's scores beside its measured Dic
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccfv.process`` (the
 ``host:pid:start`` of the process that owns a run or a PENDING LoggedModel) and ``ccfv.run_key`` (one
 per-version run per key).
+On a ``score`` parent run, MLflow's note ``mlflow.note.content`` holds the ranked table; on its
+experiment, ``mlflow.sharedViewState.ccfv-<dataset>`` the Runs tab's view of the ranking
+(:mod:`mlflow_ccfv.tracking.views`).
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
 (``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
 and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task).
