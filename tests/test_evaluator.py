@@ -27,7 +27,7 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     data = target_dataset(root, split="train")
     assert list(data.df.columns) == ["case_id", "image", "label", "image_sha256", "label_sha256", "split"]
 
-    with mlflow.start_run() as run:
+    with mlflow.start_run(run_name="my evaluation") as run:
         result = mlflow.models.evaluate(
             model=f"models:/{mv.name}/{mv.version}",
             data=data,
@@ -65,6 +65,28 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     linked = [m for m in model.metrics if m.key == "ccfv"]
     assert [(m.dataset_name, m.dataset_digest) for m in linked] == [(TARGET_TASK, data.digest)]
     assert linked[0].value == pytest.approx(metrics["ccfv"])
+
+    # The run is tagged as a score version run (the UI's ranking filter finds it); a name the caller gave is kept.
+    label = f"{mv.name}/{mv.version}"
+    user_run = MlflowClient().get_run(run.info.run_id)
+    assert user_run.info.run_name == "my evaluation"
+    assert {k: user_run.data.tags.get(k) for k in ("ccfv.stage", "ccfv.dataset", "ccfv.model")} == {
+        "ccfv.stage": "score",
+        "ccfv.dataset": TARGET_TASK,
+        "ccfv.model": label,
+    }
+    # A run nobody named (evaluate started it: MLflow generated its name) is named like score's version runs.
+    mlflow.models.evaluate(
+        model=f"models:/{label}",
+        data=data,
+        model_type="segmentation",
+        evaluators=["ccfv"],
+        evaluator_config={"ccfv": {"methods": ["ccfv"], "twin": False}},
+    )
+    own = MlflowClient().get_run(mlflow.last_active_run().info.run_id)
+    assert own.info.run_id != run.info.run_id
+    assert own.info.run_name == f"{label} on {TARGET_TASK}"
+    assert own.data.tags["ccfv.stage"] == "score" and own.data.tags["ccfv.model"] == label
 
 
 def test_evaluator_config_errors_are_clear(tracking_uri, tmp_path):

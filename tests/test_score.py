@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 import torch
@@ -92,6 +94,15 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
         run_id=parents[0].info.run_id, artifact_path=f"ranking/ranking_{TARGET_TASK}.png"
     )
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # The run's note (its page's description) is the printed ranked table; the experiment holds the
+    # Runs tab's shared view of this ranking (sorted by the ranking score, the scores as columns).
+    note = parents[0].data.tags["mlflow.note.content"]
+    table_lines = [l for l in note.splitlines() if l.startswith("|")]
+    assert len(table_lines) == 5 and "\n".join(table_lines) in result.output  # header, rule, 3 versions
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.ccfv-{TARGET_TASK}"])
+    assert view["orderByKey"] == "metrics.`ccfv`" and view["orderByAsc"] is False
+    assert view["selectedColumns"] == ["metrics.`ccfv`", "metrics.`finetune_dice`"]
+    assert f"tags.`ccfv.dataset` = '{TARGET_TASK}'" in view["searchFilter"]
 
     # The same metrics sit on each version's LoggedModel, linked to the dataset: the Models tab sorts by them.
     ordered = mlflow.search_logged_models(

@@ -1,17 +1,16 @@
-"""The ranking in the MLflow UI, proven in headless Chromium against a real `mlflow server`.
+"""The ranking in the MLflow UI as a first-time user sees it, proven in headless Chromium against a
+real `mlflow server`.
 
-The ranking view: the experiment's Runs tab, filtered to one dataset's scoring runs (one per model
-version), sorted by the ``ccfv`` metric, with the ``ccfv`` and ``finetune_dice`` columns shown (the
-fine-tune pipeline logs the measured Dice on the version's score runs). Filter and sort travel in the
-URL (a user can bookmark it); the visible columns are the Runs tab's saved UI state (Columns menu),
-set here through the page's local storage. The second view is a registered version's page with its
-``transferability.*`` and ``finetune.dice.*`` tags. MLflow 3.17's Models tab shows the same metrics
-per dataset but cannot sort by them.
+The view: the link `score` logs (``tracking/views.py``: the experiment's shared Runs-tab view of one
+dataset, opened in the "Model training" UI): one row per scored version, sorted by the ranking score
+``ccfv_twin``, with ``ccfv``, ``ccfv_twin`` and ``finetune_dice`` on screen. The browser starts with
+an empty profile; the test sets no local storage, rewrites no CSS and clicks nothing. The second page
+is a registered version, whose description opens with the summary of its scores and fine-tune Dice.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ import urllib.parse
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
 pytest_plugins = ["mlflow_server"]
@@ -37,54 +37,13 @@ CELLS_JS = (
     "[(c.closest('[row-index]') || {getAttribute: () => null}).getAttribute('row-index'), "
     "c.getAttribute('col-id'), c.innerText.trim()])"
 )
-SHOWN_METRICS = ("ccfv", "finetune_dice", "logme")
-UNFOLD_TAGS_JS = """(() => {
-  const cell = Array.from(document.querySelectorAll('td,div,span'))
-    .find(e => e.children.length === 0 && e.innerText && e.innerText.startsWith('transferability.'));
-  for (let el = cell; el && el !== document.body; el = el.parentElement) {
-    const style = getComputedStyle(el);
-    if (/(auto|scroll)/.test(style.overflowY) || style.maxHeight !== 'none') {
-      el.style.maxHeight = 'none'; el.style.height = 'auto'; el.style.overflowY = 'visible';
-    }
-  }
-})()"""
-
-
-def ranking_url(base: str, experiment_id: str, dataset: str, ascending: bool = False) -> str:
-    query = urllib.parse.urlencode(
-        {
-            "searchFilter": f"tags.`ccfv.dataset` = '{dataset}' AND tags.`ccfv.stage` = 'score'",
-            "orderByKey": "metrics.`ccfv`",
-            "orderByAsc": str(ascending).lower(),
-        }
-    )
-    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
-
-
-def _open_runs(browser: Chromium, url: str, n_rows: int) -> None:
-    browser.goto(url)
-    try:
-        browser.wait_for(f"({ROWS_JS}).length >= {n_rows}", timeout=30)
-    except TimeoutError:  # a fresh profile may open in GenAI mode: switch to "Model training"
-        browser.js("""(() => { const el = Array.from(document.querySelectorAll('button,[role=radio],label,span'))
-            .find(e => e.innerText && e.innerText.trim() === 'Model training'); if (el) el.click(); })()""")
-        time.sleep(1)
-        browser.goto(url)
-        browser.wait_for(f"({ROWS_JS}).length >= {n_rows}", timeout=60)
-    browser.wait_for("document.body.innerText.includes('Sort: ccfv')", timeout=30)
-
-
-def _show_metric_columns(browser: Chromium, experiment_id: str) -> None:
-    """Select the metric columns, as the Columns menu would, in the Runs tab's saved UI state."""
-    key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment_id}"]-ReactComponentState'
-    state = json.loads(browser.js(f"localStorage.getItem({json.dumps(key)})") or "{}")
-    state["selectedColumns"] = [f"metrics.`{m}`" for m in SHOWN_METRICS]
-    browser.js(f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps(state))})")
-
-
-def _close_popups(browser: Chromium) -> None:
-    browser.js("(() => { const b = document.querySelector('button[aria-label=Close]'); if (b) b.click(); })()")
-    time.sleep(1.0)
+#: Whether a cell's right edge is inside the window: on screen, not behind a horizontal scroll.
+VISIBLE_COLUMNS_JS = (
+    "Array.from(document.querySelectorAll('[role=columnheader][col-id]'))"
+    ".filter(h => h.getBoundingClientRect().right <= window.innerWidth && h.getBoundingClientRect().width > 0)"
+    ".map(h => h.getAttribute('col-id'))"
+)
+SHOWN_METRICS = ("ccfv", "ccfv_twin", "finetune_dice")
 
 
 def _table(browser: Chromium) -> list[dict[str, str]]:
@@ -98,14 +57,14 @@ def _table(browser: Chromium) -> list[dict[str, str]]:
         if match:
             row["model"] = match.group(1)
         for metric in SHOWN_METRICS:
-            if col.replace("`", "").endswith(f"metrics.{metric}"):
+            if col.replace("`", "") == f"metrics.{metric}":
                 row[metric] = text
     return [rows[i] for i in sorted(rows)]
 
 
 def _finetune_bank(remote_bank) -> None:
-    """Fine-tune each bank version on the target (a tiny budget): ``finetune.dice.*`` tags, and the
-    measured Dice logged on the version's score runs."""
+    """Fine-tune each bank version on the target (a tiny budget): ``finetune.dice.*`` tags, the
+    version's description, and the measured Dice logged on the version's score runs."""
     from mlflow_ccfv.pipelines.finetune import finetune_version
     from mlflow_ccfv.training import TrainConfig
 
@@ -115,82 +74,125 @@ def _finetune_bank(remote_bank) -> None:
         finetune_version(f"models:/{v.name}/{v.version}", remote_bank["target"], config, progress=False, device="cpu")
 
 
+def _score_with_twin(remote_bank, monkeypatch, caplog) -> str:
+    """`score` the bank again with the default ranking (its random-init twin registered and scored:
+    ``ccfv_twin``); returns the UI link it logged."""
+    from mlflow_ccfv.cli import main
+
+    work = remote_bank["work"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", remote_bank["server"].url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ccfv-remote")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    args = ["score", "--dataset", TARGET_TASK, "--data-root", str(work / "data"), "--bank", "ui"]
+    args += ["--methods", "ccfv,logme", "--cache-dir", str(work / "cache")]
+    with caplog.at_level(logging.INFO, logger="mlflow_ccfv.pipelines.score"):
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    links = [r.getMessage().rpartition(": ")[2] for r in caplog.records if "ranking in the MLflow UI" in r.getMessage()]
+    assert len(links) == 1, caplog.text
+    return links[0]
+
+
 @pytest.mark.slow
-def test_bank_sorted_by_ccfv_beside_the_dice_and_a_versions_tags(remote_bank, tmp_path):
+def test_first_visit_shows_each_versions_scores_and_dice_and_the_version_summary(
+    remote_bank, tmp_path, monkeypatch, caplog
+):
     require_chromium()
     assert remote_bank["score"].returncode == 0, remote_bank["score"].stderr[-3000:]
-    # the bank lives on the server; earlier tests in the same process may have pointed mlflow elsewhere
-    mlflow.set_tracking_uri(remote_bank["server"].url)
-    _finetune_bank(remote_bank)
     server = remote_bank["server"]
+    # the bank lives on the server; earlier tests in the same process may have pointed mlflow elsewhere
+    mlflow.set_tracking_uri(server.url)
+    link = _score_with_twin(remote_bank, monkeypatch, caplog)
+    _finetune_bank(remote_bank)
     client = MlflowClient(server.url)
     exp = client.get_experiment_by_name("ccfv-remote")
-    tags = {}
-    for v in remote_bank["versions"]:
-        tags[f"{v.name}/{v.version}"] = client.get_model_version(v.name, v.version).tags
-    scores = {k: float(t[f"transferability.ccfv.{TARGET_TASK}"]) for k, t in tags.items()}
-    dice = {k: float(t[f"finetune.dice.{TARGET_TASK}"]) for k, t in tags.items()}
-    expected = sorted(scores, key=scores.get, reverse=True)
+    assert link == (
+        f"{server.url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=ccfv-{TARGET_TASK}"
+        "&workflowType=machine_learning"
+    )
+    twin_key = f"transferability.ccfv_twin.{TARGET_TASK}"
+    tags = {
+        f"{mv.name}/{mv.version}": mv.tags
+        for mv in client.search_model_versions("tags.`ccfv.bank` = 'ui'")
+        if twin_key in mv.tags
+    }
+    bank = [f"{v.name}/{v.version}" for v in remote_bank["versions"]]
+    assert set(bank) < set(tags)  # the bank and its random-init twin (a control: scored, never ranked)
+    expected = sorted(tags, key=lambda k: -float(tags[k][twin_key]))
 
-    url = ranking_url(server.url, exp.experiment_id, TARGET_TASK)
-    browser = Chromium(tmp_path / "profile", height=900)
+    browser = Chromium(tmp_path / "profile", height=900)  # an empty profile: a first-time user
     try:
-        _open_runs(browser, url, len(expected))
-        _show_metric_columns(browser, exp.experiment_id)
-        browser.goto("about:blank")
-        _open_runs(browser, url, len(expected))
+        browser.goto(link)
+        browser.wait_for(f"({ROWS_JS}).length >= {len(expected)}", timeout=60)
         browser.wait_for("document.body.innerText.includes('finetune_dice')", timeout=30)
-        _close_popups(browser)
+        time.sleep(1.0)
         table = _table(browser)
+        on_screen = browser.js(VISIBLE_COLUMNS_JS)
         page_text = browser.js("document.body.innerText")
         shot = browser.screenshot(tmp_path / "ui_sorted_by_ccfv.png")
-        # The opposite direction reverses the rows: the order comes from the metric, not creation time.
+        # The opposite direction (the filter and sort as URL parameters) reverses the rows: the order
+        # comes from the metric, not from creation time.
+        query = urllib.parse.urlencode(
+            {
+                "searchFilter": f"tags.`ccfv.dataset` = '{TARGET_TASK}' AND tags.`ccfv.stage` = 'score'",
+                "orderByKey": "metrics.`ccfv_twin`",
+                "orderByAsc": "true",
+                "workflowType": "machine_learning",
+            }
+        )
         browser.goto("about:blank")
-        browser.goto(ranking_url(server.url, exp.experiment_id, TARGET_TASK, ascending=True))
-        browser.wait_for("document.body.innerText.includes('Sort: ccfv')", timeout=60)
+        browser.goto(f"{server.url}/#/experiments/{exp.experiment_id}/runs?{query}")
+        browser.wait_for("document.body.innerText.includes('Sort: ccfv_twin')", timeout=60)
         browser.wait_for(f"({ROWS_JS}).length >= {len(expected)}", timeout=60)
         time.sleep(1.0)
         reversed_on_page = browser.js(ROWS_JS)
 
-        best = expected[0]
+        best = next(k for k in expected if k in bank)  # the top pre-trained version (controls are not ranked)
         name, version = best.split("/")
         browser.goto("about:blank")
         browser.goto(f"{server.url}/#/models/{name}/versions/{version}")
-        browser.wait_for(f"document.body.innerText.includes('finetune.dice.{TARGET_TASK}')", timeout=60)
-        _close_popups(browser)
-        # one screen for every tag: a taller viewport, and the tag table's own scroll box unfolded
-        browser.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 1500, "height": 1250, "deviceScaleFactor": 1, "mobile": False},
-            session=True,
-        )
-        browser.js(UNFOLD_TAGS_JS)
+        browser.wait_for("document.body.innerText.includes('Transferability (mlflow-ccfv)')", timeout=60)
         time.sleep(1.0)
         version_text = browser.js("document.body.innerText")
-        version_shot = browser.screenshot(tmp_path / "ui_version_tags.png")
+        version_shot = browser.screenshot(tmp_path / "ui_version_summary.png")
     finally:
         browser.close()
 
-    assert [row.get("model") for row in table] == expected, (table, scores)
+    # the "Model training" side of the UI: its navigation (runs, models, registry), not the GenAI one
+    assert "Model registry" in page_text and "Evaluation runs" not in page_text and "Sessions" not in page_text
+    # every scored version once, in ranking-score order (ties, e.g. the twin and the seed-0 network that
+    # has its weights, in either order), the shown values those of the version's tags
+    assert sorted(row.get("model") for row in table) == sorted(expected), (table, tags)
+    shown_twin = [float(row["ccfv_twin"]) for row in table]
+    assert shown_twin == sorted(shown_twin, reverse=True), table
+    for metric in SHOWN_METRICS:  # the three columns are on screen, no Columns menu, no scrolling
+        assert f"metrics.`{metric}`" in on_screen, on_screen
     for row in table:  # the values are visible, next to their model, as stored
-        shown_ccfv, shown_dice = float(row["ccfv"]), float(row["finetune_dice"])
-        assert shown_ccfv == pytest.approx(scores[row["model"]], rel=1e-3, abs=1e-3), row
-        assert shown_dice == pytest.approx(dice[row["model"]], rel=1e-3, abs=1e-3), row
-    assert [float(row["ccfv"]) for row in table] == sorted((float(row["ccfv"]) for row in table), reverse=True)
-    assert "finetune_dice" in page_text and "ccfv" in page_text
-    assert reversed_on_page == expected[::-1], (reversed_on_page, scores)
-    for key in (
-        f"transferability.ccfv.{TARGET_TASK}",
-        f"transferability.rank.{TARGET_TASK}",
-        f"finetune.dice.{TARGET_TASK}",
-    ):
-        assert key in version_text and tags[best][key] in version_text, key
+        stored = tags[row["model"]]
+        assert float(row["ccfv"]) == pytest.approx(float(stored[f"transferability.ccfv.{TARGET_TASK}"]), abs=1e-3)
+        assert float(row["ccfv_twin"]) == pytest.approx(float(stored[twin_key]), abs=1e-3)
+        if row["model"] in bank:
+            assert float(row["finetune_dice"]) == pytest.approx(float(stored[f"finetune.dice.{TARGET_TASK}"]), abs=1e-3)
+    assert "Sort: ccfv_twin" in page_text
+    ascending = [float(tags[m][twin_key]) for m in reversed_on_page]
+    assert sorted(reversed_on_page) == sorted(expected) and ascending == sorted(ascending), reversed_on_page
+
+    final = client.get_model_version(name, version).tags
+    row = next(line for line in version_text.splitlines() if line.startswith(TARGET_TASK))
+    cells = [c.strip() for c in row.split("\t")]
+    assert cells[:3] == [
+        TARGET_TASK,
+        final[f"transferability.rank.{TARGET_TASK}"],
+        f"{float(final[f'transferability.ccfv.{TARGET_TASK}']):.4f}",
+    ]
+    assert cells[3] == f"{float(final[twin_key]):.4f} (ccfv_twin)"
+    assert cells[4] == f"{float(final[f'finetune.dice.{TARGET_TASK}']):.4f}"
     for png in (shot, version_shot):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("MLFLOW_CCFV_UPDATE_DOCS"):  # refresh the README's screenshots
+    if os.environ.get("MLFLOW_CCFV_UPDATE_DOCS"):  # refresh the README's screenshots from these pages
         (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, REPO / "docs" / "img" / "ui_sorted_by_ccfv.png")
-        shutil.copy(version_shot, REPO / "docs" / "img" / "ui_version_tags.png")
+        shutil.copy(version_shot, REPO / "docs" / "img" / "ui_version_summary.png")
 
 
 def test_without_chromium_the_browser_test_skips_except_in_ci(monkeypatch):

@@ -65,6 +65,7 @@ from mlflow_ccfv.tracking.runs import (
     log_training_curve,
     run_csv,
 )
+from mlflow_ccfv.tracking.summary import refresh_summaries
 from mlflow_ccfv.training import DiceResult, TrainConfig, TrainingCheckpoint, evaluate_dice, finetune
 
 __all__ = ["DICE_TABLE", "FinetuneOutcome", "budget_digest", "finetune_version"]
@@ -320,6 +321,7 @@ def finetune_version(
             version_tags[T.dice_sd_tag(name)] = f"{sd:.6f}"
         for key, value in version_tags.items():
             retrying(client.set_model_version_tag, loaded.name, loaded.version, key, value, what=f"tag {key}")
+        refresh_summaries([(loaded.name, loaded.version)])  # the description's Dice column
         log_dice_on_score_runs(loaded.label, name, mean)
     first = results[seeds[0]][2]
     dice = DiceResult(first.per_class if first else {}, mean, first.per_case if first else {})

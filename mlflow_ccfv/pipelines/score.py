@@ -68,6 +68,7 @@ from mlflow_ccfv.tracking.registry import (
     write_version_scores,
 )
 from mlflow_ccfv.tracking.runs import log_input, log_version_run, recover_crashed, tag_process
+from mlflow_ccfv.tracking.views import ranking_view_url, save_ranking_view
 
 __all__ = [
     "TargetSource",
@@ -452,10 +453,15 @@ def score_versions(
             folder.mkdir(parents=True, exist_ok=True)
             stem = f"ranking_{dataset.name}"
             table.to_csv(folder / f"{stem}.csv", index=False)
-            (folder / f"{stem}.md").write_text(table_markdown(table, shown))
+            note = table_markdown(table, shown)
+            (folder / f"{stem}.md").write_text(note)
             ranking_plot(table, folder / f"{stem}.png", method=chosen)
             for suffix in ("csv", "md", "png"):
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
+        # the run page's description: the ranked table; the Runs tab's shared view: the scores on screen
+        mlflow.set_tag(T.RUN_NOTE, f"**Ranking of {dataset.name}** by {chosen} (rank 1 = best)\n\n{note}")
+        save_ranking_view(parent.info.experiment_id, dataset.name, chosen)
+        _logger.info("the ranking in the MLflow UI: %s", ranking_view_url(parent.info.experiment_id, dataset.name))
     except BaseException:
         status = "FAILED"
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from urllib.parse import quote
 
 import mlflow
 import pandas as pd
@@ -19,7 +18,7 @@ from mlflow_ccfv.scoring.ranking import TWIN_METHOD, choose_ranking
 from mlflow_ccfv.study.report import ranked_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
-from mlflow_ccfv.tracking import tags as T
+from mlflow_ccfv.tracking.views import DEFAULT_UI, ranking_view_url
 
 __all__ = [
     "DEMO_METHODS",
@@ -87,15 +86,11 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
         lines.append(
             "\nOpen the MLflow UI to sort the models:\n"
             f"  mlflow ui --backend-store-uri {uri} --port 5000\n"
-            "  then, per target, the experiment's Runs tab filtered to that dataset and sorted by ccfv\n"
-            "  (one run per model version; MLflow 3.17's Models tab shows the same columns but cannot sort them):"
+            "  then, per target, the experiment's Runs tab with the ranking on screen (one run per model\n"
+            "  version, sorted by the ranking score, ccfv and finetune_dice shown):"
         )
         for dataset in sorted(result.frame["dataset"].unique()):
-            search = quote(f"tags.`{T.RUN_DATASET}` = '{dataset}'")
-            lines.append(
-                f"  http://127.0.0.1:5000/#/experiments/{active}/runs?searchFilter={search}"
-                "&orderByKey=metrics.%60ccfv%60&orderByAsc=false"
-            )
+            lines.append(f"  {ranking_view_url(active, dataset, base=DEFAULT_UI)}")
         lines.append(
             "  Registry: each version's tags transferability.<method>.<dataset>, finetune.dice.<dataset>,\n"
             "  and the alias best-<dataset> on the top-ranked model."

@@ -28,11 +28,17 @@ names the one applied (``target``: the target's own statistics).
 the config is validated in ``evaluate``. Returns ``ccfv``, ``ccfv.layer<i>.class_consistency`` /
 ``.feature_variety``, ``ccfv_twin`` and ``ccfv.twin_control`` (the twin's CC-FV), and the requested baselines; they are logged on the run and on the model's
 LoggedModel, linked to the dataset.
+
+The run gets the tags of a ``score`` version run (``ccfv.stage=score``, ``ccfv.dataset``, ``ccfv.model``
+= ``<name>/<version>`` of the registered version, else the LoggedModel id), so the Runs tab's ranking
+filter and view list it; a run whose name MLflow generated (nobody named it, e.g. one ``evaluate``
+started itself) is also named ``<name>/<version> on <dataset>``, while a name the caller gave is kept.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,8 @@ from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
 from mlflow_ccfv.scoring.ranking import TWIN_METHOD, TWIN_SEED
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed, version_normalization
+from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed, search_versions, version_normalization
+from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.training import seeded_network
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
@@ -125,6 +132,38 @@ def _target(config: dict[str, Any], dataset) -> tuple[Target, str, str]:
         )
     target = target_from_manifest(manifest, name=dataset.name or None, root=config.get("data_root"))
     return target, dataset.name or target.name, dataset.digest or target.digest
+
+
+def _model_label(model_id: str | None) -> str:
+    """``<name>/<version>`` of the registered version behind LoggedModel ``model_id`` (the lowest, when
+    several point at it); the LoggedModel id when none does; ``pyfunc`` without an id."""
+    if not model_id:
+        return "pyfunc"
+    versions = search_versions(f"source_path = 'models:/{model_id}'")
+    if not versions:
+        return model_id
+    first = min(versions, key=lambda mv: (mv.name, int(mv.version)))
+    return f"{first.name}/{first.version}"
+
+
+#: The names MLflow gives a run started without one (``<adjective>-<noun>-<number>``, e.g. ``wistful-tern-959``).
+_GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+-\d{1,3}$")
+
+
+def _has_generated_name(run_id: str) -> bool:
+    """Whether run ``run_id`` carries a name MLflow generated (nobody chose it): only such a run is
+    renamed, so a name the caller gave is never replaced."""
+    name = mlflow.MlflowClient().get_run(run_id).info.run_name or ""
+    return bool(_GENERATED_NAME.match(name))
+
+
+def _tag_run(run_id: str, label: str, dataset: str) -> None:
+    """The tags of a ``score`` version run on ``run_id``; its name too when MLflow generated the one it has."""
+    client = mlflow.MlflowClient()
+    for key, value in {T.RUN_STAGE: "score", T.RUN_DATASET: dataset, T.RUN_MODEL: label}.items():
+        retrying(client.set_tag, run_id, key, value, what=f"run tag {key}")
+    if _has_generated_name(run_id):
+        retrying(client.update_run, run_id, name=f"{label} on {dataset}", what="run name")
 
 
 class CCFVEvaluator(ModelEvaluator):
@@ -207,6 +246,7 @@ class CCFVEvaluator(ModelEvaluator):
             link = mlflow_dataset(target, name=ds_name, digest=ds_digest)
             mlflow.log_metrics(metrics, model_id=model_id, dataset=link, run_id=run_id)
         client = mlflow.MlflowClient()
+        _tag_run(run_id, _model_label(model_id), ds_name)
         params = {
             "sampler": str(result.config.to_dict() if result.config else {}),
             "features_cached": str(result.cached),

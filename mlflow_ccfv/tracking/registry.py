@@ -57,6 +57,7 @@ from mlflow_ccfv.scoring.ranking import Member, RankOrder, network_identity, ran
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, default_patch_size, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
+from mlflow_ccfv.tracking.summary import refresh_summaries
 
 _logger = logging.getLogger(__name__)
 
@@ -700,7 +701,8 @@ def write_version_scores(
     <dataset>`` (value ``<settings>/<data digest>``) is deleted first, then the scores, the sampler
     settings (``transferability.sampler.<dataset>``) are written, then the marker last. Score tags of
     methods not in ``scores`` left over from an earlier scoring are removed. The rank is not written
-    here: call :func:`rerank` once the scores of a batch are stored.
+    here: call :func:`rerank` once the scores of a batch are stored. The version's description summary
+    follows the tags (:func:`~mlflow_ccfv.tracking.summary.refresh_version_summary`).
     """
     current = dict(_client().get_model_version(name, version).tags or {})
     marker = T.scored_tag(dataset)
@@ -715,6 +717,7 @@ def write_version_scores(
         if current.get(key) != value:
             _set_version_tag(name, version, key, value)
     _set_version_tag(name, version, marker, T.scored_value(settings, data_digest))
+    refresh_summaries([(name, version)])
 
 
 def clear_version_scores(name: str, version: str, dataset: str) -> list[str]:
@@ -724,6 +727,7 @@ def clear_version_scores(name: str, version: str, dataset: str) -> list[str]:
     keys = T.dataset_score_keys(current, dataset)
     for key in keys:
         _delete_version_tag(name, version, key)
+    refresh_summaries([(name, version)])
     return keys
 
 
@@ -848,7 +852,8 @@ def rerank(
     exactly one version of the bank is rank 1 and exactly one of its registered models holds the alias;
     versions of the bank outside the group lose their rank tag (their scores stay, tagged with their
     settings). With ``ccfv_twin`` (or ``auto`` resolving to it) each member's ``transferability.
-    ccfv_twin.<dataset>`` is written too.
+    ccfv_twin.<dataset>`` is written too. Once the tags are settled, the description summary of every
+    ranked version, control and version whose rank tag this call changed is refreshed.
 
     Safe when several scorers (processes, Ray tasks) finish at once: each store its own versions'
     scores (:func:`write_version_scores`) and then calls this; every round reads the whole bank,
@@ -871,9 +876,12 @@ def rerank(
     client = _client()
     jitter = random.Random()
     alias = T.best_alias(dataset)
+    touched: list[tuple[str, str]] = []  # versions whose rank or ranking-score tags this call changed
     for round_ in range(1, rounds + 1):
         plan = _plan_ranking(dataset, group, method, bank)
         if not plan.changes:
+            ranked = [_split_label(m.model) for m, _ in [*plan.order.ranked, *plan.order.controls]]
+            refresh_summaries([*touched, *ranked])  # the descriptions follow the tags just settled
             best = plan.ranked[0][:2] if plan.ranked else None
             if best is not None:
                 _logger.info(
@@ -894,6 +902,7 @@ def rerank(
             _set_version_tag(name, version, key, value)
         for name, version, key in plan.drop_tags:
             _delete_version_tag(name, version, key)
+        touched += [(n, v) for n, v, *_ in [*plan.set_tags, *plan.drop_tags]]
         if plan.set_alias is not None:
             retrying(
                 client.set_registered_model_alias, plan.set_alias[0], alias, plan.set_alias[1], what=f"alias {alias}"

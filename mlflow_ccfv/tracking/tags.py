@@ -17,6 +17,7 @@ Registry (model version) tags:
 - written by ``select``: ``select.round.<dataset>`` (the last successive-halving round a shortlisted
   version ran, 0 first) and ``select.dice.<dataset>`` (its validation Dice in that round), and the
   alias ``selected-<dataset>`` on the registered model of the winner (one holder per bank);
+- the version's description ends with a summary of these tags (:mod:`mlflow_ccfv.tracking.summary`);
 - written when a bank folder is registered (the shipped bank, ``export-bank`` output): the same
   ``pretrain.*`` tags as the version it was exported from, and ``weights.sha256`` (the file's digest).
 
@@ -32,6 +33,9 @@ on the ``select`` run, the winner's at the last round), ``select_steps`` (the fi
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``, ``ccfv.process`` (the
 ``host:pid:start`` of the process that owns a run or a PENDING LoggedModel) and ``ccfv.run_key`` (one
 per-version run per key).
+On a ``score`` parent run, MLflow's note ``mlflow.note.content`` holds the ranked table; on its
+experiment, ``mlflow.sharedViewState.ccfv-<dataset>`` the Runs tab's view of the ranking
+(:mod:`mlflow_ccfv.tracking.views`).
 Run tags: ``ccfv.stage``, ``ccfv.model``, ``ccfv.dataset``, ``ccfv.bank``; a dataset run
 (``log-dataset``) also ``ccfv.dataset.digest`` (the content digest its artifacts are addressed by)
 and ``ccfv.dataset.artifact`` (the artifact folder holding the MSD task); a scoring or fine-tuning
@@ -131,6 +135,10 @@ __all__ = [
     "spec_digest",
     "TWIN_CONTROL_METRIC",
     "scores_from_tags",
+    "RUN_NOTE",
+    "SHARED_VIEW_PREFIX",
+    "ranking_view_key",
+    "shared_view_tag",
 ]
 
 #: The tag namespaces this package writes itself (scores, ranks, Dice, run bookkeeping, pre-training
@@ -194,6 +202,12 @@ RUN_FAILED_VERSIONS = "ccfv.failed_versions"
 #: On a scoring or fine-tuning run: the intensity normalisation the model's input got (``target``:
 #: the target's own statistics; else the model's recorded one, described).
 RUN_NORMALIZATION = "ccfv.normalization"
+
+#: MLflow's run description (the run page's "Description"): on a ``score`` parent run, the ranked table.
+RUN_NOTE = "mlflow.note.content"
+#: MLflow's experiment tag prefix of a shared Runs-tab view (``mlflow.sharedViewState.<key>``: the
+#: JSON of the view's filter, sort and visible columns; opened by ``?viewStateShareKey=<key>``).
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 
 #: Metric: mean held-out Dice after fine-tuning (the ground truth transferability estimates predict).
 FINETUNE_DICE = "finetune_dice"
@@ -302,6 +316,17 @@ def parse_process(value: str) -> tuple[str, int, str] | None:
 def run_key(*parts: Any) -> str:
     """The :data:`RUN_KEY` of a run made from ``parts`` (model id, data digest, settings ...): 16 hex digits."""
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def ranking_view_key(dataset: str) -> str:
+    """``ccfv-<dataset>``: the share key of an experiment's ranking view of ``dataset`` (letters, digits,
+    ``-`` and ``_`` only, so that it travels in a URL unquoted)."""
+    return "ccfv-" + re.sub(r"[^A-Za-z0-9_-]", "_", dataset)
+
+
+def shared_view_tag(key: str) -> str:
+    """``mlflow.sharedViewState.<key>``: the experiment tag holding the shared view ``key``."""
+    return f"{SHARED_VIEW_PREFIX}{key}"
 
 
 def best_alias(dataset: str) -> str:
