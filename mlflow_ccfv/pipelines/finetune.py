@@ -321,7 +321,7 @@ def finetune_version(
             version_tags[T.dice_sd_tag(name)] = f"{sd:.6f}"
         for key, value in version_tags.items():
             retrying(client.set_model_version_tag, loaded.name, loaded.version, key, value, what=f"tag {key}")
-        refresh_summaries([(loaded.name, loaded.version)])  # the description's Dice column
+        refresh_summaries([(str(loaded.name), str(loaded.version))])  # the description's Dice column
         log_dice_on_score_runs(loaded.label, name, mean)
     first = results[seeds[0]][2]
     dice = DiceResult(first.per_class if first else {}, mean, first.per_case if first else {})
