@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error
 
 
 @click.command(cls=CCFVCommand)
@@ -20,6 +20,7 @@ def log_dataset(**options) -> None:
     from mlflow_ccfv.pipelines.dataset import log_dataset_from_options
 
     with exit_on_input_error("log-dataset"):
+        check_tracking_server()
         art = log_dataset_from_options(**options)
     state = "already logged" if art.reused else "uploaded"
     click.echo(f"{art.name} ({state}, digest {art.digest[:12]}): {art.uri}")

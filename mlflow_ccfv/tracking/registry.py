@@ -52,6 +52,7 @@ from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
+from mlflow_ccfv.tracking.server import lost_tracking_server
 
 _logger = logging.getLogger(__name__)
 
@@ -488,6 +489,9 @@ def get_version(model_uri: str):
     try:
         return getter()
     except MlflowException as exc:
+        lost = lost_tracking_server(exc)
+        if lost is not None:  # not a missing version: the server is gone
+            raise lost from None
         try:
             versions = sorted(int(v.version) for v in search_versions(f"name = '{name}'"))
         except MlflowException:
