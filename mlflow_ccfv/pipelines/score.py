@@ -444,7 +444,7 @@ def score_versions(
                 mlflow.log_artifact(str(folder / f"{stem}.{suffix}"), artifact_path="ranking")
     except BaseException as exc:
         status = "FAILED"
-        if parent is not None and not progress.returned:
+        if parent is not None and progress.started and not progress.returned:
             _forget_interrupted(exc, progress, dataset, settings, rank_by)
         raise
     finally:
