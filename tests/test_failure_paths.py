@@ -138,10 +138,13 @@ def test_a_lost_ray_cluster_or_an_interrupted_driver_leaves_no_stale_score_rank_
 
 @pytest.mark.slow
 def test_an_interrupted_score_leaves_no_stale_score_rank_or_alias(tracking_uri, tmp_path):
-    """Ctrl-C (SIGINT) while ``score`` scores its second version: that version, the earlier rank 1,
+    """Ctrl-C (SIGINT) while ``score`` scores its third version: that version, the earlier rank 1,
     loses its score tags and the ranks and alias are recomputed over the versions that hold a score."""
-    folder = _tiny_target(tmp_path / "data")
-    versions = register_tiny_bank("interrupt", seeds=(0, 1, 2), prefix="int-unet")
+    from mlflow_ccfv.data.synthetic import generate_task
+
+    # volumes large enough that computing features, not the store, takes most of a version's time
+    folder = generate_task(DATASET, tmp_path / "data", n_cases=3, shape=(96, 96, 96), seed=0, progress=False)
+    versions = register_tiny_bank("interrupt", seeds=(0, 1, 2, 3), prefix="int-unet")
     env = cli_env(tracking_uri, tmp_path / "cache")
     models = ",".join(f"models:/{v.name}/{v.version}" for v in versions)
     code, out = run_cli(_score_args(folder, tmp_path / "cache", "--models", models), env, tmp_path)
@@ -150,13 +153,16 @@ def test_an_interrupted_score_leaves_no_stale_score_rank_or_alias(tracking_uri, 
     before = ranking_state(client, DATASET)
     best = "/".join(before["alias"][0])
     others = sorted(label for label in before["ranks"] if label != best)
-    order = ",".join(f"models:/{label}" for label in [others[0], best, others[1]])
+    order = ",".join(f"models:/{label}" for label in [others[0], others[1], best, others[2]])
     proc = start_cli(_score_args(folder, tmp_path / "cache", "--models", order, "--force", "true"), env, tmp_path)
-    # interrupt once the first version is done: its "[1/3]" progress line is on stderr
+    # The interrupt lands while the third version's features are computed: the "[2/4]" line gives the
+    # second version's seconds (its load and features; the cases were read by the first), half of which
+    # is past the third's load and well before its end.
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "[1/3]" in line:
+        if "[2/4]" in line:
+            time.sleep(float(re.search(r"\(([\d.]+)s\)", line)[1]) / 2)
             proc.send_signal(signal.SIGINT)
             break
     out = "".join(lines) + proc.stderr.read() + proc.stdout.read()
@@ -164,7 +170,7 @@ def test_an_interrupted_score_leaves_no_stale_score_rank_or_alias(tracking_uri, 
     assert proc.returncode != 0, out[-3000:]
     assert f"{best}: its scoring was interrupted, removed its stale tags" in out, out[-3000:]
     _assert_failed_versions_left_the_ranking(client, [best])
-    assert others[1] in ranking_state(client, DATASET)["ranks"]  # never started: its earlier score stays
+    assert others[2] in ranking_state(client, DATASET)["ranks"]  # never started: its earlier score stays
 
 
 def test_bank_closes_the_run_of_a_killed_process(tracking_uri, monkeypatch):
