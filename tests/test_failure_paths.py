@@ -234,6 +234,11 @@ def test_a_server_that_dies_mid_score_ends_it_in_one_line_with_status_6(tmp_path
         errors = [l for l in rest.splitlines() if l.startswith("score failed:")]
         assert len(errors) == 1 and "stopped answering" in errors[0], rest
         assert "Traceback" not in rest and "Retrying" not in rest and "urllib3" not in rest, rest
+        # a command started while the server is down: refused up front, one line, exit 6
+        started = time.monotonic()
+        code, out = run_cli(["rank", "--dataset", DATASET], env, tmp_path)
+        assert code == 6 and time.monotonic() - started < 30, out[-3000:]
+        assert [l for l in out.splitlines() if l.strip()] == [l for l in out.splitlines() if "rank failed:" in l], out
         # the server comes back on the same address; the next command closes the dead command's run
         server = MlflowServer(tmp_path / "server", port=server.port)
         server.wait_ready()
