@@ -29,14 +29,21 @@ DATASET = "Task07"
 
 
 def _tiny_target(parent: Path) -> Path:
-    """Three 16-voxel cases: the smallest target the scoring accepts (two cases form the train split)."""
+    """Three cases of 16³ voxels: the smallest target the scoring accepts (two cases form the train split)."""
     from mlflow_ccfv.data.synthetic import generate_task
 
     return generate_task(DATASET, parent, n_cases=3, shape=(16, 16, 16), seed=0, progress=False)
 
 
 def _score_args(folder: Path, cache: Path, *extra: str) -> list[str]:
-    return ["score", "--dataset", str(folder), "--methods", "ccfv", "--add-twins", "false"] + [
+    return [
+        "score",
+        "--dataset",
+        str(folder),
+        "--methods",
+        "ccfv",
+        "--add-twins",
+        "false",
         "--cache-dir",
         str(cache),
         *extra,
