@@ -63,7 +63,8 @@ class EstimatorError(CCFVError, RuntimeError):
 
 
 class TrackingError(CCFVError, ConnectionError):
-    """The MLflow tracking server (``MLFLOW_TRACKING_URI``) cannot be reached, or answers with an error."""
+    """The MLflow tracking server (``MLFLOW_TRACKING_URI``) cannot be reached, answers with an error, or
+    stopped answering while a command ran (after MLflow's bounded retries)."""
 
     exit_code = 6
 
@@ -89,5 +90,5 @@ EXIT_CODES: dict[str, int] = {
     "unusable dataset (DatasetError)": DatasetError.exit_code,
     "missing or unusable registry entry (RegistryError)": RegistryError.exit_code,
     "estimator failed on the data (EstimatorError)": EstimatorError.exit_code,
-    "tracking server unreachable (TrackingError)": TrackingError.exit_code,
+    "tracking server unreachable, before or during the command (TrackingError)": TrackingError.exit_code,
 }

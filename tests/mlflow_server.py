@@ -56,11 +56,12 @@ def _free_port() -> int:
 
 class MlflowServer:
     """A real ``mlflow server`` process (sqlite backend unless ``backend_store_uri``, served artifacts
-    under ``root/artifacts``, ``workers`` processes)."""
+    under ``root/artifacts``, ``workers`` processes) in its own process group; ``port`` (default a free
+    one) lets a restarted server take its predecessor's address."""
 
-    def __init__(self, root: Path, backend_store_uri: str | None = None, workers: int = 1):
+    def __init__(self, root: Path, backend_store_uri: str | None = None, workers: int = 1, port: int | None = None):
         self.root = root
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -82,8 +83,10 @@ class MlflowServer:
             "--workers",
             str(workers),
         ]
-        self._log_file = open(self.log, "w")
-        self.process = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=root)
+        self._log_file = open(self.log, "a")
+        self.process = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -99,6 +102,14 @@ class MlflowServer:
             except OSError:
                 time.sleep(0.5)
         raise RuntimeError(f"mlflow server not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """``kill -9`` the server and every process it started (a server that dies)."""
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log_file.close()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -40,6 +40,8 @@ def main(verbose: bool) -> None:
     """Transferability estimation (CC-FV) for 3D segmentation models, in MLflow."""
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # one line per retried request to a lost server; the command reports the loss itself (exit 6)
+    logging.getLogger("urllib3.connectionpool").setLevel(level if verbose else logging.ERROR)
 
 
 for _name in COMMANDS:

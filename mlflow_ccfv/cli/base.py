@@ -90,7 +90,11 @@ def exit_code_of(exc: BaseException) -> int:
 @contextmanager
 def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = INPUT_ERRORS) -> Iterator[None]:
     """Turn ``errors`` raised inside the block into ``<command> failed: <message>`` on stderr (capped
-    at :data:`~mlflow_ccfv.errors.MESSAGE_LIMIT` characters) and exit with :func:`exit_code_of`."""
+    at :data:`~mlflow_ccfv.errors.MESSAGE_LIMIT` characters) and exit with :func:`exit_code_of`; any
+    other error raised because the tracking server stopped answering
+    (:func:`~mlflow_ccfv.tracking.server.lost_tracking_server`) into its one line and exit status 6."""
+    from mlflow_ccfv.tracking.server import lost_tracking_server
+
     try:
         yield
     except errors as exc:
@@ -98,6 +102,12 @@ def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = 
             raise  # a missing key or index is a bug, not an input error: keep the traceback
         click.echo(f"{command} failed: {cap_message(str(exc))}", err=True)
         sys.exit(exit_code_of(exc))
+    except Exception as exc:
+        lost = lost_tracking_server(exc)  # the server stopped answering mid-command: one line, not MLflow's
+        if lost is None:
+            raise
+        click.echo(f"{command} failed: {cap_message(str(lost))}", err=True)
+        sys.exit(lost.exit_code)
 
 
 def allow_pickle_option(f):
@@ -550,12 +560,14 @@ class CCFVCommand(click.Command):
 
 
 def check_tracking_server(experiment: str | None = None, default: str = DEFAULT_EXPERIMENT) -> None:
-    """Refuse up front (exit 6, one line) when ``MLFLOW_TRACKING_URI`` is a server that does not answer;
-    then, for a command that writes, make its experiment the active one: ``experiment`` (its
-    :func:`experiment_option`; ``""``: ``default``) through :func:`~mlflow_ccfv.tracking.runs.use_experiment`."""
-    from mlflow_ccfv.tracking.server import ensure_tracking_reachable
+    """Open the store as every command does first (:func:`~mlflow_ccfv.tracking.server.open_store`):
+    refuse up front (exit 6, one line) when ``MLFLOW_TRACKING_URI`` is a server that does not answer,
+    bound MLflow's HTTP retries, and close the runs of killed processes; then, for a command that writes,
+    make its experiment the active one: ``experiment`` (its :func:`experiment_option`; ``""``:
+    ``default``) through :func:`~mlflow_ccfv.tracking.runs.use_experiment`."""
+    from mlflow_ccfv.tracking.server import open_store
 
-    ensure_tracking_reachable()
+    open_store()
     if experiment is not None:
         from mlflow_ccfv.tracking.runs import use_experiment
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, bool_option, data_root_option, exit_on_input_error
+from mlflow_ccfv.cli.base import CCFVCommand, bool_option, check_tracking_server, data_root_option, exit_on_input_error
 
 __all__ = ["log_dataset"]
 
@@ -20,6 +20,7 @@ def log_dataset(**options) -> None:
     from mlflow_ccfv.pipelines.dataset import log_dataset_from_options
 
     with exit_on_input_error("log-dataset"):
+        check_tracking_server()
         art = log_dataset_from_options(**options)
     state = "already logged" if art.reused else "uploaded"
     click.echo(f"{art.name} ({state}, digest {art.digest[:12]}): {art.uri}")

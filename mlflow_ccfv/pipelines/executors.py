@@ -30,8 +30,10 @@ import mlflow
 
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.options import ExecutorKind
+from mlflow_ccfv.tracking.server import HTTP_RETRY_DEFAULTS
 
 __all__ = [
+    "CANCEL_WAIT_S",
     "EXECUTORS",
     "Executor",
     "RayExecutor",
@@ -45,6 +47,8 @@ _logger = logging.getLogger(__name__)
 
 #: The ``--executor`` choices.
 EXECUTORS: tuple[str, ...] = tuple(ExecutorKind)
+#: Seconds an interrupted :class:`RayExecutor` waits for its cancelled tasks to end.
+CANCEL_WAIT_S = 10.0
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -95,7 +99,8 @@ class RayExecutor:
     """One Ray task per item. ``address``: a running cluster (``ray://host:10001``, ``host:6379`` or
     ``auto``); None starts a local instance with ``local_cpus`` CPUs (default: all) unless Ray is already
     initialised in this process. ``num_cpus``/``num_gpus``: resources of each task; ``max_retries``:
-    re-runs of a task whose worker died."""
+    re-runs of a task whose worker died. When ``map`` is interrupted (Ctrl-C), its unfinished tasks are
+    cancelled (running ones killed) and awaited up to :data:`CANCEL_WAIT_S` seconds before it re-raises."""
 
     address: str | None = None
     num_cpus: float = 1.0
@@ -137,7 +142,7 @@ class RayExecutor:
         """The tasks' environment variables (merged with the job's runtime environment by Ray)."""
         threads = str(max(1, int(self.num_cpus)))
         env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "OMP_NUM_THREADS": threads}
-        for var in ("MLFLOW_CCFV_CACHE", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        for var in ("MLFLOW_CCFV_CACHE", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *HTTP_RETRY_DEFAULTS):
             if os.environ.get(var):
                 env[var] = os.environ[var]
         return {"env_vars": env}
@@ -158,18 +163,37 @@ class RayExecutor:
         where = {ref: i for i, ref in enumerate(refs)}
         out: list[Any] = [None] * len(refs)
         pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                i = where[ref]
-                try:
-                    out[i] = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the task died more often than max_retries allows
-                    out[i] = TaskFailure(items[i], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
-                    _logger.error("Ray task %d failed: %s", i, out[i].error)
-                if on_done is not None:
-                    on_done(i, out[i])
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    i = where[ref]
+                    try:
+                        out[i] = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # the task died more often than max_retries allows
+                        out[i] = TaskFailure(items[i], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+                        _logger.error("Ray task %d failed: %s", i, out[i].error)
+                    if on_done is not None:
+                        on_done(i, out[i])
+        except BaseException:  # Ctrl-C or an error in on_done: no task may write after the caller cleans up
+            self._cancel(pending)
+            raise
         return out
+
+    def _cancel(self, refs: Sequence[Any]) -> None:
+        """Stop the tasks of ``refs`` (running ones killed) and wait up to :data:`CANCEL_WAIT_S` for them to end."""
+        import ray
+
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as exc:  # already finished, or the cluster is gone
+                _logger.debug("could not cancel a Ray task: %s", exc)
+        if refs:
+            try:
+                ray.wait(list(refs), num_returns=len(refs), timeout=CANCEL_WAIT_S)
+            except Exception as exc:
+                _logger.debug("waiting for cancelled Ray tasks: %s", exc)
 
     def close(self) -> None:
         """Shut Ray down if this executor started it."""

@@ -7,8 +7,9 @@ its params and metrics (linked to its LoggedModel and the dataset), each version
 written with their completeness marker last, then the ranks and the ``best-<dataset>`` alias are
 recomputed from the whole registry (:func:`~mlflow_ccfv.tracking.registry.rerank`), and the ranked
 table (CSV, Markdown) and plot (PNG) become artifacts of the parent run. A version whose scoring
-failed loses its stale score tags; an ``mlflow.pytorch`` (pickled) version is skipped without the
-pickle opt-in. docs/reliability.md lists what holds under concurrent scorers and kills.
+failed (an error, a lost Ray worker or cluster) or was interrupted loses its stale score tags before
+the ranks are recomputed; an ``mlflow.pytorch`` (pickled) version is skipped without the pickle
+opt-in. docs/reliability.md lists what holds under concurrent scorers, kills and a lost server.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ from mlflow_ccfv.tracking.registry import (
     write_version_scores,
 )
 from mlflow_ccfv.tracking.runs import log_input, log_version_run, recover_crashed, tag_process
+from mlflow_ccfv.tracking.server import lost_tracking_server
 from mlflow_ccfv.tracking.views import ranking_view_url, save_ranking_view
 
 __all__ = [
@@ -161,16 +163,18 @@ class VersionResult:
         }
 
 
+def _coordinates(item: str) -> tuple[str | None, str | None]:
+    """``(name, version)`` of a ``models:/<name>/<version>`` URI (known even when loading fails), else Nones."""
+    body, _, number = item.removeprefix("models:/").rpartition("/")
+    return (body, number) if body and number.isdigit() else (None, None)
+
+
 def _score_one(
     item, target, methods, sampler_config, force, cache_dir, cases, device, amp, allow_pickle
 ) -> VersionResult:
     start = time.perf_counter()
     label = item if isinstance(item, str) else version_uri(item)
-    if isinstance(item, str):  # models:/<name>/<version>: known even when loading fails
-        body, _, number = item.removeprefix("models:/").rpartition("/")
-        name, version = (body, number) if body and number.isdigit() else (None, None)
-    else:
-        name, version = item.name, str(item.version)
+    name, version = _coordinates(item) if isinstance(item, str) else (item.name, str(item.version))
     loaded = None
     try:
         loaded = load_version(item, allow_pickle=allow_pickle)
@@ -200,6 +204,9 @@ def _score_one(
             label.removeprefix("models:/"), name, version, None, {}, None, 0.0, error=f"skipped: {exc}", skipped=True
         )
     except Exception as exc:  # reported by name; the other versions are still scored
+        lost = lost_tracking_server(exc)
+        if lost is not None:  # no other version can be scored or recorded either: stop here
+            raise lost from None
         _logger.error("%s failed: %s", label, exc)
         return VersionResult(
             loaded.label if loaded else label.removeprefix("models:/"),
@@ -262,7 +269,8 @@ class VersionTask:
 def score_version(task: VersionTask, target: Target | None = None, cases: CaseCache | None = None) -> VersionResult:
     """Score one version (on ``target``, or on ``task.source`` loaded in this process) and, with
     ``task.parent_run_id``, record it: its run under the parent (idempotent: a retried task logs nothing
-    twice) and its ``transferability.<method>.<dataset>`` tags. Ranks and the alias are the driver's."""
+    twice) and its ``transferability.<method>.<dataset>`` tags. Removing a failed version's stale tags,
+    the ranks and the alias are the driver's (:func:`score_versions`)."""
     if target is None:
         if task.source is None:
             raise ValueError("score_version needs a target or a task with a TargetSource.")
@@ -307,10 +315,6 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
                 settings=task.settings,
                 data_digest=target.digest,
             )
-    elif task.parent_run_id and result.result is None and not result.skipped and result.name and result.version:
-        removed = clear_version_scores(result.name, result.version, target.name)
-        if removed:
-            _logger.warning("%s: scoring failed, removed its stale tags %s", result.label, ", ".join(removed))
     return result
 
 
@@ -386,6 +390,7 @@ def score_versions(
         tag_process()
     parent = mlflow.active_run() if log else None
     status = "FINISHED"
+    progress = _Progress(items)
     try:
         if parent is not None:
             log_input(ds, context="target")
@@ -422,16 +427,19 @@ def score_versions(
             amp,
             allow_pickle,
             settings,
+            progress,
         )
         rows = [r.row() for r in results]
         if parent is None:
             order = rank_members(_members(rows), rank_by)
             _warn_ranking(rank_by, order)
             return _ranked_table(rows, methods, dataset.name, order)
-        failed = [r.label for r in results if r.error and not r.skipped]
+        failed = [r for r in results if r.error and not r.skipped]
         if failed:
             status = "FAILED"
-            mlflow.set_tag(T.RUN_FAILED_VERSIONS, ",".join(failed))
+            mlflow.set_tag(T.RUN_FAILED_VERSIONS, ",".join(r.label for r in failed))
+            # wherever it failed (in the task, a lost worker or cluster): stale scores leave the ranking
+            _forget_scores([(r.name, r.version) for r in failed], dataset.name, "its scoring failed")
         # The single place ranks, rank tags and the alias are written (after every task has finished),
         # from every score stored in the registry for this dataset and these settings, bank by bank.
         rankings = [
@@ -462,13 +470,73 @@ def score_versions(
         mlflow.set_tag(T.RUN_NOTE, f"**Ranking of {dataset.name}** by {chosen} (rank 1 = best)\n\n{note}")
         save_ranking_view(parent.info.experiment_id, dataset.name, chosen)
         _logger.info("the ranking in the MLflow UI: %s", ranking_view_url(parent.info.experiment_id, dataset.name))
-    except BaseException:
+    except BaseException as exc:
         status = "FAILED"
+        if parent is not None and progress.started and not progress.returned:
+            _forget_interrupted(exc, progress, dataset, settings, rank_by)
         raise
     finally:
         if log and active is None:
             mlflow.end_run(status)
     return table
+
+
+@dataclass
+class _Progress:
+    """Which of ``items`` this command started scoring and which came back settled (scored or skipped);
+    ``returned``: every task came back (the executor returned)."""
+
+    items: list[str]
+    started: set[int] = field(default_factory=set)
+    settled: set[int] = field(default_factory=set)
+    returned: bool = False
+
+    def unsettled(self) -> list[tuple[str | None, str | None]]:
+        """``(name, version)`` of each version started and not settled: interrupted, or failed."""
+        return [_coordinates(self.items[i]) for i in sorted(self.started - self.settled)]
+
+
+def _forget_scores(versions: Iterable[tuple[str | None, str | None]], dataset: str, why: str) -> None:
+    """Remove the ``transferability.*.<dataset>`` tags of ``versions`` (:func:`clear_version_scores`):
+    their latest scoring did not complete, so their stored scores are stale. Call before :func:`rerank`."""
+    for name, version in versions:
+        if not name or not version:
+            continue
+        try:
+            removed = clear_version_scores(name, version, dataset)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                lost = lost_tracking_server(exc)
+                if lost is not None:
+                    raise lost from None
+                raise
+            continue  # deleted meanwhile: nothing left to rank
+        if removed:
+            _logger.warning("%s/%s: %s, removed its stale tags %s", name, version, why, ", ".join(removed))
+
+
+def _forget_interrupted(exc: BaseException, progress: _Progress, dataset: Target, settings: str, rank_by: str) -> None:
+    """The scoring stopped before every task came back (Ctrl-C, an error while recording): the versions
+    started and not settled lose their score tags, then the ranks and alias are recomputed. Skipped when
+    the tracking server is gone; a failure here is logged, never raised over ``exc``."""
+    if lost_tracking_server(exc) is not None:
+        return
+    try:
+        unsettled = progress.unsettled()
+        _forget_scores(unsettled, dataset.name, "its scoring was interrupted")
+        banks = {
+            (registered_version(f"models:/{n}/{v}").tags or {}).get(T.BANK, DEFAULT_BANK)
+            for n, v in unsettled
+            if n and v
+        }
+        for bank in sorted(banks):  # ranks are per bank
+            rerank(dataset.name, settings, dataset.digest, method=rank_by, bank=bank)
+    except Exception as cleanup:  # the original error is the one to report
+        _logger.warning(
+            "could not remove the interrupted versions' score tags (%s); the next score of %s recomputes the ranks",
+            cleanup,
+            dataset.name,
+        )
 
 
 def _run_version_tasks(
@@ -485,8 +553,12 @@ def _run_version_tasks(
     amp: bool,
     allow_pickle: bool | None = None,
     settings: str = T.DEFAULT_SETTINGS,
+    progress: _Progress | None = None,
 ) -> list[VersionResult]:
-    """One :class:`VersionTask` per version, run by ``executor``; results in item order."""
+    """One :class:`VersionTask` per version, run by ``executor``; results in item order. ``progress``
+    records which tasks started (in this process: when each begins; Ray: all, at submission) and which
+    came back settled."""
+    progress = progress or _Progress(items)
     remote_source = None
     if not executor.in_process:
         remote_source = source or TargetSource(str(target.dataset.root), target.split)
@@ -510,6 +582,8 @@ def _run_version_tasks(
     def report(i: int, result: VersionResult | TaskFailure) -> None:
         if isinstance(result, TaskFailure):
             return
+        if result.skipped or result.result is not None:
+            progress.settled.add(i)
         status = (
             "SKIPPED (pickled model, no opt-in)"
             if result.skipped
@@ -528,8 +602,10 @@ def _run_version_tasks(
         # freed networks' memory back to the OS after each version (flat RSS); the objects that outlive
         # the first version are frozen for the loop, so each collection walks only the new ones
         with MemoryReleaser(freeze=True) as releaser:
+            position = {id(task): i for i, task in enumerate(tasks)}
 
             def score_here(task: VersionTask) -> VersionResult:
+                progress.started.add(position[id(task)])
                 try:
                     return score_version(task, target, cases)
                 finally:
@@ -537,11 +613,15 @@ def _run_version_tasks(
 
             raw = executor.map(score_here, tasks, report)
     else:
+        progress.started.update(range(len(tasks)))
         raw = executor.map(score_version_remote, tasks, report)
+    progress.returned = True
     results = []
     for task, r in zip(tasks, raw):
-        if isinstance(r, TaskFailure):
-            r = VersionResult(task.item.removeprefix("models:/"), None, None, None, {}, None, 0.0, error=r.error)
+        if isinstance(r, TaskFailure):  # its worker or the cluster was lost: known by its coordinates
+            r = VersionResult(
+                task.item.removeprefix("models:/"), *_coordinates(task.item), None, {}, None, 0.0, error=r.error
+            )
         elif r.target_digest not in (None, target.digest):
             r.error = f"the worker's target (digest {r.target_digest}) differs from the driver's ({target.digest})"
             r.result = None

@@ -57,6 +57,7 @@ from mlflow_ccfv.scoring.ranking import Member, RankOrder, network_identity, ran
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, default_patch_size, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
+from mlflow_ccfv.tracking.server import lost_tracking_server
 from mlflow_ccfv.tracking.summary import refresh_summaries
 
 _logger = logging.getLogger(__name__)
@@ -515,6 +516,9 @@ def get_version(model_uri: str):
     try:
         return getter()
     except MlflowException as exc:
+        lost = lost_tracking_server(exc)
+        if lost is not None:  # not a missing version: the server is gone
+            raise lost from None
         try:
             versions = sorted(int(v.version) for v in search_versions(f"name = '{name}'"))
         except MlflowException:
