@@ -46,6 +46,7 @@ __all__ = [
     "bool_option",
     "cache_dir_option",
     "data_root_option",
+    "target_option",
     "device_option",
     "experiment_option",
     "json_option",
@@ -311,6 +312,17 @@ def _env_default(env: str, default: str) -> Callable[[click.Context, click.Param
         return str(value) if value else os.environ.get(env) or default
 
     return callback
+
+
+def target_option():
+    """``--dataset``: the target of ``score``, ``select`` and ``finetune`` (a task name under ``--data-root``, a
+    folder path, or a logged dataset ``runs:/<run_id>/<folder>``)."""
+    return click.option(
+        "--dataset",
+        required=True,
+        help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset "
+        "(runs:/<run_id>/<folder>).",
+    )
 
 
 def data_root_option(default: str = DEFAULT_DATA_ROOT, help_text: str = "Folder holding the MSD task folders."):

@@ -14,6 +14,7 @@ from mlflow_ccfv.cli.base import (
     device_option,
     exit_on_input_error,
     experiment_option,
+    target_option,
     train_options,
 )
 
@@ -22,7 +23,7 @@ __all__ = ["finetune"]
 
 @click.command(cls=CCFVCommand)
 @click.option("--model", required=True, help="models:/<name>/<version> (or models:/<name>@<alias>).")
-@click.option("--dataset", required=True, help="Target: a task name under --data-root (Task09) or a folder path.")
+@target_option()
 @data_root_option()
 @click.option(
     "--split-seed",

@@ -25,6 +25,7 @@ from mlflow_ccfv.cli.base import (
     json_option,
     methods_help,
     ray_options,
+    target_option,
 )
 from mlflow_ccfv.options import TargetSplit
 
@@ -32,11 +33,7 @@ __all__ = ["score"]
 
 
 @click.command(cls=CCFVCommand)
-@click.option(
-    "--dataset",
-    required=True,
-    help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset (runs:/<run_id>/<folder>).",
-)
+@target_option()
 @data_root_option()
 @click.option("--bank", default="default", show_default=True, help="Score every version tagged ccfv.bank=<bank>.")
 @click.option("--models", default="", help="Instead of the bank: comma-separated models:/<name>/<version> URIs.")

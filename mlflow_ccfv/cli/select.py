@@ -16,6 +16,7 @@ from mlflow_ccfv.cli.base import (
     device_option,
     exit_on_input_error,
     methods_help,
+    target_option,
     train_options,
 )
 
@@ -23,11 +24,7 @@ __all__ = ["select"]
 
 
 @click.command(cls=CCFVCommand)
-@click.option(
-    "--dataset",
-    required=True,
-    help="Target: a task name under --data-root (Task07), a folder path, or a logged dataset (runs:/<run_id>/<folder>).",
-)
+@target_option()
 @data_root_option()
 @click.option("--bank", default="default", show_default=True, help="Select among the versions tagged ccfv.bank=<bank>.")
 @click.option(
