@@ -451,3 +451,41 @@ def test_every_writing_command_logs_to_a_named_experiment(tracking_uri, monkeypa
     assert experiment_of_register("e") == "chosen-by-mlflow-run"
     assert experiment_of_register("f", "--experiment", "ignored") == "chosen-by-mlflow-run"
     assert client.get_experiment_by_name("ignored") is None
+
+
+@pytest.mark.slow
+def test_score_and_rank_json_equal_the_stored_tags_with_two_banks(tracking_uri, tmp_path):
+    """Two banks on one target: each is ranked within itself (a bank is a candidate set); what `score
+    --json` prints and what `rank --json` reads back equal the version tags, rank for rank."""
+    from mlflow import MlflowClient
+
+    pytest.register_assert_rewrite("mlflow_server")
+    from mlflow_server import TARGET_TASK, make_target_folder, register_tiny_bank
+
+    data = tmp_path / "data"
+    make_target_folder(data)
+    register_tiny_bank("zoo-a", seeds=(0, 1), prefix="a")
+    register_tiny_bank("zoo-b", seeds=(2, 3, 4), prefix="b")
+    runner = CliRunner()
+    printed = {}
+    for bank in ("zoo-a", "zoo-b"):
+        args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", bank, "--methods", "ccfv"]
+        out = runner.invoke(main, [*args, "--cache-dir", str(tmp_path / "cache"), "--json"])
+        assert out.exit_code == 0, out.output
+        printed[bank] = {r["model"]: r["rank"] for r in json.loads(out.output[out.output.index("[") :])}
+    client = MlflowClient()
+    stored = {}
+    for mv in client.search_model_versions():
+        tags = client.get_model_version(mv.name, mv.version).tags
+        if f"transferability.rank.{TARGET_TASK}" in tags:
+            stored.setdefault(tags["ccfv.bank"], {})[f"{mv.name}/{mv.version}"] = int(
+                tags[f"transferability.rank.{TARGET_TASK}"]
+            )
+    for bank, ranks in printed.items():
+        assert {m: r for m, r in ranks.items() if r is not None} == stored[bank]  # the twin: scored, unranked
+        assert sorted(stored[bank].values()) == list(range(1, len(stored[bank]) + 1))
+    records = json.loads(runner.invoke(main, ["rank", "--dataset", TARGET_TASK, "--json"]).output)
+    assert {(r["bank"], r["model"], r["rank"]) for r in records} == {
+        (bank, model, rank) for bank, ranks in stored.items() for model, rank in ranks.items()
+    }
+    assert all(r["ccfv_twin"] == r["ccfv_twin"] for r in records)  # the column ranked by, shown
