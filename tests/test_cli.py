@@ -227,7 +227,9 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
     )
     assert rescored.exit_code == 0, rescored.output
     table = json.loads(rescored.output)
-    assert {(r["model"], r["rank"]) for r in table} == {(r["model"], r["rank"]) for r in records}
+    ranked = {(r["model"], r["rank"]) for r in table if r["rank"] is not None}  # the twin: scored, not ranked
+    assert ranked == {(r["model"], r["rank"]) for r in records}
+    assert [r["source_dataset"] for r in table if r["rank"] is None] == ["random-init"]
     assert all({"ccfv", "logme", "architecture", "error"} <= set(r) for r in table)
 
     listed = runner.invoke(main, ["bank", "--bank", "r"])

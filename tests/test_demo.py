@@ -46,7 +46,15 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     assert all("finetune.dice.Task10" in v.tags and "finetune.dice_sd.Task10" in v.tags for v in bank)
     assert (tmp_path / "data" / "Task07_SynthPancreas").is_dir()  # for the headline score command
     # the estimators scored, and the report-level variants pre-registered in docs/preregistration.md
-    assert set(first.frame["method"]) == {"ccfv", "ccfv_no_variety", "logme", "leep", "ccfv_twin", "rank_aggregate"}
+    assert set(first.frame["method"]) == {
+        "ccfv",
+        "ccfv_no_variety",
+        "logme",
+        "leep",
+        "ccfv_twin",
+        "ccfv_no_variety_twin",
+        "rank_aggregate",
+    }
     assert first.seconds["finetune"] > 0 and first.seconds["score"] > 0
     text = print_summary(first, ui_hint=True)
     assert "mlflow ui --backend-store-uri" in text and "| 1 |" in text
