@@ -203,3 +203,22 @@ def test_a_refused_checkpoint_is_one_line_without_the_advice_to_unpickle(trackin
         assert "weights_only=False" not in result.output and "set to `False`" not in result.output, kind
         assert "add_safe_globals" not in result.output, kind
     assert not (tmp_path / "executed").exists() and mlflow.search_registered_models() == []
+
+
+def test_evaluate_refuses_a_pickled_model_before_anything_unpickles_it(tracking_uri, tmp_path, monkeypatch):
+    """``mlflow.models.evaluate`` loads (unpickles) a model URI before any evaluator runs; the package's
+    ``evaluate`` reads the MLmodel file first and refuses, so the trapped class never runs."""
+    from mlflow_ccfv.errors import OptionError
+    from mlflow_ccfv.tracking import evaluate, target_dataset
+
+    monkeypatch.delenv("MLFLOW_CCFV_ALLOW_PICKLE", raising=False)
+    net, mark = _trapped(tmp_path, monkeypatch)
+    uri = _log_pickled(net)
+    data = target_dataset(make_target_folder(tmp_path / "data"), split="train")
+    with pytest.raises(OptionError, match="logged with mlflow.pytorch.*refused before loading"):
+        evaluate(uri, data)
+    assert not mark.exists()  # refused before any unpickling
+    # MLflow's own entry: the evaluator refuses too, but only after the load ran
+    with mlflow.start_run(), pytest.raises(ValueError, match="logged with mlflow.pytorch"):
+        mlflow.models.evaluate(model=uri, data=data, model_type="segmentation", evaluators=["ccfv"])
+    assert mark.read_text() == "unpickled"

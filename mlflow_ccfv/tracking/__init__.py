@@ -10,9 +10,12 @@ Public API (see docs/api-contracts.md)::
     bank_versions(bank="default") -> list[ModelVersion];  logged_model_id(version) -> "m-..."
     target_dataset(name_or_path, split="train", data_root=None) -> mlflow Dataset of the manifest
     log_target_dataset(dataset: MSDDataset, split="train") -> mlflow Dataset (logged with log_input)
+    evaluate(model_uri, data, evaluator_config=None, **kwargs) -> mlflow.models.evaluate with the ccfv
+                     evaluator, a pickled model refused before it loads
 """
 
 from mlflow_ccfv.tracking.datasets import log_target_dataset, mlflow_dataset, target_dataset
+from mlflow_ccfv.tracking.evaluator import evaluate
 from mlflow_ccfv.tracking.registry import (
     BANK_TAG,
     DEFAULT_BANK,
@@ -29,6 +32,7 @@ from mlflow_ccfv.tracking.registry import (
 )
 
 __all__ = [
+    "evaluate",
     "BANK_TAG",
     "DEFAULT_BANK",
     "LoadedModel",

@@ -62,7 +62,7 @@ from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed, search_ver
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.training import seeded_network
 
-__all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator"]
+__all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator", "evaluate"]
 
 _logger = logging.getLogger(__name__)
 
@@ -268,3 +268,32 @@ class CCFVEvaluator(ModelEvaluator):
         return EvaluationResult(
             metrics=metrics, artifacts={"ccfv_layers": CsvEvaluationArtifact(uri=uri)}, run_id=run_id
         )
+
+
+def evaluate(model: str, data: Any, *, evaluator_config: dict[str, Any] | None = None, **kwargs: Any):
+    """``mlflow.models.evaluate(model, data, model_type="segmentation", evaluators=["ccfv"], ...)`` that
+    reads the model's MLmodel file first and refuses an ``mlflow.pytorch`` (pickled) model without the
+    opt-in *before anything loads it*: MLflow's own loader unpickles a model URI before any evaluator
+    runs, so the evaluator's own refusal comes after the pickle has run. ``model``: a model URI;
+    ``evaluator_config``: the ``ccfv`` evaluator's config (``allow_pickle`` is read here too); other
+    keyword arguments go to ``mlflow.models.evaluate``."""
+    from mlflow.models import get_model_info
+
+    config = dict(evaluator_config or {})
+    flavors = set(get_model_info(model).flavors)  # downloads the MLmodel file only
+    if FLAVOR_NAME not in flavors and "pytorch" in flavors:
+        allow = config.get("allow_pickle")
+        if not pickle_allowed(None if allow is None else parse_bool(allow, "allow_pickle")):
+            raise OptionError(
+                f"{model} was logged with mlflow.pytorch, i.e. as pickled code that runs when it is loaded; "
+                f"refused before loading it. Pass evaluator_config={{'allow_pickle': True}} (or set {PICKLE_ENV}=1) "
+                "only if you trust whoever logged it, or register its weights with a network specification."
+            )
+    return mlflow.models.evaluate(
+        model=model,
+        data=data,
+        model_type=MODEL_TYPES[0],
+        evaluators=["ccfv"],
+        evaluator_config={"ccfv": config},
+        **kwargs,
+    )
