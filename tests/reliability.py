@@ -55,14 +55,17 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
 
 def ranking_state(client: MlflowClient, dataset: str, bank: str | None = None) -> dict:
     """What the registry says about ``dataset`` (within ``bank``, None: every bank): ``ranks`` {label: rank},
-    ``scores`` {label: ccfv}, ``alias`` [(name, version)] of every registered model holding ``best-<dataset>``."""
+    ``scores`` {label: the default ranking's score}, ``alias`` [(name, version)] of every registered model
+    holding ``best-<dataset>``."""
+    from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
+
     versions = client.search_model_versions(f"tags.`transferability.scored.{dataset}` LIKE '%'", max_results=1000)
     ranks, scores = {}, {}
     for mv in versions:
         if bank is not None and mv.tags.get("ccfv.bank") != bank:
             continue
         label = f"{mv.name}/{mv.version}"
-        scores[label] = float(mv.tags[f"transferability.ccfv.{dataset}"])
+        scores[label] = float(mv.tags[f"transferability.{DEFAULT_RANKING}.{dataset}"])
         if f"transferability.rank.{dataset}" in mv.tags:
             ranks[label] = int(mv.tags[f"transferability.rank.{dataset}"])
     alias = [
@@ -75,7 +78,7 @@ def ranking_state(client: MlflowClient, dataset: str, bank: str | None = None) -
 
 def assert_one_ranking(client: MlflowClient, dataset: str, expected: set[str], bank: str | None = None) -> dict:
     """Every version of ``expected`` is ranked (within ``bank``: ranks and the alias are per bank), ranks
-    1..n follow the ccfv scores, one alias holder."""
+    1..n follow the default ranking's scores, one alias holder."""
     state = ranking_state(client, dataset, bank)
     assert set(state["ranks"]) == expected, state
     order = sorted(state["ranks"], key=state["ranks"].get)

@@ -193,7 +193,9 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
         )
         assert reg.exit_code == 0, reg.output
     scored = runner.invoke(
-        main, ["score", "--dataset", "Task09", "--data-root", "data", "--bank", "r", "--methods", "ccfv,logme"]
+        main,
+        ["score", "--dataset", "Task09", "--data-root", "data", "--bank", "r", "--methods", "ccfv,logme"]
+        + ["--rank-by", "ccfv_twin"],
     )
     assert scored.exit_code == 0, scored.output
     score_rows = [line.split("|")[1:6] for line in scored.output.splitlines() if re.match(r"^\| \d+ \|", line)]
@@ -223,7 +225,8 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
     # score --json prints the table it ranked: the same models and ranks as the stored ranking
     rescored = runner.invoke(
         main,
-        ["score", "--dataset", "Task09", "--data-root", "data", "--bank", "r", "--methods", "ccfv,logme", "--json"],
+        ["score", "--dataset", "Task09", "--data-root", "data", "--bank", "r", "--methods", "ccfv,logme", "--json"]
+        + ["--rank-by", "ccfv_twin"],
     )
     assert rescored.exit_code == 0, rescored.output
     table = json.loads(rescored.output)
@@ -490,4 +493,12 @@ def test_score_and_rank_json_equal_the_stored_tags_with_two_banks(tracking_uri, 
     assert {(r["bank"], r["model"], r["rank"]) for r in records} == {
         (bank, model, rank) for bank, ranks in stored.items() for model, rank in ranks.items()
     }
-    assert all(r["ccfv_twin"] == r["ccfv_twin"] for r in records)  # the column ranked by, shown
+    from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
+
+    assert all(r[DEFAULT_RANKING] == r[DEFAULT_RANKING] for r in records)  # the column ranked by, shown
+    header = next(
+        line
+        for line in runner.invoke(main, ["rank", "--dataset", TARGET_TASK]).output.splitlines()
+        if line.startswith("| rank")
+    )
+    assert [c.strip() for c in header.split("|")[1:7]][-1] == DEFAULT_RANKING  # first after the model columns

@@ -20,6 +20,7 @@ from mlflow_ccfv.data.synthetic import generate_task
 from mlflow_ccfv.networks import random_state_dict, small_spec
 from mlflow_ccfv.pipelines.finetune import finetune_version
 from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.tracking import register_network
 from mlflow_ccfv.training import TrainConfig
 
@@ -93,6 +94,7 @@ def test_score_killed_in_its_logging_phase_then_rerun(tracking_uri, tmp_path, po
             "transferability.ccfv.Task09": f"{row.ccfv:.6g}",
             "transferability.logme.Task09": f"{row.logme:.6g}",
             "transferability.rank.Task09": str(row.rank),
+            "transferability.ranked_by.Task09": DEFAULT_RANKING,
             "transferability.sampler.Task09": "default",
             "transferability.scored.Task09": f"default/{target.digest}",
         }

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlflow_ccfv.cli import main
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.tracking import tags as T
 
 pytest_plugins = ["mlflow_server", "postgres_server"]
@@ -70,7 +71,7 @@ def test_every_entry_point_against_the_postgres_backed_server(on_server, tmp_pat
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`{T.RUN_DATASET}` = '{TARGET_TASK}'")
     assert len([r for r in children if "mlflow.parentRunId" in r.data.tags]) == 4
     ranked_by = [r.data.tags.get(T.RUN_RANKED_BY) for r in client.search_runs([exp.experiment_id])]
-    assert "ccfv_twin" in ranked_by and "ccfv" not in ranked_by
+    assert DEFAULT_RANKING in ranked_by and "ccfv" not in ranked_by
 
     # finetune each version on the same reference (tiny budget), then the report from the stored tags
     for s in (0, 1, 2):

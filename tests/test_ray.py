@@ -26,6 +26,8 @@ from mlflow_ccfv.tracking.registry import search_versions
 
 ray = pytest.importorskip("ray")
 
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING  # noqa: E402
+
 pytest_plugins = ["mlflow_server", "postgres_server"]
 pytest.register_assert_rewrite("mlflow_server", "postgres_server")
 from mlflow_server import TARGET_TASK, make_target_folder, register_tiny_bank  # noqa: E402
@@ -94,7 +96,7 @@ def test_ray_scores_equal_serial_scores_and_the_driver_ranks(local_ray, on_serve
     assert sorted(r.data.tags[T.RUN_MODEL] for r in children) == sorted(f"ray-unet-{s}/1" for s in (0, 1, 2))
     assert all(r.info.status == "FINISHED" and "ccfv" in r.data.metrics for r in children)
     tagged = {f"{v.name}/1": client.get_model_version(v.name, "1").tags for v in versions}
-    ranked = sorted(tagged, key=lambda m: -serial.set_index("model").loc[m, "ccfv"])
+    ranked = sorted(tagged, key=lambda m: -serial.set_index("model").loc[m, DEFAULT_RANKING])
     # Ranks are per bank (docs/reliability.md): the bank's ranks follow the serial scores' order, and the one
     # rank-1 version of the bank holds the alias.
     ranks = [int(tagged[m][T.rank_tag(TARGET_TASK)]) for m in ranked]

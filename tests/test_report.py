@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.study.report import (
     architecture_correlations,
     architecture_table,
@@ -271,8 +272,8 @@ def test_write_report_evidence_variants_source_dice_and_plots(tmp_path):
     assert set(ev.differences["method"]) == {"ccfv_twin", "ccfv_no_variety_twin", "rank_aggregate"}
     for name in ("evidence.md", "evidence.csv", "noise_ceiling.csv", "permutation.csv", "variants.csv"):
         assert (tmp_path / name).is_file(), name
-    assert (tmp_path / "dice_vs_ccfv_twin_TaskA.png").stat().st_size > 10_000  # auto: the bank has its control
-    assert report.goal_method == "ccfv_twin"
+    assert (tmp_path / f"dice_vs_{DEFAULT_RANKING}_TaskA.png").stat().st_size > 10_000  # auto: the default
+    assert report.goal_method == DEFAULT_RANKING
     source = pd.read_csv(tmp_path / "source_dice.csv")
     assert len(source) == 5 and source.set_index("model").loc["m2", "source_dice"] == pytest.approx(0.7)
     text = (tmp_path / "report.md").read_text()

@@ -16,6 +16,7 @@ from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.pipelines.score import score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS, parse_methods
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.tracking import tags as T
 
 pytest_plugins = ["mlflow_server"]
@@ -100,8 +101,8 @@ def test_score_writes_runs_model_metrics_tags_alias_artifacts_and_caches(scored)
     table_lines = [l for l in note.splitlines() if l.startswith("|")]
     assert len(table_lines) == 5 and "\n".join(table_lines) in result.output  # header, rule, 3 versions
     view = json.loads(exp.tags[f"mlflow.sharedViewState.ccfv-{TARGET_TASK}"])
-    assert view["orderByKey"] == "metrics.`ccfv`" and view["orderByAsc"] is False
-    assert view["selectedColumns"] == ["metrics.`ccfv`", "metrics.`finetune_dice`"]
+    assert view["orderByKey"] == f"metrics.`{DEFAULT_RANKING}`" and view["orderByAsc"] is False
+    assert view["selectedColumns"] == [f"metrics.`{DEFAULT_RANKING}`", "metrics.`ccfv`", "metrics.`finetune_dice`"]
     assert f"tags.`ccfv.dataset` = '{TARGET_TASK}'" in view["searchFilter"]
 
     # The same metrics sit on each version's LoggedModel, linked to the dataset: the Models tab sorts by them.
@@ -219,6 +220,9 @@ def test_rank_by_another_estimator_sets_the_rank_tags_and_the_alias(tracking_uri
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     versions = [client.get_model_version(v.name, v.version) for v in mlflow.search_model_versions()]
+    twins = [v for v in versions if v.tags["source_dataset"] == "random-init"]  # references: scored, unranked
+    assert twins and all(f"transferability.rank.{TARGET_TASK}" not in v.tags for v in twins)
+    versions = [v for v in versions if v not in twins]
     gbc = {v.name: float(v.tags[f"transferability.gbc.{TARGET_TASK}"]) for v in versions}
     ccfv = {v.name: float(v.tags[f"transferability.ccfv.{TARGET_TASK}"]) for v in versions}
     assert sorted(gbc, key=gbc.get) != sorted(ccfv, key=ccfv.get)  # the two rankings differ here
@@ -267,10 +271,11 @@ def test_rank_by_ccfv_twin_subtracts_the_architectures_random_twin(tracking_uri,
 
 
 @pytest.mark.slow
-def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(tracking_uri, tmp_path, caplog):
-    """score with no --rank-by: every architecture gets its random-init twin (the first version's network,
+def test_rank_by_ccfv_twin_registers_random_twins_and_ranks_by_them(tracking_uri, tmp_path, caplog):
+    """score --rank-by ccfv_twin: every network gets its random-init twin (the first version's network,
     seed-0 random weights, no training), the ranks and the alias follow ccfv minus the twin's ccfv, a
-    second score reuses the twins; with --add-twins false, `auto` falls back to ccfv and says why."""
+    second score reuses the twins; without twins it ranks those versions last and says why; the default
+    (no --rank-by) ranks by DEFAULT_RANKING."""
     from mlflow_ccfv.networks import random_state_dict, small_spec
     from mlflow_ccfv.tracking import load_version, register_network
 
@@ -280,7 +285,7 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     basic = small_spec("BasicUNet", 1, 3)
     register_network(basic, random_state_dict(basic, 5), "basic-rand-5", "none", bank="dt")
     args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "dt", "--methods", "ccfv"]
-    args += ["--cache-dir", str(tmp_path / "cache")]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--rank-by", "ccfv_twin"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
@@ -325,11 +330,14 @@ def test_the_default_ranking_registers_random_twins_and_ranks_by_ccfv_twin(track
     register_network(seg, random_state_dict(seg, 0), "segresnet-rand-0", "none", bank="solo")
     caplog.clear()
     solo = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "solo", "--methods", "ccfv"]
-    result = CliRunner().invoke(main, [*solo, "--cache-dir", str(tmp_path / "cache"), "--add-twins", "false"])
+    solo += ["--cache-dir", str(tmp_path / "cache"), "--add-twins", "false"]
+    result = CliRunner().invoke(main, [*solo, "--rank-by", "ccfv_twin"])
+    assert result.exit_code == 0, result.output
+    assert "ccfv_twin ranks last" in caplog.text and "segresnet-rand-0" in caplog.text
+    result = CliRunner().invoke(main, solo)  # the default ranking needs no twin
     assert result.exit_code == 0, result.output
     runs = [r for r in mlflow.search_runs(output_format="list") if r.info.run_name == f"score {TARGET_TASK}"]
-    assert max(runs, key=lambda r: r.info.start_time).data.tags[T.RUN_RANKED_BY] == "ccfv"
-    assert "ranked by ccfv, not ccfv_twin" in caplog.text and "segresnet-rand-0" in caplog.text
+    assert max(runs, key=lambda r: r.info.start_time).data.tags[T.RUN_RANKED_BY] == DEFAULT_RANKING
 
 
 @pytest.mark.parametrize(("option", "value"), [("num_cpus", "abc"), ("num_gpus", "-1")])

@@ -48,14 +48,14 @@ def test_each_model_is_calibrated_against_the_twin_of_its_own_network():
         Member("twin-b/1", b, CONTROL_SOURCE, {"ccfv": 6.0}),
     ]
     assert twin_scores(members) == [0.75, -1.0, 0.0, 0.0]
-    order = rank_members(members)  # auto: every candidate has its twin
+    order = rank_members(members, TWIN_METHOD)
     assert order.method == TWIN_METHOD
     assert [(m.model, v) for m, v in order.ranked] == [("pre-a/1", 0.75), ("pre-b/1", -1.0)]
     # a twin of the same class but another configuration is no twin
     lonely = [*members[:2], members[2]]
     assert math.isnan(twin_scores(lonely)[1])
-    assert choose_ranking(lonely) == ("ccfv", ["pre-b/1"])
-    assert rank_members(lonely).method == "ccfv"
+    assert choose_ranking(lonely, preferred=TWIN_METHOD) == ("ccfv", ["pre-b/1"])
+    assert rank_members(lonely, TWIN_METHOD).method == TWIN_METHOD and rank_members(lonely, TWIN_METHOD).without_twin
 
 
 def test_controls_are_never_ranked_and_a_control_above_every_model_is_said():
@@ -64,7 +64,7 @@ def test_controls_are_never_ranked_and_a_control_above_every_model_is_said():
         Member("pre/2", "n", "Task09", {"ccfv": -0.2}),
         Member("twin/1", "n", CONTROL_SOURCE, {"ccfv": 0.0}),
     ]
-    order = rank_members(members)
+    order = rank_members(members, TWIN_METHOD)
     assert [m.model for m, _ in order.ranked] == ["pre/2", "pre/1"]
     assert order.best.model == "pre/2"
     assert [m.model for m, _ in order.controls] == ["twin/1"]
@@ -73,7 +73,8 @@ def test_controls_are_never_ranked_and_a_control_above_every_model_is_said():
     # by ccfv too: the control's own score is compared with the best candidate's
     assert rank_members(members, "ccfv").control_above == ["twin/1"]
     better = [Member("pre/3", "n", "Task07", {"ccfv": 0.4}), *members]
-    assert rank_members(better).control_above == [] and rank_members(better).warning() is None
+    assert rank_members(better, TWIN_METHOD).control_above == []
+    assert rank_members(better, TWIN_METHOD).warning() is None
 
 
 def test_a_missing_score_ranks_last_and_ties_follow_name_and_version():
@@ -92,7 +93,7 @@ def test_the_order_does_not_depend_on_the_order_of_the_members(scores, rng):
     members.append(Member("twin/1", "n", CONTROL_SOURCE, {"ccfv": 0.0}))
     shuffled = list(members)
     rng.shuffle(shuffled)
-    first, second = rank_members(members), rank_members(shuffled)
+    first, second = rank_members(members, TWIN_METHOD), rank_members(shuffled, TWIN_METHOD)
     assert [(m.model, v) for m, v in first.ranked] == [(m.model, v) for m, v in second.ranked]
     assert first.control_above == second.control_above
 

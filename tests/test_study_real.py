@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_ccfv.pipelines.study import check_twins, evidence_summary, run_transfer_study, study_config
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 
 
 def brats_task(real: Path, root: Path, name: str, cases: range) -> Path:
@@ -71,7 +72,7 @@ def test_study_on_real_folders_resumes_per_seed(real_data, tracking_uri, tmp_pat
     for name in (
         "evidence.md",
         "source_dice.md",
-        "dice_vs_ccfv_twin_Task90.png",  # the default ranking: the bank has its random-init control
+        f"dice_vs_{DEFAULT_RANKING}_Task90.png",  # the default ranking
         "noise_ceiling.csv",
         "pretraining_curves.png",
         "pretraining_plateau.md",

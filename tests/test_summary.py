@@ -24,6 +24,8 @@ from mlflow_server import register_tiny_bank  # noqa: E402
 TAGS = {
     T.score_tag("ccfv", "Task07"): "-0.125",
     T.score_tag("ccfv_twin", "Task07"): "0.0512",
+    T.score_tag("logme", "Task07"): "1.5",
+    T.ranked_by_tag("Task07"): "logme",
     T.rank_tag("Task07"): "2",
     T.scored_tag("Task07"): "default/abc",
     T.dice_tag("Task07"): "0.812345",
@@ -38,9 +40,11 @@ def test_summary_rows_say_rank_ccfv_ranking_score_and_dice_per_dataset():
     text = version_summary(TAGS)
     lines = text.splitlines()
     assert lines[0] == SUMMARY_HEADING
-    assert "| Task07 | 2 | -0.1250 | 0.0512 (ccfv_twin) | 0.8123 ± 0.0101 (3 seeds) |" in lines
+    assert "| Task07 | 2 | -0.1250 | 1.5000 (logme) | 0.8123 ± 0.0101 (3 seeds) |" in lines  # what it ranks by
+    by_twin = {**TAGS, T.ranked_by_tag("Task07"): "ccfv_twin"}
+    assert "| Task07 | 2 | -0.1250 | 0.0512 (ccfv_twin) | 0.8123 ± 0.0101 (3 seeds) |" in version_summary(by_twin)
     assert "| Task04 | – | – | – | 0.5000 |" in lines  # fine-tuned, never scored
-    without_twin = {k: v for k, v in TAGS.items() if "ccfv_twin" not in k}
+    without_twin = {k: v for k, v in TAGS.items() if "ccfv_twin" not in k and "logme" not in k and "ranked_by" not in k}
     assert "| Task07 | 2 | -0.1250 | -0.1250 (ccfv) |" in version_summary(without_twin)
     assert version_summary({T.ARCHITECTURE: "UNet"}) == ""
 

@@ -75,8 +75,8 @@ def _finetune_bank(remote_bank) -> None:
 
 
 def _score_with_twin(remote_bank, monkeypatch, caplog) -> str:
-    """`score` the bank again with the default ranking (its random-init twin registered and scored:
-    ``ccfv_twin``); returns the UI link it logged."""
+    """`score` the bank again ranked by ``ccfv_twin`` (its random-init twin registered and scored); returns
+    the UI link it logged."""
     from mlflow_ccfv.cli import main
 
     work = remote_bank["work"]
@@ -84,7 +84,7 @@ def _score_with_twin(remote_bank, monkeypatch, caplog) -> str:
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ccfv-remote")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     args = ["score", "--dataset", TARGET_TASK, "--data-root", str(work / "data"), "--bank", "ui"]
-    args += ["--methods", "ccfv,logme", "--cache-dir", str(work / "cache")]
+    args += ["--methods", "ccfv,logme", "--cache-dir", str(work / "cache"), "--rank-by", "ccfv_twin"]
     with caplog.at_level(logging.INFO, logger="mlflow_ccfv.pipelines.score"):
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

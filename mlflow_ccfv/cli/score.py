@@ -130,8 +130,8 @@ def score(**options) -> None:
         click.echo(
             table_markdown(
                 table,
-                # the column ranked by first (ccfv_twin where the default ranking resolved to it)
-                list(dict.fromkeys([*[c for c in ("ccfv_twin", options["rank_by"]) if c in table.columns], *shown])),
+                # the column ranked by first (what `auto` resolved to, or the --rank-by given)
+                list(dict.fromkeys([*[c for c in (table.attrs.get("ranked_by"),) if c in table.columns], *shown])),
             )
         )
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]

@@ -433,7 +433,9 @@ def score_versions(
         if parent is None:
             order = rank_members(_members(rows), rank_by)
             _warn_ranking(rank_by, order)
-            return _ranked_table(rows, methods, dataset.name, order)
+            table = _ranked_table(rows, methods, dataset.name, order)
+            table.attrs["ranked_by"] = order.method
+            return table
         failed = [r for r in results if r.error and not r.skipped]
         if failed:
             status = "FAILED"
@@ -453,6 +455,7 @@ def score_versions(
         if order.control_above:
             mlflow.set_tag(T.RUN_FROM_SCRATCH, ",".join(order.control_above))
         table = _ranked_table(rows, methods, dataset.name, order, stored=rankings)
+        table.attrs["ranked_by"] = chosen  # what the command line prints first
         shown = _shown_methods(methods, chosen)
         if chosen not in METHODS:  # the ranking's own score beside the estimators' on each version's run (UI sort)
             _log_ranking_metric(results, table, chosen)
@@ -819,7 +822,9 @@ def score_from_options(
             overrides["roi_size"],
             "lower --roi-size (a typical window is 32-128 voxels a side).",
         )
-    twins_wanted = parse_bool(add_twins, "add_twins") and is_twin(DEFAULT_RANKING if rank_by == AUTO_RANK else rank_by)
+    # the twins are the references of every ranking: a twin-calibrated one needs them, and with any ranking
+    # they tell when no pre-trained model is expected to beat training from scratch
+    twins_wanted = parse_bool(add_twins, "add_twins")
     versions = resolve_versions(split_list(models), bank=bank)
     ds = load_msd_dataset(dataset, data_root or None, cache_dir or None)
     if parse_bool(verify, "verify"):

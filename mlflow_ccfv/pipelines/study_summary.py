@@ -14,7 +14,7 @@ from mlflow_ccfv.estimators.catalogue import method_names
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE
 from mlflow_ccfv.pipelines.study_config import StudyResult
 from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.scoring.ranking import TWIN_METHOD, choose_ranking
+from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING, TWIN_METHOD, choose_ranking
 from mlflow_ccfv.study.report import ranked_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
@@ -33,8 +33,8 @@ _logger = logging.getLogger(__name__)
 
 
 def demo_ranking(result: StudyResult, dataset: str) -> str:
-    """What the demo ranks ``dataset``'s bank by: the default of ``score`` (``auto``: ``ccfv_twin`` when
-    every model has the random-init control of its network in the bank, else ``ccfv``)."""
+    """What the demo ranks ``dataset``'s bank by: the default of ``score`` (``auto``:
+    :data:`~mlflow_ccfv.scoring.ranking.DEFAULT_RANKING`, :func:`~mlflow_ccfv.scoring.ranking.choose_ranking`)."""
     sub = result.frame[(result.frame["dataset"] == dataset) & (result.frame["method"] == "ccfv")]
     return choose_ranking(frame_members(sub))[0]
 
@@ -52,11 +52,8 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
     """The ranked table per target, the correlations, timings and (demo) how to sort models in the UI."""
     lines = []
     for dataset in sorted(result.frame["dataset"].unique()):
-        by = (
-            "ccfv_twin (CC-FV minus its random-init twin's: the default)"
-            if demo_ranking(result, dataset) == "ccfv_twin"
-            else "CC-FV"
-        )
+        chosen = demo_ranking(result, dataset)
+        by = f"{chosen} (the default ranking)" if chosen == DEFAULT_RANKING else chosen
         lines.append(f"\n## {dataset}: the bank ranked by {by} (dice = measured after fine-tuning)\n")
         lines.append(to_markdown(demo_table(result, dataset).set_index("rank")))
     corr = result.report.correlations

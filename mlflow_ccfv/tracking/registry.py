@@ -53,7 +53,7 @@ from mlflow_ccfv.networks import (
     normalise_state_dict,
 )
 from mlflow_ccfv.options import format_ints, parse_ints
-from mlflow_ccfv.scoring.ranking import Member, RankOrder, network_identity, rank_members
+from mlflow_ccfv.scoring.ranking import AUTO_RANK, Member, RankOrder, network_identity, rank_members
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, default_patch_size, log_model, read_local_model
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
@@ -801,10 +801,13 @@ def _plan_ranking(dataset: str, group: str, method: str, bank: str | None) -> _P
     members, tags_of = _group_members(dataset, group, bank)
     order = rank_members(members, method)
     rank_key, method_key = T.rank_tag(dataset), T.score_tag(order.method, dataset)
+    by_key = T.ranked_by_tag(dataset)
     ranked = [(*_split_label(m.model), value) for m, value in order.ranked]
     set_tags: list[tuple[str, str, str, str]] = []
     for i, (m, _) in enumerate(order.ranked, 1):
         name, version = _split_label(m.model)
+        if tags_of[m.model].get(by_key) != order.method:
+            set_tags.append((name, version, by_key, order.method))
         if tags_of[m.model].get(rank_key) != str(i):
             set_tags.append((name, version, rank_key, str(i)))
     not_estimator = order.method not in METHODS  # a ranking of its own (ccfv_twin ...): stored beside the estimators'
@@ -815,10 +818,12 @@ def _plan_ranking(dataset: str, group: str, method: str, bank: str | None) -> _P
             set_tags.append((name, version, method_key, text))
     candidates = {m.model for m, _ in order.ranked}
     drop_tags = [
-        (mv.name, str(mv.version), rank_key)
+        (mv.name, str(mv.version), key)
         for mv in _search_versions(f"tags.`{rank_key}` LIKE '%'")
         if f"{mv.name}/{mv.version}" not in candidates
         and (bank is None or (mv.tags or {}).get(BANK_TAG, DEFAULT_BANK) == bank)
+        for key in (by_key, rank_key)  # the ranking first: a rank is never left without what it follows
+        if key in (mv.tags or {})
     ]
     best = _split_label(order.best.model) if order.best is not None else None
     holders = _alias_holders(T.best_alias(dataset))
@@ -842,7 +847,7 @@ def rerank(
     settings: str = T.DEFAULT_SETTINGS,
     data_digest: str | None = None,
     *,
-    method: str = "ccfv",
+    method: str = AUTO_RANK,
     bank: str | None = None,
     rounds: int = 10,
 ) -> Ranking:

@@ -2,7 +2,7 @@
 
 The version page of the MLflow UI opens on the description (its tags are folded below it), so the
 summary puts there, per dataset, what the tags say: the rank, ``ccfv``, the ranking score
-(``ccfv_twin`` when stored, else ``ccfv``) and the fine-tune Dice ± its standard deviation over
+(of the ranking the rank follows) and the fine-tune Dice ± its standard deviation over
 seeds. The summary sits under the heading :data:`SUMMARY_HEADING`; text a user wrote above it is kept,
 and everything from the heading down is regenerated from the tags by :func:`refresh_version_summary`,
 which every writer of those tags calls (``score``: :func:`~mlflow_ccfv.tracking.registry.
@@ -67,8 +67,9 @@ def _dice(tags: Mapping[str, str], dataset: str) -> str:
 def version_summary(tags: Mapping[str, str]) -> str:
     """The generated Markdown of a version with ``tags``: the heading, one line of explanation and a
     table ``dataset | rank | ccfv | ranking score | fine-tune Dice`` with one row per dataset of
-    :func:`summary_datasets`; empty when there is none. The ranking score is
-    ``transferability.ccfv_twin.<dataset>`` when stored (labelled ``ccfv_twin``), else ``ccfv``."""
+    :func:`summary_datasets`; empty when there is none. The ranking score is the score of the ranking the
+    rank follows (``transferability.ranked_by.<dataset>``; ``ccfv_twin`` when none is stored), labelled
+    with its name, else ``ccfv``."""
     datasets = summary_datasets(tags)
     if not datasets:
         return ""
@@ -83,10 +84,9 @@ def version_summary(tags: Mapping[str, str]) -> str:
     for dataset in datasets:
         rank = tags.get(T.rank_tag(dataset), _NONE)
         ccfv = _number(tags, T.score_tag("ccfv", dataset))
-        twin = _number(tags, T.score_tag(TWIN_METHOD, dataset))
-        ranking = (
-            f"{twin:.4f} ({TWIN_METHOD})" if twin is not None else f"{ccfv:.4f} (ccfv)" if ccfv is not None else _NONE
-        )
+        by = tags.get(T.ranked_by_tag(dataset)) or TWIN_METHOD
+        value = _number(tags, T.score_tag(by, dataset))
+        ranking = f"{value:.4f} ({by})" if value is not None else f"{ccfv:.4f} (ccfv)" if ccfv is not None else _NONE
         ccfv_text = _NONE if ccfv is None else f"{ccfv:.4f}"
         lines.append(f"| {dataset} | {rank} | {ccfv_text} | {ranking} | {_dice(tags, dataset)} |")
     return "\n".join(lines) + "\n"

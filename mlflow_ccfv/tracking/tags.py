@@ -124,6 +124,7 @@ __all__ = [
     "pretrain_values",
     "reserved_prefix",
     "rank_tag",
+    "ranked_by_tag",
     "stored_ranking",
     "report_metric",
     "run_key",
@@ -226,6 +227,8 @@ RANK = "rank"
 #: The pseudo-methods of ``transferability.sampler.<dataset>`` and ``transferability.scored.<dataset>``.
 SAMPLER = "sampler"
 SCORED = "scored"
+#: The pseudo-method of ``transferability.ranked_by.<dataset>``: the ranking a version's rank follows.
+RANKED_BY = "ranked_by"
 #: The value of ``transferability.sampler.<dataset>`` for scores made with the default sampler settings.
 DEFAULT_SETTINGS = "default"
 
@@ -247,6 +250,12 @@ def sampler_tag(dataset: str) -> str:
     """``transferability.sampler.<dataset>``: the digest of the sampler settings the scores were made with
     (``default``, or :func:`settings_digest` of the overrides); ranks compare equal settings only."""
     return score_tag(SAMPLER, dataset)
+
+
+def ranked_by_tag(dataset: str) -> str:
+    """``transferability.ranked_by.<dataset>``: the ranking (``logme``, ``ccfv_twin`` ...) that a ranked
+    version's ``transferability.rank.<dataset>`` follows."""
+    return score_tag(RANKED_BY, dataset)
 
 
 def scored_tag(dataset: str) -> str:
@@ -432,7 +441,7 @@ def dataset_scores(tags: Mapping[str, str], dataset: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in tags.items():
         parsed = parse_score_tag(key)
-        if parsed is None or parsed[1] != dataset or parsed[0] in (RANK, SAMPLER, SCORED):
+        if parsed is None or parsed[1] != dataset or parsed[0] in (RANK, SAMPLER, SCORED, RANKED_BY):
             continue
         try:
             out[parsed[0]] = float(value)
@@ -450,8 +459,8 @@ def parse_dice_tag(key: str) -> str | None:
 def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFrame:
     """The stored ranking of ``dataset``: one row per version holding ``transferability.rank.<dataset>``
     (ranks are per bank), with ``rank``, ``model`` (``name/version``), ``bank``, ``architecture``,
-    ``source_dataset`` and one column per stored method score, the ranking's own column first
-    (``ccfv_twin`` where it was ranked by it), ordered by bank and rank."""
+    ``source_dataset`` and one column per stored method score, the column ranked by first (its
+    ``transferability.ranked_by.<dataset>``), ordered by bank and rank."""
     rows: list[dict[str, Any]] = []
     for v in versions:
         tags: Mapping[str, str] = dict(v.tags or {})
@@ -459,6 +468,9 @@ def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFra
         for key, value in tags.items():
             parsed = parse_score_tag(key)
             if parsed is None or parsed[1] != dataset:
+                continue
+            if parsed[0] == RANKED_BY:
+                row[RANKED_BY] = value
                 continue
             try:
                 row[parsed[0]] = int(value) if parsed[0] == RANK else float(value)
@@ -479,8 +491,10 @@ def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFra
     if not rows:
         return pd.DataFrame(columns=head)
     frame = pd.DataFrame(rows)
+    by = [str(v) for v in frame.pop(RANKED_BY).dropna().unique()] if RANKED_BY in frame.columns else []
     scores = sorted(c for c in frame.columns if c not in head)
-    first = [c for c in ("ccfv_twin", "ccfv") if c in scores]
+    first = [c for c in (*by, "ccfv_twin", "ccfv") if c in scores]
+    first = list(dict.fromkeys(first))
     frame = frame[head + first + [c for c in scores if c not in first]]
     return frame.sort_values(["bank", "rank", "model"], kind="stable").reset_index(drop=True)
 
