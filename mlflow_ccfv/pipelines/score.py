@@ -362,9 +362,9 @@ def score_versions(
     ``allow_pickle`` or ``MLFLOW_CCFV_ALLOW_PICKLE`` opts in. ``device`` (default CUDA when available, else CPU) and ``amp`` (mixed-precision
     inference, an opt-in) say how the networks run; see :func:`mlflow_ccfv.scoring.score_model`.
     ``rank_by``: what orders the table, the rank tags and the ``best-<dataset>`` alias: an estimator
-    (scored even when not in ``methods``), ``ccfv_twin``, or ``auto`` (default: ``ccfv_twin`` when every
-    ranked version's architecture has a random-init control scored on this target, else ``ccfv`` with
-    a warning naming the fix; the run's tag ``ccfv.ranked_by`` says which).
+    (scored even when not in ``methods``), ``<estimator>_twin`` (e.g. ``ccfv_twin``), ``rank_aggregate``,
+    or ``auto`` (default: :data:`~mlflow_ccfv.scoring.ranking.DEFAULT_RANKING`, LogME; the run's tag
+    ``ccfv.ranked_by`` says which).
 
     ``executor``: where the versions are scored (default in this process;
     :class:`~mlflow_ccfv.pipelines.executors.RayExecutor`: one Ray task per version, each logging its own
@@ -743,7 +743,7 @@ def _ranked_table(
 
 
 def _warn_ranking(requested: str, order: RankOrder) -> None:
-    """Say when ``auto`` fell back to ``ccfv`` (and how to get the default ranking), when ``ccfv_twin``
+    """Say when ``auto`` fell back from a twin-calibrated default to its estimator, when a twin ranking
     leaves versions unranked, and when a random-init control beats every pre-trained model."""
     if order.without_twin and (requested == AUTO_RANK or is_twin(order.method)):
         _logger.warning(
@@ -795,11 +795,12 @@ def score_from_options(
     Everything that can be refused is refused before a run is started: unknown methods, sampler
     settings (each error names its option), a ROI larger than twice the largest volume or whose
     memory lower bound exceeds the available memory, an unusable ``device``, and a target whose label
-    maps hold no foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``: what ranks
-    (default ``auto``, see :func:`score_versions`); ``add_twins`` (default true, with ``auto`` or
-    ``ccfv_twin``): register and score the random-init twin of every architecture of the scored versions
-    that has none among them (:func:`~mlflow_ccfv.pipelines.pretrain.register_twins`; no training, one
-    more version to score per architecture). ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
+    maps hold any label map without foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``:
+    what ranks (default ``auto``, see :func:`score_versions`); ``add_twins`` (default true): register and
+    score the random-init twin of every network of the scored versions that has none in its bank
+    (:func:`~mlflow_ccfv.pipelines.pretrain.register_twins`; no training, one more version to score per
+    network): the references of a twin-calibrated ranking, and with any ranking the check that no random
+    network beats every pre-trained model. ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
     task): where the versions are scored. ``log_dataset``: upload the target folder first
     (``log-dataset``; nothing if already logged) and let the workers read it from there.
     """
