@@ -97,5 +97,11 @@ def assert_runs_settled(client: MlflowClient, experiment_ids: list[str]) -> list
     running = [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     assert not running, f"RUNNING runs left: {running}"
     keys = [r.data.tags["ccfv.run_key"] for r in runs if "ccfv.run_key" in r.data.tags]
-    assert len(keys) == len(set(keys)), f"duplicate per-version runs: {sorted(keys)}"
+    dup = {k for k in keys if keys.count(k) > 1}
+    detail = [
+        (r.info.run_name, r.info.experiment_id, r.data.tags.get("mlflow.parentRunId"), r.info.end_time)
+        for r in runs
+        if r.data.tags.get("ccfv.run_key") in dup
+    ]
+    assert not dup, f"duplicate per-version runs: {sorted(keys)}; {detail}"
     return runs

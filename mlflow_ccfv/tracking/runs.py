@@ -183,22 +183,30 @@ def log_input(ds: Dataset, context: str) -> None:
 
 
 def delete_replaced_runs(key: str, keep: str) -> list[str]:
-    """Delete the ended runs of this experiment tagged ``ccfv.run_key=<key>`` that ended before ``keep``
-    (an earlier or killed run of the same model, data and settings): one run per key. Returns the ids.
+    """Keep one ended run of this experiment tagged ``ccfv.run_key=<key>``: the last to end, by (end time,
+    run id); delete the others (an earlier or killed run of the same model, data and settings, or a
+    concurrent one that ended first), ``keep`` included when it is not the last. Returns the ids deleted.
 
     A RUNNING run (another process scoring the same version right now) is left alone; when it ends, it
-    removes the runs that ended before it. Two runs ending at once are ordered by (end time, run id),
-    so exactly one survives whichever process looks first."""
+    makes the same choice. Every process that looks after its own run ended computes the same survivor,
+    whatever it saw of the others' end: the last process to end sees every earlier run ended, so exactly
+    one run of the key remains."""
     client = mlflow.MlflowClient()
     own = client.get_run(keep).info
-    mine = (own.end_time or 0, own.run_id)
     found = client.search_runs([own.experiment_id], f"tags.`{T.RUN_KEY}` = '{key}'", max_results=_PAGE)
+    ended = [r.info for r in found if r.info.status != "RUNNING"]
+    if all(info.run_id != keep for info in ended):
+        ended.append(own)
+    survivor = max(ended, key=lambda info: (info.end_time or 0, info.run_id)).run_id
     gone = []
-    for other in found:
-        info = other.info
-        if info.run_id == keep or info.status == "RUNNING" or (info.end_time or 0, info.run_id) > mine:
+    for info in ended:
+        if info.run_id == survivor:
             continue
-        retrying(client.delete_run, info.run_id, what="delete a replaced run")
+        try:
+            retrying(client.delete_run, info.run_id, what="delete a replaced run")
+        except MlflowException as exc:  # deleted meanwhile by another process making the same choice
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
         gone.append(info.run_id)
     return gone
 
