@@ -410,14 +410,17 @@ def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -
     (:func:`drop_duplicate_twins` for listings). Returns the twins, registered or reused."""
     by_network: dict[tuple[str, str], list[ModelVersion]] = {}
     controlled: set[tuple[str, str]] = set()
+    specs: dict[tuple[str, str], NetworkSpec] = {}  # (name, version) -> spec loaded to compute its identity
     for v in sorted(versions, key=lambda mv: (mv.name, int(mv.version))):
         try:
-            identity, _ = network_of(v)
+            identity, known = network_of(v)
         except Exception as exc:  # a broken version: its own scoring reports it
             _logger.warning("random-init twin: %s/%s does not load (%s)", v.name, v.version, exc)
             continue
         if identity is None:
             continue
+        if known is not None:
+            specs[(v.name, str(v.version))] = known
         key = ((v.tags or {}).get(T.BANK, DEFAULT_BANK), identity)
         if _is_control(v):
             controlled.add(key)
@@ -429,7 +432,7 @@ def register_twins(versions: Sequence[ModelVersion], *, seed: int = TWIN_SEED) -
             continue
         for v in candidates:
             try:
-                spec = load_version(v).spec
+                spec = specs.get((v.name, str(v.version))) or load_version(v).spec
             except Exception as exc:  # a broken version: its own scoring reports it; try the next one
                 _logger.warning("random-init twin: %s/%s does not load (%s)", v.name, v.version, exc)
                 continue

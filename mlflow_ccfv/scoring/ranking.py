@@ -30,6 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from scipy import stats
+
 __all__ = [
     "AGGREGATED_METHODS",
     "AUTO_RANK",
@@ -177,13 +180,12 @@ def _rank_aggregate(members: Sequence[Member]) -> list[float]:
     among ``members``, over the ones it has a finite score for; NaN with none."""
     ranks: list[list[float]] = [[] for _ in members]
     for method in AGGREGATED_METHODS:
-        scored = [
-            (i, float(m.scores[method])) for i, m in enumerate(members) if math.isfinite(m.scores.get(method, math.nan))
-        ]
-        for i, value in scored:
-            above = sum(1 for _, v in scored if v > value)
-            ties = sum(1 for _, v in scored if v == value)
-            ranks[i].append(above + (ties + 1) / 2)
+        scored = [i for i, m in enumerate(members) if math.isfinite(m.scores.get(method, math.nan))]
+        if not scored:
+            continue
+        values = np.array([-float(members[i].scores[method]) for i in scored])
+        for i, rank in zip(scored, stats.rankdata(values, method="average")):
+            ranks[i].append(float(rank))
     return [-sum(r) / len(r) if r else math.nan for r in ranks]
 
 
