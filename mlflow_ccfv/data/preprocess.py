@@ -275,16 +275,12 @@ def _zscore(image: np.ndarray, mask: np.ndarray | None, *, floor: bool) -> np.nd
 
 
 def _scale_range(image: np.ndarray, n: ChannelNormalization) -> np.ndarray:
-    """MONAI's ``ScaleIntensityRange`` (same arithmetic, same degenerate case)."""
+    """MONAI's ``ScaleIntensityRange`` itself, in the image's precision."""
+    from monai.transforms import ScaleIntensityRange
+
     assert n.a_min is not None and n.a_max is not None
-    if n.a_max - n.a_min == 0.0:
-        return image - n.a_min + (n.b_min if n.b_min is not None else 0.0)
-    out = (image - n.a_min) / (n.a_max - n.a_min)
-    if n.b_min is not None and n.b_max is not None:
-        out = out * (n.b_max - n.b_min) + n.b_min
-    if n.clip:
-        out = np.clip(out, n.b_min, n.b_max)
-    return out
+    scale = ScaleIntensityRange(n.a_min, n.a_max, n.b_min, n.b_max, clip=bool(n.clip), dtype=image.dtype)
+    return np.asarray(scale(image))
 
 
 def _nonzero_region(image: np.ndarray) -> np.ndarray:
