@@ -128,3 +128,27 @@ def flaky_forever():
     from mlflow.exceptions import MlflowException
 
     raise MlflowException("database is locked")
+
+
+def test_a_process_that_loses_the_race_to_create_its_experiment_still_logs_there(tracking_uri, monkeypatch):
+    """Two first commands create the experiment ``ccfv`` at once: the one whose creation fails because the
+    other's landed first (simulated: its lookup ran before the other's insert) still runs in ``ccfv``,
+    not in ``Default`` (MLflow's ``set_experiment`` returns without activating it there)."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from mlflow_ccfv.tracking.runs import use_experiment
+
+    created = MlflowClient().create_experiment("raced")  # the other process's insert
+    lookup = TrackingServiceClient.get_experiment_by_name
+    calls = []
+
+    def stale_first_lookup(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", stale_first_lookup)
+    assert use_experiment("raced") == "raced"
+    monkeypatch.undo()
+    with mlflow.start_run() as run:
+        pass
+    assert run.info.experiment_id == created

@@ -107,7 +107,10 @@ def test_a_lost_ray_cluster_or_an_interrupted_driver_leaves_no_stale_score_rank_
     task runs: the queued task fails (LocalRayletDiedError) or is cancelled, and its version, which held
     rank 1 and the alias from an earlier scoring, loses every score tag; what is left is one ranking."""
     pytest.importorskip("ray")
-    folder = _tiny_target(tmp_path / "data")
+    from mlflow_ccfv.data.synthetic import generate_task
+
+    # volumes large enough that a task runs for seconds: the stop lands before the queued task ends
+    folder = generate_task(DATASET, tmp_path / "data", n_cases=3, shape=(64, 64, 64), seed=0, progress=False)
     versions = register_tiny_bank("raylet", seeds=(0, 1), prefix="raylet-unet")
     env = {**cli_env(tracking_uri, tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
     # the rank-1 version last: with one task at a time (2 CPUs a task on a 2-CPU instance) it is queued
@@ -162,14 +165,12 @@ def test_an_interrupted_score_leaves_no_stale_score_rank_or_alias(tracking_uri, 
     others = sorted(label for label in before["ranks"] if label != best)
     order = ",".join(f"models:/{label}" for label in [others[0], others[1], best, others[2]])
     proc = start_cli(_score_args(folder, tmp_path / "cache", "--models", order, "--force", "true"), env, tmp_path)
-    # The interrupt lands while the third version's features are computed: the "[2/4]" line gives the
-    # second version's seconds (its load and features; the cases were read by the first), half of which
-    # is past the third's load and well before its end.
+    # The interrupt lands while the third version is scored: sent when the command says it started it
+    # (loading a version and computing its features on 96^3 volumes take seconds).
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "[2/4]" in line:
-            time.sleep(float(re.search(r"\(([\d.]+)s\)", line)[1]) / 2)
+        if "[3/4]" in line and line.rstrip().endswith(": started"):
             proc.send_signal(signal.SIGINT)
             break
     out = "".join(lines) + proc.stderr.read() + proc.stdout.read()
@@ -227,7 +228,7 @@ def test_a_server_that_dies_mid_score_ends_it_in_one_line_with_status_6(tmp_path
         lines = []
         for line in proc.stderr:
             lines.append(line)
-            if "[1/3]" in line:
+            if "[1/3]" in line and not line.rstrip().endswith(": started"):
                 server.kill()
                 killed_at = time.monotonic()
                 break

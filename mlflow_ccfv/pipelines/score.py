@@ -609,6 +609,7 @@ def _run_version_tasks(
 
             def score_here(task: VersionTask) -> VersionResult:
                 progress.started.add(position[id(task)])
+                _logger.info("[%d/%d] %s on %s: started", position[id(task)] + 1, len(items), task.item, target.name)
                 try:
                     return score_version(task, target, cases)
                 finally:

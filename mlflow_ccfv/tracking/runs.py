@@ -59,7 +59,11 @@ def use_experiment(name: str, *, chosen: bool = True) -> str | None:
     ``MLFLOW_EXPERIMENT_ID`` when ``name`` is only a default (``chosen=False``)."""
     if os.environ.get("MLFLOW_RUN_ID") or (not chosen and os.environ.get("MLFLOW_EXPERIMENT_ID")):
         return None
-    mlflow.set_experiment(name)
+    # ``set_experiment(name)`` creates the experiment when it is missing; a process that loses that
+    # creation to a concurrent one gets the experiment back *without* it becoming active (MLflow 3.17),
+    # and its runs would land in ``Default``. Activating it by id afterwards holds in both cases.
+    experiment = retrying(mlflow.set_experiment, name, what=f"create experiment {name}")
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return name
 
 
