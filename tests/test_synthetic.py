@@ -13,6 +13,7 @@ import torch
 from mlflow_ccfv.data import DatasetError, MSDDataset, PreprocessConfig
 from mlflow_ccfv.data.synthetic import (
     SYNTHETIC_TASKS,
+    SyntheticSettings,
     generate_family,
     generate_task,
     get_task,
@@ -26,7 +27,9 @@ SMALL_SPACING = (6.5, 6.5, 7.5)
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     root = tmp_path_factory.mktemp("family")
-    return generate_family(root, n_cases=3, shape=SMALL, spacing=SMALL_SPACING, seed=0, progress=False)
+    return generate_family(
+        root, settings=SyntheticSettings(n_cases=3, shape=SMALL, spacing=SMALL_SPACING, progress=False)
+    )
 
 
 def _labels(root):

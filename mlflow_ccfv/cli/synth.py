@@ -70,19 +70,13 @@ def _triple(kind: type, what: str):
 )
 def synth(out_dir, tasks, n_cases, shape, spacing, seed, orientation, overwrite, figure) -> None:
     """Generate synthetic CT segmentation tasks (MSD layout) into OUT (settings checked before any folder is made)."""
-    from mlflow_ccfv.data.synthetic import generate_family, plot_family
+    from mlflow_ccfv.data.synthetic import SyntheticSettings, generate_family, plot_family
 
+    settings = SyntheticSettings(
+        n_cases=n_cases, shape=shape, spacing=spacing, seed=seed, orientation=orientation, overwrite=overwrite
+    )
     with exit_on_input_error("synth"):
-        written = generate_family(
-            out_dir,
-            tasks=list(tasks) or None,
-            n_cases=n_cases,
-            shape=shape,
-            spacing=spacing,
-            seed=seed,
-            orientation=orientation,
-            overwrite=overwrite,
-        )
+        written = generate_family(out_dir, tasks=list(tasks) or None, settings=settings)
         if figure:
             plot_family(figure, tasks=list(written), shape=shape, spacing=spacing, seed=seed)
     for name, path in written.items():

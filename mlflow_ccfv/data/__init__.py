@@ -9,8 +9,9 @@ from mlflow_ccfv.data.cases import CaseFiles
 from mlflow_ccfv.data.derive import derive_task
 from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
 from mlflow_ccfv.data.msd import MSDDataset, Split, resolve_dataset
-from mlflow_ccfv.data.preprocess import IntensityNormalization, PreprocessConfig, PreprocessedCase
-from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_family, generate_task, plot_family
+from mlflow_ccfv.data.normalization import IntensityNormalization
+from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase
+from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, SyntheticSettings, generate_family, generate_task, plot_family
 from mlflow_ccfv.data.target import Target, make_target, short_name, target_from_manifest
 from mlflow_ccfv.errors import DatasetError
 
@@ -23,6 +24,7 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessedCase",
     "Split",
+    "SyntheticSettings",
     "Target",
     "VerifyReport",
     "derive_task",

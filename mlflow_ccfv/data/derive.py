@@ -18,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from mlflow_ccfv.data.cases import new_task_folder
 from mlflow_ccfv.data.nifti import load_nifti, save_nifti, strip_nifti_suffix
 from mlflow_ccfv.errors import DatasetError
 
@@ -83,13 +84,7 @@ def derive_task(
     if len(case_ids) != len(images) or len(set(case_ids)) != len(case_ids):
         raise DatasetError(f"case_ids must be {len(images)} distinct ids, got {case_ids}.")
 
-    root = Path(out_dir) / name
-    if root.exists():
-        if not overwrite:
-            raise DatasetError(f"{root} already exists; pass overwrite=True or choose another name.")
-        shutil.rmtree(root)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
+    root = new_task_folder(Path(out_dir) / name, overwrite, "pass overwrite=True or choose another name.")
 
     lut_size = max(int(k) for k in label_map) + 1
     training = []

@@ -77,6 +77,14 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _non_finite(array: np.ndarray) -> np.ndarray | None:
+    """The NaN/inf mask of a floating-point ``array`` (same shape, bool); None when it has none or is integer."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(array)
+    return bad if bad.any() else None
+
+
 def verify_case(case: CaseFiles, n_channels: int, labels: dict[int, str], affine_tol: float = 1e-3) -> CaseReport:
     """Check one case (see the module docstring); raises :class:`DatasetError` on the first problem."""
     cid = case.case_id
@@ -118,24 +126,22 @@ def verify_case(case: CaseFiles, n_channels: int, labels: dict[int, str], affine
             f"(max difference {diff:.4g} > tolerance {affine_tol * scale:.3g}):\nimage\n{img_aff}\nlabel\n"
             f"{lab_aff}\nThe two must share the voxel grid; re-export the label with the image's header."
         )
-    if np.issubdtype(image.dtype, np.floating):
-        bad = ~np.isfinite(image)
-        if bad.any():
-            raise DatasetError(
-                f"case {cid!r}: image file {case.image} holds {int(bad.sum())} NaN/inf voxels "
-                f"(first at index {tuple(int(i) for i in np.argwhere(bad)[0])}); fix or replace the image."
-            )
-    if np.issubdtype(label.dtype, np.floating):
-        bad = ~np.isfinite(label)
-        if bad.any():
-            raise DatasetError(
-                f"case {cid!r}: label file {case.label} holds {int(bad.sum())} NaN/inf voxels; fix the label."
-            )
-        if not np.array_equal(label, np.round(label)):
-            raise DatasetError(
-                f"case {cid!r}: label file {case.label} holds non-integer values; labels must be integer "
-                "class ids (resample labels with nearest-neighbour interpolation)."
-            )
+    bad = _non_finite(image)
+    if bad is not None:
+        raise DatasetError(
+            f"case {cid!r}: image file {case.image} holds {int(bad.sum())} NaN/inf voxels "
+            f"(first at index {tuple(int(i) for i in np.argwhere(bad)[0])}); fix or replace the image."
+        )
+    bad = _non_finite(label)
+    if bad is not None:
+        raise DatasetError(
+            f"case {cid!r}: label file {case.label} holds {int(bad.sum())} NaN/inf voxels; fix the label."
+        )
+    if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
+        raise DatasetError(
+            f"case {cid!r}: label file {case.label} holds non-integer values; labels must be integer "
+            "class ids (resample labels with nearest-neighbour interpolation)."
+        )
     values, counts = np.unique(label, return_counts=True)
     values = values.astype(np.int64)
     undeclared = sorted(set(values.tolist()) - set(labels))

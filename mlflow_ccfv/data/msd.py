@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from mlflow_ccfv.data.cases import CaseFiles
 from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
 from mlflow_ccfv.data.nifti import ras_spacing, sha256_file, strip_nifti_suffix
-from mlflow_ccfv.data.preprocess import IntensityNormalization, PreprocessConfig, PreprocessedCase, preprocess_case
+from mlflow_ccfv.data.normalization import IntensityNormalization
+from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase, preprocess_case
 from mlflow_ccfv.errors import DatasetError
 
 __all__ = ["CaseFiles", "MSDDataset", "Split", "resolve_dataset", "DATA_ROOT_ENV"]

@@ -338,7 +338,7 @@ def _acts_on_image(args: dict[str, Any]) -> bool:
 
 def _normalisation(parser, refs: dict[str, Any], config_file: Path) -> list[dict[str, Any]] | None:
     """The intensity normalisation of the bundle's ``preprocessing`` transforms, as records of
-    :class:`~mlflow_ccfv.data.preprocess.IntensityNormalization` (one entry, every channel); None when
+    :class:`~mlflow_ccfv.data.normalization.IntensityNormalization` (one entry, every channel); None when
     it has none, or one this project cannot reproduce (then the target's own normalisation is used)."""
     from monai.bundle.config_item import ConfigComponent
 
@@ -406,7 +406,7 @@ def read_bundle(
     (``"monai_bundle"``), ``source``, ``config``, ``network_key``, ``target``, ``patch_size`` (the
     inferer's ``roi_size`` as three ints, or None), ``normalization`` (the ``preprocessing``'s
     ``ScaleIntensityRanged`` or ``NormalizeIntensityd`` as records of
-    :class:`~mlflow_ccfv.data.preprocess.IntensityNormalization`, or None) and the metadata's ``name``
+    :class:`~mlflow_ccfv.data.normalization.IntensityNormalization`, or None) and the metadata's ``name``
     and ``version``.
     The weights are checked against the network: a mismatch is an error listing the keys.
     """

@@ -46,7 +46,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import IntensityNormalization, MSDDataset, PreprocessConfig, PreprocessedCase, make_target
-from mlflow_ccfv.data.preprocess import describe_normalization
+from mlflow_ccfv.data.normalization import describe_normalization
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.pretrain import check_training_resources, load_dataset

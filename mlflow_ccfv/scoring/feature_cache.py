@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlflow_ccfv.data.preprocess import IntensityNormalization, PreprocessedCase
+from mlflow_ccfv.data.normalization import IntensityNormalization
+from mlflow_ccfv.data.preprocess import PreprocessedCase
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_ccfv.data.preprocess import TARGET_NORMALIZATION
+from mlflow_ccfv.data.normalization import TARGET_NORMALIZATION
 from mlflow_ccfv.errors import EstimatorError, OptionError
 from mlflow_ccfv.estimators import METHODS, LayerScore, ccfv_layers, score_methods
 from mlflow_ccfv.estimators.catalogue import method_names

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlflow_ccfv.data.preprocess import IntensityNormalization, describe_normalization
+from mlflow_ccfv.data.normalization import IntensityNormalization, describe_normalization
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.features import SamplerConfig
 from mlflow_ccfv.scoring.feature_cache import CaseCache, FeatureCache

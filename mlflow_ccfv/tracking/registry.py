@@ -39,7 +39,7 @@ from mlflow.models import Model
 from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
-from mlflow_ccfv.data.preprocess import IntensityNormalization
+from mlflow_ccfv.data.normalization import IntensityNormalization
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.networks import (

@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Run, RunStatus
 from mlflow.exceptions import MlflowException
 
 import mlflow_ccfv.tracking.tags as T
-from mlflow_ccfv.data.preprocess import TARGET_NORMALIZATION
+from mlflow_ccfv.data.normalization import TARGET_NORMALIZATION
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.training.curves import training_curve_png

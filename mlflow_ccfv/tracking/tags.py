@@ -165,7 +165,7 @@ FLAVOR = "ccfv.flavor"
 #: channels, and the patch size): a version and its random-init twin share it.
 NETWORK = "ccfv.network"
 #: On an imported version: its own intensity normalisation, a JSON list of per-channel records
-#: (:class:`~mlflow_ccfv.data.preprocess.IntensityNormalization`), written by :func:`import_tags`.
+#: (:class:`~mlflow_ccfv.data.normalization.IntensityNormalization`), written by :func:`import_tags`.
 IMPORT_NORMALIZATION = "import.normalization"
 
 # -- run tags -----------------------------------------------------------------------------------------
