@@ -82,7 +82,7 @@ def test_leave_one_out_over_two_targets_scores_and_reports_both(tracking_uri, tm
 
     from mlflow_ccfv.pipelines.study import Source, StudyConfig, ensure_synthetic, run_transfer_study
     from mlflow_ccfv.tracking.registry import bank_versions
-    from mlflow_ccfv.training.loops import TrainConfig
+    from mlflow_ccfv.training import TrainConfig
 
     mlflow.set_experiment("tiny-study")
     folders = ensure_synthetic(tmp_path / "data", ["Task03", "Task09"], 5, (32, 32, 24), progress=False)

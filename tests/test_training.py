@@ -1,4 +1,4 @@
-"""Training, fine-tuning and Dice (mlflow_ccfv.training.loops / .dice) on tiny budgets."""
+"""Training, fine-tuning and Dice (mlflow_ccfv.training) on tiny budgets."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from mlflow_ccfv.networks import small_spec
-from mlflow_ccfv.training.dice import constant_predictor_dice, dice_per_class, evaluate_dice
-from mlflow_ccfv.training.loops import (
+from mlflow_ccfv.training import (
     PatchSampler,
     TrainConfig,
     finetune,
@@ -19,6 +18,7 @@ from mlflow_ccfv.training.loops import (
     init_for_finetuning,
     pretrain,
 )
+from mlflow_ccfv.training.dice import constant_predictor_dice, dice_per_class, evaluate_dice
 
 
 @dataclass

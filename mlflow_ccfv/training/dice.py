@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mlflow_ccfv.networks.devices import resolve_device
-from mlflow_ccfv.training.loops import checked_case
+from mlflow_ccfv.training.patches import checked_case
 
 __all__ = ["DiceResult", "constant_predictor_dice", "dice_per_class", "evaluate_dice", "predict"]
 
