@@ -74,7 +74,7 @@ def time_part(args) -> dict:
                     c.image[None], tuple(args.roi), args.sw_batch_size, model, overlap=args.overlap
                 )
 
-    from mlflow_ccfv.features.sampler import window_grid
+    from mlflow_ccfv.features.windows import window_grid
 
     total = len(window_grid(tuple(args.shape), tuple(args.roi), args.overlap)[0])
     fs = sample_features(model, cases, config=default, progress=False)

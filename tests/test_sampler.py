@@ -15,7 +15,7 @@ from monai.inferers.utils import _get_scan_interval
 from torch import nn
 
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features, sample_voxels
-from mlflow_ccfv.features.sampler import _draw_class, class_budgets
+from mlflow_ccfv.features.voxel_plan import _draw_class, class_budgets
 from mlflow_ccfv.networks import decoder_layers, small_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -3,7 +3,7 @@ output of each patch into the final prediction result, but directly sample from 
 
 Two steps per case:
 
-1. :func:`sample_voxels` plans which voxels to read, before any network runs: per foreground class
+1. :func:`~mlflow_ccfv.features.voxel_plan.sample_voxels` plans which voxels to read, before any network runs: per foreground class
    a number proportional to its voxel count (Sec. 2, class imbalance) clipped to ``[floor, cap]``,
    fewer for layers near the bottleneck; the background as its own class (for the baselines); and
    ``global_samples`` voxels drawn uniformly over the whole case (feature variety, Eq. 3-4).
@@ -13,15 +13,16 @@ Two steps per case:
    it is most central. A decoder map of any resolution is read by trilinear interpolation at the
    voxel's position in the window: exactly ``F.interpolate(map, size=roi, mode="trilinear",
    align_corners=False)[..., i, j, k]``, computed with ``F.grid_sample`` at the needed points only, so
-   neither the upsampled map nor any full-volume map is ever built.
+   neither the upsampled map nor any full-volume map is ever built
+   (:mod:`~mlflow_ccfv.features.windows`).
+
+:class:`~mlflow_ccfv.features.sampler_config.SamplerConfig` holds the settings of both steps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -31,256 +32,15 @@ from torch import nn
 
 from mlflow_ccfv.features.feature_set import CaseSamples, FeatureSet
 from mlflow_ccfv.features.resources import check_memory, inference_bytes
+from mlflow_ccfv.features.sampler_config import SamplerConfig
+from mlflow_ccfv.features.voxel_plan import sample_voxels
+from mlflow_ccfv.features.windows import assign_windows, read_points, window_grid
 from mlflow_ccfv.networks.devices import autocast_inference, resolve_device
 from mlflow_ccfv.networks.layers import resolve_layers
-from mlflow_ccfv.networks.specs import DEFAULT_PATCH_SIZE
 
-__all__ = [
-    "SamplerConfig",
-    "VoxelPlan",
-    "assign_windows",
-    "case_generator",
-    "class_budgets",
-    "read_points",
-    "sample_features",
-    "sample_voxels",
-    "window_grid",
-]
+__all__ = ["sample_features"]
 
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How voxels are planned and windows run. Defaults follow the paper where it gives a value.
-
-    Attributes:
-        roi_size: sliding-window size in voxels (32³ suits the project's CPU-sized networks).
-        overlap: window overlap fraction, as in ``sliding_window_inference``.
-        sw_batch_size: windows per forward pass.
-        layer_budgets: reference per-class sample counts per layer, bottleneck -> output (the paper's
-            100/200/400: fewer near the bottleneck). With D layers: D == len -> as given; D < len ->
-            the last D entries (output side); D > len -> the first entry is halved once per extra
-            layer towards the bottleneck (…, 25, 50, 100, 200, 400), never below ``floor``.
-        floor: minimum samples of a present class per layer (a class smaller than this gives all its voxels).
-        cap: maximum samples of one class at the largest-budget layer.
-        global_samples: L, voxels drawn uniformly over each case for feature variety.
-        include_background: also sample the background (label 0) as a class, for the baselines.
-        seed: seed of every random draw; each case draws from its own generator derived from
-            ``(seed, case_id)``, so a case's samples do not depend on the other cases or their order.
-        skip_empty_windows: run only the windows that contain planned voxels (others contribute
-            nothing); False runs every window, like ``sliding_window_inference``.
-
-    Budgets: with ``B`` the largest layer budget, ``K`` the foreground classes present and ``n_k``
-    their voxel counts, class ``k`` is planned ``p_k = min(n_k, clip(round(B·K·n_k / Σn), floor, cap))``
-    voxels (an average class gets ``B``); a layer with budget ``b`` uses the first
-    ``min(p_k, max(floor, round(p_k·b/B)))`` of them. The background gets ``min(n_0, b)``.
-    """
-
-    roi_size: tuple[int, ...] = DEFAULT_PATCH_SIZE
-    overlap: float = 0.25
-    sw_batch_size: int = 4
-    layer_budgets: tuple[int, ...] = (100, 200, 400)
-    floor: int = 10
-    cap: int = 1600
-    global_samples: int = 256
-    include_background: bool = True
-    seed: int = 0
-    skip_empty_windows: bool = True
-
-    def __post_init__(self) -> None:
-        roi = tuple(int(r) for r in np.broadcast_to(np.asarray(self.roi_size), (3,)))
-        object.__setattr__(self, "roi_size", roi)
-        object.__setattr__(self, "layer_budgets", tuple(int(b) for b in self.layer_budgets))
-        if any(r < 1 for r in roi):
-            raise ValueError(f"roi_size must be three positive voxel counts; got {self.roi_size}.")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}.")
-        if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be at least 1; got {self.sw_batch_size}.")
-        if not self.layer_budgets or any(b < 1 for b in self.layer_budgets):
-            raise ValueError(f"layer_budgets must be positive sample counts; got {self.layer_budgets}.")
-        if self.floor < 1 or self.cap < self.floor:
-            raise ValueError(f"Need 1 <= floor <= cap; got floor={self.floor}, cap={self.cap}.")
-        if self.global_samples < 0:
-            raise ValueError(f"global_samples must be >= 0; got {self.global_samples}.")
-
-    def budgets_for(self, n_layers: int) -> tuple[int, ...]:
-        """Per-layer reference budgets for ``n_layers`` layers, bottleneck -> output (rule in the class doc)."""
-        given = self.layer_budgets
-        if n_layers <= len(given):
-            return given[len(given) - n_layers :]
-        extra = [max(self.floor, given[0] >> j) for j in range(n_layers - len(given), 0, -1)]
-        return tuple(extra) + given
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly parameters (MLflow params, cache keys)."""
-        d = asdict(self)
-        d["roi_size"] = list(self.roi_size)
-        d["layer_budgets"] = list(self.layer_budgets)
-        return d
-
-
-# -- step 1: the voxel plan ----------------------------------------------------------------------
-@dataclass
-class VoxelPlan:
-    """The voxels to read from one case (rows aligned): see :class:`CaseSamples` for the fields."""
-
-    coords: np.ndarray  # [M, 3] int64
-    labels: np.ndarray  # [M] int64
-    is_global: np.ndarray  # [M] bool
-    rank: np.ndarray  # [M] int64
-    budgets: list[dict[int, int]]  # per layer {class: m}
-
-
-def case_generator(seed: int, case_id: str) -> np.random.Generator:
-    """The case's own generator: a function of ``(seed, case_id)`` only."""
-    key = int.from_bytes(hashlib.sha256(case_id.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), key]))
-
-
-def class_budgets(
-    counts: dict[int, int], config: SamplerConfig, n_layers: int
-) -> tuple[dict[int, int], list[dict[int, int]]]:
-    """``(planned, per_layer)`` sample counts per class from the class voxel counts ``counts``.
-
-    ``planned[k]`` voxels of class ``k`` are drawn; layer ``l`` uses the first ``per_layer[l][k]``.
-    """
-    budgets = config.budgets_for(n_layers)
-    top = max(budgets)
-    fg = {k: n for k, n in counts.items() if k != 0 and n > 0}
-    total = sum(fg.values())
-    planned: dict[int, int] = {}
-    for k, n in fg.items():
-        share = round(top * len(fg) * n / total)
-        planned[k] = int(min(n, min(config.cap, max(config.floor, share))))
-    per_layer = [{k: int(min(p, max(config.floor, round(p * b / top)))) for k, p in planned.items()} for b in budgets]
-    if config.include_background and counts.get(0, 0) > 0:
-        planned[0] = int(min(counts[0], top))
-        for layer_counts, b in zip(per_layer, budgets):
-            layer_counts[0] = int(min(counts[0], b))
-    return planned, per_layer
-
-
-def _draw_class(flat: np.ndarray, k: int, n_k: int, m: int, rng: np.random.Generator) -> np.ndarray:
-    """``m`` distinct flat indices of voxels with label ``k``, uniformly, in random order.
-
-    A class covering a large part of the volume is drawn by rejection (uniform indices kept where
-    the label is ``k``), so no index array the size of the volume is ever built.
-    """
-    n = flat.size
-    if n_k * 32 < n or n_k < 4 * m:
-        idx = np.flatnonzero(flat == k)
-        return idx[rng.choice(idx.size, size=m, replace=False)]
-    got = np.empty(0, dtype=np.int64)
-    while got.size < m:
-        cand = rng.integers(0, n, size=int((m - got.size) * n / n_k * 1.25) + 16)
-        cand = np.concatenate([got, cand[flat[cand] == k]])
-        _, first = np.unique(cand, return_index=True)
-        got = cand[np.sort(first)]
-    return got[:m]
-
-
-def sample_voxels(label: np.ndarray, config: SamplerConfig, n_layers: int, case_id: str) -> VoxelPlan:
-    """Plan the voxels to read from one case; ``label`` is ``[X, Y, Z]`` integer class ids.
-
-    Classes in ascending order, then the ``global_samples`` uniform voxels; every draw comes from
-    :func:`case_generator` ``(config.seed, case_id)``.
-    """
-    rng = case_generator(config.seed, case_id)
-    flat = label.reshape(-1)
-    counts = np.bincount(flat)
-    present = {int(k): int(n) for k, n in enumerate(counts) if n > 0}
-    if not any(k != 0 for k in present):
-        raise ValueError(
-            f"Case {case_id!r} has no foreground voxels (its label map is all 0): class consistency needs "
-            "labelled voxels; drop the case or check that the right label file was loaded."
-        )
-    planned, per_layer = class_budgets(present, config, n_layers)
-    parts, labels, ranks = [], [], []
-    for k in sorted(planned):
-        idx = _draw_class(flat, k, present[k], planned[k], rng)
-        parts.append(idx)
-        labels.append(np.full(idx.size, k, dtype=np.int64))
-        ranks.append(np.arange(idx.size, dtype=np.int64))
-    n_global = min(config.global_samples, flat.size)
-    g = rng.choice(flat.size, size=n_global, replace=False).astype(np.int64)
-    parts.append(g)
-    labels.append(flat[g].astype(np.int64))
-    ranks.append(np.arange(n_global, dtype=np.int64))
-    idx = np.concatenate(parts)
-    coords = np.stack(np.unravel_index(idx, label.shape), axis=1).astype(np.int64)
-    is_global = np.zeros(idx.size, dtype=bool)
-    is_global[idx.size - n_global :] = True
-    return VoxelPlan(coords, np.concatenate(labels), is_global, np.concatenate(ranks), per_layer)
-
-
-# -- step 2: windows -------------------------------------------------------------------------------
-def window_grid(
-    shape: Sequence[int], roi: Sequence[int], overlap: float
-) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
-    """``(window starts, padding before)`` exactly as ``sliding_window_inference`` computes them.
-
-    ``starts`` index the padded volume (padded symmetrically, the extra voxel after, up to ``roi``
-    on any axis where the volume is smaller), in MONAI's window order.
-    """
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
-
-    pad_before = tuple(max(r - s, 0) // 2 for s, r in zip(shape, roi))
-    padded = tuple(max(s, r) for s, r in zip(shape, roi))
-    interval = _get_scan_interval(padded, roi, 3, (overlap,) * 3)
-    slices = dense_patch_slices(padded, roi, interval)
-    return [tuple(int(sl.start) for sl in w) for w in slices], pad_before
-
-
-def assign_windows(points: np.ndarray, starts: Sequence[tuple[int, ...]], roi: Sequence[int]) -> np.ndarray:
-    """``[M] int``: for each point ``[M, 3]`` (padded index space) the window where it is most central.
-
-    Centrality on an axis is the distance to the nearer window face; the window grid is a product of
-    per-axis starts, so maximising it per axis maximises the minimum over axes. Ties go to the
-    earlier window. Every point lies inside its window.
-    """
-    starts_arr = np.asarray(starts, dtype=np.int64).reshape(-1, 3)
-    lookup = {tuple(s): i for i, s in enumerate(starts_arr.tolist())}
-    chosen = np.empty_like(points)
-    for d in range(3):
-        axis = np.unique(starts_arr[:, d])
-        p = points[:, d : d + 1]
-        centrality = np.minimum(p - axis, axis + roi[d] - 1 - p)
-        centrality = np.where(centrality >= 0, centrality, -1)
-        best = np.argmax(centrality, axis=1)
-        if (centrality[np.arange(len(p)), best] < 0).any():
-            raise AssertionError("a planned voxel lies outside every window")  # cannot happen for MONAI's grid
-        chosen[:, d] = axis[best]
-    return np.array([lookup[tuple(s)] for s in chosen.tolist()], dtype=np.int64)
-
-
-def read_points(fmap: torch.Tensor, window: torch.Tensor, local: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
-    """``[n, C]``: each window's map upsampled trilinearly to ``roi``, read at the window's points.
-
-    Args:
-        fmap: ``[B, C, x, y, z]`` one layer's output for a batch of windows (any resolution).
-        window: ``[n] int64`` which window of the batch each point belongs to.
-        local: ``[n, 3] int64`` each point's index inside its window (``0 <= local < roi``).
-
-    Equals ``F.interpolate(fmap, size=roi, mode="trilinear", align_corners=False)[window, :, i, j, k]``
-    without building the upsampled maps: ``grid_sample`` (same ``align_corners``; border clamping as
-    ``interpolate`` does at the edges) at the normalised positions ``(2 i + 1) / roi - 1``. A map
-    already at the window size is indexed directly.
-    """
-    if tuple(fmap.shape[2:]) == tuple(roi):
-        return fmap[window, :, local[:, 0], local[:, 1], local[:, 2]]
-    n_windows = fmap.shape[0]
-    per_window = torch.bincount(window, minlength=n_windows)
-    slot = torch.arange(len(window), device=window.device) - (torch.cumsum(per_window, 0) - per_window)[window]
-    size = torch.tensor(roi, dtype=torch.float64, device=local.device)
-    norm = ((2 * local.to(torch.float64) + 1) / size - 1).to(fmap.dtype)
-    grid = torch.zeros(n_windows, int(per_window.max()), 1, 1, 3, dtype=fmap.dtype, device=fmap.device)
-    grid[window, slot, 0, 0] = norm.flip(-1)  # grid_sample's last axis is (z, y, x) -> (W, H, D)
-    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[window, :, slot, 0, 0]
+_logger = logging.getLogger(__name__)
 
 
 class _OutputHooks:
@@ -519,7 +279,7 @@ def sample_features(
                 results.append(
                     _sample_case(model, hooks, layer_names, case_id, image, label, config, device, dtype, amp)
                 )
-                logger.debug("sampled %d voxels from case %s", len(results[-1].labels), case_id)
+                _logger.debug("sampled %d voxels from case %s", len(results[-1].labels), case_id)
     finally:
         hooks.remove()
         model.train(was_training)
