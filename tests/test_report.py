@@ -1,4 +1,4 @@
-"""Correlation tables and plots (mlflow_ccfv.study.report) on hand-built score tables."""
+"""Correlation tables and plots (mlflow_ccfv.study: long_table, paper_tables, scatter, report) on hand-built score tables."""
 
 from __future__ import annotations
 
@@ -11,19 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
-from mlflow_ccfv.study.report import (
+from mlflow_ccfv.study.long_table import (
     architecture_correlations,
-    architecture_table,
     correlations,
     discrimination_table,
     ranked_table,
-    regret_table,
-    standardise,
-    table1,
-    table2,
-    to_markdown,
-    write_report,
 )
+from mlflow_ccfv.study.paper_tables import architecture_table, regret_table, table1, table2
+from mlflow_ccfv.study.report import write_report
+from mlflow_ccfv.study.scatter import standardise
+from mlflow_ccfv.study.tables import to_markdown
 
 
 def frame_for(dice_by_dataset: dict[str, list[float]], scorers: dict[str, callable]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE
 from mlflow_ccfv.pipelines.study_config import StudyResult
 from mlflow_ccfv.scoring import DEFAULT_METHODS
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING, TWIN_METHOD, choose_ranking
-from mlflow_ccfv.study.report import ranked_table
+from mlflow_ccfv.study.long_table import ranked_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
 from mlflow_ccfv.tracking.views import DEFAULT_UI, ranking_view_url
@@ -101,7 +101,7 @@ def evidence_summary(
     """Per target and for the average: the noise ceiling beside every method's weighted tau, top-1
     regret and selection value with their 95% intervals (the ``study`` command prints it)."""
     from mlflow_ccfv.study.evidence import evidence_table
-    from mlflow_ccfv.study.report import METHOD_LABELS
+    from mlflow_ccfv.study.long_table import METHOD_LABELS
 
     ev = result.report.evidence
     if ev is None:
@@ -133,8 +133,8 @@ def demo_evidence(result: StudyResult, methods: Sequence[str] = DEMO_METHODS) ->
     the best model and the noise ceiling; then whether pre-training mattered (the best pre-trained
     model against the best random-init control, :mod:`mlflow_ccfv.study.pretraining_margin`)."""
     from mlflow_ccfv.study.evidence import evidence_table
+    from mlflow_ccfv.study.long_table import METHOD_LABELS
     from mlflow_ccfv.study.pretraining_margin import pretraining_margin
-    from mlflow_ccfv.study.report import METHOD_LABELS
 
     ev = result.report.evidence
     lines = []

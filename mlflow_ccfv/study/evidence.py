@@ -1,6 +1,6 @@
 """Does the ranking pick better models? The report's uncertainty tables and plots, no MLflow.
 
-From the study's long table (see :mod:`mlflow_ccfv.study.report`) and each (dataset, model)'s
+From the study's long table (see :mod:`mlflow_ccfv.study.long_table`) and each (dataset, model)'s
 per-case, per-seed Dice table (a fine-tune run's ``dice_per_case.csv``: ``case_id``, ``seed``, one
 column per foreground class), :func:`evidence` computes with :mod:`mlflow_ccfv.study.statistics`:
 

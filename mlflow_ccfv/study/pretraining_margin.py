@@ -4,7 +4,7 @@ The test of a demo bank: on the target, the best pre-trained model's mean fine-t
 seeds) must beat the best random-init control's by more than the Dice standard deviation over
 fine-tuning seeds. The standard deviation compared with is the larger of the two models' seed
 standard deviations (the conservative choice: a margin inside either model's seed noise does not
-count). No MLflow: the input is the study's long table (:mod:`mlflow_ccfv.study.report`).
+count). No MLflow: the input is the study's long table (:mod:`mlflow_ccfv.study.long_table`).
 """
 
 from __future__ import annotations

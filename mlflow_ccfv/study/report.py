@@ -1,39 +1,21 @@
-"""The paper's evaluation as tables and plots: correlations of scores with fine-tune Dice.
+"""The paper's evaluation written out: every table, plot and figure of a study's report.
 
-Input: a long table ``frame`` (pandas) with one row per (target dataset, bank model, method):
-
-=================  ==============================================================================
-``dataset``        target task (e.g. ``Task03``)
-``model``          bank model id (e.g. ``bank-unet-Task06/2``)
-``method``         estimator name from :data:`mlflow_ccfv.estimators.METHODS`
-``score``          its transferability score (higher = expected to transfer better); NaN if failed
-``dice``           the model's mean foreground Dice after fine-tuning on the dataset
-=================  ==============================================================================
-
-plus optional descriptive columns (``architecture``, ``source_dataset``) carried into the ranked table.
-
-Per (dataset, method) over the bank (:func:`correlations`): weighted Kendall's tau and Pearson's r
-between score and Dice (Table 1; :func:`mlflow_ccfv.estimators.weighted_tau`, ``pearson``), and the
-**top-1 regret**: best Dice in the bank minus the Dice of the model the method ranks first (0 = it
-picked the best model). Then the Table-1-style table (methods x datasets + average, tau and
-Pearson), the Table-2-style ablation table (CC-FV variants, tau), and a Fig.-2-style scatter of the
-standardised score against Dice, one panel per method.
+:func:`write_report` takes the study's long table (:mod:`mlflow_ccfv.study.long_table`), adds the
+pre-registered variants, computes the correlations, the Table-1-style table (methods x datasets +
+average, tau and Pearson), the Table-2-style ablation table (CC-FV variants, tau), the regret table
+(:mod:`mlflow_ccfv.study.paper_tables`), the evidence with its intervals, and a Fig.-2-style scatter of
+the standardised score against Dice, one panel per method (:mod:`mlflow_ccfv.study.scatter`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from mlflow_ccfv.estimators import METHODS
-from mlflow_ccfv.estimators.catalogue import method_labels, method_names
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING, needed_estimators
-from mlflow_ccfv.study.correlation import pearson, weighted_tau
 from mlflow_ccfv.study.evidence import (
     PLATEAU_TOLERANCE,
     Evidence,
@@ -45,296 +27,21 @@ from mlflow_ccfv.study.evidence import (
     source_dice_table,
 )
 from mlflow_ccfv.study.goal import goal_markdown, goal_table
+from mlflow_ccfv.study.long_table import (
+    METHOD_LABELS,
+    REPORT_METHODS,
+    architecture_correlations,
+    check_frame,
+    correlations,
+    discrimination_table,
+)
+from mlflow_ccfv.study.paper_tables import architecture_table, regret_table, table1, table2
 from mlflow_ccfv.study.sanity import choose_default, sanity_markdown, sanity_table
+from mlflow_ccfv.study.scatter import scatter_plot
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import AUTO_RANK, VARIANTS, add_variants
 
-__all__ = [
-    "METHOD_LABELS",
-    "REPORT_METHODS",
-    "REQUIRED_COLUMNS",
-    "TABLE1_METHODS",
-    "TABLE2_METHODS",
-    "Report",
-    "architecture_correlations",
-    "architecture_table",
-    "correlations",
-    "discrimination_table",
-    "evidence_markdown",
-    "ranked_table",
-    "regret_table",
-    "scatter_plot",
-    "standardise",
-    "table1",
-    "table2",
-    "write_report",
-]
-
-
-#: Table 1's rows: CC-FV and the baselines (the paper: LogME, TransRate, LEEP, GBC, CC-FV).
-TABLE1_METHODS = method_names(table="table1")
-#: Table 2's rows: CC-FV and its ablations.
-TABLE2_METHODS = method_names(table="table2")
-#: Display names, as in the paper where it has one.
-METHOD_LABELS = method_labels()
-#: Every method a report may hold: the estimators and the report-level variants.
-REPORT_METHODS = (*METHODS, *VARIANTS)
-REQUIRED_COLUMNS = ("dataset", "model", "method", "score", "dice")
-
-
-def _check_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"The scores table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
-        )
-    unknown = sorted(set(frame["method"]) - set(REPORT_METHODS))
-    if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; known: {', '.join(REPORT_METHODS)}.")
-    dup = frame.duplicated(["dataset", "model", "method"])
-    if dup.any():
-        first = frame.loc[dup, ["dataset", "model", "method"]].iloc[0].tolist()
-        raise ValueError(f"Two scores for the same (dataset, model, method) {first}.")
-    return frame
-
-
-def correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.DataFrame:
-    """Per (dataset, method): ``weighted_tau``, ``pearson``, ``top1_regret``, ``top1_model``, ``n_models``.
-
-    Models with a non-finite score or Dice are left out of that method's correlation; with fewer than
-    ``min_models`` left (or constant scores or Dice) the correlations are NaN.
-    """
-    _check_frame(frame)
-    rows = []
-    best_dice = frame["dice"].astype(float).groupby(frame["dataset"]).max()
-    for (dataset, method), g in frame.groupby(["dataset", "method"], sort=True):
-        g = g[np.isfinite(g["score"].astype(float)) & np.isfinite(g["dice"].astype(float))]
-        scores, dice = g["score"].to_numpy(float), g["dice"].to_numpy(float)
-        tau = rho = regret = float("nan")
-        top = None
-        if len(g) >= 1:
-            i = int(np.argmax(scores))
-            top = str(g["model"].iloc[i])
-            regret = float(best_dice[dataset] - dice[i])
-        if len(g) >= min_models and np.ptp(scores) > 0 and np.ptp(dice) > 0:
-            tau, rho = float(weighted_tau(scores, dice)), float(pearson(scores, dice))
-        rows.append(
-            {
-                "dataset": dataset,
-                "method": method,
-                "weighted_tau": tau,
-                "pearson": rho,
-                "top1_regret": regret,
-                "top1_model": top,
-                "n_models": int(len(g)),
-            }
-        )
-    return pd.DataFrame(
-        rows, columns=["dataset", "method", "weighted_tau", "pearson", "top1_regret", "top1_model", "n_models"]
-    )
-
-
-def _ordered(methods: Sequence[str], present: Sequence[str]) -> list[str]:
-    return [m for m in methods if m in set(present)]
-
-
-def _metric_row(corr: pd.DataFrame, method: str, column: str, datasets: Sequence[str]) -> list[float]:
-    """``method``'s ``column`` per dataset, then their NaN-skipping mean (the ``Avg`` column)."""
-    sub = corr[corr["method"] == method].set_index("dataset")[column]
-    values = [float(sub.get(d, float("nan"))) for d in datasets]
-    return values + [_nanmean(values)]
-
-
-def _metric_table(corr: pd.DataFrame, methods: Sequence[str], column: str) -> pd.DataFrame:
-    """Methods x datasets (+ ``Avg``) of one ``corr`` column, indexed by the methods' labels."""
-    datasets = sorted(corr["dataset"].unique())
-    present = _ordered(methods, corr["method"].unique())
-    return pd.DataFrame(
-        [_metric_row(corr, m, column, datasets) for m in present],
-        index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
-        columns=datasets + ["Avg"],
-    )
-
-
-def table1(corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS) -> pd.DataFrame:
-    """Methods x datasets (+ ``Avg``) of weighted tau and Pearson, indexed by (method, metric)."""
-    datasets = sorted(corr["dataset"].unique())
-    rows, index = [], []
-    for m in _ordered(methods, corr["method"].unique()):
-        for metric, col in (("tau", "weighted_tau"), ("pearson", "pearson")):
-            rows.append(_metric_row(corr, m, col, datasets))
-            index.append((METHOD_LABELS.get(m, m), metric))
-    return pd.DataFrame(
-        rows, index=pd.MultiIndex.from_tuples(index, names=["method", "metric"]), columns=datasets + ["Avg"]
-    )
-
-
-def table2(corr: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> pd.DataFrame:
-    """CC-FV ablation variants x datasets (+ ``Avg``) of weighted tau (the paper's Table 2)."""
-    return _metric_table(corr, methods, "weighted_tau")
-
-
-def regret_table(corr: pd.DataFrame, methods: Sequence[str] = REPORT_METHODS) -> pd.DataFrame:
-    """Methods x datasets (+ ``Avg``) of top-1 regret (lower is better; 0 = picked the best model)."""
-    return _metric_table(corr, methods, "top1_regret")
-
-
-def architecture_correlations(frame: pd.DataFrame, min_models: int = 3) -> pd.DataFrame:
-    """:func:`correlations` within each architecture's part of the bank (column ``architecture`` added).
-
-    A mixed bank ranks models of different architectures against each other; this asks the narrower
-    question a user with one architecture in mind asks (regret is then relative to that architecture's
-    best model). Needs the ``architecture`` column.
-    """
-    _check_frame(frame)
-    if "architecture" not in frame.columns:
-        raise ValueError("The scores table has no 'architecture' column; per-architecture correlations need it.")
-    parts = [
-        correlations(g, min_models).assign(architecture=str(arch))
-        for arch, g in frame.groupby("architecture", sort=True)
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else correlations(frame, min_models).assign(architecture="")
-
-
-def architecture_table(
-    arch_corr: pd.DataFrame, methods: Sequence[str] = TABLE1_METHODS + TABLE2_METHODS[1:]
-) -> pd.DataFrame:
-    """Methods x architectures: the within-architecture weighted tau (:func:`architecture_correlations`)
-    averaged over the datasets."""
-    archs = sorted(arch_corr["architecture"].unique())
-    present = _ordered(methods, arch_corr["method"].unique())
-    rows = []
-    for m in present:
-        sub = arch_corr[arch_corr["method"] == m]
-        rows.append([_nanmean(sub[sub["architecture"] == a]["weighted_tau"].tolist()) for a in archs])
-    return pd.DataFrame(
-        rows,
-        index=pd.Index([METHOD_LABELS.get(m, m) for m in present], name="method"),
-        columns=[f"{a} (avg tau)" for a in archs],
-    )
-
-
-def discrimination_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset, can the study tell models apart? ``n_models``, the Dice ``min``/``max``/``spread``
-    (best minus worst), the best model, and (with a ``source_dataset`` column) the best random-init
-    control's Dice against the best pre-trained model's, and whether pre-training won."""
-    _check_frame(frame)
-    models = frame.drop_duplicates(["dataset", "model"])
-    rows = []
-    for dataset, g in models.groupby("dataset", sort=True):
-        dice = g["dice"].astype(float)
-        row = {
-            "dataset": dataset,
-            "n_models": int(len(g)),
-            "dice_min": float(dice.min()),
-            "dice_max": float(dice.max()),
-            "dice_spread": float(dice.max() - dice.min()),
-            "best_model": str(g["model"].iloc[int(np.argmax(dice.to_numpy()))]),
-        }
-        if "source_dataset" in g.columns:
-            control = g["source_dataset"].astype(str).eq("random-init")
-            best_control = float(dice[control].max()) if control.any() else float("nan")
-            best_pretrained = float(dice[~control].max()) if (~control).any() else float("nan")
-            row.update(
-                {
-                    "best_control_dice": best_control,
-                    "best_pretrained_dice": best_pretrained,
-                    "pretraining_wins": bool(best_pretrained > best_control),
-                }
-            )
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("dataset")
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def ranked_table(
-    frame: pd.DataFrame,
-    dataset: str,
-    by: str = "ccfv",
-    methods: Sequence[str] = ("ccfv", "logme", "leep", "gbc", "transrate"),
-) -> pd.DataFrame:
-    """One row per bank model for ``dataset``, ranked by ``by`` (1 = best), with the chosen methods'
-    scores, the measured Dice and its rank within the bank."""
-    _check_frame(frame)
-    sub = frame[frame["dataset"] == dataset]
-    if sub.empty:
-        raise ValueError(
-            f"No scores for dataset {dataset!r}; datasets present: {', '.join(sorted(frame['dataset'].unique()))}."
-        )
-    wide = sub.pivot(index="model", columns="method", values="score")
-    meta = sub.drop_duplicates("model").set_index("model")
-    out = pd.DataFrame(index=wide.index)
-    for col in ("architecture", "source_dataset"):
-        if col in meta.columns:
-            out[col] = meta[col]
-    for m in methods:
-        if m in wide.columns:
-            out[m] = wide[m]
-    out["dice"] = meta["dice"].astype(float)
-    out["dice_rank"] = out["dice"].rank(ascending=False, method="min").astype("Int64")
-    if by not in wide.columns:
-        raise ValueError(f"No {by!r} scores for {dataset!r}; methods present: {', '.join(wide.columns)}.")
-    out = out.assign(_key=wide[by]).sort_values("_key", ascending=False, na_position="last").drop(columns="_key")
-    out.insert(0, "rank", range(1, len(out) + 1))
-    return out.reset_index()
-
-
-def standardise(scores: np.ndarray) -> np.ndarray:
-    """z-scores over the bank (Fig. 2 "standardised the various metrics"); constant -> zeros."""
-    scores = np.asarray(scores, float)
-    sd = scores.std()
-    return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
-
-
-def scatter_plot(
-    frame: pd.DataFrame, corr: pd.DataFrame, dataset: str, path: str | Path, methods: Sequence[str] = REPORT_METHODS
-) -> Path:
-    """Fig.-2-style figure for ``dataset``: per method, standardised score (x) vs fine-tune Dice (y),
-    with a least-squares line and the method's tau and Pearson in the panel title. Saved as PNG."""
-    from matplotlib.figure import Figure  # no pyplot: the global backend stays the caller's
-
-    sub = frame[frame["dataset"] == dataset]
-    present = _ordered(methods, sub["method"].unique())
-    if not present:
-        raise ValueError(f"No scores for dataset {dataset!r}.")
-    ncols = min(4, len(present))
-    nrows = math.ceil(len(present) / ncols)
-    fig = Figure(figsize=(3.2 * ncols, 2.8 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
-    c = corr[corr["dataset"] == dataset].set_index("method")
-    for ax, m in zip(axes.flat, present):
-        g = sub[(sub["method"] == m) & np.isfinite(sub["score"].astype(float))]
-        x, y = standardise(g["score"].to_numpy(float)), g["dice"].to_numpy(float)
-        control = (
-            g.get("source_dataset", pd.Series([""] * len(g), index=g.index)).astype(str).eq("random-init").to_numpy()
-        )
-        ax.scatter(x[~control], y[~control], s=22, color="tab:blue", label="pre-trained")
-        if control.any():
-            ax.scatter(x[control], y[control], s=30, marker="x", color="tab:red", label="random init")
-        if len(x) >= 2 and np.ptp(x) > 0:
-            k, b = np.polyfit(x, y, 1)
-            xs = np.linspace(x.min(), x.max(), 10)
-            ax.plot(xs, k * xs + b, color="gray", lw=1)
-        tau = c["weighted_tau"].get(m, float("nan")) if m in c.index else float("nan")
-        rho = c["pearson"].get(m, float("nan")) if m in c.index else float("nan")
-        ax.set_title(f"{METHOD_LABELS.get(m, m)}\nτ={tau:.2f}  r={rho:.2f}", fontsize=9)
-        ax.set_xlabel("standardised score", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("fine-tune Dice", fontsize=8)
-    for ax in list(axes.flat)[len(present) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Transferability vs fine-tune Dice on {dataset}", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+__all__ = ["Report", "evidence_markdown", "write_report"]
 
 
 def evidence_markdown(ev: Evidence, methods: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
@@ -457,7 +164,7 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = add_variants(_check_frame(frame))
+    frame = add_variants(check_frame(frame))
     if rank_by == AUTO_RANK:  # the default ranking where the bank has what it needs, else its estimator
         rank_by = DEFAULT_RANKING if (frame["method"] == DEFAULT_RANKING).any() else needed_estimators(AUTO_RANK)[-1]
     corr = correlations(frame)
@@ -497,7 +204,7 @@ def write_report(
     if "source_dataset" in frame.columns and "dice" in frame.columns:
         ruled, ruled_corr = frame, corr
         if other_targets is not None and not other_targets.empty:
-            extra = add_variants(_check_frame(other_targets[~other_targets["method"].isin(VARIANTS)]))
+            extra = add_variants(check_frame(other_targets[~other_targets["method"].isin(VARIANTS)]))
             ruled = pd.concat([frame, extra[~extra["dataset"].isin(frame["dataset"])]], ignore_index=True)
             ruled_corr = correlations(ruled)
         report.sanity = sanity_table(ruled, in_domain=in_domain)
