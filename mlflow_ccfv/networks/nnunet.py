@@ -102,6 +102,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, str) for i in v)
+
+
 def _int_list(v: Any, length: int | None = None) -> bool:
     return isinstance(v, list) and (length is None or len(v) == length) and all(_is_int(i) and i >= 0 for i in v)
 
@@ -181,13 +185,7 @@ def _check_configuration(config: dict[str, Any], where: str) -> None:
         kwargs = arch.get("arch_kwargs") or {}
         _require(isinstance(kwargs, dict), where, "architecture.arch_kwargs", "an object", kwargs)
         imports = arch.get("_kw_requires_import") or []
-        _require(
-            isinstance(imports, list) and all(isinstance(k, str) for k in imports),
-            where,
-            "architecture._kw_requires_import",
-            "a list of argument names",
-            imports,
-        )
+        _require(_str_list(imports), where, "architecture._kw_requires_import", "a list of argument names", imports)
     elif "UNet_class_name" in config:
         for key, (ok, what) in _OLD_ARCH_KEYS.items():
             _require(key in config and ok(config[key]), where, key, what, config.get(key, "nothing (missing)"))
@@ -208,13 +206,7 @@ def _check_configuration(config: dict[str, Any], where: str) -> None:
         spacing,
     )
     schemes = config.get("normalization_schemes") or []
-    _require(
-        isinstance(schemes, list) and all(isinstance(v, str) for v in schemes),
-        where,
-        "normalization_schemes",
-        "a list of scheme names",
-        schemes,
-    )
+    _require(_str_list(schemes), where, "normalization_schemes", "a list of scheme names", schemes)
     masks = config.get("use_mask_for_norm") or []
     _require(isinstance(masks, list), where, "use_mask_for_norm", "a list of booleans", masks)
 
