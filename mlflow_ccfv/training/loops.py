@@ -67,6 +67,44 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
+@dataclass
+class _TrainingState:
+    """What a training checkpoint saves and restores: the network, the optimiser, the schedule, the
+    patch sampler's generators and torch's RNG (and the CUDA device's, when training there)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    sampler: PatchSampler
+    device: torch.device
+
+    def snapshot(self, step: int, losses: list[float]) -> dict[str, Any]:
+        """The state after ``step`` steps with the curve so far (for :meth:`TrainingCheckpoint.save`)."""
+        saving = {
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "sampler": self.sampler.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "losses": list(losses),
+        }
+        if self.device.type == "cuda":
+            saving["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return saving
+
+    def restore(self, saved: dict[str, Any]) -> tuple[int, list[float]]:
+        """Load a :meth:`snapshot`; returns its step and curve."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.sampler.set_state(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        if "cuda_rng" in saved and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        return int(saved["step"]), [float(v) for v in saved["losses"]]
+
+
 def train_segmentation(
     model: nn.Module,
     cases: Sequence[Any],
@@ -100,6 +138,7 @@ def train_segmentation(
     model.to(device)  # before the optimiser is built, so that its state lives there too
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.steps, power=config.poly_power)
+    state = _TrainingState(model, optimizer, schedule, sampler, device)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
@@ -110,15 +149,7 @@ def train_segmentation(
         first = 0
         saved = checkpoint.load() if checkpoint is not None else None
         if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            sampler.set_state(saved["sampler"])
-            torch.set_rng_state(saved["torch_rng"])
-            if "cuda_rng" in saved and device.type == "cuda":
-                torch.cuda.set_rng_state(saved["cuda_rng"], device)
-            losses = [float(v) for v in saved["losses"]]
-            first = int(saved["step"])
+            first, losses = state.restore(saved)
             _logger.info("%s: resuming from the checkpoint at step %d/%d", desc, first, config.steps)
         bar = tqdm(
             range(first, config.steps),
@@ -162,18 +193,7 @@ def train_segmentation(
             if step % max(1, config.steps // 5) == 0 or step == config.steps - 1:
                 _logger.debug("%s step %d/%d loss %.4f", desc, step + 1, config.steps, value)
             if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < config.steps:
-                saving = {
-                    "step": step + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "sampler": sampler.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "losses": list(losses),
-                }
-                if device.type == "cuda":
-                    saving["cuda_rng"] = torch.cuda.get_rng_state(device)
-                checkpoint.save(saving)
+                checkpoint.save(state.snapshot(step + 1, losses))
     model.eval()
     return TrainResult(model=model, losses=losses, seconds=time.perf_counter() - start, resumed_from=first)
 
