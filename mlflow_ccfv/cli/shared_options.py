@@ -29,6 +29,7 @@ from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.options import MAX_SEED, ExecutorKind, Optimizer
 
 __all__ = [
+    "Decorator",
     "BATCH_SIZE_RANGE",
     "CASES_RANGE",
     "MAX_CASES",
@@ -64,6 +65,7 @@ __all__ = [
     "window_size_option",
 ]
 
+#: What an option factory returns: a decorator of a command function.
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 #: Environment variables documented in docs/cli.md.

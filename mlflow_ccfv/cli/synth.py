@@ -12,6 +12,12 @@ from mlflow_ccfv.options import Orientation
 __all__ = ["synth"]
 
 
+def _triple_option(flag: str, default: str, kind: type, what: str, help: str) -> shared.Decorator:
+    """An option of three ``kind`` values (:class:`~mlflow_ccfv.cli.types.Triple`); the generator checks their
+    bounds before any folder is made."""
+    return click.option(flag, default=default, show_default=True, type=Triple(kind, what), help=help)
+
+
 @command()
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder to write the task folders into."
@@ -25,20 +31,10 @@ __all__ = ["synth"]
 @click.option(
     "--n-cases", type=click.IntRange(1, shared.MAX_CASES), default=10, show_default=True, help="Cases per task."
 )
-@click.option(
-    "--shape",
-    default="64,64,48",
-    show_default=True,
-    type=Triple(int, "integers"),
-    help="Volume size X,Y,Z in voxels ({}-{} a side).".format(*shared.SHAPE_RANGE),
+@_triple_option(
+    "--shape", "64,64,48", int, "integers", "Volume size X,Y,Z in voxels ({}-{} a side).".format(*shared.SHAPE_RANGE)
 )
-@click.option(
-    "--spacing",
-    default="5,5,5",
-    show_default=True,
-    type=Triple(float, "numbers"),
-    help="Voxel size in mm ({:g}-{:g}).".format(*shared.SPACING_RANGE),
-)
+@_triple_option("--spacing", "5,5,5", float, "numbers", "Voxel size in mm ({:g}-{:g}).".format(*shared.SPACING_RANGE))
 @shared.seed_option("--seed", "Seed; same seed, same files.", maximum=None)
 @click.option(
     "--orientation",
