@@ -131,6 +131,30 @@ def test_the_bounds_options_show_are_those_the_layers_enforce():
     assert "(8-1024 a side)" in synth_help and "(0.01-100)" in synth_help
 
 
+def test_the_defaults_options_show_are_those_of_the_config_classes():
+    """``score``'s help states the sampler's defaults (an empty option means the default) and the
+    training options default to :class:`~mlflow_ccfv.training.TrainConfig`'s recipe."""
+    from mlflow_ccfv.cli.shared_options import train_config_from_options
+    from mlflow_ccfv.features import SamplerConfig
+    from mlflow_ccfv.options import format_ints
+    from mlflow_ccfv.training import TrainConfig
+
+    sampler = SamplerConfig()
+    shown = " ".join(CliRunner().invoke(main, ["score", "--help"], terminal_width=1000).output.split())
+    assert f"overlap in [0, 1) (default {sampler.overlap})" in shown
+    assert f"feature variety, >= 1 (default {sampler.global_samples})" in shown
+    assert f"bottleneck -> output (default {format_ints(sampler.layer_budgets)})" in shown
+    assert f"an integer >= 0 (default {sampler.seed})" in shown
+    params = main.commands["finetune"].make_context("finetune", ["--dataset", "D", "--model", "m"]).params
+    recipe, given = TrainConfig(), train_config_from_options(params)
+    assert (given.batch_size, given.patch_size, given.learning_rate) == (
+        recipe.batch_size,
+        recipe.patch_size,
+        recipe.learning_rate,
+    )
+    assert (given.optimizer, given.foreground_fraction) == (recipe.optimizer, recipe.foreground_fraction)
+
+
 @pytest.mark.parametrize("name", NETWORK_COMMANDS)
 def test_network_commands_take_a_device(name):
     command = main.commands[name]
