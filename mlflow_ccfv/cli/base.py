@@ -110,7 +110,8 @@ def check_tracking_server(experiment: str | None = None, default: str = DEFAULT_
     """Open the store as every command does first (:func:`~mlflow_ccfv.tracking.server.open_store`):
     refuse up front (exit 6, one line) when ``MLFLOW_TRACKING_URI`` is a server that does not answer,
     bound MLflow's HTTP retries, and close the runs of killed processes; then, for a command that writes,
-    make its experiment the active one: ``experiment`` (its :func:`experiment_option`; ``""``:
+    make its experiment the active one: ``experiment`` (its
+    :func:`~mlflow_ccfv.cli.shared_options.experiment_option`; ``""``:
     ``default``) through :func:`~mlflow_ccfv.tracking.runs.use_experiment`."""
     from mlflow_ccfv.tracking.server import open_store
 
