@@ -17,6 +17,7 @@ from enum import Enum
 from mlflow_ccfv.errors import OptionError
 
 __all__ = [
+    "MAX_SEED",
     "ExecutorKind",
     "Optimizer",
     "Orientation",
@@ -37,6 +38,8 @@ _INT_SEPARATORS = re.compile(r"[,x\s]+")
 _INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
 #: Longer option texts are refused by their length (nobody types a 10k-character ROI size).
 _MAX_TEXT = 1000
+#: The largest seed an option takes: seeds are unsigned 32-bit integers (NumPy's legacy seeding range).
+MAX_SEED = 2**32 - 1
 
 
 if sys.version_info >= (3, 11):
@@ -55,19 +58,19 @@ else:  # pragma: no cover - Python 3.10
 
 # The string choices of the command line, each one catalogue (``click.Choice`` of their values in
 # ``cli``; the layers that use them compare with plain text, which a member equals).
-class ExecutorKind(StrEnum):
-    """Where ``score``/``study`` run their tasks: ``serial`` (this process) or ``ray`` (one Ray task each)."""
-
-    SERIAL = "serial"
-    RAY = "ray"
-
-
 class TargetSplit(StrEnum):
     """The cases of a target that score the models: ``train`` (the 80% fine-tuned on), ``test``, ``all``."""
 
     TRAIN = "train"
     TEST = "test"
     ALL = "all"
+
+
+class ExecutorKind(StrEnum):
+    """Where ``score``/``study`` run their tasks: ``serial`` (this process) or ``ray`` (one Ray task each)."""
+
+    SERIAL = "serial"
+    RAY = "ray"
 
 
 class Optimizer(StrEnum):

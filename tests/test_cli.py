@@ -102,6 +102,59 @@ def test_methods_help_lists_every_method():
     assert all(re.search(rf"\b{m}\b", text) for m in METHODS)
 
 
+def test_the_bounds_options_show_are_those_the_layers_enforce():
+    """The ranges the command line declares (and its help shows) are those of the classes and checks that
+    own them: the training budget (``TrainConfig``), the sampler's overlap (``SamplerConfig``), the
+    synthetic generator's settings."""
+    from mlflow_ccfv.cli import shared_options as shared
+    from mlflow_ccfv.data import synthetic
+    from mlflow_ccfv.features import SamplerConfig
+    from mlflow_ccfv.training import TrainConfig
+
+    side, batch = shared.PATCH_SIDE_RANGE[0], shared.BATCH_SIZE_RANGE[0]
+    TrainConfig(patch_size=(side,) * 3, batch_size=batch)
+    with pytest.raises(ValueError, match="patch_size"):
+        TrainConfig(patch_size=(side - 1,) * 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=batch - 1)
+    SamplerConfig(overlap=0.0)
+    with pytest.raises(ValueError, match="overlap"):
+        SamplerConfig(overlap=1.0)
+    assert (shared.SHAPE_RANGE, shared.SPACING_RANGE) == (synthetic.SHAPE_RANGE, synthetic.SPACING_RANGE)
+    assert shared.MAX_CASES == synthetic.MAX_CASES
+    shown = CliRunner().invoke(main, ["pretrain", "--help"], terminal_width=400).output
+    assert f"three sides of {side}-{shared.PATCH_SIDE_RANGE[1]}" in shown
+    assert f"Patches per step ({batch}-{shared.BATCH_SIZE_RANGE[1]})" in shown
+    refused = CliRunner().invoke(main, ["pretrain", "--dataset", "D", "--patch-size", f"{side - 1},32,32"])
+    assert refused.exit_code == 2 and f">= {side}" in refused.output
+    synth_help = CliRunner().invoke(main, ["synth", "--help"], terminal_width=400).output
+    assert "(8-1024 a side)" in synth_help and "(0.01-100)" in synth_help
+
+
+def test_the_defaults_options_show_are_those_of_the_config_classes():
+    """``score``'s help states the sampler's defaults (an empty option means the default) and the
+    training options default to :class:`~mlflow_ccfv.training.TrainConfig`'s recipe."""
+    from mlflow_ccfv.cli.shared_options import train_config_from_options
+    from mlflow_ccfv.features import SamplerConfig
+    from mlflow_ccfv.options import format_ints
+    from mlflow_ccfv.training import TrainConfig
+
+    sampler = SamplerConfig()
+    shown = " ".join(CliRunner().invoke(main, ["score", "--help"], terminal_width=1000).output.split())
+    assert f"overlap in [0, 1) (default {sampler.overlap})" in shown
+    assert f"feature variety, >= 1 (default {sampler.global_samples})" in shown
+    assert f"bottleneck -> output (default {format_ints(sampler.layer_budgets)})" in shown
+    assert f"an integer >= 0 (default {sampler.seed})" in shown
+    params = main.commands["finetune"].make_context("finetune", ["--dataset", "D", "--model", "m"]).params
+    recipe, given = TrainConfig(), train_config_from_options(params)
+    assert (given.batch_size, given.patch_size, given.learning_rate) == (
+        recipe.batch_size,
+        recipe.patch_size,
+        recipe.learning_rate,
+    )
+    assert (given.optimizer, given.foreground_fraction) == (recipe.optimizer, recipe.foreground_fraction)
+
+
 @pytest.mark.parametrize("name", NETWORK_COMMANDS)
 def test_network_commands_take_a_device(name):
     command = main.commands[name]
@@ -310,7 +363,7 @@ def _required_args(name: str) -> list[str]:
 
 
 def _boolean_options() -> list[tuple[str, str]]:
-    from mlflow_ccfv.cli.base import BoolText
+    from mlflow_ccfv.cli.types import BoolText
 
     return [
         (name, opt)

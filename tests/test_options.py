@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlflow_ccfv.cli.base import BoolText, DeviceType, IntTuple, OptionalFloat, OptionalInt
+from mlflow_ccfv.cli.types import BoolText, DeviceType, IntTuple, OptionalFloat, OptionalInt
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.options import (
     format_ints,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error, json_option
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 
 __all__ = ["bank"]
 
 
-@click.command(cls=CCFVCommand)
-@click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")
-@json_option("the versions")
+@command()
+@shared.bank_option("Bank name (tag ccfv.bank).")
+@shared.json_option("the versions")
 def bank(bank: str, json: bool) -> None:
     """List the model versions of a bank (URI, architecture, source dataset, patch size)."""
     from mlflow_ccfv.pipelines.rank import bank_table, frame_json, frame_markdown

@@ -7,24 +7,17 @@ from pathlib import Path
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, exit_on_input_error
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import command, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
 __all__ = ["compare_studies"]
 
 
-@click.command(cls=CCFVCommand)
-@click.option(
-    "--development",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Report folder (--out-dir) of the development study.",
-)
-@click.option(
-    "--confirmation",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Report folder (--out-dir) of the confirmation study (fresh synthetic seed).",
+@command()
+@shared.folder_option("--development", "Report folder (--out-dir) of the development study.", required=True)
+@shared.folder_option(
+    "--confirmation", "Report folder (--out-dir) of the confirmation study (fresh synthetic seed).", required=True
 )
 @click.option("--methods", default="", help="Comma-separated methods to show (default: every method in both).")
 @click.option("--out", default="", type=click.Path(dir_okay=False), help="Also write the Markdown to this file.")

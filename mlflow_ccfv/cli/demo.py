@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import (
-    DEMO_EXPERIMENT,
-    CCFVCommand,
-    IntTuple,
-    bool_option,
-    check_tracking_server,
-    data_root_option,
-    device_option,
-    exit_on_input_error,
-    experiment_option,
-    steps_options,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import DEMO_EXPERIMENT, check_tracking_server, command, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
 __all__ = ["demo"]
 
 
-@click.command(cls=CCFVCommand)
-@data_root_option(
+@command()
+@shared.data_root_option(
     help_text="Where the synthetic tasks are generated (reused when present); score's default data root.",
 )
 @click.option("--target", default="Task10", show_default=True, help="Target task of the demo.")
@@ -32,46 +22,19 @@ __all__ = ["demo"]
     help="Tasks generated beside the target (default Task07); with --from-scratch, the pre-training sources "
     "(default Task03,Task07,Task06).",
 )
-@click.option(
-    "--n-cases",
-    "n_cases",
-    default=50,
-    type=click.IntRange(2, 10_000),
-    show_default=True,
-    help="Cases per synthetic task (80/20 split: 50 hold out 10).",
-)
-@click.option(
-    "--seeds",
-    default="0,1,2",
-    type=IntTuple(minimum=0, maximum=2**32 - 1),
-    show_default=True,
-    help="Fine-tuning seeds per model.",
-)
-@bool_option(
+@shared.n_cases_option("Cases per synthetic task (80/20 split: 50 hold out 10).")
+@shared.seeds_option("Fine-tuning seeds per model.")
+@shared.bool_option(
     "--from-scratch",
     help="true: pre-train the bank here (--sources x UNet,UNETR for --pretrain-steps) instead of registering the "
     "shipped pre-trained bank (slower, and at this budget the models barely learn their sources).",
 )
-@click.option(
-    "--bank-dir",
-    "bank_dir",
-    default="",
-    type=click.Path(file_okay=False),
-    help="A bank folder written by export-bank to use instead of the shipped one.",
-)
-@steps_options(pretrain=150, finetune=150)
-@click.option(
-    "--bank", default="default", show_default=True, help="Bank tag of the demo's models (score's default bank)."
-)
-@experiment_option(DEMO_EXPERIMENT)
-@click.option(
-    "--out-dir",
-    "out_dir",
-    default="",
-    type=click.Path(file_okay=False),
-    help="Also write the report's tables and plots here.",
-)
-@device_option()
+@shared.folder_option("--bank-dir", "A bank folder written by export-bank to use instead of the shipped one.")
+@shared.steps_options(pretrain=150, finetune=150)
+@shared.bank_option("Bank tag of the demo's models (score's default bank).")
+@shared.experiment_option(DEMO_EXPERIMENT)
+@shared.folder_option("--out-dir", "Also write the report's tables and plots here.")
+@shared.device_option()
 def demo(**options) -> None:
     """Run the whole loop on one synthetic target: register the shipped pre-trained bank (digests verified)
     and a random-init control per architecture, synthesise the target, score, fine-tune with 3 seeds,

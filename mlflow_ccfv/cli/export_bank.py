@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, data_root_option, exit_on_input_error
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 from mlflow_ccfv.options import split_list
 
 __all__ = ["export_bank"]
 
 
-@click.command(cls=CCFVCommand)
-@click.option("--bank", required=True, help="Bank to export (tag ccfv.bank); only read.")
-@click.option(
+@command()
+@shared.bank_option("Bank to export (tag ccfv.bank); only read.", required=True)
+@shared.folder_option(
     "--out",
-    "out_dir",
+    "Folder to write <name>.safetensors and manifest.json into (created if needed).",
+    name="out_dir",
     required=True,
-    type=click.Path(file_okay=False),
-    help="Folder to write <name>.safetensors and manifest.json into (created if needed).",
 )
 @click.option(
     "--names",
     default="",
     help="Registered model names to export, comma-separated (default: every pre-trained model of the bank).",
 )
-@data_root_option(
+@shared.data_root_option(
     help_text="Where the bank's sources were generated: each model's data is checked against its budget digest "
     "and its synth/pretrain commands written into the manifest."
 )

@@ -4,69 +4,38 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import (
-    CCFVCommand,
-    IntTuple,
-    allow_pickle_option,
-    bool_option,
-    check_tracking_server,
-    data_root_option,
-    device_option,
-    exit_on_input_error,
-    experiment_option,
-    target_option,
-    train_options,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 
 __all__ = ["finetune"]
 
 
-@click.command(cls=CCFVCommand)
+@command()
 @click.option("--model", required=True, help="models:/<name>/<version> (or models:/<name>@<alias>).")
-@target_option()
-@data_root_option()
-@click.option(
-    "--split-seed",
-    "split_seed",
-    default=0,
-    type=click.IntRange(min=0, max=2**32 - 1),
-    show_default=True,
-    help="Seed of the 80/20 split.",
-)
-@click.option(
-    "--overlap",
-    default=0.5,
-    type=click.FloatRange(min=0, max=1, max_open=True),
-    show_default=True,
-    help="Sliding-window overlap at evaluation, in [0, 1).",
-)
-@bool_option("--force", help="true: fine-tune even if this budget's Dice is tagged.")
-@click.option(
-    "--seeds",
-    default="",
-    type=IntTuple(minimum=0, maximum=2**32 - 1, empty_as_tuple=True),
-    help="Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed.",
-)
+@shared.target_option()
+@shared.data_root_option()
+@shared.seed_option("--split-seed", "Seed of the 80/20 split.")
+@shared.overlap_option("Sliding-window overlap at evaluation, in [0, 1).")
+@shared.bool_option("--force", help="true: fine-tune even if this budget's Dice is tagged.")
+@shared.seeds_option("Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed.", default="")
 @click.option(
     "--checkpoint-every",
-    "checkpoint_every",
     default=50,
     type=click.IntRange(min=0),
     show_default=True,
     help="Save the training state every N steps (0: never); a rerun after a kill resumes from it.",
 )
-@allow_pickle_option
-@train_options(steps=100, seed=0)
-@device_option()
-@experiment_option()
+@shared.allow_pickle_option()
+@shared.train_options(steps=100, seed=0)
+@shared.device_option()
+@shared.experiment_option()
 def finetune(**options) -> None:
     """Fine-tune a bank version on a target (all pre-trained weights but the last convolution, nothing
     frozen) and record its Dice (MONAI DiceMetric) on the held-out 20%."""
-    from mlflow_ccfv.cli.base import train_config_from_options
     from mlflow_ccfv.pipelines.finetune import finetune_version
 
     with exit_on_input_error("finetune"):
-        config = train_config_from_options(options)
+        config = shared.train_config_from_options(options)
         check_tracking_server(options["experiment"])
         outcome = finetune_version(
             options["model"],

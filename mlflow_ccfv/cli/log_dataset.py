@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, bool_option, check_tracking_server, data_root_option, exit_on_input_error
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 
 __all__ = ["log_dataset"]
 
 
-@click.command(cls=CCFVCommand)
+@command()
 @click.option("--dataset", required=True, help="The task folder: a name under --data-root (Task07) or a path.")
-@data_root_option()
-@bool_option("--verify", default=True, help="Run the dataset integrity check first.")
+@shared.data_root_option()
+@shared.bool_option("--verify", default=True, help="Run the dataset integrity check first.")
 @click.option("--experiment", default="ccfv-datasets", show_default=True, help="Experiment holding the dataset runs.")
 def log_dataset(**options) -> None:
     """Upload dataset.json, imagesTr and labelsTr as artifacts of a dataset run, once per content digest."""

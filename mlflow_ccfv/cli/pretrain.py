@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import (
-    CCFVCommand,
-    IntTuple,
-    OptionalInt,
-    architecture_option,
-    bool_option,
-    check_tracking_server,
-    data_root_option,
-    device_option,
-    exit_on_input_error,
-    experiment_option,
-    train_options,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
+from mlflow_ccfv.cli.types import IntTuple
 
 __all__ = ["pretrain"]
 
 
-@click.command(cls=CCFVCommand)
+@command()
 @click.option("--dataset", required=True, help="Source task: a name under --data-root (Task03) or a folder path.")
-@data_root_option()
-@architecture_option
+@shared.data_root_option()
+@shared.architecture_option()
 @click.option(
     "--channels",
     default="",
@@ -32,32 +22,21 @@ __all__ = ["pretrain"]
     help="Input channels to keep, e.g. 0 (BRATS FLAIR only); default all.",
 )
 @click.option("--name", default="", help="Registered model name (default <architecture>-<source>).")
-@click.option("--bank", default="default", show_default=True, help="Bank tag ccfv.bank of the new version.")
-@bool_option("--reuse", default=True, help="true: return an existing version with the same budget.")
-@click.option(
-    "--curve-every",
-    "curve_every",
-    default="0",
-    type=OptionalInt(0),
-    help="Measure the source Dice every N steps (0: at the end).",
+@shared.bank_option("Bank tag ccfv.bank of the new version.")
+@shared.bool_option("--reuse", default=True, help="true: return an existing version with the same budget.")
+@shared.optional_int_option(
+    "--curve-every", "Measure the source Dice every N steps (0: at the end).", default="0", minimum=0
 )
-@click.option(
-    "--early-step",
-    "early_step",
-    default="",
-    type=OptionalInt(1),
-    help="Also register the step-N checkpoint as <name>-early.",
-)
-@train_options(steps=300, seed=1)
-@device_option()
-@experiment_option()
+@shared.optional_int_option("--early-step", "Also register the step-N checkpoint as <name>-early.", minimum=1)
+@shared.train_options(steps=300, seed=1)
+@shared.device_option()
+@shared.experiment_option()
 def pretrain(**options) -> None:
     """Pre-train a network (nnU-Net-like: foreground-oversampled patches, Dice+CE, AdamW + poly) and register it."""
-    from mlflow_ccfv.cli.base import train_config_from_options
     from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
 
     with exit_on_input_error("pretrain"):
-        config = train_config_from_options(options)
+        config = shared.train_config_from_options(options)
         check_tracking_server(options["experiment"])
         versions = pretrain_checkpoints(
             options["dataset"],

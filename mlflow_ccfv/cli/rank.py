@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, check_tracking_server, exit_on_input_error, json_option
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 
 __all__ = ["rank"]
 
 
-@click.command(cls=CCFVCommand)
+@command()
 @click.option("--dataset", required=True, help="Dataset name as scored (e.g. Task07).")
-@click.option("--bank", default="", help="Only the versions of this bank (default: every version).")
-@json_option("the ranking")
+@shared.bank_option("Only the versions of this bank (default: every version).", default="")
+@shared.json_option("the ranking")
 def rank(dataset: str, bank: str, json: bool) -> None:
     """Print the stored transferability ranking of a dataset from the registry tags (nothing is recomputed)."""
     from mlflow_ccfv.pipelines.rank import frame_json, frame_markdown, ranking_of

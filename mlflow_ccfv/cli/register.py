@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import (
-    CCFVCommand,
-    IntTuple,
-    allow_pickle_option,
-    bool_option,
-    check_tracking_server,
-    exit_on_input_error,
-    experiment_option,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 from mlflow_ccfv.errors import OptionError
 
 __all__ = ["register"]
@@ -28,11 +21,10 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     return tags
 
 
-@click.command(cls=CCFVCommand)
+@command()
 @click.option("--name", required=True, help="Registered model name (a new version is added).")
 @click.option(
     "--source-dataset",
-    "source_dataset",
     required=True,
     help="The dataset the network was trained on (tag source_dataset), or 'none' for random init.",
 )
@@ -48,13 +40,12 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--checkpoint", default="", help="state_dict file (torch.save; also {'state_dict': ...} or module.-prefixed)."
 )
-@bool_option("--random-init", help="true: register the randomly initialised network (seeded) instead of a checkpoint.")
-@click.option(
-    "--seed", default=0, type=click.IntRange(min=0, max=2**32 - 1), show_default=True, help="Seed of --random-init."
+@shared.bool_option(
+    "--random-init", help="true: register the randomly initialised network (seeded) instead of a checkpoint."
 )
+@shared.seed_option("--seed", "Seed of --random-init.")
 @click.option(
     "--logged-model",
-    "logged_model",
     default="",
     help="Instead of spec+checkpoint: a model logged with mlflow.pytorch (models:/m-... or runs:/...); needs "
     "--allow-pickle, and is converted to the pickle-free flavor (its spec read back, or given by --spec).",
@@ -72,13 +63,9 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     "(plans.json, dataset.json, fold_N/checkpoint_final.pth); its plans' patch size is the default.",
 )
 @click.option("--fold", default="0", show_default=True, help="The fold of --nnunet: 0-4 (any fold number) or all.")
-@click.option("--bank", default="default", show_default=True, help="Bank name (tag ccfv.bank).")
-@click.option(
-    "--patch-size",
-    "patch_size",
-    default="",
-    type=IntTuple(length=3, minimum=1, maximum=4096),
-    help="Training patch / sliding-window ROI, e.g. 32,32,32 (default: UNETR img_size or 32,32,32).",
+@shared.bank_option("Bank name (tag ccfv.bank).")
+@shared.window_size_option(
+    "--patch-size", "Training patch / sliding-window ROI, e.g. 32,32,32 (default: UNETR img_size or 32,32,32)."
 )
 @click.option("--description", default="", help="Version description.")
 @click.option(
@@ -88,8 +75,8 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     help="Extra version tag KEY=VALUE (repeatable); not in the namespaces mlflow-ccfv writes "
     "(transferability., finetune., ccfv., pretrain., weights.).",
 )
-@allow_pickle_option
-@experiment_option()
+@shared.allow_pickle_option()
+@shared.experiment_option()
 def register(
     name,
     source_dataset,

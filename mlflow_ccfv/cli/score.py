@@ -6,43 +6,20 @@ import sys
 
 import click
 
-from mlflow_ccfv.cli.base import (
-    CCFVCommand,
-    EnumChoice,
-    IntTuple,
-    MethodsText,
-    OptionalFloat,
-    OptionalInt,
-    RankBy,
-    allow_pickle_option,
-    bool_option,
-    cache_dir_option,
-    check_tracking_server,
-    data_root_option,
-    device_option,
-    exit_on_input_error,
-    experiment_option,
-    json_option,
-    methods_help,
-    ray_options,
-    target_option,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
+from mlflow_ccfv.cli.types import EnumChoice, IntTuple, OptionalFloat
 from mlflow_ccfv.options import TargetSplit
 
 __all__ = ["score"]
 
 
-@click.command(cls=CCFVCommand)
-@target_option()
-@data_root_option()
-@click.option("--bank", default="default", show_default=True, help="Score every version tagged ccfv.bank=<bank>.")
-@click.option("--models", default="", help="Instead of the bank: comma-separated models:/<name>/<version> URIs.")
-@click.option(
-    "--methods",
-    default="",
-    type=MethodsText(),
-    help=methods_help("Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations)."),
-)
+@command()
+@shared.target_option()
+@shared.data_root_option()
+@shared.bank_option("Score every version tagged ccfv.bank=<bank>.")
+@shared.models_option()
+@shared.methods_option("Comma-separated estimators (default: ccfv and every baseline; 'all' adds the ablations).")
 @click.option(
     "--split",
     default=TargetSplit.TRAIN.value,
@@ -50,12 +27,9 @@ __all__ = ["score"]
     type=EnumChoice(TargetSplit),
     help="Which cases of the target score the models.",
 )
-@click.option(
+@shared.window_size_option(
     "--roi-size",
-    "roi_size",
-    default="",
-    type=IntTuple(length=3, minimum=1, maximum=4096),
-    help="Sliding-window ROI, e.g. 32,32,32 (default: each version's patch_size); checked against the volumes and RAM.",
+    "Sliding-window ROI, e.g. 32,32,32 (default: each version's patch_size); checked against the volumes and RAM.",
 )
 @click.option(
     "--overlap",
@@ -63,55 +37,41 @@ __all__ = ["score"]
     type=OptionalFloat(0, 1, max_open=True),
     help="Sliding-window overlap in [0, 1) (default 0.25).",
 )
-@click.option(
-    "--global-samples",
-    "global_samples",
-    default="",
-    type=OptionalInt(1, 10_000_000),
-    help="Voxels per case for feature variety, >= 1 (default 256).",
+@shared.optional_int_option(
+    "--global-samples", "Voxels per case for feature variety, >= 1 (default 256).", minimum=1, maximum=10_000_000
 )
 @click.option(
     "--layer-budgets",
-    "layer_budgets",
     default="",
     type=IntTuple(minimum=1, maximum=1_000_000),
     help="Per-class samples per layer, bottleneck -> output (default 100,200,400).",
 )
-@click.option(
-    "--sampler-seed",
-    "sampler_seed",
-    default="",
-    type=OptionalInt(0, 2**63 - 1),
-    help="Seed of the voxel sampling, an integer >= 0 (default 0).",
+@shared.optional_int_option(
+    "--sampler-seed", "Seed of the voxel sampling, an integer >= 0 (default 0).", minimum=0, maximum=2**63 - 1
 )
-@bool_option("--force", help="true: recompute features.")
-@cache_dir_option()
-@bool_option("--verify", default=True, help="Run the dataset integrity check first.")
-@device_option()
-@allow_pickle_option
-@ray_options
-@bool_option(
+@shared.bool_option("--force", help="true: recompute features.")
+@shared.cache_dir_option()
+@shared.bool_option("--verify", default=True, help="Run the dataset integrity check first.")
+@shared.device_option()
+@shared.allow_pickle_option()
+@shared.ray_options()
+@shared.bool_option(
     "--log-dataset",
     help="true: upload the target folder as artifacts first (as log-dataset; once per content).",
 )
-@click.option(
-    "--rank-by",
-    "rank_by",
-    default="auto",
-    show_default=True,
-    type=RankBy(),
-    help="What sets the rank tags and the best-<dataset> alias: auto (ccfv_twin where every architecture "
+@shared.rank_by_option(
+    "What sets the rank tags and the best-<dataset> alias: auto (ccfv_twin where every architecture "
     "has a random-init twin, else ccfv), ccfv_twin (CC-FV minus that of a random-init twin of the model's "
-    "architecture: the method docs/study.md's evidence supports), or an estimator (ccfv: the paper's).",
+    "architecture: the method docs/study.md's evidence supports), or an estimator (ccfv: the paper's)."
 )
-@bool_option(
+@shared.bool_option(
     "--add-twins",
     default=True,
     help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
     "architecture that has none (same network, random weights; no training).",
 )
-@experiment_option()
-@json_option()
+@shared.experiment_option()
+@shared.json_option()
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.rank import frame_json

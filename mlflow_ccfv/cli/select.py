@@ -4,44 +4,27 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import (
-    BoolText,
-    CCFVCommand,
-    IntTuple,
-    OptionalInt,
-    allow_pickle_option,
-    cache_dir_option,
-    check_tracking_server,
-    data_root_option,
-    device_option,
-    exit_on_input_error,
-    methods_help,
-    target_option,
-    train_options,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
+from mlflow_ccfv.cli.types import IntTuple
 
 __all__ = ["select"]
 
 
-@click.command(cls=CCFVCommand)
-@target_option()
-@data_root_option()
-@click.option("--bank", default="default", show_default=True, help="Select among the versions tagged ccfv.bank=<bank>.")
+@command()
+@shared.target_option()
+@shared.data_root_option()
+@shared.bank_option("Select among the versions tagged ccfv.bank=<bank>.")
 @click.option(
     "--top-k",
-    "top_k",
     default=4,
     type=click.IntRange(min=1),
     show_default=True,
     help="Shortlist size: the best-ranked pre-trained versions (random-init controls are never candidates).",
 )
-@click.option(
-    "--rank-by",
-    "rank_by",
-    default="auto",
-    show_default=True,
-    help="The ranking that shortlists: auto (ccfv_twin where every architecture has a random-init twin, "
-    "else ccfv), ccfv_twin, or an estimator (as score --rank-by).",
+@shared.rank_by_option(
+    "The ranking that shortlists: auto (ccfv_twin where every architecture has a random-init twin, "
+    "else ccfv), ccfv_twin, or an estimator (as score --rank-by)."
 )
 @click.option(
     "--rounds",
@@ -51,64 +34,37 @@ __all__ = ["select"]
     help="Fine-tuning steps per successive-halving round; each round keeps the better half (rounded up) "
     "by validation Dice, the last keeps the winner.",
 )
-@click.option(
+@shared.optional_int_option(
     "--budget",
-    default="",
-    type=OptionalInt(1, 10**12),
-    help="The most fine-tuning steps the schedule may spend, summed over rounds and candidates; a schedule "
+    "The most fine-tuning steps the schedule may spend, summed over rounds and candidates; a schedule "
     "above it is refused before any work (default: no limit).",
+    minimum=1,
+    maximum=10**12,
 )
 @click.option(
     "--validation-fraction",
-    "validation_fraction",
     default=0.2,
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
     show_default=True,
     help="Share of the target's training cases the race measures Dice on (the held-out 20% is never used).",
 )
-@click.option(
-    "--validation-seed",
-    "validation_seed",
-    default=0,
-    type=click.IntRange(min=0, max=2**32 - 1),
-    show_default=True,
-    help="Seed of the validation draw.",
-)
-@click.option(
-    "--overlap",
-    default=0.5,
-    type=click.FloatRange(min=0, max=1, max_open=True),
-    show_default=True,
-    help="Sliding-window overlap when measuring Dice, in [0, 1).",
-)
-@click.option("--methods", default="", help=methods_help("Estimators scored (default: score's)."))
-@click.option(
+@shared.seed_option("--validation-seed", "Seed of the validation draw.")
+@shared.overlap_option("Sliding-window overlap when measuring Dice, in [0, 1).")
+@shared.methods_option("Estimators scored (default: score's).")
+@shared.bool_option(
     "--force",
-    default="false",
-    type=BoolText(),
-    show_default=True,
     help="true: a new selection even when one with the same settings is recorded (default: resume it).",
 )
-@cache_dir_option()
-@train_options(steps=None, seed=0)
-@device_option()
-@allow_pickle_option
-@click.option(
-    "--executor",
-    default="serial",
-    show_default=True,
-    type=click.Choice(["serial", "ray"]),
-    help="serial: in this process; ray: one Ray task per version when scoring, per candidate and round when racing.",
+@shared.cache_dir_option()
+@shared.train_options(steps=None, seed=0)
+@shared.device_option()
+@shared.allow_pickle_option()
+@shared.ray_options(
+    "serial: in this process; ray: one Ray task per version when scoring, per candidate and round when racing."
 )
-@click.option("--ray-address", "ray_address", default="", help="Ray cluster to join (default: a local Ray instance).")
-@click.option("--num-cpus", "num_cpus", default="1", show_default=True, help="CPUs per Ray task.")
-@click.option("--num-gpus", "num_gpus", default="0", show_default=True, help="GPUs per Ray task.")
-@click.option(
+@shared.bool_option(
     "--add-twins",
-    "add_twins",
-    default="true",
-    type=BoolText(),
-    show_default=True,
+    default=True,
     help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
     "architecture that has none (as score --add-twins).",
 )
@@ -116,7 +72,6 @@ def select(**options) -> None:
     """Select a model for a target: shortlist the bank by its scores, then spend a fine-tuning budget on
     the shortlist (successive halving on a validation part of the training cases); alias the winner
     selected-<dataset>."""
-    from mlflow_ccfv.cli.base import train_config_from_options
     from mlflow_ccfv.pipelines.executors import make_executor
     from mlflow_ccfv.pipelines.select import SelectRequest, select_models
     from mlflow_ccfv.scoring import parse_methods
@@ -131,7 +86,7 @@ def select(**options) -> None:
             rank_by=options["rank_by"],
             rounds=tuple(options["rounds"]),
             budget=options["budget"],
-            train=train_config_from_options({**options, "steps": max(options["rounds"])}),
+            train=shared.train_config_from_options({**options, "steps": max(options["rounds"])}),
             validation_fraction=options["validation_fraction"],
             validation_seed=options["validation_seed"],
             overlap=options["overlap"],

@@ -5,45 +5,30 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from mlflow_ccfv.cli.base import (
-    STUDY_EXPERIMENT,
-    CCFVCommand,
-    IntTuple,
-    OptionalInt,
-    check_tracking_server,
-    data_root_option,
-    device_option,
-    exit_on_input_error,
-    experiment_option,
-    ray_options,
-    steps_options,
-)
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import STUDY_EXPERIMENT, check_tracking_server, command, exit_on_input_error
+from mlflow_ccfv.cli.types import Architecture
 from mlflow_ccfv.options import split_list
 
 __all__ = ["study"]
 
 
-@click.command(cls=CCFVCommand)
-@data_root_option(default="data/synthetic", help_text="Where the synthetic family is (generated there if missing).")
-@click.option(
-    "--n-cases",
-    "n_cases",
-    default=50,
-    type=click.IntRange(2, 10_000),
-    show_default=True,
-    help="Cases per synthetic task (80/20: 10 held out).",
+@command()
+@shared.data_root_option(
+    default="data/synthetic", help_text="Where the synthetic family is (generated there if missing)."
 )
-@click.option(
-    "--shape",
-    default="64,64,48",
-    type=IntTuple(length=3, minimum=8, maximum=1024),
-    show_default=True,
-    help="Synthetic volume shape in voxels (8-1024 a side).",
-)
+@shared.n_cases_option("Cases per synthetic task (80/20: 10 held out).")
+@shared.shape_option("Synthetic volume shape in voxels")
 @click.option(
     "--brats", default="", help="BRATS folder (MSD layout) added as a source, FLAIR channel only; empty: none."
 )
-@click.option("--architectures", default="UNet,UNETR", show_default=True, help="Architectures of the bank.")
+@click.option(
+    "--architectures",
+    default="UNet,UNETR",
+    show_default=True,
+    type=Architecture(many=True),
+    help="Architectures of the bank.",
+)
 @click.option(
     "--targets",
     default="",
@@ -55,56 +40,24 @@ __all__ = ["study"]
     default="",
     help="Comma-separated sources: task names or MSD folders, PATH:0 keeps channel 0 (default: the family + targets).",
 )
-@click.option(
-    "--seeds",
-    default="0,1,2",
-    type=IntTuple(minimum=0, maximum=2**32 - 1),
-    show_default=True,
-    help="Fine-tuning seeds per (model, target).",
+@shared.seeds_option("Fine-tuning seeds per (model, target).")
+@shared.seed_option("--synthetic-seed", "Seed of the synthetic family.", maximum=None)
+@shared.optional_int_option(
+    "--curve-every", "Source Dice every N pre-training steps (0 or empty: none).", default="250", minimum=0
 )
-@click.option(
-    "--synthetic-seed",
-    "synthetic_seed",
-    default=0,
-    type=click.IntRange(min=0),
-    show_default=True,
-    help="Seed of the synthetic family.",
-)
-@click.option(
-    "--curve-every",
-    "curve_every",
-    default="250",
-    type=OptionalInt(0),
-    show_default=True,
-    help="Source Dice every N pre-training steps (0 or empty: none).",
-)
-@click.option(
+@shared.optional_int_option(
     "--early-step",
-    "early_step",
+    "Also register this step's checkpoint for --early-sources (empty: none).",
     default="250",
-    type=OptionalInt(1),
-    show_default=True,
-    help="Also register this step's checkpoint for --early-sources (empty: none).",
+    minimum=1,
 )
-@click.option(
-    "--early-sources",
-    "early_sources",
-    default="Task03,Task09",
-    show_default=True,
-    help="Sources with an early checkpoint.",
-)
-@steps_options(pretrain=2000, finetune=200)
-@click.option("--bank", default="study", show_default=True, help="Bank tag of the study's models.")
-@experiment_option(STUDY_EXPERIMENT)
-@click.option(
-    "--out-dir",
-    "out_dir",
-    default="",
-    type=click.Path(file_okay=False),
-    help="Also write the report's tables and plots here.",
-)
-@device_option()
-@ray_options
+@click.option("--early-sources", default="Task03,Task09", show_default=True, help="Sources with an early checkpoint.")
+@shared.steps_options(pretrain=2000, finetune=200)
+@shared.bank_option("Bank tag of the study's models.", default="study")
+@shared.experiment_option(STUDY_EXPERIMENT)
+@shared.folder_option("--out-dir", "Also write the report's tables and plots here.")
+@shared.device_option()
+@shared.ray_options()
 @click.option(
     "--preset",
     default="",

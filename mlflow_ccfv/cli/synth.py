@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, EnumChoice, bool_option, exit_on_input_error
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import command, exit_on_input_error
+from mlflow_ccfv.cli.types import EnumChoice, Triple
 from mlflow_ccfv.options import Orientation
 
 __all__ = ["synth"]
 
 
-def _triple(kind: type, what: str):
-    """Callback: ``64,64,48`` (or ``64x64x48``) -> three ``kind`` values; the error names the option."""
-
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        parts = [p for p in str(value).replace("x", ",").split(",") if p.strip()]
-        try:
-            values = tuple(kind(p) for p in parts)
-        except ValueError:
-            values = ()
-        if len(values) != 3:
-            raise click.BadParameter(f"expected three numbers ({what}) like {param.default}, got {str(value)[:60]!r}")
-        return values
-
-    return parse
+def _triple_option(flag: str, default: str, kind: type, what: str, help: str) -> shared.Decorator:
+    """An option of three ``kind`` values (:class:`~mlflow_ccfv.cli.types.Triple`); the generator checks their
+    bounds before any folder is made."""
+    return click.option(flag, default=default, show_default=True, type=Triple(kind, what), help=help)
 
 
-@click.command("synth", cls=CCFVCommand)
+@command()
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder to write the task folders into."
 )
@@ -38,22 +28,14 @@ def _triple(kind: type, what: str):
     multiple=True,
     help="Task name, TaskNN or alias (liver, lung, pancreas, spleen, colon); repeat for several; default all five.",
 )
-@click.option("--n-cases", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Cases per task.")
 @click.option(
-    "--shape",
-    default="64,64,48",
-    show_default=True,
-    callback=_triple(int, "integers"),
-    help="Volume size X,Y,Z in voxels (8-1024 a side).",
+    "--n-cases", type=click.IntRange(1, shared.MAX_CASES), default=10, show_default=True, help="Cases per task."
 )
-@click.option(
-    "--spacing",
-    default="5,5,5",
-    show_default=True,
-    callback=_triple(float, "numbers"),
-    help="Voxel size in mm (0.01-100).",
+@_triple_option(
+    "--shape", "64,64,48", int, "integers", "Volume size X,Y,Z in voxels ({}-{} a side).".format(*shared.SHAPE_RANGE)
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed; same seed, same files.")
+@_triple_option("--spacing", "5,5,5", float, "numbers", "Voxel size in mm ({:g}-{:g}).".format(*shared.SPACING_RANGE))
+@shared.seed_option("--seed", "Seed; same seed, same files.", maximum=None)
 @click.option(
     "--orientation",
     type=EnumChoice(Orientation),
@@ -61,7 +43,7 @@ def _triple(kind: type, what: str):
     show_default=True,
     help="Storage axis codes of the NIfTI files.",
 )
-@bool_option("--overwrite", help="true: replace existing task folders.")
+@shared.bool_option("--overwrite", help="true: replace existing task folders.")
 @click.option(
     "--figure",
     type=click.Path(dir_okay=False),

@@ -6,14 +6,15 @@ import json
 
 import click
 
-from mlflow_ccfv.cli.base import CCFVCommand, data_root_option, exit_on_input_error
+from mlflow_ccfv.cli import shared_options as shared
+from mlflow_ccfv.cli.base import command, exit_on_input_error
 
 __all__ = ["verify"]
 
 
-@click.command("verify", cls=CCFVCommand)
+@command()
 @click.argument("dataset")
-@data_root_option(default=".", help_text="Folder holding Task* folders, for names like Task07.")
+@shared.data_root_option(default=".", help_text="Folder holding Task* folders, for names like Task07.")
 @click.option(
     "--affine-tol",
     type=click.FloatRange(min=0, max=1),
@@ -21,9 +22,7 @@ __all__ = ["verify"]
     show_default=True,
     help="Allowed image/label affine difference (mm per mm of the largest affine entry), in [0, 1].",
 )
-@click.option(
-    "--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True, help="Seed of the split shown."
-)
+@shared.seed_option("--seed", "Seed of the split shown.")
 @click.option(
     "--test-fraction",
     type=click.FloatRange(min=0, max=1, max_open=True),
