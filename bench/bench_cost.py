@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     import mlflow
 
     from mlflow_ccfv.data import MSDDataset, make_target
+    from mlflow_ccfv.pipelines.controls import register_control
     from mlflow_ccfv.pipelines.finetune import finetune_version
-    from mlflow_ccfv.pipelines.pretrain import register_control
     from mlflow_ccfv.pipelines.score import score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
     from mlflow_ccfv.tracking.registry import bank_versions, version_uri
