@@ -36,7 +36,7 @@ from mlflow_ccfv.pipelines.controls import register_control, register_twins
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, PretrainRequest, pretrain_checkpoints
-from mlflow_ccfv.pipelines.report import report_bank
+from mlflow_ccfv.pipelines.report import ReportSettings, report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import register_bank_folder
 from mlflow_ccfv.pipelines.study_config import (
@@ -370,8 +370,7 @@ def _run_study(
         config.bank,
         datasets=target_names,
         out_dir=out_dir,
-        n_resamples=config.n_resamples,
-        in_domain=config.in_domain,
+        settings=ReportSettings(n_resamples=config.n_resamples, in_domain=config.in_domain),
     )
     _timed(seconds, "report", start)
     seconds["total"] = time.perf_counter() - wall
