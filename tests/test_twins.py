@@ -12,7 +12,6 @@ from mlflow_ccfv.networks import NetworkSpec, random_state_dict, small_spec
 from mlflow_ccfv.options import parse_ints
 from mlflow_ccfv.pipelines.controls import (
     drop_duplicate_twins,
-    register_control,
     register_random_init,
     register_twins,
 )
@@ -43,7 +42,7 @@ def test_a_racing_scorers_copy_of_a_twin_is_passed_over(tracking_uri):
     assert other.tags[T.NETWORK] != first.tags[T.NETWORK]
     assert len(drop_duplicate_twins(bank_versions("dup"))) == 3
     # nor is a control that differs from the first only by its output channels a new network
-    same = register_control("UNet", 1, 2, patch, bank="dup", name=first.name, reuse=False)
+    same = register_random_init(small_spec("UNet", 1, 2, patch), patch, bank="dup", name=first.name, reuse=False)
     assert same.tags[T.NETWORK] == first.tags[T.NETWORK]
 
 

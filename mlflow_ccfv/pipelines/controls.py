@@ -55,14 +55,12 @@ def register_control(
     *,
     bank: str = DEFAULT_BANK,
     seed: int = 0,
-    name: str | None = None,
-    reuse: bool = True,
 ) -> ModelVersion:
-    """Register the randomly initialised ``architecture`` (tag ``source_dataset=random-init``): the CPU-sized
-    :func:`small_spec` with these channels, through :func:`register_random_init`."""
+    """Register (or reuse) the control of ``architecture`` in ``bank``: the CPU-sized :func:`small_spec` with
+    these channels and random weights from ``seed``, named ``<architecture>-random-init``
+    (:func:`register_random_init`)."""
     patch = tuple(int(s) for s in patch_size)
-    spec = small_spec(architecture, in_channels, out_channels, patch)
-    return register_random_init(spec, patch, bank=bank, seed=seed, name=name, reuse=reuse)
+    return register_random_init(small_spec(architecture, in_channels, out_channels, patch), patch, bank=bank, seed=seed)
 
 
 def register_random_init(
