@@ -42,8 +42,9 @@ def main(argv=None) -> int:
     import mlflow
 
     from mlflow_ccfv.data import MSDDataset, make_target
+    from mlflow_ccfv.networks import small_spec
+    from mlflow_ccfv.pipelines.controls import register_random_init
     from mlflow_ccfv.pipelines.finetune import finetune_version
-    from mlflow_ccfv.pipelines.pretrain import register_control
     from mlflow_ccfv.pipelines.score import score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
     from mlflow_ccfv.tracking.registry import bank_versions, version_uri
@@ -68,7 +69,13 @@ def main(argv=None) -> int:
         bank = bank_versions(args.bank)
     else:
         bank = [
-            register_control(arch, 1, 2, (32, 32, 32), bank="bench", seed=s, name=f"bench-{arch.lower()}-{s}")
+            register_random_init(
+                small_spec(arch, 1, 2, (32, 32, 32)),
+                (32, 32, 32),
+                bank="bench",
+                seed=s,
+                name=f"bench-{arch.lower()}-{s}",
+            )
             for arch in args.architectures.split(",")
             for s in range(args.per_arch)
         ]

@@ -291,7 +291,7 @@ def _driver_store(work: Path, n: int) -> Path:
 
     import mlflow_ccfv.tracking.tags as T
     from mlflow_ccfv.networks import random_state_dict, small_spec
-    from mlflow_ccfv.pipelines.pretrain import register_twins
+    from mlflow_ccfv.pipelines.controls import register_twins
     from mlflow_ccfv.tracking import register_network
     from mlflow_ccfv.tracking.registry import write_version_scores
 
@@ -335,7 +335,7 @@ def _driver_child(args) -> None:
     import mlflow
 
     import mlflow_ccfv.tracking.tags as T
-    from mlflow_ccfv.pipelines.pretrain import register_twins
+    from mlflow_ccfv.pipelines.controls import register_twins
     from mlflow_ccfv.pipelines.score import VersionResult, _log_twin_metrics, _ranked_table
     from mlflow_ccfv.scoring import ModelScores
     from mlflow_ccfv.scoring.ranking import TWIN_METHOD

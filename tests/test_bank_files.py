@@ -65,14 +65,15 @@ def test_export_then_register_gives_the_same_weights_once(tracking_uri, tmp_path
 
     from mlflow_ccfv.cli import main
     from mlflow_ccfv.data.synthetic import generate_task
-    from mlflow_ccfv.pipelines.pretrain import pretrain_and_register
+    from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_and_register
     from mlflow_ccfv.pipelines.shipped_bank import export_bank, register_bank_folder
     from mlflow_ccfv.tracking.registry import bank_versions, load_version
     from mlflow_ccfv.training import TrainConfig
 
     generate_task("Task06", tmp_path / "data", n_cases=5, shape=(32, 32, 24), progress=False)
     config = TrainConfig(steps=2, patch_size=(24, 24, 24), seed=1)
-    original = pretrain_and_register("Task06", "UNet", config, bank="src", data_root=tmp_path / "data", progress=False)
+    request = PretrainRequest("Task06", "UNet", config, bank="src", data_root=tmp_path / "data")
+    original = pretrain_and_register(request, progress=False)
 
     result = CliRunner().invoke(
         main, ["export-bank", "--bank", "src", "--out", str(tmp_path / "out"), "--data-root", str(tmp_path / "data")]

@@ -51,7 +51,7 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     assert table["logme"].iloc[0] == pytest.approx(metrics["logme"], rel=1e-9)
 
     # ccfv_twin: minus the CC-FV of the same network with seed-0 random weights, the twin `score` registers
-    from mlflow_ccfv.pipelines.pretrain import register_twins
+    from mlflow_ccfv.pipelines.controls import register_twins
 
     (twin,) = register_twins([mv])
     twin_table = score_versions([twin], make_target(MSDDataset.load(root), "train"), methods=["ccfv"], log=False)

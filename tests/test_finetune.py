@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from mlflow_ccfv.data import MSDDataset
+from mlflow_ccfv.pipelines.controls import register_control
 from mlflow_ccfv.pipelines.finetune import finetune_version
-from mlflow_ccfv.pipelines.pretrain import pretrain_and_register, register_control
+from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_and_register
 from mlflow_ccfv.study import pearson, weighted_tau
 from mlflow_ccfv.tracking.registry import bank_versions
 from mlflow_ccfv.training import TrainConfig
@@ -64,19 +65,13 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     source = write_blob_task(tmp_path, "Task01_Bright", 4, seed=1, bright=150)
     target = write_blob_task(tmp_path, "Task02_Dim", 5, seed=2, bright=80)
     pre = TrainConfig(steps=12, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
-    mv = pretrain_and_register(source, "UNet", pre, bank="t", progress=False)
+    mv = pretrain_and_register(PretrainRequest(source, "UNet", pre, bank="t"), progress=False)
     assert mv.tags["source_dataset"] == "Task01" and mv.tags["pretrain.steps"] == "12"
-    again = pretrain_and_register(source, "UNet", pre, bank="t", progress=False)
+    again = pretrain_and_register(PretrainRequest(source, "UNet", pre, bank="t"), progress=False)
     assert again.version == mv.version  # reused, not trained again
     register_control("UNet", 1, 2, (24, 24, 24), bank="t")
-    pretrain_and_register(
-        source,
-        "UNet",
-        TrainConfig(steps=4, patch_size=(24, 24, 24), seed=1),
-        name="unet-short",
-        bank="t",
-        progress=False,
-    )
+    short = TrainConfig(steps=4, patch_size=(24, 24, 24), seed=1)
+    pretrain_and_register(PretrainRequest(source, "UNet", short, name="unet-short", bank="t"), progress=False)
     bank = bank_versions("t")
     assert {v.tags["source_dataset"] for v in bank} == {"Task01", "random-init"} and len(bank) == 3
 
@@ -191,12 +186,12 @@ def test_pretrain_curve_registers_an_early_and_a_final_checkpoint_with_source_di
     from click.testing import CliRunner
 
     from mlflow_ccfv.cli import main
-    from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
+    from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_checkpoints
 
     source = write_blob_task(tmp_path, "Task01_Bright", 5, seed=1, bright=150)
     config = TrainConfig(steps=6, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
     with pytest.raises(ValueError, match="multiple of curve_every"):
-        pretrain_checkpoints(source, "UNet", config, bank="c", curve_every=4, early_step=3, progress=False)
+        PretrainRequest(source, "UNet", config, bank="c", curve_every=4, early_step=3)
     result = CliRunner().invoke(
         main,
         [
@@ -220,7 +215,8 @@ def test_pretrain_curve_registers_an_early_and_a_final_checkpoint_with_source_di
         ],
     )
     assert result.exit_code == 0, result.output
-    early, final = pretrain_checkpoints(source, "UNet", config, bank="c", curve_every=3, early_step=3, progress=False)
+    request = PretrainRequest(source, "UNet", config, bank="c", curve_every=3, early_step=3)
+    early, final = pretrain_checkpoints(request, progress=False)
     assert early.name == "unet-Task01-early" and final.name == "unet-Task01"
     assert str(early.version) == "1" and str(final.version) == "1"  # reused, not trained again
     assert early.tags["pretrain.checkpoint"] == "early" and early.tags["pretrain.steps"] == "3"

@@ -167,11 +167,11 @@ def test_missing_pieces_say_what_to_do(tmp_path):
 
 
 def test_register_bundle_and_load_it_back(tracking_uri, tmp_path):
-    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_version
     from mlflow_ccfv.tracking.registry import load_version
 
     folder, original = write_bundle(tmp_path, "SegResNet")
-    mv = register_from_options(name="brats-segresnet", source_dataset="Task01", bundle=str(folder))
+    mv = register_version(BundleSource(str(folder)), BankEntry("brats-segresnet", "Task01"))
     assert mv.tags["architecture"] == "SegResNet" and mv.tags["patch_size"] == "32,48,32"
     assert mv.tags["import.format"] == "monai_bundle" and mv.tags["import.name"] == "tiny_SegResNet"
     loaded = load_version("models:/brats-segresnet/1")
@@ -244,7 +244,7 @@ def _with_preprocessing(folder: Path, transforms: list[dict], **extra) -> None:
 
 
 def test_bundle_records_its_intensity_normalisation(tmp_path, caplog, tracking_uri):
-    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_version
     from mlflow_ccfv.tracking.registry import load_version
 
     folder, _ = write_bundle(tmp_path, "UNet")
@@ -257,7 +257,7 @@ def test_bundle_records_its_intensity_normalisation(tmp_path, caplog, tracking_u
     assert not (tmp_path / "ran-code").exists()
     record = {"scheme": "ScaleIntensityRange", "a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0, "clip": True}
     assert info["normalization"] == [record]
-    register_from_options(name="spleen-bundle", source_dataset="Task09", bundle=str(folder))
+    register_version(BundleSource(str(folder)), BankEntry("spleen-bundle", "Task09"))
     loaded = load_version("models:/spleen-bundle/1")
     assert json.loads(loaded.tags["import.normalization"]) == [record]
     assert loaded.normalization.describe() == "ScaleIntensityRange([-57, 164] -> [0.0, 1.0], clip)"

@@ -272,7 +272,6 @@ def test_register_nnunet_and_load_it_back(tracking_uri, tmp_path):
     from click.testing import CliRunner
 
     from mlflow_ccfv.cli import main
-    from mlflow_ccfv.pipelines.register import register_from_options
     from mlflow_ccfv.tracking.registry import get_version, load_version
 
     folder, original = write_nnunet_model(tmp_path)
@@ -295,8 +294,11 @@ def test_register_nnunet_and_load_it_back(tracking_uri, tmp_path):
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{loaded.model_id}"))
     assert "dynamic-network-architectures==" in (local / "requirements.txt").read_text()
-    with pytest.raises(ValueError, match="one network source"):
-        register_from_options(name="x", source_dataset="Task03", nnunet=str(folder), small_spec="UNet:1:3")
+    result = CliRunner().invoke(
+        main,
+        ["register", "--name", "x", "--source-dataset", "Task03", "--nnunet", str(folder), "--small-spec", "UNet:1:3"],
+    )
+    assert result.exit_code == 2 and "one network source" in result.output
     result = CliRunner().invoke(
         main, ["register", "--name", "x", "--source-dataset", "y", "--nnunet", str(folder), "--fold", "five"]
     )
@@ -375,14 +377,14 @@ def test_imported_ct_model_is_scored_on_hu_normalised_with_its_own_plans(trackin
     from mlflow_ccfv.data.derive import derive_task
     from mlflow_ccfv.features import FeatureSet, sample_features
     from mlflow_ccfv.networks import random_state_dict
-    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.pipelines.register import BankEntry, NnUNetSource, register_version
     from mlflow_ccfv.pipelines.score import score_versions
     from mlflow_ccfv.scoring import CaseCache, sampler_config_for
     from mlflow_ccfv.tracking import tags as T
     from mlflow_ccfv.tracking.registry import load_version, register_network
 
     folder, _ = write_nnunet_model(tmp_path)
-    register_from_options(name="liver-nnunet", source_dataset="Task03", nnunet=str(folder), bank="ct")
+    register_version(NnUNetSource(str(folder)), BankEntry("liver-nnunet", "Task03", bank="ct"))
     plain = small_spec("UNet", 1, 3)
     register_network(plain, random_state_dict(plain, 0), "plain-unet", "none", bank="ct", patch_size="24,32,16")
     ct, seg = real_data / "totalseg-ct" / "example_ct_sm.nii.gz", real_data / "totalseg-ct" / "example_seg.nii.gz"
@@ -433,12 +435,12 @@ def test_imported_ct_model_is_fine_tuned_on_its_own_normalisation(tracking_uri, 
     from mlflow_ccfv.data import MSDDataset, make_target
     from mlflow_ccfv.data.derive import derive_task
     from mlflow_ccfv.pipelines.finetune import budget_digest, finetune_version
-    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.pipelines.register import BankEntry, NnUNetSource, register_version
     from mlflow_ccfv.tracking import tags as T
     from mlflow_ccfv.training import TrainConfig
 
     folder, _ = write_nnunet_model(tmp_path)
-    register_from_options(name="liver-nnunet", source_dataset="Task03", nnunet=str(folder), bank="ct")
+    register_version(NnUNetSource(str(folder)), BankEntry("liver-nnunet", "Task03", bank="ct"))
     ct, seg = real_data / "totalseg-ct" / "example_ct_sm.nii.gz", real_data / "totalseg-ct" / "example_seg.nii.gz"
     task = derive_task([ct, ct], [seg, seg], tmp_path / "data", {1: "spleen"}, "Task09_Spleen", case_ids=["a", "b"])
     ds = MSDDataset.load(task)

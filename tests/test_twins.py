@@ -10,7 +10,11 @@ from mlflow import MlflowClient
 from mlflow_ccfv.cli import main
 from mlflow_ccfv.networks import NetworkSpec, random_state_dict, small_spec
 from mlflow_ccfv.options import parse_ints
-from mlflow_ccfv.pipelines.pretrain import drop_duplicate_twins, register_control, register_twins
+from mlflow_ccfv.pipelines.controls import (
+    drop_duplicate_twins,
+    register_random_init,
+    register_twins,
+)
 from mlflow_ccfv.tracking import load_version
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import bank_versions, register_network
@@ -25,7 +29,7 @@ def test_a_racing_scorers_copy_of_a_twin_is_passed_over(tracking_uri):
     spec = load_version(model).spec
     patch = parse_ints(model.tags[T.PATCH_SIZE], T.PATCH_SIZE)
     # two scorers that raced: each registered the twin before seeing the other's
-    first, copy = (register_control("UNet", 1, 3, patch, bank="dup", spec=spec, reuse=False) for _ in range(2))
+    first, copy = (register_random_init(spec, patch, bank="dup", reuse=False) for _ in range(2))
     assert (first.name, int(copy.version)) == (copy.name, int(first.version) + 1)
     assert copy.tags[T.pretrain_tag("spec")] == T.spec_digest(spec.to_json())
     # a third scorer reuses the oldest, and a listing made before the copy is deleted skips the copy
@@ -34,11 +38,11 @@ def test_a_racing_scorers_copy_of_a_twin_is_passed_over(tracking_uri):
     assert [(v.name, str(v.version)) for v in kept] == [(model.name, "1"), (first.name, str(first.version))]
     # a twin of another network (another configuration of the class) is not a duplicate
     other_spec = NetworkSpec("UNet", {**spec.kwargs, "num_res_units": 0})
-    other = register_control("UNet", 1, 3, patch, bank="dup", name=first.name, spec=other_spec, reuse=False)
+    other = register_random_init(other_spec, patch, bank="dup", name=first.name, reuse=False)
     assert other.tags[T.NETWORK] != first.tags[T.NETWORK]
     assert len(drop_duplicate_twins(bank_versions("dup"))) == 3
     # nor is a control that differs from the first only by its output channels a new network
-    same = register_control("UNet", 1, 2, patch, bank="dup", name=first.name, reuse=False)
+    same = register_random_init(small_spec("UNet", 1, 2, patch), patch, bank="dup", name=first.name, reuse=False)
     assert same.tags[T.NETWORK] == first.tags[T.NETWORK]
 
 

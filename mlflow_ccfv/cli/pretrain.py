@@ -33,24 +33,25 @@ __all__ = ["pretrain"]
 @shared.experiment_option()
 def pretrain(**options) -> None:
     """Pre-train a network (nnU-Net-like: foreground-oversampled patches, Dice+CE, AdamW + poly) and register it."""
-    from mlflow_ccfv.pipelines.pretrain import pretrain_checkpoints
+    from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_checkpoints
 
     with exit_on_input_error("pretrain"):
         config = shared.train_config_from_options(options)
         check_tracking_server(options["experiment"])
-        versions = pretrain_checkpoints(
+        request = PretrainRequest(
             options["dataset"],
             options["architecture"],
             config,
             name=options["name"] or None,
             bank=options["bank"],
             data_root=options["data_root"] or None,
-            channels=list(options["channels"]) or None,
+            channels=tuple(options["channels"]) or None,
             reuse=options["reuse"],
             curve_every=options["curve_every"] or 0,
             early_step=options["early_step"],
             device=options["device"],
         )
+        versions = pretrain_checkpoints(request)
     from mlflow_ccfv.tracking import tags as T
 
     for mv in versions:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from mlflow_ccfv.cli import shared_options as shared
 from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 from mlflow_ccfv.errors import OptionError
+
+if TYPE_CHECKING:
+    from mlflow_ccfv.networks import NetworkSpec
+    from mlflow_ccfv.pipelines.register import NetworkSource
 
 __all__ = ["register"]
 
@@ -77,48 +83,75 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 )
 @shared.allow_pickle_option()
 @shared.experiment_option()
-def register(
-    name,
-    source_dataset,
-    spec,
-    small,
-    checkpoint,
-    random_init,
-    seed,
-    logged_model,
-    bundle,
-    nnunet,
-    fold,
-    bank,
-    patch_size,
-    description,
-    tags,
-    allow_pickle,
-    experiment,
-) -> None:
+def register(**options) -> None:
     """Register a MONAI network (spec + checkpoint, or a MONAI bundle), an nnU-Net v2 model or an
     mlflow.pytorch model as a bank version."""
-    from mlflow_ccfv.pipelines.register import register_from_options
+    from mlflow_ccfv.pipelines.register import BankEntry, register_version
 
     with exit_on_input_error("register"):
-        extra_tags = _parse_tags(tags)
-        check_tracking_server(experiment)
-        mv = register_from_options(
-            name=name,
-            source_dataset=source_dataset,
-            spec=spec,
-            small_spec=small,
-            checkpoint=checkpoint,
-            random_init=random_init,
-            seed=seed,
-            logged_model=logged_model,
-            bundle=bundle,
-            nnunet=nnunet,
-            fold=fold,
-            bank=bank,
-            patch_size=patch_size or None,
-            description=description or None,
-            extra_tags=extra_tags,
-            allow_pickle=allow_pickle,
+        entry = BankEntry(
+            options["name"],
+            options["source_dataset"],
+            bank=options["bank"],
+            patch_size=options["patch_size"] or None,
+            description=options["description"] or None,
+            extra_tags=_parse_tags(options["tags"]),
         )
-    click.echo(f"Registered models:/{mv.name}/{mv.version} (bank {bank})")
+        source = _network_source(options)
+        check_tracking_server(options["experiment"])
+        mv = register_version(source, entry)
+    click.echo(f"Registered models:/{mv.name}/{mv.version} (bank {entry.bank})")
+
+
+def _small_spec(text: str) -> NetworkSpec:
+    """``ARCHITECTURE:IN:OUT`` -> :func:`~mlflow_ccfv.networks.small_spec`."""
+    from mlflow_ccfv.networks import small_spec
+
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise OptionError(
+            f"--small-spec must look like UNet:1:3 (architecture:in_channels:out_channels); got {text!r}."
+        )
+    return small_spec(parts[0], int(parts[1]), int(parts[2]))
+
+
+def _network(options: dict[str, Any]) -> NetworkSpec:
+    """The network ``--spec`` (JSON or a .json file) or ``--small-spec`` names."""
+    from mlflow_ccfv.networks.specs import spec_from_json_or_file
+
+    return spec_from_json_or_file(options["spec"]) if options["spec"] else _small_spec(options["small"])
+
+
+def _network_source(options: dict[str, Any]) -> NetworkSource:
+    """The one network source the options name: --bundle, --nnunet (with --fold), --logged-model (its
+    network optionally named by --spec/--small-spec), or --spec/--small-spec with --checkpoint or
+    --random-init (with --seed)."""
+    from mlflow_ccfv.pipelines.register import (
+        BundleSource,
+        CheckpointSource,
+        LoggedModelSource,
+        NnUNetSource,
+        RandomInitSource,
+    )
+
+    spec, small, checkpoint, random_init = (options[k] for k in ("spec", "small", "checkpoint", "random_init"))
+    bundle, nnunet, logged_model = options["bundle"], options["nnunet"], options["logged_model"]
+    if bundle or nnunet:
+        if sum(map(bool, (bundle, nnunet, spec or small or checkpoint or random_init, logged_model))) > 1:
+            raise OptionError("Pass one network source: --bundle, --nnunet, --logged-model or --spec/--small-spec.")
+        return BundleSource(bundle) if bundle else NnUNetSource(nnunet, options["fold"])
+    if logged_model:
+        if checkpoint or random_init or (spec and small):
+            raise OptionError(
+                "With --logged-model pass no --checkpoint/--random-init (the weights are the logged model's); "
+                "--spec or --small-spec (one of them) only to name its network for the conversion."
+            )
+        return LoggedModelSource(logged_model, _network(options) if spec or small else None, options["allow_pickle"])
+    if bool(spec) == bool(small):
+        raise OptionError(
+            "Pass exactly one of --spec (JSON or .json file) and --small-spec (e.g. UNet:1:3), or --logged-model."
+        )
+    net = _network(options)
+    if bool(checkpoint) == random_init:
+        raise OptionError("Pass exactly one of --checkpoint PATH and --random-init true.")
+    return RandomInitSource(net, options["seed"]) if random_init else CheckpointSource(net, checkpoint)

@@ -38,19 +38,21 @@ __all__ = ["report"]
 def report(**options) -> None:
     """Compare every estimator with fine-tune Dice (weighted Kendall's tau, Pearson, top-1 regret); log to a run."""
     from mlflow_ccfv.pipelines.rank import frames_json
-    from mlflow_ccfv.pipelines.report import report_bank, report_tables
+    from mlflow_ccfv.pipelines.report import ReportSettings, report_bank, report_tables
 
     with exit_on_input_error("report"):
-        in_domain = _in_domain(options["in_domain"])
+        settings = ReportSettings(
+            rank_by=options["rank_by"],
+            in_domain=_in_domain(options["in_domain"]),
+            other_targets=split_list(options["other_targets"]),
+        )
         check_tracking_server(options["experiment"])
         rep = report_bank(
             options["bank"],
             datasets=split_list(options["datasets"]) or None,
             models=split_list(options["models"]) or None,
             out_dir=options["out_dir"] or None,
-            rank_by=options["rank_by"],
-            in_domain=in_domain,
-            other_targets=split_list(options["other_targets"]),
+            settings=settings,
         )
     click.echo(frames_json(report_tables(rep)) if options["json"] else rep.markdown())
 

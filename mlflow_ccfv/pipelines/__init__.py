@@ -3,7 +3,8 @@ scoring, training, study) with MLflow (tracking). One module per MLproject workf
 
 - :mod:`~mlflow_ccfv.pipelines.register`: add a network to the bank (spec + checkpoint, random init, a logged model);
 - :mod:`~mlflow_ccfv.pipelines.score`: score a bank on a target, tag, alias and rank it;
-- :mod:`~mlflow_ccfv.pipelines.pretrain`: pre-train and register bank models and random-init controls;
+- :mod:`~mlflow_ccfv.pipelines.pretrain`: pre-train and register bank models;
+- :mod:`~mlflow_ccfv.pipelines.controls`: register random-init controls and twins;
 - :mod:`~mlflow_ccfv.pipelines.finetune`: fine-tune a version and tag its measured Dice;
 - :mod:`~mlflow_ccfv.pipelines.select`: shortlist by the scores, then successive halving with short fine-tunes;
 - :mod:`~mlflow_ccfv.pipelines.report`: correlations of stored scores with stored Dice;

@@ -23,7 +23,7 @@ from mlflow_ccfv.data import MSDDataset, short_name
 from mlflow_ccfv.data.partition import partition_task
 from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec
-from mlflow_ccfv.pipelines.register import register_imported
+from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_imported
 from mlflow_ccfv.pipelines.study_config import Source, StudyConfig, ensure_synthetic
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import find_version
@@ -154,10 +154,10 @@ def imported_bundle_model(
     result = pretrain(BUNDLE_SPEC, cases, train, progress=progress, desc=f"pretrain {BUNDLE_MODEL}")
     folder = write_bundle(result.model, BUNDLE_SPEC, Path(data_root) / "bundles" / BUNDLE_MODEL, train.patch_size)
     _logger.info("wrote the bundle %s (%.0f s of training)", folder, result.seconds)
-    return register_imported(
-        bundle=str(folder),
-        name=BUNDLE_MODEL,
-        source_dataset=short_name(source),
+    entry = BankEntry(
+        BUNDLE_MODEL,
+        short_name(source),
         bank=config.bank,
         description=f"{BUNDLE_SPEC.architecture} trained {steps} steps on {source.root.name}, imported as a MONAI bundle",
     )
+    return register_imported(BundleSource(str(folder)), entry)

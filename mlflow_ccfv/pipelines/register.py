@@ -1,10 +1,11 @@
 """The ``register`` pipeline: add a network to the bank from what the user has.
 
-Exactly one source per call: a network specification (``--spec`` JSON or ``--small-spec`` preset) with
-its weights (``--checkpoint``, read with ``weights_only=True``) or randomly initialised
-(``--random-init``), or a model logged earlier with ``mlflow.pytorch`` (``--logged-model``: loaded
-only with ``--allow-pickle``, and converted to the pickle-free ``mlflow_ccfv`` flavor, with the spec
-given by ``--spec``/``--small-spec`` or read back from the MONAI module).
+Exactly one :data:`NetworkSource` per call: a network specification with its weights
+(:class:`CheckpointSource`, read with ``weights_only=True``) or randomly initialised
+(:class:`RandomInitSource`), a model logged earlier with ``mlflow.pytorch`` (:class:`LoggedModelSource`:
+loaded only when pickles are allowed, and converted to the pickle-free ``mlflow_ccfv`` flavor, with its
+spec given or read back from the MONAI module), a MONAI bundle (:class:`BundleSource`) or an nnU-Net
+fold (:class:`NnUNetSource`). What the new version is called and tagged is one :class:`BankEntry`.
 
 Every call first cleans up after killed processes (PENDING LoggedModels of a killed ``register``,
 RUNNING runs); registering a new name is create-or-get, so concurrent calls all succeed.
@@ -13,37 +14,38 @@ RUNNING runs); registering a new name is create-or-get, so concurrent calls all 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import IntensityNormalization
 from mlflow_ccfv.errors import OptionError
-from mlflow_ccfv.networks import NetworkSpec, load_checkpoint, random_state_dict, small_spec
+from mlflow_ccfv.networks import NetworkSpec, load_checkpoint, random_state_dict
 from mlflow_ccfv.networks.bundle import read_bundle
 from mlflow_ccfv.networks.nnunet import read_nnunet
-from mlflow_ccfv.networks.specs import spec_from_json_or_file
-from mlflow_ccfv.options import parse_bool
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import register_logged_model, register_network
+from mlflow_ccfv.tracking.registry import DEFAULT_BANK, register_logged_model, register_network
 from mlflow_ccfv.tracking.runs import recover_crashed
 
-__all__ = ["check_user_tags", "parse_small_spec", "register_from_options", "register_imported"]
+__all__ = [
+    "BankEntry",
+    "BundleSource",
+    "CheckpointSource",
+    "LoggedModelSource",
+    "NetworkSource",
+    "NnUNetSource",
+    "RandomInitSource",
+    "check_user_tags",
+    "register_imported",
+    "register_version",
+]
 
 _logger = logging.getLogger(__name__)
 
 
-def parse_small_spec(text: str) -> NetworkSpec:
-    """``ARCHITECTURE:IN:OUT`` -> :func:`~mlflow_ccfv.networks.small_spec`."""
-    parts = text.split(":")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-        raise OptionError(
-            f"--small-spec must look like UNet:1:3 (architecture:in_channels:out_channels); got {text!r}."
-        )
-    return small_spec(parts[0], int(parts[1]), int(parts[2]))
-
-
-def check_user_tags(tags: dict[str, Any] | None) -> None:
+def check_user_tags(tags: Mapping[str, Any] | None) -> None:
     """Refuse a user's extra version tag (``register --tag``) in a namespace this package writes itself
     (:data:`~mlflow_ccfv.tracking.tags.RESERVED_PREFIXES`): a hand-set ``transferability.rank.<dataset>``
     would be read as a score."""
@@ -56,128 +58,133 @@ def check_user_tags(tags: dict[str, Any] | None) -> None:
             )
 
 
-def register_imported(
-    bundle: str = "",
-    nnunet: str = "",
-    fold: str = "0",
-    *,
-    name: str,
-    source_dataset: str,
-    bank: str,
-    patch_size: str | None = None,
-    description: str | None = None,
-    extra_tags: dict[str, Any] | None = None,
-) -> ModelVersion:
-    """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags (its intensity
-    normalisation ``import.normalization``, checked here), its ROI the patch size."""
-    if bundle:
-        imported = read_bundle(bundle)
-    else:
-        fold = str(fold).strip()
+@dataclass(frozen=True)
+class BankEntry:
+    """What a new version is called and tagged: the registered model ``name``, its ``source_dataset`` tag,
+    its ``bank``, the ``patch_size`` (sliding-window ROI; None: the source's own or the default), a
+    ``description`` and the user's ``extra_tags`` (refused in a reserved namespace, :func:`check_user_tags`)."""
+
+    name: str
+    source_dataset: str
+    bank: str = DEFAULT_BANK
+    patch_size: tuple[int, ...] | None = None
+    description: str | None = None
+    extra_tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_user_tags(self.extra_tags)
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """A network ``spec`` with the weights of a ``state_dict`` file (``checkpoint``)."""
+
+    spec: NetworkSpec
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class RandomInitSource:
+    """A network ``spec`` with random weights drawn from ``seed`` (tag ``init=random(seed=<seed>)``)."""
+
+    spec: NetworkSpec
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoggedModelSource:
+    """A model logged with ``mlflow.pytorch`` (``models:/m-...`` or ``runs:/...``), converted with ``spec``
+    (None: read back from the MONAI module); loaded only with ``allow_pickle`` (None: the environment
+    decides, :func:`~mlflow_ccfv.tracking.registry.pickle_allowed`)."""
+
+    uri: str
+    spec: NetworkSpec | None = None
+    allow_pickle: bool | None = None
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """A MONAI bundle ``folder`` (``configs/inference.json``, ``models/model.pt``)."""
+
+    folder: str
+
+
+@dataclass(frozen=True)
+class NnUNetSource:
+    """An nnU-Net v2 trained-model ``folder`` and one of its folds (a fold number or ``all``)."""
+
+    folder: str
+    fold: str = "0"
+
+    def __post_init__(self) -> None:
+        fold = str(self.fold).strip()
         if not (fold.isdigit() or fold == "all"):
             raise OptionError(f"--fold must be a fold number (0-4) or 'all'; got {fold!r}.")
-        imported = read_nnunet(nnunet, fold)
+        object.__setattr__(self, "fold", fold)
+
+
+#: Where a new version's network and weights come from: exactly one per ``register``.
+NetworkSource = CheckpointSource | RandomInitSource | LoggedModelSource | BundleSource | NnUNetSource
+
+
+def register_version(source: NetworkSource, entry: BankEntry) -> ModelVersion:
+    """One ``register`` invocation: clean up after killed processes, then register ``source``'s network
+    as a new version of ``entry``."""
+    recover_crashed()
+    if isinstance(source, BundleSource | NnUNetSource):
+        return register_imported(source, entry)
+    if isinstance(source, LoggedModelSource):
+        return register_logged_model(
+            source.uri,
+            entry.name,
+            entry.source_dataset,
+            bank=entry.bank,
+            extra_tags=dict(entry.extra_tags),
+            description=entry.description,
+            patch_size=entry.patch_size,
+            allow_pickle=source.allow_pickle,
+            spec=source.spec,
+        )
+    tags = dict(entry.extra_tags)
+    if isinstance(source, RandomInitSource):
+        state = random_state_dict(source.spec, source.seed)
+        tags.setdefault("init", f"random(seed={source.seed})")
+    else:
+        state = load_checkpoint(source.checkpoint)
+    return _register(source.spec, state, entry, tags, entry.patch_size)
+
+
+def register_imported(source: BundleSource | NnUNetSource, entry: BankEntry) -> ModelVersion:
+    """Register a MONAI bundle or an nnU-Net fold; its ``info`` becomes ``import.*`` tags (its intensity
+    normalisation ``import.normalization``, checked here), its ROI the patch size (unless the entry has one)."""
+    if isinstance(source, BundleSource):
+        imported = read_bundle(source.folder)
+    else:
+        imported = read_nnunet(source.folder, source.fold)
     records = imported.info.get("normalization")
     if records:  # checked now: scoring and fine-tuning apply it to the target's images
         try:
             IntensityNormalization.from_records(records)
         except ValueError as exc:
             raise OptionError(
-                f"{bundle or nnunet}: its intensity normalisation cannot be reproduced ({exc}); scoring it on "
+                f"{source.folder}: its intensity normalisation cannot be reproduced ({exc}); scoring it on "
                 "differently normalised input would say little about it."
             ) from exc
     tags = T.import_tags({k: v for k, v in imported.info.items() if k != "patch_size"})
-    return register_network(
-        imported.spec,
-        imported.state_dict,
-        name,
-        source_dataset,
-        bank=bank,
-        extra_tags={**tags, **(extra_tags or {})},
-        description=description,
-        patch_size=patch_size or imported.info.get("patch_size"),
-    )
+    patch_size = entry.patch_size or imported.info.get("patch_size")
+    return _register(imported.spec, imported.state_dict, entry, {**tags, **entry.extra_tags}, patch_size)
 
 
-def register_from_options(
-    *,
-    name: str,
-    source_dataset: str,
-    spec: str = "",
-    small_spec: str = "",
-    checkpoint: str = "",
-    random_init: bool | str = "false",
-    seed: int = 0,
-    logged_model: str = "",
-    bank: str = "default",
-    patch_size: str | None = None,
-    description: str | None = None,
-    extra_tags: dict[str, Any] | None = None,
-    bundle: str = "",
-    nnunet: str = "",
-    fold: str = "0",
-    allow_pickle: bool | None = None,
+def _register(
+    spec: NetworkSpec, state: dict, entry: BankEntry, tags: dict[str, Any], patch_size: Sequence[int] | str | None
 ) -> ModelVersion:
-    """One ``register`` invocation: exactly one of (spec|small_spec)+(checkpoint|random_init), logged_model
-    (optionally with spec|small_spec to convert it; needs ``allow_pickle``), bundle (a MONAI bundle
-    folder) or nnunet (an nnU-Net v2 trained-model folder, one ``fold``). ``extra_tags`` may not use a
-    reserved namespace (:func:`check_user_tags`)."""
-    random_init = parse_bool(random_init, "random_init")
-    check_user_tags(extra_tags)
-    recover_crashed()
-    if bundle or nnunet:
-        if sum(map(bool, (bundle, nnunet, spec or small_spec or checkpoint or random_init, logged_model))) > 1:
-            raise OptionError("Pass one network source: --bundle, --nnunet, --logged-model or --spec/--small-spec.")
-        return register_imported(
-            bundle,
-            nnunet,
-            fold,
-            name=name,
-            source_dataset=source_dataset,
-            bank=bank,
-            patch_size=patch_size,
-            description=description,
-            extra_tags=extra_tags,
-        )
-    if logged_model:
-        if checkpoint or random_init or (spec and small_spec):
-            raise OptionError(
-                "With --logged-model pass no --checkpoint/--random-init (the weights are the logged model's); "
-                "--spec or --small-spec (one of them) only to name its network for the conversion."
-            )
-        return register_logged_model(
-            logged_model,
-            name,
-            source_dataset,
-            bank=bank,
-            extra_tags=extra_tags,
-            description=description,
-            patch_size=patch_size,
-            allow_pickle=allow_pickle,
-            spec=(spec_from_json_or_file(spec) if spec else parse_small_spec(small_spec))
-            if spec or small_spec
-            else None,
-        )
-    if bool(spec) == bool(small_spec):
-        raise OptionError(
-            "Pass exactly one of --spec (JSON or .json file) and --small-spec (e.g. UNet:1:3), or --logged-model."
-        )
-    net = spec_from_json_or_file(spec) if spec else parse_small_spec(small_spec)
-    if bool(checkpoint) == random_init:
-        raise OptionError("Pass exactly one of --checkpoint PATH and --random-init true.")
-    tags = dict(extra_tags or {})
-    if random_init:
-        state = random_state_dict(net, seed)
-        tags.setdefault("init", f"random(seed={seed})")
-    else:
-        state = load_checkpoint(checkpoint)
     return register_network(
-        net,
+        spec,
         state,
-        name,
-        source_dataset,
-        bank=bank,
+        entry.name,
+        entry.source_dataset,
+        bank=entry.bank,
         extra_tags=tags,
-        description=description,
+        description=entry.description,
         patch_size=patch_size,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -31,6 +32,7 @@ from mlflow_ccfv.tracking.registry import DEFAULT_BANK, bank_versions, get_versi
 from mlflow_ccfv.tracking.runs import command_run, run_csv
 
 __all__ = [
+    "ReportSettings",
     "dice_tables",
     "pretraining_curves",
     "report_bank",
@@ -104,27 +106,58 @@ def _read_tables(paths: Sequence[str | Path]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    """How a report ranks and resamples: ``rank_by``, the method of the Dice-against-score plots and of
+    the goal table (``auto``: ``ccfv_twin`` where the bank has its random-init controls, else ``ccfv``);
+    ``n_resamples``, the bootstrap resamples of the intervals; ``in_domain``, target -> the sources of
+    its own task (the sanity property (b)); ``other_targets``, stored long tables (``scores.csv`` of an
+    earlier study) whose targets join the sanity table and the pre-registered rule for the default."""
+
+    rank_by: str = "auto"
+    n_resamples: int = 1000
+    in_domain: Mapping[str, Sequence[str]] | None = None
+    other_targets: Sequence[str | Path] = ()
+
+
 def report_bank(
     bank: str = DEFAULT_BANK,
     datasets: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
+    *,
+    settings: ReportSettings | None = None,
     log_to_mlflow: bool = True,
-    rank_by: str = "auto",
-    n_resamples: int = 1000,
-    in_domain: Mapping[str, Sequence[str]] | None = None,
-    other_targets: Sequence[str | Path] = (),
 ) -> Report:
-    """Build the report for ``bank`` (or explicit ``models:/`` URIs) on ``datasets`` (default: all with Dice).
+    """Build the report for ``bank`` (or explicit ``models:/`` URIs) on ``datasets`` (default: all with Dice),
+    with ``settings`` (default :class:`ReportSettings`).
 
-    Logs metrics and artifacts to the active run, or to a new run ``report <bank>``. ``rank_by``: the
-    method of the Dice-against-score plots and of the goal table (``auto``: ``ccfv_twin`` where the bank
-    has its random-init controls, else ``ccfv``); ``n_resamples``: bootstrap resamples of the intervals;
-    ``in_domain``: target -> the sources of its own task (the sanity property (b)); ``other_targets``:
-    stored long tables (``scores.csv`` of an earlier study) whose targets join the sanity table and the
-    pre-registered rule for the default.
+    Logs metrics and artifacts to the active run, or to a new run ``report <bank>``; ``out_dir``: also
+    keep the tables and plots there.
     """
+    settings = settings or ReportSettings()
     versions = [get_version(m) for m in models] if models else bank_versions(bank)
+    frame = _scored_frame(versions, bank, datasets)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir) if out_dir else Path(tmp)
+        report = write_report(
+            frame,
+            folder,
+            dice_tables(frame),
+            rank_by=settings.rank_by,
+            n_resamples=settings.n_resamples,
+            curves=pretraining_curves(versions),
+            in_domain=settings.in_domain,
+            other_targets=_read_tables(settings.other_targets),
+        )
+        if log_to_mlflow:
+            _log_report(report, frame, folder, bank)
+    return report
+
+
+def _scored_frame(versions: Sequence, bank: str, datasets: Sequence[str] | None) -> pd.DataFrame:
+    """The long table of ``versions``' scores and Dice (:func:`scores_from_tags`); refused when empty or
+    when a requested dataset has none."""
     frame = scores_from_tags(versions, datasets)
     if frame.empty:
         wanted = f" for {', '.join(datasets)}" if datasets else ""
@@ -135,31 +168,22 @@ def report_bank(
     missing = sorted(set(datasets or []) - set(frame["dataset"]))
     if missing:
         raise ValueError(f"No scored and fine-tuned versions for dataset(s) {', '.join(missing)}.")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(out_dir) if out_dir else Path(tmp)
-        report = write_report(
-            frame,
-            folder,
-            dice_tables(frame),
-            rank_by=rank_by,
-            n_resamples=n_resamples,
-            curves=pretraining_curves(versions),
-            in_domain=in_domain,
-            other_targets=_read_tables(other_targets),
+    return frame
+
+
+def _log_report(report: Report, frame: pd.DataFrame, folder: Path, bank: str) -> None:
+    """Log the report's params, metrics (:func:`report_metrics`) and ``folder`` to a run ``report <bank>``."""
+    with command_run(f"report {bank}"):
+        mlflow.set_tags({T.RUN_STAGE: "report", T.RUN_BANK: bank})
+        mlflow.log_params(
+            {
+                "bank": bank,
+                "datasets": ",".join(sorted(frame["dataset"].unique())),
+                "n_versions": frame["model"].nunique(),
+            }
         )
-        if log_to_mlflow:
-            with command_run(f"report {bank}"):
-                mlflow.set_tags({T.RUN_STAGE: "report", T.RUN_BANK: bank})
-                mlflow.log_params(
-                    {
-                        "bank": bank,
-                        "datasets": ",".join(sorted(frame["dataset"].unique())),
-                        "n_versions": frame["model"].nunique(),
-                    }
-                )
-                mlflow.log_metrics(report_metrics(report))
-                mlflow.log_artifacts(str(folder), artifact_path="report")
-    return report
+        mlflow.log_metrics(report_metrics(report))
+        mlflow.log_artifacts(str(folder), artifact_path="report")
 
 
 def report_metrics(report: Report) -> dict[str, float]:

@@ -799,7 +799,7 @@ def score_from_options(
     maps hold any label map without foreground. ``device``/``amp``: see :func:`score_versions`; ``rank_by``:
     what ranks (default ``auto``, see :func:`score_versions`); ``add_twins`` (default true): register and
     score the random-init twin of every network of the scored versions that has none in its bank
-    (:func:`~mlflow_ccfv.pipelines.pretrain.register_twins`; no training, one more version to score per
+    (:func:`~mlflow_ccfv.pipelines.controls.register_twins`; no training, one more version to score per
     network): the references of a twin-calibrated ranking, and with any ranking the check that no random
     network beats every pre-trained model. ``executor`` (``serial``/``ray``, with ``ray_address``, ``num_cpus``, ``num_gpus`` per
     task): where the versions are scored. ``log_dataset``: upload the target folder first
@@ -855,7 +855,7 @@ def score_from_options(
     # Workers read the target from the logged dataset when there is one, else from the folder's path.
     source = TargetSource(reference or str(ds.root), split, 0, cache_dir or None)
     if twins_wanted:
-        from mlflow_ccfv.pipelines.pretrain import drop_duplicate_twins, register_twins
+        from mlflow_ccfv.pipelines.controls import drop_duplicate_twins, register_twins
 
         versions = drop_duplicate_twins(versions)
         known = {(v.name, str(v.version)) for v in versions}

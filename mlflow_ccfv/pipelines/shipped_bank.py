@@ -36,7 +36,7 @@ from mlflow_ccfv.networks.bank_files import (
     write_weights,
 )
 from mlflow_ccfv.options import format_ints, parse_ints
-from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.registry import (
     DEFAULT_BANK,

@@ -32,10 +32,11 @@ import mlflow
 
 from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.networks import resolve_device
+from mlflow_ccfv.pipelines.controls import register_control, register_twins
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
-from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, pretrain_checkpoints, register_control, register_twins
-from mlflow_ccfv.pipelines.report import report_bank
+from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, PretrainRequest, pretrain_checkpoints
+from mlflow_ccfv.pipelines.report import ReportSettings, report_bank
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import register_bank_folder
 from mlflow_ccfv.pipelines.study_config import (
@@ -261,18 +262,18 @@ def _run_study(
         early = config.early_step if short_name(source_ds) in config.early_sources else None
         for arch in config.architectures:
             unit = time.perf_counter()
-            versions = pretrain_checkpoints(
+            request = PretrainRequest(
                 source_ds,
                 arch,
                 config.pretrain,
                 bank=config.bank,
                 channels=source.channels,
-                progress=progress,
                 source_holdout=config.source_holdout,
                 curve_every=config.curve_every,
                 early_step=early,
                 device=config.device,
             )
+            versions = pretrain_checkpoints(request, progress)
             units.tick(
                 f"{arch} on {short_name(source_ds)} ({', '.join(version_uri(v) for v in versions)})",
                 time.perf_counter() - unit,
@@ -369,8 +370,7 @@ def _run_study(
         config.bank,
         datasets=target_names,
         out_dir=out_dir,
-        n_resamples=config.n_resamples,
-        in_domain=config.in_domain,
+        settings=ReportSettings(n_resamples=config.n_resamples, in_domain=config.in_domain),
     )
     _timed(seconds, "report", start)
     seconds["total"] = time.perf_counter() - wall
@@ -432,7 +432,7 @@ def check_twins(pretrained: Sequence, controls: Sequence) -> None:
             raise ValueError(
                 f"{version_uri(v)} ({v.tags.get(T.ARCHITECTURE)}, network {identity}) has no random-init twin in "
                 "the bank with the same constructor arguments and patch size; every network of a study bank "
-                "needs one (pipelines.pretrain.register_twins registers it)."
+                "needs one (pipelines.controls.register_twins registers it)."
             )
 
 
