@@ -14,7 +14,7 @@ from mlflow_ccfv.data import MSDDataset
 from mlflow_ccfv.pipelines.finetune import finetune_version
 from mlflow_ccfv.pipelines.pretrain import pretrain_and_register, register_control
 from mlflow_ccfv.study import pearson, weighted_tau
-from mlflow_ccfv.tracking.registry import bank_versions
+from mlflow_ccfv.tracking.search import bank_versions
 from mlflow_ccfv.training.dice import constant_predictor_dice
 from mlflow_ccfv.training.loops import TrainConfig
 

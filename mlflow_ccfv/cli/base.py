@@ -113,7 +113,7 @@ def exit_on_input_error(command: str, errors: tuple[type[BaseException], ...] = 
 
 def allow_pickle_option(f):
     """``--allow-pickle``: load ``mlflow.pytorch`` (pickled) models, which runs their code; absent, the
-    environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` decides (``tracking.registry.pickle_allowed``)."""
+    environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` decides (``tracking.load.pickle_allowed``)."""
     return bool_option(
         "--allow-pickle",
         default=None,

@@ -2,7 +2,7 @@
 
 ``pretrain_and_register``: train a MONAI network on a source task (:func:`mlflow_ccfv.training.pretrain`)
 in a run (params = the budget, metric ``train_loss`` per step, ``training_curve.png``) and register
-it through :func:`~mlflow_ccfv.tracking.registry.register_network` with the bank tags plus
+it through :func:`~mlflow_ccfv.tracking.register.register_network` with the bank tags plus
 ``pretrain.*`` tags (the budget and the run). ``register_control``: the randomly initialised network
 of an architecture (``source_dataset=random-init``), the control every study includes.
 
@@ -26,24 +26,17 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
 from mlflow_ccfv.features.resources import check_memory, training_bytes
-from mlflow_ccfv.networks import NetworkSpec, resolve_device, small_spec
+from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec, resolve_device, small_spec
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE, TWIN_SEED, network_identity
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import (
-    DEFAULT_BANK,
-    DEFAULT_PATCH_SIZE,
-    check_name,
-    delete_version,
-    find_version,
-    find_versions,
-    load_version,
-    register_network,
-    set_version_tag,
-)
+from mlflow_ccfv.tracking.load import load_version
+from mlflow_ccfv.tracking.ranking_writes import set_version_tag
+from mlflow_ccfv.tracking.register import delete_version, register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, check_name, find_version, find_versions
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, pretrain, seeded_network
 
 __all__ = [

@@ -25,7 +25,7 @@ from mlflow_ccfv.networks.nnunet import read_nnunet
 from mlflow_ccfv.networks.specs import spec_from_json_or_file
 from mlflow_ccfv.options import parse_bool
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import register_logged_model, register_network
+from mlflow_ccfv.tracking.register import Registration, register_logged_model, register_network
 from mlflow_ccfv.tracking.runs import recover_crashed
 
 __all__ = ["check_user_tags", "parse_small_spec", "register_from_options", "register_imported"]
@@ -147,12 +147,7 @@ def register_from_options(
             )
         return register_logged_model(
             logged_model,
-            name,
-            source_dataset,
-            bank=bank,
-            extra_tags=extra_tags,
-            description=description,
-            patch_size=patch_size,
+            Registration(name, source_dataset, bank, extra_tags, description, patch_size),
             allow_pickle=allow_pickle,
             spec=(spec_from_json_or_file(spec) if spec else parse_small_spec(small_spec))
             if spec or small_spec
