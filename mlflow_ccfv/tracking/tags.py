@@ -259,8 +259,9 @@ sampler_tag = DatasetKey(score_tag(SAMPLER, ""))
 #: version's ``transferability.rank.<dataset>`` follows.
 ranked_by_tag = DatasetKey(score_tag(RANKED_BY, ""))
 
-#: ``transferability.scored.<dataset>``: the completeness marker of a version's score tags, written after all
-#: of them (value :func:`~mlflow_ccfv.tracking.tag_values.scored_value`); a version without it holds no current score.
+#: ``transferability.scored.<dataset>``: the completeness marker of a version's score tags, written
+#: after all of them (value :func:`~mlflow_ccfv.tracking.tag_values.scored_value`); a version without
+#: it holds no current score.
 scored_tag = DatasetKey(score_tag(SCORED, ""))
 
 #: Evaluator metric: the CC-FV of the model's random-init twin (``ccfv_twin`` = ``ccfv`` minus it).
