@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from mlflow_ccfv.pipelines.finetune import finetune_version
     from mlflow_ccfv.pipelines.score import score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
-    from mlflow_ccfv.tracking.registry import bank_versions, version_uri
+    from mlflow_ccfv.tracking.search import bank_versions, version_uri
     from mlflow_ccfv.training import TrainConfig
 
     tmp = tempfile.TemporaryDirectory()

@@ -293,7 +293,7 @@ def _driver_store(work: Path, n: int) -> Path:
     from mlflow_ccfv.networks import random_state_dict, small_spec
     from mlflow_ccfv.pipelines.controls import register_twins
     from mlflow_ccfv.tracking import register_network
-    from mlflow_ccfv.tracking.registry import write_version_scores
+    from mlflow_ccfv.tracking.ranking_writes import write_version_scores
 
     store = work / f"driver-{n}"
     if (store / "runs.json").exists():
@@ -340,7 +340,8 @@ def _driver_child(args) -> None:
     from mlflow_ccfv.scoring import ModelScores
     from mlflow_ccfv.scoring.ranking import TWIN_METHOD
     from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
-    from mlflow_ccfv.tracking.registry import _delete_version_tag, rerank, resolve_versions, search_versions
+    from mlflow_ccfv.tracking.ranking_writes import delete_version_tag, rerank
+    from mlflow_ccfv.tracking.search import resolve_versions, search_versions
 
     store = Path(args.store)
     os.chdir(store)
@@ -349,7 +350,7 @@ def _driver_child(args) -> None:
     tmp = Path(tempfile.mkdtemp())
     # outside the measurement: the store's engine, fonts and imports; every rank tag removed (written afresh)
     for mv in search_versions(f"tags.`{T.rank_tag(DRIVER_DATASET)}` LIKE '%'"):
-        _delete_version_tag(mv.name, mv.version, T.rank_tag(DRIVER_DATASET))
+        delete_version_tag(mv.name, mv.version, T.rank_tag(DRIVER_DATASET))
     warm = rank_table([{"model": "a/1", "source_dataset": "none", "ccfv": 0.0, "error": None}], ["ccfv"], "x")
     ranking_plot(warm, tmp / "warm.png")
     table_markdown(warm, ["ccfv"])

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     import mlflow
 
     from mlflow_ccfv.data.synthetic import generate_task
-    from mlflow_ccfv.tracking.registry import bank_versions, search_versions
+    from mlflow_ccfv.tracking.search import bank_versions, search_versions
 
     work = Path(tempfile.mkdtemp(prefix="ccfv-scale-"))
     out = Path(args.out).resolve()

@@ -37,7 +37,7 @@ def test_the_shipped_bank_matches_its_manifest():
 @pytest.mark.parametrize("damage", ["altered", "missing"])
 def test_a_damaged_bank_is_refused_and_nothing_registered(tracking_uri, tmp_path, damage):
     from mlflow_ccfv.pipelines.shipped_bank import register_bank_folder
-    from mlflow_ccfv.tracking.registry import search_versions
+    from mlflow_ccfv.tracking.search import search_versions
 
     folder = tmp_path / "bank"
     shutil.copytree(SHIPPED_BANK, folder)
@@ -67,7 +67,8 @@ def test_export_then_register_gives_the_same_weights_once(tracking_uri, tmp_path
     from mlflow_ccfv.data.synthetic import generate_task
     from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_and_register
     from mlflow_ccfv.pipelines.shipped_bank import export_bank, register_bank_folder
-    from mlflow_ccfv.tracking.registry import bank_versions, load_version
+    from mlflow_ccfv.tracking.load import load_version
+    from mlflow_ccfv.tracking.search import bank_versions
     from mlflow_ccfv.training import TrainConfig
 
     generate_task("Task06", tmp_path / "data", n_cases=5, shape=(32, 32, 24), progress=False)

@@ -17,7 +17,7 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     from mlflow_ccfv.networks.bank_files import read_manifest
     from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
     from mlflow_ccfv.pipelines.study import demo_config, demo_evidence, print_summary, run_transfer_study
-    from mlflow_ccfv.tracking.registry import bank_versions
+    from mlflow_ccfv.tracking.search import bank_versions
 
     mlflow.set_experiment("tiny-demo")
     shipped = read_manifest(SHIPPED_BANK).models
@@ -81,7 +81,7 @@ def test_leave_one_out_over_two_targets_scores_and_reports_both(tracking_uri, tm
     import mlflow
 
     from mlflow_ccfv.pipelines.study import Source, StudyConfig, ensure_synthetic, run_transfer_study
-    from mlflow_ccfv.tracking.registry import bank_versions
+    from mlflow_ccfv.tracking.search import bank_versions
     from mlflow_ccfv.training import TrainConfig
 
     mlflow.set_experiment("tiny-study")
@@ -123,7 +123,7 @@ def test_pretrain_and_finetune_entry_points_under_mlflow_run(tracking_uri, tmp_p
     import mlflow
 
     from mlflow_ccfv.data.synthetic import generate_task
-    from mlflow_ccfv.tracking.registry import bank_versions
+    from mlflow_ccfv.tracking.search import bank_versions
 
     repo = Path(__file__).resolve().parents[1]
     for task in ("Task03", "Task09"):

@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_ccfv.tracking import tags as T
+from mlflow_ccfv.tracking.tag_values import dataset_score_keys
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server", "reliability")
@@ -69,7 +70,7 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 def _score_state(client: MlflowClient, name: str, version: str) -> dict[str, str]:
     """The version's ``transferability.*.<DATASET>`` tags."""
     tags = client.get_model_version(name, version).tags
-    return {k: tags[k] for k in T.dataset_score_keys(tags, DATASET)}
+    return {k: tags[k] for k in dataset_score_keys(tags, DATASET)}
 
 
 def _failed_versions(client: MlflowClient) -> list[str]:

@@ -15,7 +15,7 @@ from mlflow_ccfv.pipelines.controls import register_control
 from mlflow_ccfv.pipelines.finetune import finetune_version
 from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_and_register
 from mlflow_ccfv.study import pearson, weighted_tau
-from mlflow_ccfv.tracking.registry import bank_versions
+from mlflow_ccfv.tracking.search import bank_versions
 from mlflow_ccfv.training import TrainConfig
 from mlflow_ccfv.training.dice import constant_predictor_dice
 

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_ccfv.networks import random_state_dict, small_spec
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME, PREDICT_PARAMS
-from mlflow_ccfv.tracking.registry import register_network
+from mlflow_ccfv.tracking.register import register_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,7 +22,7 @@ def _option_default(command, name: str):
 def test_the_demo_writes_where_score_and_rank_look():
     from mlflow_ccfv.cli import main
     from mlflow_ccfv.pipelines.study import demo_config
-    from mlflow_ccfv.tracking.registry import DEFAULT_BANK
+    from mlflow_ccfv.tracking.search import DEFAULT_BANK
 
     demo, score = main.commands["demo"], main.commands["score"]
     assert _option_default(demo, "data_root") == _option_default(score, "data_root")

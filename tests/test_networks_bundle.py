@@ -168,7 +168,7 @@ def test_missing_pieces_say_what_to_do(tmp_path):
 
 def test_register_bundle_and_load_it_back(tracking_uri, tmp_path):
     from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_version
-    from mlflow_ccfv.tracking.registry import load_version
+    from mlflow_ccfv.tracking.load import load_version
 
     folder, original = write_bundle(tmp_path, "SegResNet")
     mv = register_version(BundleSource(str(folder)), BankEntry("brats-segresnet", "Task01"))
@@ -245,7 +245,7 @@ def _with_preprocessing(folder: Path, transforms: list[dict], **extra) -> None:
 
 def test_bundle_records_its_intensity_normalisation(tmp_path, caplog, tracking_uri):
     from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_version
-    from mlflow_ccfv.tracking.registry import load_version
+    from mlflow_ccfv.tracking.load import load_version
 
     folder, _ = write_bundle(tmp_path, "UNet")
     window = {"_target_": "ScaleIntensityRanged", "keys": ["image"], "a_min": "@hu#0", "a_max": "$@hu[1]"}

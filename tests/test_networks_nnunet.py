@@ -272,7 +272,8 @@ def test_register_nnunet_and_load_it_back(tracking_uri, tmp_path):
     from click.testing import CliRunner
 
     from mlflow_ccfv.cli import main
-    from mlflow_ccfv.tracking.registry import get_version, load_version
+    from mlflow_ccfv.tracking.load import load_version
+    from mlflow_ccfv.tracking.search import get_version
 
     folder, original = write_nnunet_model(tmp_path)
     result = CliRunner().invoke(
@@ -381,7 +382,8 @@ def test_imported_ct_model_is_scored_on_hu_normalised_with_its_own_plans(trackin
     from mlflow_ccfv.pipelines.score import score_versions
     from mlflow_ccfv.scoring import CaseCache, sampler_config_for
     from mlflow_ccfv.tracking import tags as T
-    from mlflow_ccfv.tracking.registry import load_version, register_network
+    from mlflow_ccfv.tracking.load import load_version
+    from mlflow_ccfv.tracking.register import register_network
 
     folder, _ = write_nnunet_model(tmp_path)
     register_version(NnUNetSource(str(folder)), BankEntry("liver-nnunet", "Task03", bank="ct"))

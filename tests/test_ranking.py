@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-import mlflow_ccfv.tracking.registry as registry
+import mlflow_ccfv.tracking.ranking_writes as ranking_writes
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.pipelines.score import score_versions
-from mlflow_ccfv.tracking.registry import rerank
+from mlflow_ccfv.tracking.ranking_writes import rerank
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server", "reliability")
@@ -19,7 +19,7 @@ from reliability import assert_one_ranking, ranking_state  # noqa: E402
 
 @pytest.mark.slow
 def test_ranks_cover_every_scored_version_whatever_the_batch(tracking_uri, tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_PAGE", 2)  # every registry search spans several pages
+    monkeypatch.setattr(ranking_writes, "_PAGE", 2)  # every registry search spans several pages
     target = make_target(MSDDataset.load(make_target_folder(tmp_path / "data")))
     a = register_tiny_bank("bank-a", seeds=(0, 1, 2), prefix="a")
     b = register_tiny_bank("bank-b", seeds=(3, 4), prefix="b")

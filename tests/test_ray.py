@@ -22,7 +22,7 @@ from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.pipelines.executors import RayExecutor, SerialExecutor, ray_runtime_env
 from mlflow_ccfv.pipelines.score import TargetSource, score_versions
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import search_versions
+from mlflow_ccfv.tracking.search import search_versions
 
 ray = pytest.importorskip("ray")
 

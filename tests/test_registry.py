@@ -8,16 +8,12 @@ import torch
 from click.testing import CliRunner
 
 from mlflow_ccfv.cli import main
+from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.networks import build_network, small_spec
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import (
-    BANK_TAG,
-    RegistryError,
-    bank_versions,
-    load_version,
-    logged_model_id,
-    register_network,
-)
+from mlflow_ccfv.tracking.load import load_version
+from mlflow_ccfv.tracking.register import register_network
+from mlflow_ccfv.tracking.search import BANK_TAG, bank_versions, logged_model_id
 
 SPEC = small_spec("UNet", 1, 3)
 
@@ -177,7 +173,8 @@ def test_registry_queries_page_through_every_result(tracking_uri):
     from mlflow import MlflowClient
 
     from mlflow_ccfv.networks import random_state_dict
-    from mlflow_ccfv.tracking.registry import bank_versions, register_network, search_versions
+    from mlflow_ccfv.tracking.register import register_network
+    from mlflow_ccfv.tracking.search import bank_versions, search_versions
 
     spec = small_spec("UNet", 1, 2)
     for seed in range(5):

@@ -244,7 +244,7 @@ def test_ray_races_one_task_per_candidate_and_round_with_the_serial_results(
 
 
 def test_the_selected_alias_has_one_holder_per_bank(tracking_uri):
-    from mlflow_ccfv.tracking.registry import move_alias
+    from mlflow_ccfv.tracking.ranking_writes import move_alias
     from mlflow_ccfv.tracking.tags import selected_alias
 
     a0, a1 = register_tiny_bank("a", seeds=(0, 1), prefix="a")

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 import mlflow_ccfv.tracking.tags as T
-from mlflow_ccfv.tracking.registry import rerank, write_version_scores
+from mlflow_ccfv.tracking.ranking_writes import rerank, write_version_scores
 from mlflow_ccfv.tracking.summary import (
     SUMMARY_HEADING,
     refresh_version_summary,

@@ -17,7 +17,8 @@ from mlflow_ccfv.pipelines.controls import (
 )
 from mlflow_ccfv.tracking import load_version
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import bank_versions, register_network
+from mlflow_ccfv.tracking.register import register_network
+from mlflow_ccfv.tracking.search import bank_versions
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")

@@ -17,13 +17,8 @@ from monai.networks.nets import UNet
 from mlflow_ccfv.cli import main
 from mlflow_ccfv.networks import build_network, small_spec
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import (
-    ALLOW_PICKLE_ENV,
-    PickleRefusedError,
-    load_version,
-    pickle_allowed,
-    register_logged_model,
-)
+from mlflow_ccfv.tracking.load import ALLOW_PICKLE_ENV, PickleRefusedError, load_version, pickle_allowed
+from mlflow_ccfv.tracking.register import Registration, register_logged_model
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server")
@@ -78,7 +73,7 @@ def test_register_logged_model_refuses_then_converts_with_opt_in(tracking_uri, t
     uri = _log_pickled(net)
     assert not mark.exists()
     with pytest.raises(PickleRefusedError, match="--allow-pickle"):
-        register_logged_model(uri, "unet-pt", "Task03")
+        register_logged_model(uri, Registration("unet-pt", "Task03"))
     assert not mark.exists() and mlflow.search_registered_models() == []  # nothing unpickled, nothing created
     out = CliRunner().invoke(main, ["register", "--logged-model", uri, "--name", "unet-pt", "--source-dataset", "x"])
     assert out.exit_code == 4 and "MLFLOW_CCFV_ALLOW_PICKLE=1" in out.output and not mark.exists()
@@ -100,7 +95,7 @@ def test_register_logged_model_refuses_then_converts_with_opt_in(tracking_uri, t
 
     # A MONAI network's spec is read back from the module itself (and checked on a probe input).
     plain = build_network(SPEC)
-    mv = register_logged_model(_log_pickled(plain), "unet-plain", "Task03", allow_pickle=True)
+    mv = register_logged_model(_log_pickled(plain), Registration("unet-plain", "Task03"), allow_pickle=True)
     loaded = load_version(f"models:/unet-plain/{mv.version}")
     assert mv.tags["ccfv.flavor"] == FLAVOR_NAME and loaded.spec.kwargs["channels"] == list(SPEC.kwargs["channels"])
     probe = torch.randn(1, 1, 32, 32, 32)
@@ -113,7 +108,7 @@ def test_unconvertible_pickle_is_registered_pickled_and_loads_only_with_opt_in(t
     net = build_network(small_spec("UNETR", 1, 3))  # keeps no constructor arguments: not convertible
     uri = _log_pickled(net)
     with pytest.warns(UserWarning, match="could not be converted"):
-        mv = register_logged_model(uri, "unetr-pt", "Task03", allow_pickle=True)
+        mv = register_logged_model(uri, Registration("unetr-pt", "Task03"), allow_pickle=True)
     assert mv.tags["ccfv.flavor"] == "pytorch" and mv.tags["architecture"] == "UNETR"
     with pytest.raises(PickleRefusedError, match="unetr-pt/1 is an mlflow.pytorch"):
         load_version("models:/unetr-pt/1")
@@ -130,7 +125,7 @@ def test_score_skips_pickled_versions_without_opt_in(tracking_uri, tmp_path, mon
     uri = _log_pickled(net)
     with pytest.warns(UserWarning, match="could not be converted"):
         # Not MONAI's class and no spec given: registered pickled (as older versions of this package did).
-        register_logged_model(uri, "unet-pickled", "none", bank="mixed", allow_pickle=True)
+        register_logged_model(uri, Registration("unet-pickled", "none", bank="mixed"), allow_pickle=True)
     mark.unlink()
     args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "mixed", "--methods", "ccfv"]
     args += ["--cache-dir", str(tmp_path / "cache")]

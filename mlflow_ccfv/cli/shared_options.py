@@ -128,7 +128,7 @@ def json_option(what: str = "the table") -> Decorator:
 
 def allow_pickle_option() -> Decorator:
     """``--allow-pickle``: load ``mlflow.pytorch`` (pickled) models, which runs their code; absent, the
-    environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` decides (``tracking.registry.pickle_allowed``)."""
+    environment variable ``MLFLOW_CCFV_ALLOW_PICKLE`` decides (``tracking.load.pickle_allowed``)."""
     return bool_option(
         "--allow-pickle",
         default=None,

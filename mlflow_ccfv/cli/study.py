@@ -81,7 +81,7 @@ def study(**options) -> None:
     def make():
         if options["preset"]:
             from mlflow_ccfv.pipelines.benchmark import REAL_PRESET, imported_bundle_model, real_benchmark_config
-            from mlflow_ccfv.tracking.registry import version_uri
+            from mlflow_ccfv.tracking.search import version_uri
 
             chosen = {k: options[k] for k in ("pretrain_steps", "finetune_steps", "seeds", "bank") if given(k)}
             root = options["data_root"] if given("data_root") else "data/benchmark"

@@ -2,7 +2,7 @@
 
 :mod:`~mlflow_ccfv.networks.bundle` (MONAI bundles) and :mod:`~mlflow_ccfv.networks.nnunet`
 (nnU-Net v2 trained models) both return an :class:`ImportedNetwork`, ready for
-:func:`mlflow_ccfv.tracking.registry.register_network`. Their checkpoints are read with
+:func:`mlflow_ccfv.tracking.register.register_network`. Their checkpoints are read with
 :func:`read_weights`: ``torch.load(weights_only=True)``, never a plain unpickling.
 """
 

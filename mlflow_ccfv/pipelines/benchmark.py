@@ -26,7 +26,7 @@ from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec
 from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_imported
 from mlflow_ccfv.pipelines.study_config import Source, StudyConfig, ensure_synthetic
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import find_version
+from mlflow_ccfv.tracking.search import find_version
 from mlflow_ccfv.training import TrainConfig, pretrain
 
 _logger = logging.getLogger(__name__)

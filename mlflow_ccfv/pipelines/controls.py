@@ -15,22 +15,16 @@ from dataclasses import dataclass, field
 
 from mlflow.entities.model_registry import ModelVersion
 
-from mlflow_ccfv.networks import NetworkSpec, small_spec
+from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec, small_spec
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.pipelines.pretrain import bank_name
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE, TWIN_SEED, network_identity
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import (
-    DEFAULT_BANK,
-    DEFAULT_PATCH_SIZE,
-    delete_version,
-    find_version,
-    find_versions,
-    load_version,
-    register_network,
-    set_version_tag,
-)
+from mlflow_ccfv.tracking.load import load_version
+from mlflow_ccfv.tracking.ranking_writes import set_version_tag
+from mlflow_ccfv.tracking.register import delete_version, register_network
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, find_version, find_versions
 from mlflow_ccfv.training import seeded_network
 
 __all__ = [

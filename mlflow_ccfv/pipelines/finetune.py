@@ -54,7 +54,7 @@ from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
-from mlflow_ccfv.tracking.registry import LoadedModel, load_version, registered_version, version_normalization
+from mlflow_ccfv.tracking.load import LoadedModel, load_version, version_normalization
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import (
     command_run,
@@ -65,6 +65,7 @@ from mlflow_ccfv.tracking.runs import (
     log_training_curve,
     run_csv,
 )
+from mlflow_ccfv.tracking.search import registered_version
 from mlflow_ccfv.tracking.summary import refresh_summaries
 from mlflow_ccfv.training import DiceResult, TrainConfig, TrainingCheckpoint, evaluate_dice, finetune
 
@@ -155,7 +156,7 @@ def finetune_version(
     fine-tune and evaluate (default CUDA when available, else CPU; checked before any work, with the
     memory the patch size needs). Every ``checkpoint_every`` steps (0: never) a seed's training state
     is saved under ``checkpoint_dir`` (default ``<cache>/finetune``) and a rerun after a kill resumes
-    from it. ``allow_pickle``: see :func:`~mlflow_ccfv.tracking.registry.pickle_allowed`
+    from it. ``allow_pickle``: see :func:`~mlflow_ccfv.tracking.load.pickle_allowed`
     (fine-tuning needs a network spec anyway). ``parent_run_id``: the run to nest under when there is
     no active run (a Ray task of a study). ``tag_version``: false records only the seeds' runs and
     leaves the version (its tags, its LoggedModel's Dice) alone: a Ray task measuring one seed of a

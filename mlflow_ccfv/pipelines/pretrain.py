@@ -2,7 +2,7 @@
 
 ``pretrain_checkpoints``: train a MONAI network on a source task (:func:`mlflow_ccfv.training.pretrain`)
 in a run (params = the budget, metric ``train_loss`` per step, ``training_curve.png``) and register
-it through :func:`~mlflow_ccfv.tracking.registry.register_network` with the bank tags plus
+it through :func:`~mlflow_ccfv.tracking.register.register_network` with the bank tags plus
 ``pretrain.*`` tags (the budget and the run); what to train is one :class:`PretrainRequest`. The
 random-init controls live in :mod:`mlflow_ccfv.pipelines.controls`.
 
@@ -31,8 +31,9 @@ from mlflow_ccfv.networks import NetworkSpec, resolve_device, small_spec
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, check_name, find_version, register_network
+from mlflow_ccfv.tracking.register import register_network
 from mlflow_ccfv.tracking.runs import command_run, log_training_curve
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, check_name, find_version
 from mlflow_ccfv.training import TrainConfig, TrainResult, evaluate_dice, pretrain
 
 __all__ = [

@@ -17,7 +17,8 @@ import pandas as pd
 
 from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import bank_versions
+from mlflow_ccfv.tracking.search import bank_versions
+from mlflow_ccfv.tracking.tag_values import stored_ranking
 
 __all__ = ["bank_table", "frame_json", "frame_markdown", "frames_json", "ranking_of"]
 
@@ -26,7 +27,7 @@ def ranking_of(dataset: str, bank: str | None = None) -> pd.DataFrame:
     """The stored ranking of ``dataset`` over every version (or the versions of ``bank``) that holds a
     ``transferability.rank.<dataset>`` tag, best first; a :class:`RegistryError` when none does."""
     versions = bank_versions(bank) if bank else mlflow.search_model_versions()
-    frame = T.stored_ranking(versions, dataset)
+    frame = stored_ranking(versions, dataset)
     if frame.empty:
         where = f"in the bank {bank!r}" if bank else "in the registry"
         raise RegistryError(

@@ -26,8 +26,9 @@ from mlflow_ccfv.networks import NetworkSpec, load_checkpoint, random_state_dict
 from mlflow_ccfv.networks.bundle import read_bundle
 from mlflow_ccfv.networks.nnunet import read_nnunet
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, register_logged_model, register_network
+from mlflow_ccfv.tracking.register import Registration, register_logged_model, register_network
 from mlflow_ccfv.tracking.runs import recover_crashed
+from mlflow_ccfv.tracking.search import DEFAULT_BANK
 
 __all__ = [
     "BankEntry",
@@ -95,7 +96,7 @@ class RandomInitSource:
 class LoggedModelSource:
     """A model logged with ``mlflow.pytorch`` (``models:/m-...`` or ``runs:/...``), converted with ``spec``
     (None: read back from the MONAI module); loaded only with ``allow_pickle`` (None: the environment
-    decides, :func:`~mlflow_ccfv.tracking.registry.pickle_allowed`)."""
+    decides, :func:`~mlflow_ccfv.tracking.load.pickle_allowed`)."""
 
     uri: str
     spec: NetworkSpec | None = None
@@ -136,12 +137,14 @@ def register_version(source: NetworkSource, entry: BankEntry) -> ModelVersion:
     if isinstance(source, LoggedModelSource):
         return register_logged_model(
             source.uri,
-            entry.name,
-            entry.source_dataset,
-            bank=entry.bank,
-            extra_tags=dict(entry.extra_tags),
-            description=entry.description,
-            patch_size=entry.patch_size,
+            Registration(
+                entry.name,
+                entry.source_dataset,
+                entry.bank,
+                dict(entry.extra_tags),
+                entry.description,
+                entry.patch_size,
+            ),
             allow_pickle=source.allow_pickle,
             spec=source.spec,
         )

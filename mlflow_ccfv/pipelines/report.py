@@ -28,8 +28,9 @@ import pandas as pd
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.study.report import Report, write_report
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK, bank_versions, get_version
 from mlflow_ccfv.tracking.runs import command_run, run_csv
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, bank_versions, get_version
+from mlflow_ccfv.tracking.tag_values import scores_from_tags as tag_scores
 
 __all__ = [
     "ReportSettings",
@@ -48,8 +49,8 @@ _logger = logging.getLogger(__name__)
 
 
 def scores_from_tags(versions: Sequence, datasets: Sequence[str] | None = None):
-    """:func:`mlflow_ccfv.tracking.tags.scores_from_tags` over every estimator (the study's long table)."""
-    return T.scores_from_tags(versions, METHODS, datasets)
+    """:func:`mlflow_ccfv.tracking.tag_values.scores_from_tags` over every estimator (the study's long table)."""
+    return tag_scores(versions, METHODS, datasets)
 
 
 def dice_tables(frame) -> dict[tuple[str, str], object]:

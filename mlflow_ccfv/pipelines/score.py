@@ -1,11 +1,11 @@
 """The ``score`` pipeline: score model versions on a target and record everything in MLflow.
 
-Each version is loaded from the registry (:mod:`mlflow_ccfv.tracking.registry`) and scored by
+Each version is loaded from the registry (:mod:`mlflow_ccfv.tracking.load`) and scored by
 :func:`mlflow_ccfv.scoring.score_model` (the code path of the ``ccfv`` evaluator too); then, in the
 active run or a new one, the target manifest is logged as an input, one nested run per version holds
 its params and metrics (linked to its LoggedModel and the dataset), each version's score tags are
 written with their completeness marker last, then the ranks and the ``best-<dataset>`` alias are
-recomputed from the whole registry (:func:`~mlflow_ccfv.tracking.registry.rerank`), and the ranked
+recomputed from the whole registry (:func:`~mlflow_ccfv.tracking.ranking_writes.rerank`), and the ranked
 table (CSV, Markdown) and plot (PNG) become artifacts of the parent run. A version whose scoring
 failed (an error, a lost Ray worker or cluster) or was interrupted loses its stale score tags before
 the ranks are recomputed; an ``mlflow.pytorch`` (pickled) version is skipped without the pickle
@@ -55,20 +55,10 @@ from mlflow_ccfv.tracking.datasets import (
     log_dataset_artifacts,
     mlflow_dataset,
 )
-from mlflow_ccfv.tracking.registry import (
-    DEFAULT_BANK,
-    LoadedModel,
-    PickleRefusedError,
-    Ranking,
-    clear_version_scores,
-    load_version,
-    registered_version,
-    rerank,
-    resolve_versions,
-    version_uri,
-    write_version_scores,
-)
-from mlflow_ccfv.tracking.runs import log_input, log_version_run, recover_crashed, tag_process
+from mlflow_ccfv.tracking.load import LoadedModel, PickleRefusedError, load_version
+from mlflow_ccfv.tracking.ranking_writes import Ranking, clear_version_scores, rerank, write_version_scores
+from mlflow_ccfv.tracking.runs import VersionRun, log_input, log_version_run, recover_crashed, tag_process
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, registered_version, resolve_versions, version_uri
 from mlflow_ccfv.tracking.server import lost_tracking_server
 from mlflow_ccfv.tracking.views import ranking_view_url, save_ranking_view
 
@@ -290,17 +280,19 @@ def score_version(task: VersionTask, target: Target | None = None, cases: CaseCa
     result.target_digest = target.digest
     if task.parent_run_id and result.result is not None and result.result.config is not None:
         run_id = log_version_run(
-            label=result.label,
-            model_id=result.model_id,
-            target=target,
-            ds=mlflow_dataset(target),
-            methods=list(task.methods),
-            cached=result.result.cached,
-            sampler=result.result.config.to_dict(),
-            metrics=result.metrics,
-            settings=task.settings,
+            VersionRun(
+                label=result.label,
+                model_id=result.model_id,
+                target=target,
+                ds=mlflow_dataset(target),
+                methods=list(task.methods),
+                cached=result.result.cached,
+                sampler=result.result.config.to_dict(),
+                metrics=result.metrics,
+                settings=task.settings,
+                normalization=result.result.normalization,
+            ),
             parent_run_id=task.parent_run_id,
-            normalization=result.result.normalization,
         )
         result.run_id = run_id
         dice = result.tags.get(T.dice_tag(target.name))

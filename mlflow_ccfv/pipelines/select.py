@@ -54,16 +54,11 @@ from mlflow_ccfv.pipelines.score import score_from_options
 from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, load_msd_dataset
-from mlflow_ccfv.tracking.registry import (
-    DEFAULT_BANK,
-    bank_versions,
-    delete_version_tag,
-    load_version,
-    move_alias,
-    set_version_tag,
-)
+from mlflow_ccfv.tracking.load import load_version
+from mlflow_ccfv.tracking.ranking_writes import delete_version_tag, move_alias, set_version_tag
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import command_run, process_identity, recover_crashed, tag_process
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, bank_versions
 from mlflow_ccfv.training import TrainConfig, evaluate_dice, finetune
 from mlflow_ccfv.training.selection import (
     HalvingRound,

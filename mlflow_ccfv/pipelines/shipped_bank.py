@@ -38,16 +38,10 @@ from mlflow_ccfv.networks.bank_files import (
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import (
-    DEFAULT_BANK,
-    bank_versions,
-    check_name,
-    find_version,
-    load_version,
-    register_network,
-    version_uri,
-)
+from mlflow_ccfv.tracking.load import load_version
+from mlflow_ccfv.tracking.register import register_network
 from mlflow_ccfv.tracking.runs import run_record
+from mlflow_ccfv.tracking.search import DEFAULT_BANK, bank_versions, check_name, find_version, version_uri
 from mlflow_ccfv.training import TrainConfig
 
 __all__ = ["SHIPPED_BANK", "export_bank", "register_bank_folder"]

@@ -59,8 +59,8 @@ from mlflow_ccfv.pipelines.study_summary import (
     print_summary,
 )
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.registry import get_version, version_uri
 from mlflow_ccfv.tracking.runs import command_run
+from mlflow_ccfv.tracking.search import get_version, version_uri
 from mlflow_ccfv.training import TrainConfig
 
 __all__ = [

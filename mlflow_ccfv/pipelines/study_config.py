@@ -21,7 +21,7 @@ from mlflow_ccfv.pipelines.finetune import FinetuneOutcome
 from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
 from mlflow_ccfv.study.report import Report
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, resolve_dataset_reference
-from mlflow_ccfv.tracking.registry import DEFAULT_BANK
+from mlflow_ccfv.tracking.search import DEFAULT_BANK
 from mlflow_ccfv.training import TrainConfig
 
 __all__ = [

@@ -5,7 +5,8 @@ Public API (see docs/api-contracts.md)::
 
     register_network(spec, state_dict, name, source_dataset, bank="default", extra_tags=None,
                      description=None, patch_size=None) -> ModelVersion
-    register_logged_model(model_uri, name, source_dataset, bank="default", ...) -> ModelVersion
+    register_logged_model(model_uri, Registration(name, source_dataset, bank="default", ...),
+                          allow_pickle=None, spec=None) -> ModelVersion
     load_version(model_uri | ModelVersion) -> LoadedModel(module, spec, tags, model_id, ...)
     bank_versions(bank="default") -> list[ModelVersion];  logged_model_id(version) -> "m-..."
     target_dataset(name_or_path, split="train", data_root=None) -> mlflow Dataset of the manifest
@@ -14,19 +15,17 @@ Public API (see docs/api-contracts.md)::
                      evaluator, a pickled model refused before it loads
 """
 
+from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.tracking.datasets import log_target_dataset, mlflow_dataset, target_dataset
 from mlflow_ccfv.tracking.evaluator import evaluate
-from mlflow_ccfv.tracking.registry import (
+from mlflow_ccfv.tracking.load import LoadedModel, load_version
+from mlflow_ccfv.tracking.register import Registration, register_logged_model, register_network
+from mlflow_ccfv.tracking.search import (
     BANK_TAG,
     DEFAULT_BANK,
-    LoadedModel,
-    RegistryError,
     bank_versions,
     get_version,
-    load_version,
     logged_model_id,
-    register_logged_model,
-    register_network,
     resolve_versions,
     version_uri,
 )
@@ -36,6 +35,7 @@ __all__ = [
     "BANK_TAG",
     "DEFAULT_BANK",
     "LoadedModel",
+    "Registration",
     "RegistryError",
     "bank_versions",
     "get_version",

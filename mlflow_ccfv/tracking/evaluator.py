@@ -18,7 +18,7 @@ MLflow's plugin API to :func:`mlflow_ccfv.scoring.score_model`, the code path of
   ``register`` and ``score`` accept). An ``mlflow.pytorch`` model is pickled code: MLflow's pyfunc
   loader has already unpickled it by the time an evaluator runs, so pass URIs of such models only when
   you trust whoever logged them; the evaluator uses it only with ``allow_pickle: True`` in the config
-  or ``MLFLOW_CCFV_ALLOW_PICKLE=1`` (:func:`~mlflow_ccfv.tracking.registry.pickle_allowed`).
+  or ``MLFLOW_CCFV_ALLOW_PICKLE=1`` (:func:`~mlflow_ccfv.tracking.load.pickle_allowed`).
 
 An imported model's recorded intensity normalisation (its LoggedModel's ``import.normalization`` tag)
 is applied to the target's images, for the model and its twin; the run tag ``ccfv.normalization``
@@ -40,6 +40,8 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +53,17 @@ from torch import nn
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data import Target, make_target, target_from_manifest
+from mlflow_ccfv.data.normalization import IntensityNormalization
 from mlflow_ccfv.errors import OptionError
-from mlflow_ccfv.networks import decoder_layers
+from mlflow_ccfv.networks import NetworkSpec, decoder_layers
 from mlflow_ccfv.options import parse_bool, parse_ints, split_list
-from mlflow_ccfv.scoring import DEFAULT_METHODS, score_model
+from mlflow_ccfv.scoring import DEFAULT_METHODS, ModelScores, score_model
 from mlflow_ccfv.scoring.ranking import TWIN_METHOD, TWIN_SEED
 from mlflow_ccfv.tracking.datasets import load_msd_dataset, mlflow_dataset
 from mlflow_ccfv.tracking.flavor import FLAVOR_NAME
-from mlflow_ccfv.tracking.registry import PICKLE_ENV, pickle_allowed, search_versions, version_normalization
+from mlflow_ccfv.tracking.load import ALLOW_PICKLE_ENV, pickle_allowed, version_normalization
 from mlflow_ccfv.tracking.retry import retrying
+from mlflow_ccfv.tracking.search import search_versions
 from mlflow_ccfv.training import seeded_network
 
 __all__ = ["CONFIG_KEYS", "MODEL_TYPES", "CCFVEvaluator", "evaluate"]
@@ -105,7 +109,7 @@ def _network(model, config: dict[str, Any]) -> nn.Module:
         raise OptionError(
             "This model was logged with mlflow.pytorch, i.e. as pickled code that runs when it is loaded. "
             "Use it only if you trust whoever logged it: pass evaluator_config={'allow_pickle': True} "
-            f"(or set {PICKLE_ENV}=1); or register its weights with a network specification (`mlflow-ccfv "
+            f"(or set {ALLOW_PICKLE_ENV}=1); or register its weights with a network specification (`mlflow-ccfv "
             "register --spec ... --checkpoint ...`), which loads without unpickling."
         )
     module = model.get_raw_model()
@@ -166,6 +170,93 @@ def _tag_run(run_id: str, label: str, dataset: str) -> None:
         retrying(client.update_run, run_id, name=f"{label} on {dataset}", what="run name")
 
 
+@dataclass(frozen=True)
+class _EvaluatedModel:
+    """The network behind the evaluated pyfunc model and what its LoggedModel's tags say about it:
+    ``layers`` (tag ``feature_layers``, else the decoder layers), ``patch`` (tag ``patch_size``), its own
+    intensity ``normalization``, and its ``spec`` (None for an ``mlflow.pytorch`` model: it has no twin)."""
+
+    module: nn.Module
+    model_id: str | None
+    layers: Sequence[str]
+    patch: tuple[int, ...] | None
+    normalization: IntensityNormalization | None
+    spec: NetworkSpec | None
+
+    @classmethod
+    def of(cls, model, config: dict[str, Any], model_id: str | None) -> _EvaluatedModel:
+        module = _network(model, config)
+        model_tags = dict(mlflow.MlflowClient().get_logged_model(model_id).tags or {}) if model_id else {}
+        layers = split_list(model_tags.get(T.FEATURE_LAYERS)) or decoder_layers(module)
+        patch = model_tags.get(T.PATCH_SIZE)
+        normalization = version_normalization(model_tags, f"models:/{model_id}")
+        # the mlflow_ccfv flavor's pyfunc keeps its NetworkSpec; an mlflow.pytorch model has none
+        spec = getattr(getattr(model, "_model_impl", None), "spec", None)
+        patch_size = parse_ints(patch, T.PATCH_SIZE) if patch else None
+        return cls(module, model_id, layers, patch_size, normalization, spec)
+
+
+def _scoring_options(config: dict[str, Any], model: _EvaluatedModel) -> dict[str, Any]:
+    """The :func:`~mlflow_ccfv.scoring.score_model` options the model and its twin are scored with."""
+    return {
+        "patch_size": model.patch,
+        "force": parse_bool(config.get("force", False), "force"),
+        "cache_dir": config.get("cache_dir"),
+        "device": config.get("device") or None,
+        "amp": parse_bool(config.get("amp", False), "amp"),
+        "normalization": model.normalization,  # the twin sees what the model sees
+    }
+
+
+def _twin_metrics(model: _EvaluatedModel, target: Target, config: dict[str, Any], ccfv: float) -> dict[str, float]:
+    """``ccfv_twin`` (the model's CC-FV minus its random-init twin's) and the twin's own CC-FV; none
+    when the model has no network specification to build the twin from."""
+    if model.spec is None:
+        _logger.warning("no ccfv_twin: the model has no network specification to build its twin from")
+        return {}
+    twin = score_model(
+        seeded_network(model.spec, TWIN_SEED),
+        model.layers,
+        target,
+        ["ccfv"],
+        config.get("sampler"),
+        model_id=f"twin-{T.spec_digest(model.spec.to_json())}-seed{TWIN_SEED}",
+        label="random-init twin",
+        **_scoring_options(config, model),
+    ).scores["ccfv"]
+    return {TWIN_METHOD: ccfv - twin, T.TWIN_CONTROL_METRIC: twin}
+
+
+def _log_layers(run_id: str, result: ModelScores) -> str:
+    """Log C_cons and F_v per decoder layer as the run's ``ccfv/ccfv_layers.csv``; returns its URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ccfv_layers.csv"
+        pd.DataFrame(
+            {
+                "layer": result.layer_names,
+                "class_consistency": [p.class_consistency for p in result.layers],
+                "feature_variety": [p.feature_variety for p in result.layers],
+            }
+        ).to_csv(path, index=False)
+        mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path="ccfv")
+    return mlflow.get_run(run_id).info.artifact_uri + "/ccfv/ccfv_layers.csv"
+
+
+def _record_run(run_id: str, result: ModelScores, model_id: str | None, dataset: str) -> str:
+    """Tag and name the evaluation run as a ``score`` version run, log its params, normalisation and
+    per-layer table; returns the table's URI."""
+    client = mlflow.MlflowClient()
+    _tag_run(run_id, _model_label(model_id), dataset)
+    params = {
+        "sampler": str(result.config.to_dict() if result.config else {}),
+        "features_cached": str(result.cached),
+    }
+    for key, value in T.prefixed_params(T.RUN_PARAM_PREFIX, params).items():
+        client.log_param(run_id, key, value)
+    client.set_tag(run_id, T.RUN_NORMALIZATION, result.normalization[:5000])
+    return _log_layers(run_id, result)
+
+
 class CCFVEvaluator(ModelEvaluator):
     """CC-FV transferability of a segmentation model to the target described by the evaluation data."""
 
@@ -190,81 +281,31 @@ class CCFVEvaluator(ModelEvaluator):
         _check_config(config)
         if model is None:
             raise OptionError("The ccfv evaluator scores a model: pass model='models:/<name>/<version>'.")
-        module = _network(model, config)
         passed_model_id = kwargs.get("model_id")
         model_id = passed_model_id or getattr(getattr(model, "metadata", None), "model_id", None)
-        model_tags = dict(mlflow.MlflowClient().get_logged_model(model_id).tags or {}) if model_id else {}
-        layers = split_list(model_tags.get(T.FEATURE_LAYERS)) or decoder_layers(module)
-        patch = model_tags.get(T.PATCH_SIZE)
-        normalization = version_normalization(model_tags, f"models:/{model_id}")
-
+        evaluated = _EvaluatedModel.of(model, config, model_id)
         target, ds_name, ds_digest = _target(config, dataset)
         methods = config.get("methods", ["ccfv"])
         result = score_model(
-            module,
-            layers,
+            evaluated.module,
+            evaluated.layers,
             target,
             list(DEFAULT_METHODS) if methods == "default" else methods,
             config.get("sampler"),
             model_id=model_id,
             label=f"models:/{model_id}" if model_id else "pyfunc",
-            patch_size=parse_ints(patch, T.PATCH_SIZE) if patch else None,
-            force=parse_bool(config.get("force", False), "force"),
-            cache_dir=config.get("cache_dir"),
-            device=config.get("device") or None,
-            amp=parse_bool(config.get("amp", False), "amp"),
-            normalization=normalization,
+            **_scoring_options(config, evaluated),
         )
         metrics = {**result.scores, **T.layer_metrics(result.layers)}
-        # the mlflow_ccfv flavor's pyfunc keeps its NetworkSpec; an mlflow.pytorch model has none
-        spec = getattr(getattr(model, "_model_impl", None), "spec", None)
         if parse_bool(config.get("twin", True), "twin") and "ccfv" in result.scores:
-            if spec is None:
-                _logger.warning("no ccfv_twin: the model has no network specification to build its twin from")
-            else:
-                twin = score_model(
-                    seeded_network(spec, TWIN_SEED),
-                    layers,
-                    target,
-                    ["ccfv"],
-                    config.get("sampler"),
-                    model_id=f"twin-{T.spec_digest(spec.to_json())}-seed{TWIN_SEED}",
-                    label="random-init twin",
-                    patch_size=parse_ints(patch, T.PATCH_SIZE) if patch else None,
-                    force=parse_bool(config.get("force", False), "force"),
-                    cache_dir=config.get("cache_dir"),
-                    device=config.get("device") or None,
-                    amp=parse_bool(config.get("amp", False), "amp"),
-                    normalization=normalization,  # the twin sees what the model sees
-                ).scores["ccfv"]
-                metrics[TWIN_METHOD] = result.scores["ccfv"] - twin
-                metrics[T.TWIN_CONTROL_METRIC] = twin
+            metrics.update(_twin_metrics(evaluated, target, config, result.scores["ccfv"]))
 
         # MLflow logs the returned metrics on the LoggedModel itself only when it knows the model id
         # (not for models:/<name>/<version> on a SQL store); otherwise do it here, same dataset link.
         if passed_model_id is None:
             link = mlflow_dataset(target, name=ds_name, digest=ds_digest)
             mlflow.log_metrics(metrics, model_id=model_id, dataset=link, run_id=run_id)
-        client = mlflow.MlflowClient()
-        _tag_run(run_id, _model_label(model_id), ds_name)
-        params = {
-            "sampler": str(result.config.to_dict() if result.config else {}),
-            "features_cached": str(result.cached),
-        }
-        for key, value in T.prefixed_params(T.RUN_PARAM_PREFIX, params).items():
-            client.log_param(run_id, key, value)
-        client.set_tag(run_id, T.RUN_NORMALIZATION, result.normalization[:5000])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "ccfv_layers.csv"
-            pd.DataFrame(
-                {
-                    "layer": result.layer_names,
-                    "class_consistency": [p.class_consistency for p in result.layers],
-                    "feature_variety": [p.feature_variety for p in result.layers],
-                }
-            ).to_csv(path, index=False)
-            client.log_artifact(run_id, str(path), artifact_path="ccfv")
-        uri = mlflow.get_run(run_id).info.artifact_uri + "/ccfv/ccfv_layers.csv"
+        uri = _record_run(run_id, result, model_id, ds_name)
         return EvaluationResult(
             metrics=metrics, artifacts={"ccfv_layers": CsvEvaluationArtifact(uri=uri)}, run_id=run_id
         )
@@ -286,7 +327,7 @@ def evaluate(model: str, data: Any, *, evaluator_config: dict[str, Any] | None =
         if not pickle_allowed(None if allow is None else parse_bool(allow, "allow_pickle")):
             raise OptionError(
                 f"{model} was logged with mlflow.pytorch, i.e. as pickled code that runs when it is loaded; "
-                f"refused before loading it. Pass evaluator_config={{'allow_pickle': True}} (or set {PICKLE_ENV}=1) "
+                f"refused before loading it. Pass evaluator_config={{'allow_pickle': True}} (or set {ALLOW_PICKLE_ENV}=1) "
                 "only if you trust whoever logged it, or register its weights with a network specification."
             )
     return mlflow.models.evaluate(

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.normalization import TARGET_NORMALIZATION
 from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.tracking.retry import retrying
+from mlflow_ccfv.tracking.tag_values import parse_process, process_value
 from mlflow_ccfv.training.curves import training_curve_png
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "run_record",
     "tag_process",
     "use_experiment",
+    "VersionRun",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -79,13 +82,13 @@ def _start_time(pid: int) -> str:
 
 def process_identity() -> str:
     """``<host>:<pid>:<start>`` of this process (the value of the ``ccfv.process`` tag)."""
-    return T.process_value(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+    return process_value(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
 
 
 def _is_dead(identity: str) -> bool:
     """True only when ``identity`` names a process on this host that no longer runs (pid gone, or reused
     by a process started at another time); processes on other hosts are never judged."""
-    parsed = T.parse_process(identity)
+    parsed = parse_process(identity)
     if parsed is None:
         return False
     host, pid, started = parsed
@@ -253,23 +256,45 @@ def command_run(run_name: str, parent_run_id: str | None = None) -> Iterator[Run
             mlflow.end_run(status)
 
 
-def log_version_run(
-    *,
-    label: str,
-    model_id: str | None,
-    target: Target,
-    ds: Dataset,
-    methods: Sequence[str],
-    cached: bool,
-    sampler: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    settings: str = T.DEFAULT_SETTINGS,
-    parent_run_id: str | None = None,
-    normalization: str = TARGET_NORMALIZATION,
-) -> str:
+@dataclass(frozen=True)
+class VersionRun:
+    """What a version's scoring run records: the version's ``label`` (``name/version``) and LoggedModel
+    ``model_id``, the ``target`` and its MLflow dataset ``ds``, the ``methods`` scored, whether the
+    features came from the cache (``cached``), the ``sampler`` settings (params ``sampler.<key>``), the
+    ``metrics``, the sampler ``settings`` digest, and the intensity ``normalization`` its input got (tag
+    ``ccfv.normalization``)."""
+
+    label: str
+    model_id: str | None
+    target: Target
+    ds: Dataset
+    methods: Sequence[str]
+    cached: bool
+    sampler: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    settings: str = T.DEFAULT_SETTINGS
+    normalization: str = TARGET_NORMALIZATION
+
+    def params(self) -> dict[str, Any]:
+        """The run's params."""
+        target = self.target
+        params = {
+            "model_uri": f"models:/{self.label}",
+            "model_id": self.model_id,
+            "dataset": target.name,
+            "dataset_digest": target.digest,
+            "split": target.split,
+            "n_cases": len(target.case_ids),
+            "methods": ",".join(self.methods),
+            "features_cached": self.cached,
+        }
+        params.update(T.prefixed_params("sampler", self.sampler))
+        return params
+
+
+def log_version_run(record: VersionRun, *, parent_run_id: str | None = None) -> str:
     """One run nested in the active (score) run, or under ``parent_run_id`` (a Ray worker has no active
-    run): a version's params and metrics on ``target``; ``normalization`` (tag ``ccfv.normalization``):
-    the intensity normalisation its input got.
+    run): a version's params and metrics on its target (:class:`VersionRun`).
 
     Keyed (``ccfv.run_key``) by the LoggedModel, the target's digest and the sampler ``settings``:
     once it has finished, earlier runs of the same key (a previous or killed scoring) are deleted.
@@ -277,7 +302,8 @@ def log_version_run(
     kept and returned (a retried Ray task logs nothing twice); an unfinished one (its worker died
     mid-way) is deleted first.
     """
-    key = T.run_key(model_id or label, target.digest, settings)
+    label, target = record.label, record.target
+    key = T.run_key(record.model_id or label, target.digest, record.settings)
     active = mlflow.active_run()
     parent = parent_run_id or (active.info.run_id if active is not None else None)
     if parent is not None:
@@ -294,24 +320,13 @@ def log_version_run(
         T.RUN_MODEL: label,
         T.PROCESS: process_identity(),
         T.RUN_KEY: key,
-        T.RUN_NORMALIZATION: normalization[:5000],
+        T.RUN_NORMALIZATION: record.normalization[:5000],
     }
     with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run:
-        log_input(ds, context="target")
-        params = {
-            "model_uri": f"models:/{label}",
-            "model_id": model_id,
-            "dataset": target.name,
-            "dataset_digest": target.digest,
-            "split": target.split,
-            "n_cases": len(target.case_ids),
-            "methods": ",".join(methods),
-            "features_cached": cached,
-        }
-        params.update(T.prefixed_params("sampler", sampler))
-        mlflow.log_params(params)
+        log_input(record.ds, context="target")
+        mlflow.log_params(record.params())
         # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
-        mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=ds)
+        mlflow.log_metrics(dict(record.metrics), model_id=record.model_id, dataset=record.ds)
     delete_replaced_runs(key, keep=run.info.run_id)
     return run.info.run_id
 

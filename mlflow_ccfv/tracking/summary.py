@@ -5,8 +5,8 @@ summary puts there, per dataset, what the tags say: the rank, ``ccfv``, the rank
 (of the ranking the rank follows) and the fine-tune Dice ± its standard deviation over
 seeds. The summary sits under the heading :data:`SUMMARY_HEADING`; text a user wrote above it is kept,
 and everything from the heading down is regenerated from the tags by :func:`refresh_version_summary`,
-which every writer of those tags calls (``score``: :func:`~mlflow_ccfv.tracking.registry.
-write_version_scores`, :func:`~mlflow_ccfv.tracking.registry.rerank`; ``finetune``).
+which every writer of those tags calls (``score``: :func:`~mlflow_ccfv.tracking.ranking_writes.
+write_version_scores`, :func:`~mlflow_ccfv.tracking.ranking_writes.rerank`; ``finetune``).
 """
 
 from __future__ import annotations

@@ -49,14 +49,15 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from mlflow_ccfv.options import format_ints
 
 __all__ = [
+    "DatasetKey",
     "ARCHITECTURE",
     "BANK",
     "DEFAULT_SETTINGS",
@@ -67,7 +68,6 @@ __all__ = [
     "RUN_PARAM_PREFIX",
     "RUN_REGISTERED",
     "RUN_RESUMED_FROM",
-    "dataset_scores",
     "IMPORT_NORMALIZATION",
     "IN_CHANNELS",
     "OUT_CHANNELS",
@@ -85,7 +85,6 @@ __all__ = [
     "RUN_NORMALIZATION",
     "RUN_STAGE",
     "FINETUNE_DICE",
-    "SCORE_COLUMNS",
     "SOURCE_DATASET",
     "PRETRAIN_CHECKPOINT",
     "PRETRAIN_SOURCE_DICE",
@@ -99,7 +98,6 @@ __all__ = [
     "select_dice_tag",
     "select_round_tag",
     "selected_alias",
-    "dataset_score_keys",
     "dice_sd_tag",
     "dice_spread_metric",
     "dice_tag",
@@ -115,27 +113,21 @@ __all__ = [
     "layer_metric",
     "layer_metrics",
     "parse_dice_tag",
-    "parse_process",
     "parse_score_tag",
-    "parse_scored_value",
-    "process_value",
     "prefixed_params",
     "pretrain_tag",
     "pretrain_values",
     "reserved_prefix",
     "rank_tag",
     "ranked_by_tag",
-    "stored_ranking",
     "report_metric",
     "run_key",
     "sampler_tag",
     "score_tag",
     "scored_tag",
-    "scored_value",
     "settings_digest",
     "spec_digest",
     "TWIN_CONTROL_METRIC",
-    "scores_from_tags",
     "RUN_NOTE",
     "SHARED_VIEW_PREFIX",
     "ranking_view_key",
@@ -205,7 +197,7 @@ RUN_FAILED_VERSIONS = "ccfv.failed_versions"
 RUN_NORMALIZATION = "ccfv.normalization"
 
 #: MLflow's run description (the run page's "Description"): on a ``score`` parent run, the ranked table.
-RUN_NOTE = "mlflow.note.content"
+RUN_NOTE = MLFLOW_RUN_NOTE
 #: MLflow's experiment tag prefix of a shared Runs-tab view (``mlflow.sharedViewState.<key>``: the
 #: JSON of the view's filter, sort and visible columns; opened by ``?viewStateShareKey=<key>``).
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
@@ -233,7 +225,22 @@ RANKED_BY = "ranked_by"
 DEFAULT_SETTINGS = "default"
 
 _SCORE_TAG = re.compile(r"^transferability\.(?P<method>[a-z_0-9]+)\.(?P<dataset>.+)$")
-_DICE_TAG = re.compile(r"^finetune\.dice\.(?P<dataset>.+)$")
+
+
+@dataclass(frozen=True)
+class DatasetKey:
+    """A tag, alias or metric name made of a fixed ``prefix`` and a dataset name: called with the
+    dataset, it returns the name (``dice_tag("Task04")`` = ``finetune.dice.Task04``)."""
+
+    prefix: str
+
+    def __call__(self, dataset: str) -> str:
+        return f"{self.prefix}{dataset}"
+
+    def dataset_of(self, key: str) -> str | None:
+        """The dataset of a name made by this key; None for any other name."""
+        dataset = key[len(self.prefix) :] if key.startswith(self.prefix) else ""
+        return dataset or None
 
 
 def score_tag(method: str, dataset: str) -> str:
@@ -241,39 +248,21 @@ def score_tag(method: str, dataset: str) -> str:
     return f"transferability.{method}.{dataset}"
 
 
-def rank_tag(dataset: str) -> str:
-    """``transferability.rank.<dataset>``: 1 = best-ranked version of every scored version of ``dataset``."""
-    return score_tag(RANK, dataset)
+#: ``transferability.rank.<dataset>``: 1 = best-ranked version of every scored version of ``dataset``.
+rank_tag = DatasetKey(score_tag(RANK, ""))
 
+#: ``transferability.sampler.<dataset>``: the digest of the sampler settings the scores were made with
+#: (``default``, or :func:`settings_digest` of the overrides); ranks compare equal settings only.
+sampler_tag = DatasetKey(score_tag(SAMPLER, ""))
 
-def sampler_tag(dataset: str) -> str:
-    """``transferability.sampler.<dataset>``: the digest of the sampler settings the scores were made with
-    (``default``, or :func:`settings_digest` of the overrides); ranks compare equal settings only."""
-    return score_tag(SAMPLER, dataset)
+#: ``transferability.ranked_by.<dataset>``: the ranking (``logme``, ``ccfv_twin`` ...) that a ranked
+#: version's ``transferability.rank.<dataset>`` follows.
+ranked_by_tag = DatasetKey(score_tag(RANKED_BY, ""))
 
-
-def ranked_by_tag(dataset: str) -> str:
-    """``transferability.ranked_by.<dataset>``: the ranking (``logme``, ``ccfv_twin`` ...) that a ranked
-    version's ``transferability.rank.<dataset>`` follows."""
-    return score_tag(RANKED_BY, dataset)
-
-
-def scored_tag(dataset: str) -> str:
-    """``transferability.scored.<dataset>``: the completeness marker of a version's score tags, written
-    after all of them (value :func:`scored_value`); a version without it holds no current score."""
-    return score_tag(SCORED, dataset)
-
-
-def scored_value(settings: str, data_digest: str) -> str:
-    """``<settings>/<data digest>``: the value of :func:`scored_tag` (the ranking group of the scores)."""
-    return f"{settings}/{data_digest}"
-
-
-def parse_scored_value(value: str) -> tuple[str, str] | None:
-    """``(settings, data digest)`` of a :func:`scored_value`; None if malformed."""
-    settings, sep, digest = (value or "").partition("/")
-    return (settings, digest) if sep and settings and digest else None
-
+#: ``transferability.scored.<dataset>``: the completeness marker of a version's score tags, written
+#: after all of them (value :func:`~mlflow_ccfv.tracking.tag_values.scored_value`); a version without
+#: it holds no current score.
+scored_tag = DatasetKey(score_tag(SCORED, ""))
 
 #: Evaluator metric: the CC-FV of the model's random-init twin (``ccfv_twin`` = ``ccfv`` minus it).
 TWIN_CONTROL_METRIC = "ccfv.twin_control"
@@ -303,25 +292,6 @@ def settings_digest(overrides: Mapping[str, Any] | None, defaults: Mapping[str, 
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def dataset_score_keys(tags: Mapping[str, str], dataset: str) -> list[str]:
-    """Every ``transferability.<method>.<dataset>`` key among ``tags`` (scores, rank, sampler, marker),
-    the completeness marker first (the order in which a stale set is deleted)."""
-    keys = [k for k in tags if (p := parse_score_tag(k)) is not None and p[1] == dataset]
-    return sorted(keys, key=lambda k: (k != scored_tag(dataset), k))
-
-
-def process_value(host: str, pid: int, started: str) -> str:
-    """``<host>:<pid>:<started>``: the value of :data:`PROCESS`."""
-    return f"{host}:{pid}:{started}"
-
-
-def parse_process(value: str) -> tuple[str, int, str] | None:
-    """``(host, pid, started)`` of a :data:`PROCESS` value; None if malformed."""
-    host, _, rest = (value or "").rpartition(":")
-    host, _, pid = host.rpartition(":")
-    return (host, int(pid), rest) if host and pid.isdigit() else None
-
-
 def run_key(*parts: Any) -> str:
     """The :data:`RUN_KEY` of a run made from ``parts`` (model id, data digest, settings ...): 16 hex digits."""
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
@@ -338,39 +308,26 @@ def shared_view_tag(key: str) -> str:
     return f"{SHARED_VIEW_PREFIX}{key}"
 
 
-def best_alias(dataset: str) -> str:
-    """``best-<dataset>``: the registered-model alias of the rank-1 version."""
-    return f"best-{dataset}"
+#: ``best-<dataset>``: the registered-model alias of the rank-1 version.
+best_alias = DatasetKey("best-")
 
+#: ``selected-<dataset>``: the registered-model alias of the version ``select`` chose (one per bank).
+selected_alias = DatasetKey("selected-")
 
-def selected_alias(dataset: str) -> str:
-    """``selected-<dataset>``: the registered-model alias of the version ``select`` chose (one per bank)."""
-    return f"selected-{dataset}"
+#: ``select.round.<dataset>``: the last successive-halving round a shortlisted version ran (0 first).
+select_round_tag = DatasetKey("select.round.")
 
+#: ``select.dice.<dataset>``: a shortlisted version's validation Dice in the last round it ran.
+select_dice_tag = DatasetKey("select.dice.")
 
-def select_round_tag(dataset: str) -> str:
-    """``select.round.<dataset>``: the last successive-halving round a shortlisted version ran (0 first)."""
-    return f"select.round.{dataset}"
+#: ``finetune.dice.<dataset>``: mean Dice after fine-tuning on ``dataset`` (held-out cases).
+dice_tag = DatasetKey("finetune.dice.")
 
+#: ``finetune.dice_sd.<dataset>``: standard deviation of the Dice over the fine-tuning seeds (ddof 1).
+dice_sd_tag = DatasetKey("finetune.dice_sd.")
 
-def select_dice_tag(dataset: str) -> str:
-    """``select.dice.<dataset>``: a shortlisted version's validation Dice in the last round it ran."""
-    return f"select.dice.{dataset}"
-
-
-def dice_tag(dataset: str) -> str:
-    """``finetune.dice.<dataset>``: mean Dice after fine-tuning on ``dataset`` (held-out cases)."""
-    return f"finetune.dice.{dataset}"
-
-
-def dice_sd_tag(dataset: str) -> str:
-    """``finetune.dice_sd.<dataset>``: standard deviation of the Dice over the fine-tuning seeds (ddof 1)."""
-    return f"finetune.dice_sd.{dataset}"
-
-
-def finetune_seeds_tag(dataset: str) -> str:
-    """``finetune.seeds.<dataset>``: the fine-tuning seeds whose Dice the mean and sd are over (``0,1,2``)."""
-    return f"finetune.seeds.{dataset}"
+#: ``finetune.seeds.<dataset>``: the fine-tuning seeds whose Dice the mean and sd are over (``0,1,2``).
+finetune_seeds_tag = DatasetKey("finetune.seeds.")
 
 
 def format_seeds(seeds: Iterable[int]) -> str:
@@ -383,14 +340,11 @@ def seed_dice_metric(seed: int) -> str:
     return f"finetune_dice.seed{int(seed)}"
 
 
-def finetune_run_tag(dataset: str) -> str:
-    """``finetune.run.<dataset>``: the run id of that fine-tuning."""
-    return f"finetune.run.{dataset}"
+#: ``finetune.run.<dataset>``: the run id of that fine-tuning.
+finetune_run_tag = DatasetKey("finetune.run.")
 
-
-def finetune_budget_tag(dataset: str) -> str:
-    """``finetune.budget.<dataset>``: digest of the fine-tuning budget (equal budgets, equal digest)."""
-    return f"finetune.budget.{dataset}"
+#: ``finetune.budget.<dataset>``: digest of the fine-tuning budget (equal budgets, equal digest).
+finetune_budget_tag = DatasetKey("finetune.budget.")
 
 
 def pretrain_tag(key: str) -> str:
@@ -435,68 +389,9 @@ def parse_score_tag(key: str) -> tuple[str, str] | None:
     return (match["method"], match["dataset"]) if match else None
 
 
-def dataset_scores(tags: Mapping[str, str], dataset: str) -> dict[str, float]:
-    """The estimator scores among a version's ``tags`` on ``dataset`` (``transferability.<method>.<dataset>``
-    without rank, sampler and marker; unreadable values skipped)."""
-    out: dict[str, float] = {}
-    for key, value in tags.items():
-        parsed = parse_score_tag(key)
-        if parsed is None or parsed[1] != dataset or parsed[0] in (RANK, SAMPLER, SCORED, RANKED_BY):
-            continue
-        try:
-            out[parsed[0]] = float(value)
-        except ValueError:
-            continue
-    return out
-
-
 def parse_dice_tag(key: str) -> str | None:
     """The dataset of a ``finetune.dice.<dataset>`` tag; else None."""
-    match = _DICE_TAG.match(key)
-    return match["dataset"] if match else None
-
-
-def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFrame:
-    """The stored ranking of ``dataset``: one row per version holding ``transferability.rank.<dataset>``
-    (ranks are per bank), with ``rank``, ``model`` (``name/version``), ``bank``, ``architecture``,
-    ``source_dataset`` and one column per stored method score, the column ranked by first (its
-    ``transferability.ranked_by.<dataset>``), ordered by bank and rank."""
-    rows: list[dict[str, Any]] = []
-    for v in versions:
-        tags: Mapping[str, str] = dict(v.tags or {})
-        row: dict[str, Any] = {}
-        for key, value in tags.items():
-            parsed = parse_score_tag(key)
-            if parsed is None or parsed[1] != dataset:
-                continue
-            if parsed[0] == RANKED_BY:
-                row[RANKED_BY] = value
-                continue
-            try:
-                row[parsed[0]] = int(value) if parsed[0] == RANK else float(value)
-            except ValueError:
-                continue  # a hand-edited tag that is not a number is not a score
-        if RANK in row:
-            rows.append(
-                {
-                    "rank": row.pop(RANK),
-                    "model": f"{v.name}/{v.version}",
-                    "bank": tags.get(BANK, ""),
-                    "architecture": tags.get(ARCHITECTURE, ""),
-                    "source_dataset": tags.get(SOURCE_DATASET, ""),
-                    **row,
-                }
-            )
-    head = ["rank", "model", "bank", "architecture", "source_dataset"]
-    if not rows:
-        return pd.DataFrame(columns=head)
-    frame = pd.DataFrame(rows)
-    by = [str(v) for v in frame.pop(RANKED_BY).dropna().unique()] if RANKED_BY in frame.columns else []
-    scores = sorted(c for c in frame.columns if c not in head)
-    first = [c for c in (*by, "ccfv_twin", "ccfv") if c in scores]
-    first = list(dict.fromkeys(first))
-    frame = frame[head + first + [c for c in scores if c not in first]]
-    return frame.sort_values(["bank", "rank", "model"], kind="stable").reset_index(drop=True)
+    return dice_tag.dataset_of(key)
 
 
 def layer_metric(index: int, component: str) -> str:
@@ -539,68 +434,3 @@ def permutation_metric(dataset: str, method: str) -> str:
 def dice_spread_metric(dataset: str) -> str:
     """``<dataset>.dice_spread``: best minus worst fine-tune Dice over the bank (can the target discriminate)."""
     return f"{dataset}.dice_spread"
-
-
-def scores_from_tags(
-    versions: Iterable[ModelVersion],
-    methods: Iterable[str],
-    datasets: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """The study's long table from the versions' tags: one row per (dataset, version, method) where the
-    version has both ``transferability.<method>.<dataset>`` and ``finetune.dice.<dataset>``.
-
-    ``methods``: the estimator names to keep (the rank tag and unknown names are skipped);
-    ``datasets=None`` takes every dataset that has a Dice tag. Score tags without their completeness
-    marker (:func:`scored_tag`) are partial and skipped.
-    """
-    known = set(methods) - {RANK, SAMPLER, SCORED}
-    rows = []
-    for v in versions:
-        tags: Mapping[str, str] = dict(v.tags or {})
-        dice = {d: float(val) for k, val in tags.items() if (d := parse_dice_tag(k)) is not None}
-        source_dice = float(tags.get(PRETRAIN_SOURCE_DICE, "nan"))
-        for key, value in tags.items():
-            parsed = parse_score_tag(key)
-            if parsed is None or parsed[0] not in known:
-                continue
-            method, dataset = parsed
-            if dataset not in dice or (datasets and dataset not in datasets):
-                continue
-            if scored_tag(dataset) not in tags:  # a partial set (a killed score): not a current score
-                continue
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "model": f"{v.name}/{v.version}",
-                    "method": method,
-                    "score": float(value),
-                    "dice": dice[dataset],
-                    "architecture": tags.get(ARCHITECTURE, ""),
-                    "source_dataset": tags.get(SOURCE_DATASET, ""),
-                    "network": tags.get(NETWORK, ""),
-                    "dice_sd": float(tags.get(dice_sd_tag(dataset), "nan")),
-                    "seeds": tags.get(finetune_seeds_tag(dataset), ""),
-                    "finetune_run": tags.get(finetune_run_tag(dataset), ""),
-                    "source_dice": source_dice,
-                    "checkpoint": tags.get(PRETRAIN_CHECKPOINT, ""),
-                }
-            )
-    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
-
-
-#: The columns of :func:`scores_from_tags`.
-SCORE_COLUMNS = (
-    "dataset",
-    "model",
-    "method",
-    "score",
-    "dice",
-    "architecture",
-    "source_dataset",
-    "dice_sd",
-    "seeds",
-    "finetune_run",
-    "source_dice",
-    "checkpoint",
-    "network",
-)

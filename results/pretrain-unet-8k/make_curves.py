@@ -16,7 +16,7 @@ import mlflow
 from mlflow_ccfv.pipelines.report import pretraining_curves
 from mlflow_ccfv.study.evidence import pretraining_curve_plot, pretraining_plateau
 from mlflow_ccfv.study.tables import to_markdown
-from mlflow_ccfv.tracking.registry import bank_versions
+from mlflow_ccfv.tracking.search import bank_versions
 
 
 def main() -> None:
