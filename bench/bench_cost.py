@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from mlflow_ccfv.data import MSDDataset, make_target
     from mlflow_ccfv.pipelines.finetune import finetune_version
     from mlflow_ccfv.pipelines.pretrain import register_control
-    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
     from mlflow_ccfv.tracking.registry import bank_versions, version_uri
     from mlflow_ccfv.training.loops import TrainConfig
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     cache = Path(tmp.name) / "features"
 
     start = time.perf_counter()
-    score_versions(bank, target, methods=args.methods, force=True, cache_dir=cache)
+    score_versions(bank, target, ScoreConfig(args.methods, force=True, cache_dir=cache))
     score_s = time.perf_counter() - start
 
     config = TrainConfig(steps=args.finetune_steps, learning_rate=3e-3, seed=0)
