@@ -64,7 +64,9 @@ class ScoreRequest:
     add_twins: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_root", self.data_root or None)
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "ray_address", self.ray_address or None)
         object.__setattr__(self, "split", TargetSplit(self.split))
         object.__setattr__(self, "executor", ExecutorKind(self.executor))
         object.__setattr__(self, "num_cpus", parse_float(self.num_cpus, "--num-cpus", minimum=0))

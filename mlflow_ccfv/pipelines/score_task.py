@@ -78,10 +78,11 @@ class ScoreConfig:
     ``sampler``: the sampler settings that differ from :class:`~mlflow_ccfv.features.SamplerConfig`'s
     defaults (a ``SamplerConfig`` given is stored as its dict; None or empty: the defaults); ``force``:
     recompute cached features; ``cache_dir``: the feature cache (a path given is stored as text; None:
-    ``$MLFLOW_CCFV_CACHE``, else ``.ccfv-cache``); ``device`` (None: CUDA when available, else CPU) and ``amp`` (mixed-precision
-    inference): see :func:`mlflow_ccfv.scoring.score_model`; ``rank_by``: what orders the table, the rank
-    tags and the ``best-<dataset>`` alias (an estimator, ``<estimator>_twin``, ``rank_aggregate`` or
-    ``auto``); ``allow_pickle``: load ``mlflow.pytorch`` versions (None: ``MLFLOW_CCFV_ALLOW_PICKLE`` decides).
+    ``$MLFLOW_CCFV_CACHE``, else ``.ccfv-cache``); ``device`` (None or empty: CUDA when available, else
+    CPU) and ``amp`` (mixed-precision inference): see :func:`mlflow_ccfv.scoring.score_model`;
+    ``rank_by``: what orders the table, the rank tags and the ``best-<dataset>`` alias (an estimator,
+    ``<estimator>_twin``, ``rank_aggregate`` or ``auto``); ``allow_pickle``: load ``mlflow.pytorch``
+    versions (None: ``MLFLOW_CCFV_ALLOW_PICKLE`` decides).
     """
 
     methods: Sequence[str] = ()
@@ -99,6 +100,7 @@ class ScoreConfig:
         sampler = self.sampler.to_dict() if isinstance(self.sampler, SamplerConfig) else self.sampler
         object.__setattr__(self, "sampler", dict(sampler) if sampler else None)
         object.__setattr__(self, "cache_dir", str(self.cache_dir) if self.cache_dir else None)
+        object.__setattr__(self, "device", self.device or None)
 
     @property
     def settings(self) -> str:
