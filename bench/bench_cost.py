@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from mlflow_ccfv.networks import small_spec
     from mlflow_ccfv.pipelines.controls import register_random_init
     from mlflow_ccfv.pipelines.finetune import finetune_version
-    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
     from mlflow_ccfv.tracking.search import bank_versions, version_uri
     from mlflow_ccfv.training import TrainConfig
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     cache = Path(tmp.name) / "features"
 
     start = time.perf_counter()
-    score_versions(bank, target, methods=args.methods, force=True, cache_dir=cache)
+    score_versions(bank, target, ScoreConfig(args.methods, force=True, cache_dir=cache))
     score_s = time.perf_counter() - start
 
     config = TrainConfig(steps=args.finetune_steps, learning_rate=3e-3, seed=0)

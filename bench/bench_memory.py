@@ -90,6 +90,7 @@ def scoring(args) -> None:
     import torch
 
     import mlflow_ccfv.pipelines.score as score
+    import mlflow_ccfv.pipelines.score_ranking as score_ranking
     from mlflow_ccfv.data import MSDDataset, make_target
     from mlflow_ccfv.data.synthetic import generate_task
     from mlflow_ccfv.networks import random_state_dict, small_spec
@@ -163,14 +164,16 @@ def scoring(args) -> None:
 
         return wrapped
 
-    score.ranking_plot = around("plot", score.ranking_plot)  # type: ignore[assignment]
+    score_ranking.ranking_plot = around("plot", score_ranking.ranking_plot)  # type: ignore[assignment]
     score.rerank = around("rerank", score.rerank)  # type: ignore[assignment]
     if args.trace:
         tracemalloc.start(10)
     mlflow.set_experiment("ccfv-memory")
     phases["start"] = (_rss(), _peak())
     start = time.perf_counter()
-    score.score_versions(versions, target, ["ccfv"], cache_dir=tempfile.mkdtemp(dir=work), executor=Measuring())
+    score.score_versions(
+        versions, target, score.ScoreConfig(["ccfv"], cache_dir=tempfile.mkdtemp(dir=work)), executor=Measuring()
+    )
     phases["end"] = (_rss(), _peak())
     seconds = time.perf_counter() - start
     print(f"scored {n} versions in {seconds:.0f} s (--release {args.release}: {release_seconds[0]:.1f} s releasing)")
@@ -336,7 +339,8 @@ def _driver_child(args) -> None:
 
     import mlflow_ccfv.tracking.tags as T
     from mlflow_ccfv.pipelines.controls import register_twins
-    from mlflow_ccfv.pipelines.score import VersionResult, _log_twin_metrics, _ranked_table
+    from mlflow_ccfv.pipelines.score import VersionResult, _log_twin_metrics
+    from mlflow_ccfv.pipelines.score_ranking import ranked_table
     from mlflow_ccfv.scoring import ModelScores
     from mlflow_ccfv.scoring.ranking import TWIN_METHOD
     from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
@@ -373,7 +377,7 @@ def _driver_child(args) -> None:
 
     def table():
         ranking = state["ranking"]
-        state["table"] = _ranked_table(state["rows"], ["ccfv"], DRIVER_DATASET, ranking.order, stored=[ranking])
+        state["table"] = ranked_table(state["rows"], ["ccfv"], DRIVER_DATASET, ranking.order, stored=[ranking])
 
     def artifacts():
         stem = tmp / f"ranking_{DRIVER_DATASET}"

@@ -47,7 +47,7 @@ def _score(args) -> int:
 
     from mlflow_ccfv.data import MSDDataset, make_target
     from mlflow_ccfv.pipelines.executors import RayExecutor, SerialExecutor
-    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
     from mlflow_ccfv.tracking import bank_versions
 
     mlflow.set_experiment("ccfv-scale")
@@ -69,7 +69,7 @@ def _score(args) -> int:
     start = time.perf_counter()
     sampler.start()
     try:
-        table = score_versions(versions, target, ["ccfv"], cache_dir=args.cache, executor=executor)
+        table = score_versions(versions, target, ScoreConfig(["ccfv"], cache_dir=args.cache), executor=executor)
     finally:
         executor.close()
         done.set()

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.data.synthetic import generate_task
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 
 pytest_plugins = ["mlflow_server"]
 pytest.register_assert_rewrite("mlflow_server", "reliability")
@@ -32,7 +32,7 @@ def _concurrent_scores_and_registrations(uri: str, tmp_path, prefix: str, experi
     # Features computed once beforehand: the four scorers then reach the store at the same moment.
     for task in DATASETS:
         target = make_target(MSDDataset.load(task, data_root=data))
-        score_versions(versions, target, ["ccfv"], {"global_samples": 64}, cache_dir=cache, log=False)
+        score_versions(versions, target, ScoreConfig(["ccfv"], {"global_samples": 64}, cache_dir=cache), log=False)
     env = cli_env(uri, cache, experiment)
     subsets = [("Task03", labels[:2]), ("Task03", labels[2:]), ("Task09", labels[:3]), ("Task09", labels[1::2])]
     procs = [

@@ -19,7 +19,7 @@ from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.data.synthetic import generate_task
 from mlflow_ccfv.networks import random_state_dict, small_spec
 from mlflow_ccfv.pipelines.finetune import finetune_version
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.tracking import register_network
 from mlflow_ccfv.training import TrainConfig
@@ -87,7 +87,7 @@ def test_score_killed_in_its_logging_phase_then_rerun(tracking_uri, tmp_path, po
     versions = register_tiny_bank("crash", seeds=(0, 1, 2))
     target = make_target(MSDDataset.load("Task09", data_root=data))
     # The uninterrupted result (features cached, so the child reaches its logging phase at once).
-    table = score_versions(versions, target, ["ccfv", "logme"], cache_dir=cache, log=False)
+    table = score_versions(versions, target, ScoreConfig(["ccfv", "logme"], cache_dir=cache), log=False)
     expected = {}
     for row in table.itertuples():
         expected[row.model] = {

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow_ccfv.cli import main
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.errors import DatasetError
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import (
     DATASET_EXPERIMENT,
@@ -77,8 +77,8 @@ def test_log_dataset_stores_once_and_scores_the_same_from_the_reference(tracking
     from_ref = make_target(load_msd_dataset(uri, cache_dir=cache), "train")
     from_folder = make_target(MSDDataset.load(Path(moved) / folder.name), "train")
     assert from_ref.digest == from_folder.digest and from_ref.name == from_folder.name == TARGET_TASK
-    a = score_versions(versions, from_ref, methods=["ccfv", "logme"], log=False, cache_dir=tmp_path / "fa")
-    b = score_versions(versions, from_folder, methods=["ccfv", "logme"], log=False, cache_dir=tmp_path / "fb")
+    a = score_versions(versions, from_ref, ScoreConfig(["ccfv", "logme"], cache_dir=tmp_path / "fa"), log=False)
+    b = score_versions(versions, from_folder, ScoreConfig(["ccfv", "logme"], cache_dir=tmp_path / "fb"), log=False)
     pd.testing.assert_frame_equal(
         a[["model", "ccfv", "logme", "rank"]].reset_index(drop=True),
         b[["model", "ccfv", "logme", "rank"]].reset_index(drop=True),

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_ccfv.data import MSDDataset, make_target
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 from mlflow_ccfv.tracking import logged_model_id, target_dataset
 
 pytest_plugins = ["mlflow_server"]
@@ -45,7 +45,7 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     assert "ccfv_layers" in result.artifacts
 
     # Same code path as `score`: the same version on the same target gives the same CC-FV (cached features).
-    table = score_versions([mv], make_target(MSDDataset.load(root), "train"), methods=["ccfv", "logme"], log=False)
+    table = score_versions([mv], make_target(MSDDataset.load(root), "train"), ScoreConfig(["ccfv", "logme"]), log=False)
     assert bool(table["cached"].iloc[0])
     assert table["ccfv"].iloc[0] == pytest.approx(metrics["ccfv"], rel=1e-9)
     assert table["logme"].iloc[0] == pytest.approx(metrics["logme"], rel=1e-9)
@@ -54,7 +54,7 @@ def test_evaluate_matches_score_and_links_metrics_to_model_and_dataset(tracking_
     from mlflow_ccfv.pipelines.controls import register_twins
 
     (twin,) = register_twins([mv])
-    twin_table = score_versions([twin], make_target(MSDDataset.load(root), "train"), methods=["ccfv"], log=False)
+    twin_table = score_versions([twin], make_target(MSDDataset.load(root), "train"), ScoreConfig(["ccfv"]), log=False)
     assert metrics["ccfv.twin_control"] == pytest.approx(twin_table["ccfv"].iloc[0], rel=1e-6)
     assert metrics["ccfv_twin"] == pytest.approx(metrics["ccfv"] - metrics["ccfv.twin_control"], rel=1e-12)
     assert metrics["ccfv_twin"] != 0

@@ -59,7 +59,7 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
 
     from mlflow_ccfv.data import make_target
     from mlflow_ccfv.pipelines.report import report_bank, scores_from_tags
-    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 
     mlflow.set_experiment("test-finetune")
     source = write_blob_task(tmp_path, "Task01_Bright", 4, seed=1, bright=150)
@@ -75,7 +75,7 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     bank = bank_versions("t")
     assert {v.tags["source_dataset"] for v in bank} == {"Task01", "random-init"} and len(bank) == 3
 
-    score_versions(bank, make_target(MSDDataset.load(target), "train"), methods="ccfv,logme,gbc")
+    score_versions(bank, make_target(MSDDataset.load(target), "train"), ScoreConfig(["ccfv", "logme", "gbc"]))
 
     ft = TrainConfig(steps=30, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
     outcomes = [finetune_version(f"models:/{v.name}/{v.version}", target, ft, progress=False) for v in bank]

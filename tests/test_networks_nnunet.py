@@ -379,7 +379,7 @@ def test_imported_ct_model_is_scored_on_hu_normalised_with_its_own_plans(trackin
     from mlflow_ccfv.features import FeatureSet, sample_features
     from mlflow_ccfv.networks import random_state_dict
     from mlflow_ccfv.pipelines.register import BankEntry, NnUNetSource, register_version
-    from mlflow_ccfv.pipelines.score import score_versions
+    from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
     from mlflow_ccfv.scoring import CaseCache, sampler_config_for
     from mlflow_ccfv.tracking import tags as T
     from mlflow_ccfv.tracking.load import load_version
@@ -396,7 +396,9 @@ def test_imported_ct_model_is_scored_on_hu_normalised_with_its_own_plans(trackin
     target = make_target(ds, "all")
     cache = tmp_path / "cache"
     sampler = {"global_samples": 64}
-    score_versions(["models:/liver-nnunet/1", "models:/plain-unet/1"], target, ["ccfv"], sampler, cache_dir=cache)
+    score_versions(
+        ["models:/liver-nnunet/1", "models:/plain-unet/1"], target, ScoreConfig(["ccfv"], sampler, cache_dir=cache)
+    )
 
     nnunet, other = load_version("models:/liver-nnunet/1"), load_version("models:/plain-unet/1")
     hu = np.asarray(nib.load(str(ct)).dataobj).astype(np.float64)  # RAS at 3 mm: the grid is kept

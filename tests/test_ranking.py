@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 import mlflow_ccfv.tracking.ranking_writes as ranking_writes
 from mlflow_ccfv.data import MSDDataset, make_target
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 from mlflow_ccfv.tracking.ranking_writes import rerank
 
 pytest_plugins = ["mlflow_server"]
@@ -27,7 +27,7 @@ def test_ranks_cover_every_scored_version_whatever_the_batch(tracking_uri, tmp_p
     cache = tmp_path / "cache"
 
     def score(versions, **kw):
-        return score_versions(versions, target, ["ccfv"], cache_dir=cache, **kw)
+        return score_versions(versions, target, ScoreConfig(["ccfv"], cache_dir=cache, **kw))
 
     in_a, in_b = {f"{v.name}/1" for v in a}, {f"{v.name}/1" for v in b}
     score(a)
@@ -40,7 +40,7 @@ def test_ranks_cover_every_scored_version_whatever_the_batch(tracking_uri, tmp_p
     assert rerank(TARGET_TASK, bank="bank-b").rounds == 1
 
     # Non-default sampler settings are tagged and ranked apart from the default ones.
-    score([b[0]], sampler_config={"global_samples": 64})
+    score([b[0]], sampler={"global_samples": 64})
     tags = client.get_model_version(b[0].name, "1").tags
     assert tags[f"transferability.sampler.{TARGET_TASK}"] not in ("", "default")
     assert_one_ranking(client, TARGET_TASK, {f"{b[0].name}/1"}, bank="bank-b")

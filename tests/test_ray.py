@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow_ccfv.cli import main
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.pipelines.executors import RayExecutor, SerialExecutor, ray_runtime_env
-from mlflow_ccfv.pipelines.score import TargetSource, score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, TargetSource, score_versions
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.search import search_versions
 
@@ -60,7 +60,9 @@ def test_ray_scores_equal_serial_scores_and_the_driver_ranks(local_ray, on_serve
     versions = register_tiny_bank("ray", seeds=(0, 1, 2), prefix="ray-unet")
     folder = make_target_folder(tmp_path / "data")
     target = make_target(MSDDataset.load(folder), "train")
-    serial = score_versions(versions, target, METHODS, cache_dir=tmp_path / "serial", executor=SerialExecutor())
+    serial = score_versions(
+        versions, target, ScoreConfig(METHODS, cache_dir=tmp_path / "serial"), executor=SerialExecutor()
+    )
     # From the logged dataset: each worker downloads it (once per worker cache) and checks it.
     uri = CliRunner().invoke(main, ["log-dataset", "--dataset", str(folder)]).output.strip().rsplit(" ", 1)[-1]
     # The command line: `score --executor ray` joins the Ray instance this module started.
@@ -87,8 +89,7 @@ def test_ray_scores_equal_serial_scores_and_the_driver_ranks(local_ray, on_serve
         table = score_versions(
             versions,
             target,
-            METHODS,
-            cache_dir=tmp_path / "ray2",
+            ScoreConfig(METHODS, cache_dir=tmp_path / "ray2"),
             executor=RayExecutor(num_cpus=1),
             source=TargetSource(str(folder), "train", 0),
         )
@@ -128,12 +129,15 @@ def test_a_killed_worker_leaves_one_consistent_result(local_ray, on_server, tmp_
     killer.start()
     with mlflow.start_run(run_name="ray score, one worker killed") as parent:
         remote = score_versions(
-            versions, target, METHODS, cache_dir=tmp_path / "ray", executor=RayExecutor(num_cpus=1, max_retries=3)
+            versions,
+            target,
+            ScoreConfig(METHODS, cache_dir=tmp_path / "ray"),
+            executor=RayExecutor(num_cpus=1, max_retries=3),
         )
     killer.join()
     assert killed, "no Ray task was seen running"
     assert remote["error"].isna().all(), remote["error"].tolist()
-    serial = score_versions(versions, target, METHODS, cache_dir=tmp_path / "serial", log=False)
+    serial = score_versions(versions, target, ScoreConfig(METHODS, cache_dir=tmp_path / "serial"), log=False)
     assert _scores(remote) == _scores(serial)
     client = MlflowClient()
     children = _child_runs(client, parent.info.run_id)  # deleted leftovers are not listed

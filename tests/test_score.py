@@ -14,7 +14,7 @@ from mlflow_ccfv.cli import main
 from mlflow_ccfv.cli.base import DEFAULT_EXPERIMENT
 from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.estimators import METHODS
-from mlflow_ccfv.pipelines.score import score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 from mlflow_ccfv.scoring import DEFAULT_METHODS, parse_methods
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.tracking import tags as T
@@ -200,9 +200,7 @@ def test_score_versions_api_without_logging(tracking_uri, tmp_path):
     table = score_versions(
         versions,
         target,
-        methods=["ccfv"],
-        sampler_config={"global_samples": 64},
-        cache_dir=tmp_path / "cache",
+        ScoreConfig(["ccfv"], sampler={"global_samples": 64}, cache_dir=tmp_path / "cache"),
         log=False,
     )
     assert list(table["rank"]) == [1, 2] and table["ccfv"].is_monotonic_decreasing
@@ -341,12 +339,15 @@ def test_rank_by_ccfv_twin_registers_random_twins_and_ranks_by_them(tracking_uri
 
 
 @pytest.mark.parametrize(("option", "value"), [("num_cpus", "abc"), ("num_gpus", "-1")])
-def test_score_from_options_refuses_bad_ray_resources_before_any_work(option, value, tmp_path, monkeypatch):
-    """The Python entry of ``score`` (text as MLproject passes it) checks the Ray resources up front."""
+def test_score_refuses_bad_ray_resources_before_any_work(option, value, tmp_path, monkeypatch):
+    """``score`` (text as MLproject passes it) and its typed request check the Ray resources up front."""
     from mlflow_ccfv.errors import OptionError
-    from mlflow_ccfv.pipelines.score import score_from_options
+    from mlflow_ccfv.pipelines.score import ScoreRequest
 
+    flag = f"--{option.replace('_', '-')}"
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(OptionError, match=f"--{option.replace('_', '-')}"):
-        score_from_options(dataset="Task09", **{option: value})
+    with pytest.raises(OptionError, match=flag):
+        ScoreRequest(dataset="Task09", **{option: value})
+    result = CliRunner().invoke(main, ["score", "--dataset", "Task09", flag, value])
+    assert result.exit_code != 0 and flag in result.output, result.output
     assert not list(tmp_path.iterdir())  # no store, cache or data touched

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlflow_ccfv.cli import shared_options as shared
 from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
 from mlflow_ccfv.cli.types import EnumChoice, IntTuple, OptionalFloat
-from mlflow_ccfv.options import TargetSplit
+from mlflow_ccfv.options import TargetSplit, split_list
 
-__all__ = ["score"]
+if TYPE_CHECKING:
+    from mlflow_ccfv.pipelines.score_request import ScoreRequest
+
+__all__ = ["SAMPLER_OPTIONS", "score", "score_request"]
 
 
 @command()
@@ -75,14 +80,15 @@ __all__ = ["score"]
 def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.rank import frame_json
-    from mlflow_ccfv.pipelines.score import score_from_options
+    from mlflow_ccfv.pipelines.score import run_score
     from mlflow_ccfv.scoring import parse_methods
     from mlflow_ccfv.study.ranking import table_markdown
 
     as_json = options.pop("json")
     with exit_on_input_error("score"):
+        request = score_request(options)
         check_tracking_server(options.pop("experiment"))
-        table = score_from_options(**options)
+        table = run_score(request)
     shown = parse_methods(options["methods"])
     if as_json:
         click.echo(frame_json(table))
@@ -103,3 +109,44 @@ def score(**options) -> None:
         click.echo(f"FAILED {model}: {error}", err=True)
     if failed:
         sys.exit(1)
+
+
+#: The options that set the sampler (:func:`~mlflow_ccfv.pipelines.score_request.sampler_overrides`).
+SAMPLER_OPTIONS = ("roi_size", "overlap", "global_samples", "layer_budgets", "sampler_seed")
+
+
+#: The options a :class:`~mlflow_ccfv.pipelines.score_request.ScoreRequest` takes as click parsed them.
+_REQUEST_OPTIONS = (
+    "dataset",
+    "bank",
+    "split",
+    "verify",
+    "executor",
+    "num_cpus",
+    "num_gpus",
+    "log_dataset",
+    "add_twins",
+)
+
+
+def score_request(options: Mapping[str, Any]) -> ScoreRequest:
+    """The :class:`~mlflow_ccfv.pipelines.score_request.ScoreRequest` of ``score``'s parsed options
+    (each error names its option)."""
+    from mlflow_ccfv.pipelines.score_request import ScoreRequest, sampler_overrides
+    from mlflow_ccfv.pipelines.score_task import ScoreConfig
+    from mlflow_ccfv.scoring import parse_methods
+
+    config = ScoreConfig(
+        methods=parse_methods(options["methods"]),
+        sampler=sampler_overrides(**{name: options[name] for name in SAMPLER_OPTIONS}),
+        cache_dir=options["cache_dir"] or None,
+        device=options["device"] or None,
+        **{name: options[name] for name in ("force", "rank_by", "allow_pickle")},
+    )
+    return ScoreRequest(
+        data_root=options["data_root"] or None,
+        models=tuple(split_list(options["models"])),
+        ray_address=options["ray_address"] or None,
+        config=config,
+        **{name: options[name] for name in _REQUEST_OPTIONS},
+    )

@@ -11,6 +11,24 @@ from mlflow_ccfv.cli.types import IntTuple
 __all__ = ["select"]
 
 
+#: The options a :class:`~mlflow_ccfv.pipelines.select.SelectRequest` takes as click parsed them.
+_REQUEST_OPTIONS = (
+    "dataset",
+    "bank",
+    "top_k",
+    "rank_by",
+    "budget",
+    "validation_fraction",
+    "validation_seed",
+    "overlap",
+    "methods",
+    "force",
+    "device",
+    "allow_pickle",
+    "add_twins",
+)
+
+
 @command()
 @shared.target_option()
 @shared.data_root_option()
@@ -79,23 +97,11 @@ def select(**options) -> None:
     with exit_on_input_error("select"):
         parse_methods(options["methods"])  # an unknown name is refused before the server is asked
         request = SelectRequest(
-            dataset=options["dataset"],
             data_root=options["data_root"] or None,
-            bank=options["bank"],
-            top_k=options["top_k"],
-            rank_by=options["rank_by"],
             rounds=tuple(options["rounds"]),
-            budget=options["budget"],
             train=shared.train_config_from_options({**options, "steps": max(options["rounds"])}),
-            validation_fraction=options["validation_fraction"],
-            validation_seed=options["validation_seed"],
-            overlap=options["overlap"],
-            methods=options["methods"],
-            force=options["force"],
             cache_dir=options["cache_dir"] or None,
-            device=options["device"],
-            allow_pickle=options["allow_pickle"],
-            add_twins=options["add_twins"],
+            **{name: options[name] for name in _REQUEST_OPTIONS},
         )
         runner = make_executor(
             options["executor"],

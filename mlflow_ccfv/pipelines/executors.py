@@ -34,7 +34,6 @@ from mlflow_ccfv.tracking.server import HTTP_RETRY_DEFAULTS
 
 __all__ = [
     "CANCEL_WAIT_S",
-    "EXECUTORS",
     "Executor",
     "RayExecutor",
     "SerialExecutor",
@@ -45,8 +44,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: The ``--executor`` choices.
-EXECUTORS: tuple[str, ...] = tuple(ExecutorKind)
 #: Seconds an interrupted :class:`RayExecutor` waits for its cancelled tasks to end.
 CANCEL_WAIT_S = 10.0
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -226,4 +223,4 @@ def make_executor(
         return SerialExecutor()
     if name == "ray":
         return RayExecutor(address=address or None, num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
-    raise OptionError(f"Unknown executor {name!r}; valid: {', '.join(EXECUTORS)}.")
+    raise OptionError(f"Unknown executor {name!r}; valid: {', '.join(ExecutorKind)}.")

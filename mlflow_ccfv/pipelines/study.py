@@ -37,7 +37,7 @@ from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailur
 from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
 from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, PretrainRequest, pretrain_checkpoints
 from mlflow_ccfv.pipelines.report import ReportSettings, report_bank
-from mlflow_ccfv.pipelines.score import TargetSource, score_versions
+from mlflow_ccfv.pipelines.score import ScoreConfig, TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import register_bank_folder
 from mlflow_ccfv.pipelines.study_config import (
     ARCHITECTURES,
@@ -313,11 +313,9 @@ def _run_study(
             score_versions(
                 bank,
                 make_target(ds, "train", seed=config.split_seed),
-                methods=config.methods,
-                force=force_score,
-                cache_dir=config.cache_dir,
-                device=config.device,
-                amp=config.amp,
+                ScoreConfig(
+                    config.methods, force=force_score, cache_dir=config.cache_dir, device=config.device, amp=config.amp
+                ),
                 executor=executor,
                 source=TargetSource(config.location(ds.root), "train", config.split_seed, config.cache_dir),
             )
