@@ -43,9 +43,11 @@ def main(argv=None) -> int:
 
     from mlflow_ccfv.data import MSDDataset, make_target
     from mlflow_ccfv.pipelines.finetune import finetune_version
+    from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
     from mlflow_ccfv.pipelines.pretrain import register_control
     from mlflow_ccfv.pipelines.score import score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
+    from mlflow_ccfv.pipelines.study_config import SyntheticSettings
     from mlflow_ccfv.tracking.registry import bank_versions, version_uri
     from mlflow_ccfv.training.loops import TrainConfig
 
@@ -57,8 +59,7 @@ def main(argv=None) -> int:
         ensure_synthetic(
             Path(args.data_root).resolve() if not os.path.isabs(args.data_root) else args.data_root,
             [args.target],
-            args.n_cases,
-            (64, 64, 48),
+            SyntheticSettings(n_cases=args.n_cases),
             progress=False,
         )[0]
         if not args.bank
@@ -87,7 +88,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for v in bank:
         finetune_version(
-            version_uri(v), ds, config, cases=(train, test), force=True, log_finetuned_model=True, progress=False
+            FinetuneRequest(
+                version_uri(v), ds, config, cases=(train, test), force=True, log_finetuned_model=True, progress=False
+            )
         )
     finetune_s = time.perf_counter() - start
 

@@ -559,8 +559,8 @@ def synthesize_case(
         ``image`` int16 HU ``[X, Y, Z]`` and ``label`` uint8 ``[X, Y, Z]`` with the task's label values.
     """
     t = get_task(task)
-    if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"shape must be three sizes of at least 16 voxels, got {tuple(shape)}.")
+    if len(shape) != 3 or min(shape) < SHAPE_RANGE[0]:
+        raise ValueError(f"shape must be three sizes of at least {SHAPE_RANGE[0]} voxels, got {tuple(shape)}.")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive mm values, got {tuple(spacing)}.")
     grid = _Grid(shape, spacing)
@@ -702,8 +702,8 @@ def generate_task(
         raise
 
 
-#: Bounds of the synthetic generator's settings (sides in voxels, spacing in mm).
-SHAPE_RANGE = (8, 1024)
+#: Bounds of the synthetic generator's settings (sides in voxels: a phantom needs 16 a side; spacing in mm).
+SHAPE_RANGE = (16, 1024)
 SPACING_RANGE = (0.01, 100.0)
 MAX_CASES = 10_000
 
@@ -712,7 +712,7 @@ def check_synthetic_settings(
     n_cases: int, shape: Sequence[int], spacing: Sequence[float], orientation: str = "LPS"
 ) -> None:
     """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming the setting) before any folder is made:
-    ``n_cases`` in [1, 10000], three ``shape`` sides in [8, 1024] voxels, three finite ``spacing``
+    ``n_cases`` in [1, 10000], three ``shape`` sides in [16, 1024] voxels, three finite ``spacing``
     values in [0.01, 100] mm, ``orientation`` LPS or RAS."""
     if isinstance(n_cases, bool) or not isinstance(n_cases, int) or not 1 <= n_cases <= MAX_CASES:
         raise OptionError(f"n_cases must be an integer in [1, {MAX_CASES}]; got {n_cases!r}.")
