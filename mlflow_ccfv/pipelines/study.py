@@ -311,7 +311,7 @@ def finetune_target(study: StudyRun, ds: MSDDataset, bank: Sequence, units: _Pro
     requests = [
         FinetuneRequest(
             version_uri(v),
-            config.location(ds.root),
+            ds,
             config.finetune,
             split_seed=config.split_seed,
             overlap=config.overlap,
@@ -327,7 +327,11 @@ def finetune_target(study: StudyRun, ds: MSDDataset, bank: Sequence, units: _Pro
     for o in outcomes:
         if o is not None:
             units.tick(f"{o.model} on {name}: Dice {o.dice.mean:.3f}", 0.0, reused=True, count=len(_seeds(config)))
-    tasks = [FinetuneTask(r, s) for r, o in zip(requests, outcomes) if o is None for s in r.seeds]
+    # a task reads the target from where a worker finds it (its logged reference, else its folder)
+    where = config.location(ds.root)
+    tasks = [
+        FinetuneTask(replace(r, dataset=where), s) for r, o in zip(requests, outcomes) if o is None for s in r.seeds
+    ]
 
     def done(i: int, got: SeedOutcome | TaskFailure) -> None:
         if not isinstance(got, TaskFailure):
@@ -348,6 +352,7 @@ def finetune_target(study: StudyRun, ds: MSDDataset, bank: Sequence, units: _Pro
     if measured:
         study.timed("finetune", start)
         study.seconds["finetune_measured_models"] = study.seconds.get("finetune_measured_models", 0) + len(measured)
+    _target_cases.cache_clear()  # this process is done with the target's cases
     return [
         o if o is not None else combine_seeds(load_setup(r), by_model[str(r.model)]) for r, o in zip(requests, outcomes)
     ]
