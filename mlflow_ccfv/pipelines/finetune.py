@@ -1,17 +1,19 @@
 """The ``finetune`` pipeline: the paper's protocol on a target, the measured Dice recorded in MLflow.
 
 ``finetune_version`` (a :class:`~mlflow_ccfv.pipelines.finetune_setup.FinetuneRequest`): all pre-trained
-parameters but the last convolution, nothing frozen, Dice on the held-out 20%, repeated for each fine-tuning seed (``seeds``, default the config's one seed), recorded as
+parameters but the last convolution, nothing frozen, Dice on the held-out 20%, repeated for each
+fine-tuning seed (``seeds``, default the config's one seed), recorded as
 
-- a run per seed ``finetune <model> on <dataset> (seed <s>)`` (with one seed: ``finetune <model> on <dataset>``): params (model, dataset, digest of that
-  seed's budget, split), the target's training manifest as input, metrics ``train_loss`` (per step),
-  ``dice.<class>`` and ``finetune_dice``, artifacts ``training_curve.png`` and ``dice_per_case.csv``
-  (``case_id``, ``seed``, one column per foreground class), and the fine-tuned network as a
-  LoggedModel of that run. With several seeds these runs are nested in one run
-  ``finetune <model> on <dataset>`` that holds the metrics ``finetune_dice`` (the mean over seeds),
-  ``finetune_dice_sd`` and ``finetune_dice.seed<s>``, and every seed's rows in its
-  ``dice_per_case.csv``: the per-case, per-seed table the study's bootstrap resamples. With one seed
-  that run is the seed's own run.
+- a run per seed ``finetune <model> on <dataset> (seed <s>)`` (with one seed: ``finetune <model> on
+  <dataset>``): params (model, dataset, digest of that seed's budget, split), the target's training
+  manifest as input, metrics ``train_loss`` (per step), ``dice.<class>`` and ``finetune_dice``,
+  artifacts ``training_curve.png`` and ``dice_per_case.csv`` (``case_id``, ``seed``, one column per
+  foreground class), and the fine-tuned network as a LoggedModel of that run. With several seeds
+  one run ``finetune <model> on <dataset>`` holds the metrics ``finetune_dice`` (the mean over
+  seeds), ``finetune_dice_sd`` and ``finetune_dice.seed<s>``, and every seed's rows in its
+  ``dice_per_case.csv``: the per-case, per-seed table the study's bootstrap resamples; the seeds'
+  runs are nested in it (in a study they sit beside it, under the study's run). With one seed that
+  run is the seed's own run.
 - the version tags ``finetune.dice.<dataset>`` (the mean over seeds), ``finetune.dice_sd.<dataset>``
   (with 2 or more seeds), ``finetune.seeds.<dataset>``, ``finetune.run.<dataset>`` (the run holding
   the table) and ``finetune.budget.<dataset>`` (the budget digest, seeds included);
