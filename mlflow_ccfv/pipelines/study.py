@@ -5,6 +5,9 @@ pre-trained once per architecture; for each target the bank is every model *not*
 the random-initialisation controls; the bank is scored on the target's training split (``score``),
 fine-tuned on it with one budget and seed for every model (``finetune``), and the correlations are
 computed from the stored tags (``report``). It times scoring against fine-tuning (the cost ratio).
+Its stages: :func:`pretrain_bank`, then per target :func:`score_target` and :func:`finetune_target`
+(one task of the study's executor per (model, seed), whether serial or Ray, the seeds then combined
+per model in this process), then the report.
 
 ``study`` runs it over the five synthetic tasks (plus the real BRATS folder as an extra source), or
 over real MSD folders given as paths (``--targets /data/Task02_Heart,/data/Task09_Spleen``) or as
