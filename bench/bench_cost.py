@@ -42,9 +42,11 @@ def main(argv=None) -> int:
     import mlflow
 
     from mlflow_ccfv.data import MSDDataset, make_target
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.networks import small_spec
     from mlflow_ccfv.pipelines.controls import register_random_init
     from mlflow_ccfv.pipelines.finetune import finetune_version
+    from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
     from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
     from mlflow_ccfv.pipelines.study import ensure_synthetic
     from mlflow_ccfv.tracking.search import bank_versions, version_uri
@@ -58,8 +60,7 @@ def main(argv=None) -> int:
         ensure_synthetic(
             Path(args.data_root).resolve() if not os.path.isabs(args.data_root) else args.data_root,
             [args.target],
-            args.n_cases,
-            (64, 64, 48),
+            SyntheticSettings(n_cases=args.n_cases),
             progress=False,
         )[0]
         if not args.bank
@@ -94,7 +95,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for v in bank:
         finetune_version(
-            version_uri(v), ds, config, cases=(train, test), force=True, log_finetuned_model=True, progress=False
+            FinetuneRequest(
+                version_uri(v), ds, config, cases=(train, test), force=True, log_finetuned_model=True, progress=False
+            )
         )
     finetune_s = time.perf_counter() - start
 

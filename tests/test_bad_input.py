@@ -464,7 +464,7 @@ ROWS = [
     # demo, study, read-only commands, the tracking server
     Row("demo 1 case", ["demo", "--n-cases", "1"], OPTION, "--n-cases"),
     Row("demo device", ["demo", "--device", "gpu"], OPTION, "--device"),
-    Row("study shape", ["study", "--shape", "4,4,4"], OPTION, "--shape must be integers >= 8"),
+    Row("study shape", ["study", "--shape", "4,4,4"], OPTION, "--shape must be integers >= 16"),
     Row("rank of an unscored dataset", ["rank", "--dataset", "Task42"], REGISTRY, "No version in the registry"),
     Row("bank that is empty", ["bank", "--bank", "nobody"], REGISTRY, "is empty"),
     Row("tracking server unreachable", _unreachable, TRACKING, "does not answer"),

@@ -128,7 +128,7 @@ def test_the_bounds_options_show_are_those_the_layers_enforce():
     refused = CliRunner().invoke(main, ["pretrain", "--dataset", "D", "--patch-size", f"{side - 1},32,32"])
     assert refused.exit_code == 2 and f">= {side}" in refused.output
     synth_help = CliRunner().invoke(main, ["synth", "--help"], terminal_width=400).output
-    assert "(8-1024 a side)" in synth_help and "(0.01-100)" in synth_help
+    assert "(16-1024 a side)" in synth_help and "(0.01-100)" in synth_help
 
 
 def test_the_defaults_options_show_are_those_of_the_config_classes():

@@ -19,6 +19,7 @@ from mlflow_ccfv.data import MSDDataset, make_target
 from mlflow_ccfv.data.synthetic import generate_task
 from mlflow_ccfv.networks import random_state_dict, small_spec
 from mlflow_ccfv.pipelines.finetune import finetune_version
+from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
 from mlflow_ccfv.pipelines.score import ScoreConfig, score_versions
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 from mlflow_ccfv.tracking import register_network
@@ -127,7 +128,9 @@ def test_finetune_killed_during_training_resumes_from_its_checkpoint(tracking_ur
     config = TrainConfig(steps=16, batch_size=2, patch_size=(24, 24, 24), seed=0)
     cache = tmp_path / "cache"
     finetune_version(
-        "models:/ft-a/1", "Task09", config, data_root=data, checkpoint_dir=cache / "a", progress=False, device="cpu"
+        FinetuneRequest(
+            "models:/ft-a/1", "Task09", config, data_root=data, checkpoint_dir=cache / "a", progress=False, device="cpu"
+        )
     )
 
     env = cli_env(tracking_uri, cache)

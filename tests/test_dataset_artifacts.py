@@ -128,6 +128,7 @@ def test_a_damaged_upload_or_a_bad_reference_is_refused_and_leaves_no_cache(trac
 
 def test_a_study_target_given_as_a_logged_dataset_resolves_from_another_folder(tracking_uri, tmp_path, monkeypatch):
     from mlflow_ccfv.pipelines.study import study_config
+    from mlflow_ccfv.pipelines.study_config import StudySettings
 
     folder = make_target_folder(tmp_path / "data")
     uri = _log(CliRunner(), folder)
@@ -137,7 +138,7 @@ def test_a_study_target_given_as_a_logged_dataset_resolves_from_another_folder(t
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("MLFLOW_CCFV_CACHE", raising=False)
-    config = study_config(tmp_path / "synthetic", targets=[uri], early_sources=(), progress=False)
+    config = study_config(tmp_path / "synthetic", StudySettings(targets=(uri,), early_sources=()), progress=False)
     local = work / ".ccfv-cache" / "datasets" / digest / folder.name  # the digest-keyed cache of this folder
     assert config.targets == [local] and [s.path for s in config.sources] == [local]  # leave-one-out: itself
     assert MSDDataset.load(local).digest() == digest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
@@ -14,9 +16,11 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     import mlflow
 
     from mlflow_ccfv.cli import main
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.networks.bank_files import read_manifest
     from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
     from mlflow_ccfv.pipelines.study import demo_config, demo_evidence, print_summary, run_transfer_study
+    from mlflow_ccfv.pipelines.study_config import DEMO_BUDGET, DemoSettings
     from mlflow_ccfv.tracking.search import bank_versions
 
     mlflow.set_experiment("tiny-demo")
@@ -25,12 +29,12 @@ def test_tiny_demo_runs_and_reruns_from_what_exists(tracking_uri, tmp_path):
     def make():
         return demo_config(
             tmp_path / "data",
-            target="Task10",
-            n_cases=5,
-            shape=(32, 32, 32),
-            finetune_steps=2,
-            seeds=(0, 1),
-            methods="ccfv,ccfv_no_variety,logme,leep",
+            DemoSettings(
+                target="Task10",
+                methods="ccfv,ccfv_no_variety,logme,leep",
+                synthetic=SyntheticSettings(n_cases=5, shape=(32, 32, 32)),
+                budget=dataclasses.replace(DEMO_BUDGET, finetune_steps=2, seeds=(0, 1)),
+            ),
             progress=False,
         )
 
@@ -80,12 +84,15 @@ def test_leave_one_out_over_two_targets_scores_and_reports_both(tracking_uri, tm
     """The study's per-target loop: each target scored in its own run, its bank leaving itself out."""
     import mlflow
 
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.pipelines.study import Source, StudyConfig, ensure_synthetic, run_transfer_study
     from mlflow_ccfv.tracking.search import bank_versions
     from mlflow_ccfv.training import TrainConfig
 
     mlflow.set_experiment("tiny-study")
-    folders = ensure_synthetic(tmp_path / "data", ["Task03", "Task09"], 5, (32, 32, 24), progress=False)
+    folders = ensure_synthetic(
+        tmp_path / "data", ["Task03", "Task09"], SyntheticSettings(n_cases=5, shape=(32, 32, 24)), progress=False
+    )
     tiny = TrainConfig(steps=3, patch_size=(24, 24, 24), learning_rate=3e-3, seed=0)
     config = StudyConfig(
         targets=folders,

@@ -13,6 +13,7 @@ import pytest
 from mlflow_ccfv.data import MSDDataset
 from mlflow_ccfv.pipelines.controls import register_control
 from mlflow_ccfv.pipelines.finetune import finetune_version
+from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
 from mlflow_ccfv.pipelines.pretrain import PretrainRequest, pretrain_and_register
 from mlflow_ccfv.study import pearson, weighted_tau
 from mlflow_ccfv.tracking.search import bank_versions
@@ -78,7 +79,9 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
     score_versions(bank, make_target(MSDDataset.load(target), "train"), ScoreConfig(["ccfv", "logme", "gbc"]))
 
     ft = TrainConfig(steps=30, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
-    outcomes = [finetune_version(f"models:/{v.name}/{v.version}", target, ft, progress=False) for v in bank]
+    outcomes = [
+        finetune_version(FinetuneRequest(f"models:/{v.name}/{v.version}", target, ft, progress=False)) for v in bank
+    ]
     ds = MSDDataset.load(target)
     test_cases = list(ds.iter_cases(ds.split().test, progress=False))
     floor = constant_predictor_dice(test_cases, 2)
@@ -99,7 +102,7 @@ def test_pretrain_score_finetune_report(tracking_uri, tmp_path):
         linked = [m for m in logged.metrics if m.key == "finetune_dice"]
         assert linked and linked[-1].dataset_name == "Task02"
     # same budget again: reused from the tags, no new run
-    again = finetune_version(f"models:/{bank[0].name}/{bank[0].version}", target, ft, progress=False)
+    again = finetune_version(FinetuneRequest(f"models:/{bank[0].name}/{bank[0].version}", target, ft, progress=False))
     assert again.reused and again.dice.mean == pytest.approx(outcomes[0].dice.mean, abs=1e-6)
 
     report = report_bank("t", out_dir=tmp_path / "report")
@@ -130,7 +133,7 @@ def test_multi_seed_finetune_tags_mean_and_sd_and_resumes_per_seed(tracking_uri,
     mv = register_control("UNet", 1, 2, (24, 24, 24), bank="s")
     uri = f"models:/{mv.name}/{mv.version}"
     ft = TrainConfig(steps=4, patch_size=(24, 24, 24), learning_rate=1e-2, seed=0)
-    single = finetune_version(uri, target, ft, progress=False, log_finetuned_model=False)
+    single = finetune_version(FinetuneRequest(uri, target, ft, progress=False, log_finetuned_model=False))
     assert single.run_id and math.isnan(single.dice_sd)
 
     def n_finetune_runs() -> int:
@@ -171,11 +174,11 @@ def test_multi_seed_finetune_tags_mean_and_sd_and_resumes_per_seed(tracking_uri,
     assert sorted(table["seed"].unique()) == [0, 1, 2] and set(table.columns) == {"case_id", "seed", "ball"}
     assert table.groupby("seed")["case_id"].nunique().tolist() == [1, 1, 1]  # 5 cases: 4 train, 1 held out
     # the same budget again: reused from the tags, no run at all
-    again = finetune_version(uri, target, ft, seeds=(0, 1, 2), progress=False)
+    again = finetune_version(FinetuneRequest(uri, target, ft, seeds=(0, 1, 2), progress=False))
     assert again.reused and n_finetune_runs() == before + 3
     assert again.dice_sd == pytest.approx(float(tags["finetune.dice_sd.Task02"]))
     with pytest.raises(ValueError, match="distinct"):
-        finetune_version(uri, target, ft, seeds=(1, 1), progress=False)
+        finetune_version(FinetuneRequest(uri, target, ft, seeds=(1, 1), progress=False))
 
 
 @pytest.mark.slow

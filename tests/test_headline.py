@@ -21,15 +21,14 @@ def _option_default(command, name: str):
 
 def test_the_demo_writes_where_score_and_rank_look():
     from mlflow_ccfv.cli import main
-    from mlflow_ccfv.pipelines.study import demo_config
+    from mlflow_ccfv.pipelines.study_config import DemoSettings
     from mlflow_ccfv.tracking.search import DEFAULT_BANK
 
     demo, score = main.commands["demo"], main.commands["score"]
     assert _option_default(demo, "data_root") == _option_default(score, "data_root")
     assert _option_default(demo, "bank") == _option_default(score, "bank") == DEFAULT_BANK
-    import inspect
 
-    assert inspect.signature(demo_config).parameters["bank"].default == DEFAULT_BANK
+    assert DemoSettings().bank == DEFAULT_BANK
     entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     for key in ("data_root", "bank"):
         assert entry["demo"]["parameters"][key]["default"] == entry["score"]["parameters"][key]["default"], key
@@ -43,7 +42,7 @@ def test_the_demo_writes_where_score_and_rank_look():
     from mlflow_ccfv.networks.bank_files import read_manifest
     from mlflow_ccfv.pipelines.shipped_bank import SHIPPED_BANK
 
-    target = inspect.signature(demo_config).parameters["target"].default
+    target = DemoSettings().target
     assert target == _option_default(demo, "target") == entry["demo"]["parameters"]["target"]["default"] == "Task10"
     assert target not in {m.source_dataset for m in read_manifest(SHIPPED_BANK).models}
 
@@ -66,7 +65,9 @@ def test_headline_commands_after_a_tiny_demo(tracking_uri, tmp_path, monkeypatch
     from click.testing import CliRunner
 
     from mlflow_ccfv.cli import main
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.pipelines.study import demo_config, run_transfer_study
+    from mlflow_ccfv.pipelines.study_config import DemoSettings, StudyBudget
     from mlflow_ccfv.tracking import bank_versions, target_dataset
 
     project = _project_copy(tmp_path / "project")
@@ -77,18 +78,16 @@ def test_headline_commands_after_a_tiny_demo(tracking_uri, tmp_path, monkeypatch
     run_transfer_study(
         demo_config(
             data_root,
-            target="Task09",
-            sources=("Task03", "Task07"),
-            n_cases=5,
-            shape=(32, 32, 24),
-            pretrain_steps=2,
-            finetune_steps=2,
-            architectures=("UNet",),
-            methods="ccfv,logme",
-            patch_size=(24, 24, 24),
+            DemoSettings(
+                target="Task09",
+                sources=("Task03", "Task07"),
+                architectures=("UNet",),
+                methods="ccfv,logme",
+                from_scratch=True,  # the pre-training path (the shipped bank's path: tests/test_demo.py)
+                synthetic=SyntheticSettings(n_cases=5, shape=(32, 32, 24)),
+                budget=StudyBudget(pretrain_steps=2, finetune_steps=2, patch_size=(24, 24, 24), seeds=(0,)),
+            ),
             progress=False,
-            from_scratch=True,  # the pre-training path (the shipped bank's path: tests/test_demo.py)
-            seeds=(0,),
         ),
         progress=False,
     )

@@ -438,7 +438,8 @@ def test_imported_ct_model_is_fine_tuned_on_its_own_normalisation(tracking_uri, 
 
     from mlflow_ccfv.data import MSDDataset, make_target
     from mlflow_ccfv.data.derive import derive_task
-    from mlflow_ccfv.pipelines.finetune import budget_digest, finetune_version
+    from mlflow_ccfv.pipelines.finetune import finetune_version
+    from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest, budget_digest
     from mlflow_ccfv.pipelines.register import BankEntry, NnUNetSource, register_version
     from mlflow_ccfv.tracking import tags as T
     from mlflow_ccfv.training import TrainConfig
@@ -452,13 +453,15 @@ def test_imported_ct_model_is_fine_tuned_on_its_own_normalisation(tracking_uri, 
     # cases pre-loaded with the target's normalisation (a study's) are not what this model is fed
     defaults = (list(ds.iter_cases(["a"], progress=False)), list(ds.iter_cases(["b"], progress=False)))
     outcome = finetune_version(
-        "models:/liver-nnunet/1",
-        ds,
-        config,
-        cases=defaults,
-        checkpoint_every=0,
-        log_finetuned_model=False,
-        progress=False,
+        FinetuneRequest(
+            "models:/liver-nnunet/1",
+            ds,
+            config,
+            cases=defaults,
+            checkpoint_every=0,
+            log_finetuned_model=False,
+            progress=False,
+        )
     )
     run = mlflow.get_run(outcome.run_id)
     assert run.data.tags[T.RUN_NORMALIZATION] == "CT: CTNormalization(clip [-17, 201], (x - 99.4) / 39.4)"

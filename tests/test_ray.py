@@ -155,24 +155,25 @@ def test_a_killed_worker_leaves_one_consistent_result(local_ray, on_server, tmp_
 
 @pytest.mark.slow
 def test_the_study_with_ray_matches_the_serial_study(local_ray, on_server, tmp_path, monkeypatch, one_torch_thread):
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.pipelines.study import demo_config, run_transfer_study
+    from mlflow_ccfv.pipelines.study_config import DemoSettings, StudyBudget
 
     monkeypatch.setenv("MLFLOW_CCFV_CACHE", str(tmp_path / "cache"))
     mlflow.set_experiment("ccfv-ray-study")
     config = demo_config(
         tmp_path / "data",
-        target="Task09",
-        n_cases=5,
-        shape=(32, 32, 24),
-        sources=("Task03", "Task07"),
-        pretrain_steps=2,
-        finetune_steps=3,
-        bank="ray-study",
-        architectures=("UNet",),
-        methods="ccfv",
+        DemoSettings(
+            target="Task09",
+            sources=("Task03", "Task07"),
+            bank="ray-study",
+            architectures=("UNet",),
+            methods="ccfv",
+            from_scratch=True,
+            synthetic=SyntheticSettings(n_cases=5, shape=(32, 32, 24)),
+            budget=StudyBudget(pretrain_steps=2, finetune_steps=3, seeds=(0,)),
+        ),
         progress=False,
-        from_scratch=True,
-        seeds=(0,),
     )
     config = dataclasses.replace(config, seeds=(0, 1))  # one Ray task per (model, seed)
     serial = run_transfer_study(config, progress=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_ccfv.pipelines.study import check_twins, evidence_summary, run_transfer_study, study_config
+from mlflow_ccfv.pipelines.study_config import StudyBudget, StudySettings
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 
 
@@ -41,14 +42,14 @@ def test_study_on_real_folders_resumes_per_seed(real_data, tracking_uri, tmp_pat
     b = brats_task(real_data, tmp_path / "real", "Task91_BratsB", range(3, 6))
     config = study_config(
         tmp_path / "synthetic",
-        targets=[str(a), str(b)],
-        architectures=("UNet",),
-        pretrain_steps=4,
-        finetune_steps=2,
-        seeds=(0, 1),
-        curve_every=2,
-        early_step=2,
-        early_sources=[str(b)],
+        StudySettings(
+            targets=(str(a), str(b)),
+            architectures=("UNet",),
+            curve_every=2,
+            early_step=2,
+            early_sources=(str(b),),
+            budget=StudyBudget(pretrain_steps=4, finetune_steps=2, seeds=(0, 1)),
+        ),
         progress=False,
     )
     assert not (tmp_path / "synthetic").exists()  # real targets only: nothing synthesised

@@ -66,12 +66,17 @@ def _finetune_bank(remote_bank) -> None:
     """Fine-tune each bank version on the target (a tiny budget): ``finetune.dice.*`` tags, the
     version's description, and the measured Dice logged on the version's score runs."""
     from mlflow_ccfv.pipelines.finetune import finetune_version
+    from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
     from mlflow_ccfv.training import TrainConfig
 
     # a budget for a test: the Dice of these random networks stays near 0, but is measured and distinct
     config = TrainConfig(steps=3, patch_size=(24, 24, 24), learning_rate=3e-3, seed=0)
     for v in remote_bank["versions"]:
-        finetune_version(f"models:/{v.name}/{v.version}", remote_bank["target"], config, progress=False, device="cpu")
+        finetune_version(
+            FinetuneRequest(
+                f"models:/{v.name}/{v.version}", remote_bank["target"], config, progress=False, device="cpu"
+            )
+        )
 
 
 def _score_with_twin(remote_bank, monkeypatch, caplog) -> str:

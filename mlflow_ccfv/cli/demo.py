@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mlflow_ccfv.cli import shared_options as shared
@@ -39,26 +41,26 @@ def demo(**options) -> None:
     """Run the whole loop on one synthetic target: register the shipped pre-trained bank (digests verified)
     and a random-init control per architecture, synthesise the target, score, fine-tune with 3 seeds,
     report the ranking, its intervals, the selection value and whether pre-training mattered."""
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.networks import resolve_device
     from mlflow_ccfv.pipelines.study import demo_config, demo_evidence, print_summary, run_cli_workflow
+    from mlflow_ccfv.pipelines.study_config import DemoSettings, StudyBudget
 
     if options["from_scratch"] and options["bank_dir"]:
         raise click.UsageError("--from-scratch pre-trains the bank; --bank-dir registers one: give one of them.")
 
     def make():
-        return demo_config(
-            options["data_root"],
+        demo = DemoSettings(
             target=options["target"],
-            sources=split_list(options["sources"]) or None,
-            n_cases=options["n_cases"],
-            pretrain_steps=options["pretrain_steps"],
-            finetune_steps=options["finetune_steps"],
+            sources=tuple(split_list(options["sources"])) or None,
             bank=options["bank"],
             device=options["device"],
-            seeds=options["seeds"],
             from_scratch=options["from_scratch"],
-            bank_folder=options["bank_dir"] or None,
+            bank_folder=Path(options["bank_dir"]) if options["bank_dir"] else None,
+            synthetic=SyntheticSettings(n_cases=options["n_cases"]),
+            budget=StudyBudget(options["pretrain_steps"], options["finetune_steps"], seeds=options["seeds"]),
         )
+        return demo_config(options["data_root"], demo)
 
     with exit_on_input_error("demo"):
         resolve_device(options["device"])

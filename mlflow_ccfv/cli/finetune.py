@@ -33,11 +33,12 @@ def finetune(**options) -> None:
     """Fine-tune a bank version on a target (all pre-trained weights but the last convolution, nothing
     frozen) and record its Dice (MONAI DiceMetric) on the held-out 20%."""
     from mlflow_ccfv.pipelines.finetune import finetune_version
+    from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
 
     with exit_on_input_error("finetune"):
         config = shared.train_config_from_options(options)
         check_tracking_server(options["experiment"])
-        outcome = finetune_version(
+        request = FinetuneRequest(
             options["model"],
             options["dataset"],
             config,
@@ -45,11 +46,12 @@ def finetune(**options) -> None:
             split_seed=options["split_seed"],
             overlap=options["overlap"],
             force=options["force"],
-            seeds=options["seeds"] or None,
+            seeds=options["seeds"],
             device=options["device"],
             checkpoint_every=options["checkpoint_every"],
             allow_pickle=options["allow_pickle"],
         )
+        outcome = finetune_version(request)
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
     spread = f" ± {outcome.dice_sd:.4f} over seeds" if outcome.dice_sd == outcome.dice_sd else ""
     click.echo(

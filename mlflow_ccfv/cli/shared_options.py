@@ -79,7 +79,7 @@ DEFAULT_CACHE_DIR = ".ccfv-cache"
 #: would load torch for ``--help``; tests/test_cli.py checks they agree): cases per task, volume sides in
 #: voxels, voxel sizes in mm.
 MAX_CASES = 10_000
-SHAPE_RANGE = (8, 1024)
+SHAPE_RANGE = (16, 1024)
 SPACING_RANGE = (0.01, 100.0)
 #: ``--n-cases`` of a demo or study family, split 80/20: at least one case on each side.
 CASES_RANGE = (2, MAX_CASES)

@@ -69,9 +69,11 @@ __all__ = ["study"]
 def study(**options) -> None:
     """Run the leave-one-task-out study: pre-train every source per architecture, then per target score the
     bank, fine-tune it and report."""
+    from mlflow_ccfv.data.synthetic import SyntheticSettings
     from mlflow_ccfv.networks import resolve_device
     from mlflow_ccfv.pipelines.executors import make_executor
     from mlflow_ccfv.pipelines.study import evidence_summary, print_summary, run_cli_workflow, study_config
+    from mlflow_ccfv.pipelines.study_config import StudyBudget, StudySettings
 
     ctx = click.get_current_context()
 
@@ -90,24 +92,22 @@ def study(**options) -> None:
             )
             config.extra_models = (version_uri(imported_bundle_model(config, root)),)
             return config
-        return study_config(
-            options["data_root"],
-            n_cases=options["n_cases"],
-            shape=options["shape"],
+        settings = StudySettings(
+            targets=tuple(split_list(options["targets"])) or None,
+            sources=tuple(split_list(options["sources"])) or None,
             brats=options["brats"] or None,
-            pretrain_steps=options["pretrain_steps"],
-            finetune_steps=options["finetune_steps"],
-            architectures=split_list(options["architectures"]),
+            architectures=tuple(split_list(options["architectures"])),
             bank=options["bank"],
-            targets=split_list(options["targets"]) or None,
-            sources=split_list(options["sources"]) or None,
-            seeds=options["seeds"],
-            synthetic_seed=options["synthetic_seed"],
             curve_every=options["curve_every"] or 0,
             early_step=options["early_step"],
-            early_sources=split_list(options["early_sources"]),
+            early_sources=tuple(split_list(options["early_sources"])),
             device=options["device"],
+            synthetic=SyntheticSettings(
+                n_cases=options["n_cases"], shape=options["shape"], seed=options["synthetic_seed"]
+            ),
+            budget=StudyBudget(options["pretrain_steps"], options["finetune_steps"], seeds=options["seeds"]),
         )
+        return study_config(options["data_root"], settings)
 
     with exit_on_input_error("study"):
         resolve_device(options["device"])

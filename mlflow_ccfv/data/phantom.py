@@ -24,7 +24,10 @@ from scipy import ndimage
 
 from mlflow_ccfv.data.synthetic_tasks import SyntheticTask, get_task
 
-__all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING", "synthesize_case"]
+__all__ = ["MIN_SIDE", "DEFAULT_SHAPE", "DEFAULT_SPACING", "synthesize_case"]
+
+#: The smallest side (voxels) a phantom can be drawn in: the anatomy's margins need 16.
+MIN_SIDE = 16
 
 DEFAULT_SHAPE = (64, 64, 48)
 DEFAULT_SPACING = (5.0, 5.0, 5.0)
@@ -329,8 +332,8 @@ def synthesize_case(
         ``image`` int16 HU ``[X, Y, Z]`` and ``label`` uint8 ``[X, Y, Z]`` with the task's label values.
     """
     t = get_task(task)
-    if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"shape must be three sizes of at least 16 voxels, got {tuple(shape)}.")
+    if len(shape) != 3 or min(shape) < MIN_SIDE:
+        raise ValueError(f"shape must be three sizes of at least {MIN_SIDE} voxels, got {tuple(shape)}.")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive mm values, got {tuple(spacing)}.")
     grid = _Grid(shape, spacing)

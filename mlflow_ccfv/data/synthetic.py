@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mlflow_ccfv.data.cases import new_task_folder
 from mlflow_ccfv.data.nifti import save_nifti
-from mlflow_ccfv.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, synthesize_case
+from mlflow_ccfv.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, MIN_SIDE, synthesize_case
 from mlflow_ccfv.data.synthetic_tasks import SYNTHETIC_TASKS, Protocol, SyntheticTask, get_task
 from mlflow_ccfv.errors import DatasetError, OptionError
 
@@ -68,7 +68,7 @@ def _case_rng(seed: int, task: SyntheticTask, index: int) -> np.random.Generator
 
 
 #: Bounds of the synthetic generator's settings (sides in voxels, spacing in mm).
-SHAPE_RANGE = (8, 1024)
+SHAPE_RANGE = (MIN_SIDE, 1024)
 SPACING_RANGE = (0.01, 100.0)
 MAX_CASES = 10_000
 
@@ -77,7 +77,7 @@ def check_synthetic_settings(
     n_cases: int, shape: Sequence[int], spacing: Sequence[float], orientation: str = "LPS"
 ) -> None:
     """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming the setting) before any folder is made:
-    ``n_cases`` in [1, 10000], three ``shape`` sides in [8, 1024] voxels, three finite ``spacing``
+    ``n_cases`` in [1, 10000], three ``shape`` sides in [16, 1024] voxels, three finite ``spacing``
     values in [0.01, 100] mm, ``orientation`` LPS or RAS."""
     if isinstance(n_cases, bool) or not isinstance(n_cases, int) or not 1 <= n_cases <= MAX_CASES:
         raise OptionError(f"n_cases must be an integer in [1, {MAX_CASES}]; got {n_cases!r}.")
@@ -121,8 +121,13 @@ class SyntheticSettings:
     overwrite: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.check()
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+
     def check(self) -> None:
-        """:func:`check_synthetic_settings` on these settings."""
+        """:func:`check_synthetic_settings` on these settings (also when they are built)."""
         check_synthetic_settings(self.n_cases, self.shape, self.spacing, self.orientation)
 
 

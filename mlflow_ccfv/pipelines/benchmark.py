@@ -22,9 +22,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow_ccfv.data import MSDDataset, short_name
 from mlflow_ccfv.data.partition import partition_task
 from mlflow_ccfv.errors import DatasetError
-from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE, NetworkSpec
+from mlflow_ccfv.networks import NetworkSpec
 from mlflow_ccfv.pipelines.register import BankEntry, BundleSource, register_imported
-from mlflow_ccfv.pipelines.study_config import Source, StudyConfig, ensure_synthetic
+from mlflow_ccfv.pipelines.study_config import Source, StudyBudget, StudyConfig, SyntheticSettings, ensure_synthetic
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.search import find_version
 from mlflow_ccfv.training import TrainConfig, pretrain
@@ -97,17 +97,17 @@ def real_benchmark_config(
     (copied once), the synthetic Task03 under ``<data_root>/synthetic`` (family seed 0, 50 cases)."""
     real = shared_data_root(shared)
     source, target = partition_task(real / "msd-hippocampus", Path(data_root) / "real", HIPPOCAMPUS_PARTS, seed=0)
-    (task03,) = ensure_synthetic(Path(data_root) / "synthetic", ["Task03"], 50, (64, 64, 48), progress=progress)
+    (task03,) = ensure_synthetic(Path(data_root) / "synthetic", ["Task03"], SyntheticSettings(), progress=progress)
     sources = [Source(source), Source(real / "brats2013-6", channels=(0,)), Source(task03)]
-    patch = DEFAULT_PATCH_SIZE
+    budget = StudyBudget(pretrain_steps, finetune_steps, seeds=seeds)
     return StudyConfig(
         targets=[target],
         sources=sources,
         architectures=("UNet", "DynUNet"),
         bank=bank,
-        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
-        seeds=tuple(seeds),
+        pretrain=budget.pretrain(),
+        finetune=budget.finetune(),
+        seeds=budget.seeds,
         source_holdout=True,
         curve_every=250,
         early_step=250,

@@ -28,7 +28,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow_ccfv.data import MSDDataset, PreprocessConfig, PreprocessedCase, short_name
 from mlflow_ccfv.features.resources import check_memory, training_bytes
 from mlflow_ccfv.networks import NetworkSpec, resolve_device, small_spec
-from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
 from mlflow_ccfv.tracking.register import register_network
@@ -37,7 +36,6 @@ from mlflow_ccfv.tracking.search import DEFAULT_BANK, check_name, find_version
 from mlflow_ccfv.training import TrainConfig, TrainResult, evaluate_dice, pretrain
 
 __all__ = [
-    "CONTROL_SOURCE",
     "PretrainRequest",
     "bank_name",
     "check_training_resources",

@@ -5,6 +5,9 @@ pre-trained once per architecture; for each target the bank is every model *not*
 the random-initialisation controls; the bank is scored on the target's training split (``score``),
 fine-tuned on it with one budget and seed for every model (``finetune``), and the correlations are
 computed from the stored tags (``report``). It times scoring against fine-tuning (the cost ratio).
+Its stages: :func:`pretrain_bank`, then per target :func:`score_target` and :func:`finetune_target`
+(one task of the study's executor per (model, seed), whether serial or Ray, the seeds then combined
+per model in this process), then the report.
 
 ``study`` runs it over the five synthetic tasks (plus the real BRATS folder as an extra source), or
 over real MSD folders given as paths (``--targets /data/Task02_Heart,/data/Task09_Spleen``) or as
@@ -21,11 +24,11 @@ estimate of the time left.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import mlflow
@@ -34,8 +37,9 @@ from mlflow_ccfv.data import MSDDataset, make_target, short_name
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.controls import register_control, register_twins
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
-from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, finetune_version
-from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE, PretrainRequest, pretrain_checkpoints
+from mlflow_ccfv.pipelines.finetune import FinetuneOutcome, SeedOutcome, combine_seeds, finetune_seed, tagged_outcome
+from mlflow_ccfv.pipelines.finetune_setup import Cases, FinetuneRequest, load_cases, load_setup
+from mlflow_ccfv.pipelines.pretrain import PretrainRequest, load_dataset, pretrain_checkpoints
 from mlflow_ccfv.pipelines.report import ReportSettings, report_bank
 from mlflow_ccfv.pipelines.score import ScoreConfig, TargetSource, score_versions
 from mlflow_ccfv.pipelines.shipped_bank import register_bank_folder
@@ -61,18 +65,18 @@ from mlflow_ccfv.pipelines.study_summary import (
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.runs import command_run
 from mlflow_ccfv.tracking.search import get_version, version_uri
-from mlflow_ccfv.training import TrainConfig
 
 __all__ = [
     "ARCHITECTURES",
-    "CONTROL_SOURCE",
     "DEMO_EXTRA_TASKS",
     "DEMO_METHODS",
     "DEMO_SOURCES",
     "FinetuneTask",
     "Source",
+    "StudyBank",
     "StudyConfig",
     "StudyResult",
+    "StudyRun",
     "check_twins",
     "demo_config",
     "demo_evidence",
@@ -80,18 +84,54 @@ __all__ = [
     "demo_table",
     "ensure_synthetic",
     "evidence_summary",
-    "finetune_task_remote",
+    "finetune_target",
+    "finetune_task",
+    "pretrain_bank",
     "print_summary",
     "run_cli_workflow",
     "run_transfer_study",
+    "score_target",
     "study_config",
 ]
 
 _logger = logging.getLogger(__name__)
 
 
-def _timed(seconds: dict[str, float], key: str, start: float) -> None:
-    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+@dataclass
+class StudyRun:
+    """A study in progress: its config, its run, where its work runs, what it must redo, the seconds
+    spent per stage."""
+
+    config: StudyConfig
+    run_id: str
+    executor: Executor
+    progress: bool = True
+    force_finetune: bool = False
+    force_score: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, key: str, start: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class StudyBank:
+    """A study's bank: the pre-trained versions by source dataset, and the random-init controls."""
+
+    by_source: dict[str, list]
+    controls: list
+
+    def for_target(self, name: str) -> list:
+        """Leave-one-task-out: every version not pre-trained on ``name``, then the controls."""
+        return [v for src, vs in sorted(self.by_source.items()) if src != name for v in vs] + self.controls
+
+
+@dataclass(frozen=True)
+class FinetuneTask:
+    """One seed of one model's fine-tune in a study (a task of the study's executor)."""
+
+    request: FinetuneRequest
+    seed: int
 
 
 def run_transfer_study(
@@ -116,108 +156,38 @@ def run_transfer_study(
     if executor.in_process:  # checked before any work; a Ray worker resolves its own
         config = replace(config, device=str(resolve_device(config.device)))
     with command_run(f"study {config.bank}") as parent:
-        return _run_study(config, parent, progress, force_finetune, force_score, out_dir, executor)
+        study = StudyRun(config, parent.info.run_id, executor, progress, force_finetune, force_score)
+        return _run_study(study, out_dir)
 
 
-@dataclass(frozen=True)
-class FinetuneTask:
-    """One fine-tune of a study: version ``model`` on the task folder ``dataset`` with ``config``."""
-
-    model: str
-    dataset: str
-    config: TrainConfig
-    split_seed: int
-    overlap: float
-    force: bool
-    parent_run_id: str
-    device: str | None = None
-    #: false for one seed of a multi-seed fine-tune: the driver tags the version with the seeds' mean and sd
-    tag_version: bool = True
-
-
-def finetune_task_remote(task: FinetuneTask) -> FinetuneOutcome:
-    """:func:`~mlflow_ccfv.pipelines.finetune.finetune_version` as a Ray task: its run nested under the
-    study's run, its Dice tags on the version. A retried task (its worker died) fine-tunes again; the
-    version's tags are written only once a fine-tune has finished."""
-    return finetune_version(
-        task.model,
-        task.dataset,
-        task.config,
-        split_seed=task.split_seed,
-        overlap=task.overlap,
-        force=task.force,
-        progress=False,
-        parent_run_id=task.parent_run_id,
-        device=task.device,
-        tag_version=task.tag_version,
-    )
-
-
-def _finetune_bank_remote(
-    bank, ds, config: StudyConfig, seeds, force: bool, progress: bool, parent, executor: Executor, seconds
-) -> list[FinetuneOutcome]:
-    """One task per (model, seed) on ``ds``, then, per model, the seeds' Dice combined in this process
-    (:func:`finetune_version` reads every seed back from its finished run; nothing is trained again) and
-    written to the version's tags (mean, sd, seeds): with several seeds the tasks leave the version alone."""
-    tasks = [
-        FinetuneTask(
-            version_uri(v),
-            config.location(ds.root),
-            dataclasses.replace(config.finetune, seed=seed),
-            config.split_seed,
-            config.overlap,
-            force,
-            parent.info.run_id,
-            config.device,
-            tag_version=len(seeds) == 1,
-        )
-        for v in bank
-        for seed in seeds
-    ]
-    start = time.perf_counter()
-    got = executor.map(finetune_task_remote, tasks)
-    failed = [f"{t.model} (seed {t.config.seed}): {o.error}" for t, o in zip(tasks, got) if isinstance(o, TaskFailure)]
-    if failed:
-        raise RuntimeError(f"fine-tuning on {ds.root.name} failed: {'; '.join(failed)}")
-    measured = [o for o in got if not o.reused]
-    if measured:
-        _timed(seconds, "finetune", start)
-        seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + len(measured)
-    if len(seeds) == 1:
-        return got
-    combined = []
-    for i, v in enumerate(bank):
-        mine = got[i * len(seeds) : (i + 1) * len(seeds)]  # this model's seeds, as its tasks measured them
-        trained = not all(o.reused for o in mine)
-        outcome = finetune_version(
-            version_uri(v),
-            ds,
-            config.finetune,
-            split_seed=config.split_seed,
-            overlap=config.overlap,
-            progress=progress,
-            seeds=seeds,
-            device=config.device,
-            recombine=trained,  # fresh seed runs: combine them even if the version holds this budget's tags
-        )
-        combined.append(replace(outcome, reused=not trained, seconds=sum(o.seconds for o in mine)))
-    return combined
-
-
-def _run_study(
-    config: StudyConfig,
-    parent,
-    progress: bool,
-    force_finetune: bool,
-    force_score: bool,
-    out_dir: str | Path | None,
-    executor: Executor,
-) -> StudyResult:
-    seconds: dict[str, float] = {}
-    outcomes: list[FinetuneOutcome] = []
+def _run_study(study: StudyRun, out_dir: str | Path | None) -> StudyResult:
+    """The stages: the bank, then per target its scores and its fine-tunes, then the report."""
     wall = time.perf_counter()
+    config = study.config
     targets = [MSDDataset.load(p) for p in config.targets]
-    target_names = [short_name(t) for t in targets]
+    names = [short_name(t) for t in targets]
+    _log_study_params(config, names)
+    in_channels = {t.n_channels for t in targets}
+    if len(in_channels) != 1:
+        raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
+    bank = pretrain_bank(study, in_channels.pop())
+    n_units = sum(len(bank.for_target(name)) for name in names) * len(_seeds(config))
+    units = _Progress("fine-tuning", n_units, unit="(model, target, seed)")
+    outcomes: list[FinetuneOutcome] = []
+    for ds, name in zip(targets, names):
+        versions = bank.for_target(name)
+        _logger.info("target %s: bank of %d models (%s)", name, len(versions), ", ".join(map(version_uri, versions)))
+        score_target(study, ds, versions)
+        outcomes += finetune_target(study, ds, versions, units)
+    return _report(study, names, outcomes, out_dir, wall)
+
+
+def _seeds(config: StudyConfig) -> tuple[int, ...]:
+    """The fine-tuning seeds of every (model, target)."""
+    return tuple(config.seeds) if config.seeds else (config.finetune.seed,)
+
+
+def _log_study_params(config: StudyConfig, target_names: Sequence[str]) -> None:
     mlflow.set_tags({T.RUN_STAGE: "study", T.RUN_BANK: config.bank})
     mlflow.log_params(
         {
@@ -231,7 +201,7 @@ def _run_study(
             "split_seed": config.split_seed,
             "device": config.device,
             "amp": config.amp,
-            "seeds": T.format_seeds(config.seeds or (config.finetune.seed,)),
+            "seeds": T.format_seeds(_seeds(config)),
             "source_holdout": config.source_holdout,
             "curve_every": config.curve_every,
             "early_step": config.early_step,
@@ -243,21 +213,47 @@ def _run_study(
             **T.prefixed_params("finetune", config.finetune.to_dict()),
         }
     )
-    # 1. the bank: one pre-training per source per architecture, plus the controls
+
+
+def pretrain_bank(study: StudyRun, n_in: int) -> StudyBank:
+    """The bank: the models of the bank folder, or one pre-training per source per architecture; the
+    extra models; a random-init control per architecture (``n_in`` input channels) and a twin for every
+    other network of the bank (e.g. an imported model: same identity, random weights)."""
+    config = study.config
     start = time.perf_counter()
     by_source: dict[str, list] = {}
-    in_channels = {t.n_channels for t in targets}
-    if len(in_channels) != 1:
-        raise ValueError(f"The targets have different numbers of channels ({sorted(in_channels)}).")
-    n_in = in_channels.pop()
     if config.bank_folder is not None:
         shipped = register_bank_folder(config.bank_folder, bank=config.bank)
         for v in shipped:
             by_source.setdefault(v.tags[T.SOURCE_DATASET], []).append(v)
         _logger.info("bank folder %s: %d pre-trained models registered or reused", config.bank_folder, len(shipped))
-    sources = config.sources if config.bank_folder is None else []
-    units = _Progress("pre-training", len(sources) * len(config.architectures), unit="(source, architecture)")
-    for source in sources:
+    else:
+        _pretrain_sources(study, by_source)
+    for uri in config.extra_models:
+        extra = get_version(uri)
+        by_source.setdefault(extra.tags[T.SOURCE_DATASET], []).append(extra)
+    controls = [
+        register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank, seed=config.control_seed)
+        for arch in config.architectures
+    ]
+    pretrained = [v for vs in by_source.values() for v in vs]
+    known = {(c.name, str(c.version)) for c in controls}
+    controls += [
+        t
+        for t in register_twins([*pretrained, *controls], seed=config.control_seed)
+        if (t.name, str(t.version)) not in known
+    ]
+    check_twins(pretrained, controls)
+    study.timed("pretrain", start)
+    return StudyBank(by_source, controls)
+
+
+def _pretrain_sources(study: StudyRun, by_source: dict[str, list]) -> None:
+    """One pre-training per source per architecture (reused when registered with this budget), added to
+    ``by_source``."""
+    config = study.config
+    units = _Progress("pre-training", len(config.sources) * len(config.architectures), unit="(source, architecture)")
+    for source in config.sources:
         source_ds = MSDDataset.load(source.path)
         early = config.early_step if short_name(source_ds) in config.early_sources else None
         for arch in config.architectures:
@@ -273,111 +269,143 @@ def _run_study(
                 early_step=early,
                 device=config.device,
             )
-            versions = pretrain_checkpoints(request, progress)
+            versions = pretrain_checkpoints(request, study.progress)
             units.tick(
                 f"{arch} on {short_name(source_ds)} ({', '.join(version_uri(v) for v in versions)})",
                 time.perf_counter() - unit,
                 reused=time.perf_counter() - unit < 1.0,
             )
             by_source.setdefault(versions[-1].tags[T.SOURCE_DATASET], []).extend(versions)
-    for uri in config.extra_models:
-        extra = get_version(uri)
-        by_source.setdefault(extra.tags[T.SOURCE_DATASET], []).append(extra)
-    controls = [
-        register_control(arch, n_in, 2, config.pretrain.patch_size, bank=config.bank, seed=config.control_seed)
-        for arch in config.architectures
-    ]
-    pretrained = [v for vs in by_source.values() for v in vs]
-    # a twin for every other network of the bank (e.g. an imported model): same identity, random weights
-    known = {(c.name, str(c.version)) for c in controls}
-    controls += [
-        t
-        for t in register_twins([*pretrained, *controls], seed=config.control_seed)
-        if (t.name, str(t.version)) not in known
-    ]
-    check_twins(pretrained, controls)
-    _timed(seconds, "pretrain", start)
-    seeds = tuple(config.seeds) if config.seeds else (config.finetune.seed,)
-    n_units = sum(
-        len([v for src, vs in by_source.items() if src != name for v in vs]) + len(controls) for name in target_names
-    )
-    finetune_units = _Progress("fine-tuning", n_units * len(seeds), unit="(model, target, seed)")
-    for ds, name in zip(targets, target_names):
-        bank = [v for src, vs in sorted(by_source.items()) if src != name for v in vs] + controls
-        _logger.info("target %s: bank of %d models (%s)", name, len(bank), ", ".join(version_uri(v) for v in bank))
-        # 2. score the bank on the target's training split (features cached per version and target)
-        start = time.perf_counter()
-        # one nested run per target: score_versions logs the target's params on its parent run,
-        # and a run's params cannot change from one target to the next
-        with mlflow.start_run(run_name=f"score {name}", nested=True):
-            score_versions(
-                bank,
-                make_target(ds, "train", seed=config.split_seed),
-                ScoreConfig(
-                    config.methods, force=force_score, cache_dir=config.cache_dir, device=config.device, amp=config.amp
-                ),
-                executor=executor,
-                source=TargetSource(config.location(ds.root), "train", config.split_seed, config.cache_dir),
-            )
-        _timed(seconds, "score", start)
-        # 3. fine-tune every model of the bank the same way (the target's cases loaded once)
-        if not executor.in_process:
-            outcomes += _finetune_bank_remote(
-                bank, ds, config, seeds, force_finetune, progress, parent, executor, seconds
-            )
-            continue
-        split = ds.split(seed=config.split_seed)
-        if len(split.test) < 10:
-            _logger.warning(
-                "target %s has %d held-out cases; the study's Dice needs at least 10 (80/20 split: 50 cases) "
-                "for a usable noise floor",
-                name,
-                len(split.test),
-            )
-        train = list(ds.iter_cases(split.train, progress=progress))
-        test = list(ds.iter_cases(split.test, progress=progress))
-        for v in bank:
-            start = time.perf_counter()
-            outcome = finetune_version(
-                version_uri(v),
-                ds,
-                config.finetune,
-                split_seed=config.split_seed,
-                overlap=config.overlap,
-                cases=(train, test),
-                force=force_finetune,
-                progress=progress,
-                seeds=seeds,
+
+
+def score_target(study: StudyRun, ds: MSDDataset, bank: Sequence) -> None:
+    """Score the bank on the target's training split (features cached per version and target), in one
+    nested run per target: ``score_versions`` logs the target's params on its parent run, and a run's
+    params cannot change from one target to the next."""
+    config = study.config
+    start = time.perf_counter()
+    with mlflow.start_run(run_name=f"score {short_name(ds)}", nested=True):
+        score_versions(
+            list(bank),
+            make_target(ds, "train", seed=config.split_seed),
+            ScoreConfig(
+                config.methods,
+                force=study.force_score,
+                cache_dir=config.cache_dir,
                 device=config.device,
-            )
-            outcomes.append(outcome)
-            elapsed = time.perf_counter() - start
-            if not outcome.reused:
-                _timed(seconds, "finetune", start)
-                seconds["finetune_measured_models"] = seconds.get("finetune_measured_models", 0) + 1
-            spread = f" ± {outcome.dice_sd:.3f}" if outcome.dice_sd == outcome.dice_sd else ""
-            finetune_units.tick(
-                f"{outcome.model} on {name}: Dice {outcome.dice.mean:.3f}{spread}",
-                elapsed,
-                reused=outcome.reused,
-                count=len(seeds),
-            )
-    # 4. the report, from the stored tags of every model involved
+                amp=config.amp,
+            ),
+            executor=study.executor,
+            source=TargetSource(config.location(ds.root), "train", config.split_seed, config.cache_dir),
+        )
+    study.timed("score", start)
+
+
+def finetune_target(study: StudyRun, ds: MSDDataset, bank: Sequence, units: _Progress) -> list[FinetuneOutcome]:
+    """Fine-tune every model of the bank the same way: a model whose tags hold this budget's Dice is
+    reused; the others are one executor task per (model, seed) (each logging its own run), whose seeds
+    are then combined in this process into the model's mean, sd and tags."""
+    config, name = study.config, short_name(ds)
+    _warn_small_test_split(ds, config.split_seed)
+    requests = [
+        FinetuneRequest(
+            version_uri(v),
+            ds,
+            config.finetune,
+            split_seed=config.split_seed,
+            overlap=config.overlap,
+            force=study.force_finetune,
+            progress=study.progress and study.executor.in_process,
+            device=config.device,
+            seeds=_seeds(config),
+            parent_run_id=study.run_id,
+        )
+        for v in bank
+    ]
+    outcomes = [tagged_outcome(r) for r in requests]
+    for o in outcomes:
+        if o is not None:
+            units.tick(f"{o.model} on {name}: Dice {o.dice.mean:.3f}", 0.0, reused=True, count=len(_seeds(config)))
+    # a task reads the target from where a worker finds it (its logged reference, else its folder)
+    where = config.location(ds.root)
+    tasks = [
+        FinetuneTask(replace(r, dataset=where), s) for r, o in zip(requests, outcomes) if o is None for s in r.seeds
+    ]
+
+    def done(i: int, got: SeedOutcome | TaskFailure) -> None:
+        if not isinstance(got, TaskFailure):
+            label = f"{tasks[i].request.model} on {name}, seed {got.seed}: Dice {got.dice:.3f}"
+            units.tick(label, got.seconds, reused=got.reused)
+
+    start = time.perf_counter()
+    seeds = study.executor.map(finetune_task, tasks, on_done=done)
+    failed = [
+        f"{t.request.model} (seed {t.seed}): {o.error}" for t, o in zip(tasks, seeds) if isinstance(o, TaskFailure)
+    ]
+    if failed:
+        raise RuntimeError(f"fine-tuning on {ds.root.name} failed: {'; '.join(failed)}")
+    by_model: dict[str, list[SeedOutcome]] = {}
+    for task, got in zip(tasks, seeds):
+        by_model.setdefault(str(task.request.model), []).append(got)
+    measured = [m for m, got in by_model.items() if not all(s.reused for s in got)]
+    if measured:
+        study.timed("finetune", start)
+        study.seconds["finetune_measured_models"] = study.seconds.get("finetune_measured_models", 0) + len(measured)
+    _target_cases.cache_clear()  # this process is done with the target's cases
+    return [
+        o if o is not None else combine_seeds(load_setup(r), by_model[str(r.model)]) for r, o in zip(requests, outcomes)
+    ]
+
+
+def _warn_small_test_split(ds: MSDDataset, split_seed: int) -> None:
+    held_out = len(ds.split(seed=split_seed).test)
+    if held_out < 10:
+        _logger.warning(
+            "target %s has %d held-out cases; the study's Dice needs at least 10 (80/20 split: 50 cases) "
+            "for a usable noise floor",
+            short_name(ds),
+            held_out,
+        )
+
+
+def finetune_task(task: FinetuneTask) -> SeedOutcome:
+    """One seed of a study's fine-tune, in this process or as a Ray task: its run nested under the
+    study's run. The target's cases are loaded once per process and target content. A retried task (its
+    worker died) fine-tunes again."""
+    setup = load_setup(task.request)
+    shared = _target_cases(str(task.request.dataset), task.request.split_seed, setup.target.digest)
+    return finetune_seed(setup, task.seed, load_cases(setup, shared))
+
+
+@lru_cache(maxsize=1)
+def _target_cases(dataset: str, split_seed: int, digest: str) -> Cases:
+    """The ``(train, test)`` cases of a target (``digest``: its content, part of the cache key), kept for
+    the next task on the same target."""
+    ds = load_dataset(dataset, None)
+    split = ds.split(seed=split_seed)
+    return list(ds.iter_cases(split.train, progress=False)), list(ds.iter_cases(split.test, progress=False))
+
+
+def _report(
+    study: StudyRun, names: Sequence[str], outcomes: list[FinetuneOutcome], out_dir: str | Path | None, wall: float
+) -> StudyResult:
+    """The report, from the stored tags of every model involved, and the study's timings and spreads."""
+    config, seconds = study.config, study.seconds
     start = time.perf_counter()
     report = report_bank(
         config.bank,
-        datasets=target_names,
+        datasets=list(names),
         out_dir=out_dir,
         settings=ReportSettings(n_resamples=config.n_resamples, in_domain=config.in_domain),
     )
-    _timed(seconds, "report", start)
+    study.timed("report", start)
     seconds["total"] = time.perf_counter() - wall
     result = StudyResult(report, report.scores, seconds, outcomes)
     mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
     if seconds.get("finetune"):
         mlflow.log_metric("cost_ratio.score_over_finetune", result.cost_ratio)
     mlflow.log_metrics({T.dice_spread_metric(d): float(s) for d, s in report.discrimination["dice_spread"].items()})
-    _logger.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], parent.info.run_id)
+    _logger.info("study %s done in %.0f s (run %s)", config.bank, seconds["total"], study.run_id)
     return result
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlflow_ccfv.data import MSDDataset, short_name
-from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, generate_task, get_task
+from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, SyntheticSettings, generate_task, get_task
 from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.networks import DEFAULT_PATCH_SIZE
 from mlflow_ccfv.options import parse_source
@@ -26,11 +26,17 @@ from mlflow_ccfv.training import TrainConfig
 
 __all__ = [
     "ARCHITECTURES",
+    "DEMO_BUDGET",
     "DEMO_EXTRA_TASKS",
     "DEMO_SOURCES",
+    "STUDY_BUDGET",
+    "DemoSettings",
     "Source",
+    "StudyBudget",
     "StudyConfig",
     "StudyResult",
+    "StudySettings",
+    "STUDY_SYNTHETIC",
     "demo_config",
     "ensure_synthetic",
     "study_config",
@@ -50,12 +56,94 @@ DEMO_EXTRA_TASKS = ("Task07",)
 DEMO_SOURCES = ("Task03", "Task07", "Task06")
 
 
+#: The synthetic family a study generates unless told otherwise: 50 cases a task, 64x64x48, seed 0.
+STUDY_SYNTHETIC = SyntheticSettings(n_cases=50)
+
+
+@dataclass(frozen=True)
+class StudyBudget:
+    """What every model of a study is trained with: ``pretrain_steps`` and ``finetune_steps`` at
+    ``learning_rate`` on patches of ``patch_size``, each model fine-tuned with every one of ``seeds``."""
+
+    pretrain_steps: int
+    finetune_steps: int
+    patch_size: tuple[int, ...] = DEFAULT_PATCH_SIZE
+    seeds: tuple[int, ...] = (0, 1, 2)
+    learning_rate: float = 3e-3
+
+    #: the seed of every pre-training, and the fine-tuning config's own seed
+    PRETRAIN_SEED = 1
+    FINETUNE_SEED = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+
+    def pretrain(self) -> TrainConfig:
+        return self._config(self.pretrain_steps, self.PRETRAIN_SEED)
+
+    def finetune(self) -> TrainConfig:
+        return self._config(self.finetune_steps, self.FINETUNE_SEED)
+
+    def _config(self, steps: int, seed: int) -> TrainConfig:
+        return TrainConfig(steps=steps, patch_size=self.patch_size, learning_rate=self.learning_rate, seed=seed)
+
+
+#: The demo's and the synthetic study's budgets (the CLI's defaults).
+DEMO_BUDGET = StudyBudget(pretrain_steps=150, finetune_steps=150)
+STUDY_BUDGET = StudyBudget(pretrain_steps=2000, finetune_steps=200)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's choices (see :func:`demo_config`): its ``target``, the tasks generated beside it or
+    pre-trained on (``sources``), the ``bank`` tag, the ``architectures``, the estimators (``methods``),
+    the ``device``, where the bank comes from (``from_scratch``, ``bank_folder``), how the synthetic
+    tasks are made (``synthetic``) and the training ``budget``."""
+
+    target: str = "Task10"
+    sources: tuple[str, ...] | None = None
+    bank: str = DEFAULT_BANK
+    architectures: tuple[str, ...] | None = None
+    methods: str = "all"
+    device: str | None = None
+    from_scratch: bool = False
+    bank_folder: Path | None = None
+    synthetic: SyntheticSettings = STUDY_SYNTHETIC
+    budget: StudyBudget = DEMO_BUDGET
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The study's choices (see :func:`study_config`): ``targets`` and ``sources`` (synthetic task
+    names, MSD folders, logged datasets; None: the defaults), ``brats`` (an extra FLAIR source), the
+    ``architectures``, the ``bank`` tag, the pre-training curve (``curve_every``) and early checkpoint
+    (``early_step`` of ``early_sources``), the ``device``, how the synthetic tasks are made
+    (``synthetic``) and the training ``budget``."""
+
+    targets: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    brats: str | Path | None = None
+    architectures: tuple[str, ...] = ARCHITECTURES
+    bank: str = "study"
+    curve_every: int = 250
+    early_step: int | None = 250
+    early_sources: tuple[str, ...] = ("Task03", "Task09")
+    device: str | None = None
+    synthetic: SyntheticSettings = STUDY_SYNTHETIC
+    budget: StudyBudget = STUDY_BUDGET
+
+
 @dataclass(frozen=True)
 class Source:
     """A pre-training source: a dataset folder and the input channels used (None = all)."""
 
     path: Path
     channels: tuple[int, ...] | None = None
+
+
+#: The budget of a :class:`StudyConfig` built by hand (the CPU study's).
+_CPU_BUDGET = StudyBudget(pretrain_steps=300, finetune_steps=200)
 
 
 @dataclass
@@ -72,8 +160,8 @@ class StudyConfig:
     targets: list[Path]
     sources: list[Source]
     architectures: tuple[str, ...] = ARCHITECTURES
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, learning_rate=3e-3, seed=1))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, learning_rate=3e-3, seed=0))
+    pretrain: TrainConfig = field(default_factory=lambda: _CPU_BUDGET.pretrain())
+    finetune: TrainConfig = field(default_factory=lambda: _CPU_BUDGET.finetune())
     bank: str = "study"
     methods: str = "all"
     control_seed: int = 0
@@ -126,15 +214,11 @@ class StudyResult:
 
 
 def ensure_synthetic(
-    data_root: str | Path,
-    tasks: Sequence[str],
-    n_cases: int,
-    shape: Sequence[int],
-    seed: int = 0,
-    progress: bool = True,
+    data_root: str | Path, tasks: Sequence[str], synthetic: SyntheticSettings, progress: bool = True
 ) -> list[Path]:
     """The synthetic task folders under ``data_root``, generated only when missing or made differently."""
     root = Path(data_root)
+    n_cases, shape, seed = synthetic.n_cases, synthetic.shape, synthetic.seed
     out = []
     for task in tasks:
         t = get_task(task)
@@ -155,71 +239,59 @@ def ensure_synthetic(
     return out
 
 
-def demo_config(
-    data_root: str | Path,
-    target: str = "Task10",
-    n_cases: int = 50,
-    shape: Sequence[int] = (64, 64, 48),
-    sources: Sequence[str] | None = None,
-    pretrain_steps: int = 150,
-    finetune_steps: int = 150,
-    bank: str = DEFAULT_BANK,
-    architectures: Sequence[str] | None = None,
-    methods: str = "all",
-    patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
-    seed: int = 0,
-    progress: bool = True,
-    device: str | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    from_scratch: bool = False,
-    bank_folder: str | Path | None = None,
-) -> StudyConfig:
-    """The demo: one synthetic target (``n_cases`` generated with ``seed``; the 80/20 split holds out
-    10 of 50), a bank, one random-init control per architecture; every model fine-tuned with each of
-    ``seeds`` for ``finetune_steps`` (the study's budget).
+def demo_config(data_root: str | Path, demo: DemoSettings | None = None, progress: bool = True) -> StudyConfig:
+    """The demo: one synthetic target (``demo.synthetic``: 50 cases by default, the 80/20 split holds out
+    10), a bank, one random-init control per architecture; every model fine-tuned with each of
+    ``demo.budget.seeds`` for ``demo.budget.finetune_steps`` (the study's budget).
 
-    The bank: by default the pre-trained models of ``bank_folder`` (the shipped bank: UNets the
+    The bank: by default the pre-trained models of ``demo.bank_folder`` (the shipped bank: UNets the
     development study pre-trained for 1000 steps on the same synthetic family, see
     :data:`~mlflow_ccfv.pipelines.shipped_bank.SHIPPED_BANK`), verified and registered in seconds;
-    ``sources`` are then only generated beside the target (default ``Task07``). With ``from_scratch``,
-    ``len(sources) x len(architectures)`` models are pre-trained here for ``pretrain_steps`` (default
-    sources Task03, Task07, Task06; architectures UNet, UNETR).
+    ``demo.sources`` are then only generated beside the target (default ``Task07``). With
+    ``demo.from_scratch``, ``len(sources) x len(architectures)`` models are pre-trained here for
+    ``demo.budget.pretrain_steps`` (default sources Task03, Task07, Task06; architectures UNet, UNETR).
 
     The demo's models go to the bank ``score`` uses by default (``default``) and its tasks are generated
     where ``score`` looks by default (``data``), so the headline ``mlflow run . -e score -P
     dataset=Task07`` works right after it."""
-    from mlflow_ccfv.networks.bank_files import read_manifest
-
-    folder = None if from_scratch else Path(bank_folder) if bank_folder else SHIPPED_BANK
-    if folder is not None:
-        manifest = read_manifest(folder)
-        arch = tuple(architectures) if architectures else tuple(manifest.architectures)
-        extra = tuple(sources) if sources is not None else DEMO_EXTRA_TASKS
-        shipped_sources = {m.source_dataset for m in manifest.models}
-        if get_task(target).name.split("_")[0] in shipped_sources:
-            _logger.warning(
-                "the demo's target %s is a source of the bank in %s; those models are left out of its bank",
-                target,
-                folder,
-            )
-    else:
-        arch = tuple(architectures) if architectures else ARCHITECTURES
-        extra = tuple(sources) if sources is not None else DEMO_SOURCES
+    demo = demo or DemoSettings()
+    folder = None if demo.from_scratch else Path(demo.bank_folder) if demo.bank_folder else SHIPPED_BANK
+    arch, extra = _demo_bank(demo, folder)
+    target = demo.target
     names = [target] + [s for s in extra if get_task(s).name != get_task(target).name]
-    folders = ensure_synthetic(data_root, names, n_cases, shape, seed=seed, progress=progress)
-    patch = tuple(int(p) for p in patch_size)
+    folders = ensure_synthetic(data_root, names, demo.synthetic, progress=progress)
     return StudyConfig(
         targets=[folders[0]],
         sources=[] if folder is not None else [Source(f) for f in folders[1:]],
-        bank=bank,
-        methods=methods,
+        bank=demo.bank,
+        methods=demo.methods,
         architectures=arch,
-        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
-        seeds=tuple(int(s) for s in seeds),
-        device=device,
+        pretrain=demo.budget.pretrain(),
+        finetune=demo.budget.finetune(),
+        seeds=demo.budget.seeds,
+        device=demo.device,
         bank_folder=folder,
     )
+
+
+def _demo_bank(demo: DemoSettings, folder: Path | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The demo's architectures and the tasks generated beside its target: those of the bank ``folder``
+    and :data:`DEMO_EXTRA_TASKS`, or (no folder: pre-trained here) :data:`ARCHITECTURES` and
+    :data:`DEMO_SOURCES`; the settings' own when given."""
+    if folder is None:
+        arch = tuple(demo.architectures) if demo.architectures else ARCHITECTURES
+        return arch, tuple(demo.sources) if demo.sources is not None else DEMO_SOURCES
+    from mlflow_ccfv.networks.bank_files import read_manifest
+
+    manifest = read_manifest(folder)
+    arch = tuple(demo.architectures) if demo.architectures else tuple(manifest.architectures)
+    if get_task(demo.target).name.split("_")[0] in {m.source_dataset for m in manifest.models}:
+        _logger.warning(
+            "the demo's target %s is a source of the bank in %s; those models are left out of its bank",
+            demo.target,
+            folder,
+        )
+    return arch, tuple(demo.sources) if demo.sources is not None else DEMO_EXTRA_TASKS
 
 
 def _resolve_entries(
@@ -262,66 +334,46 @@ def _short_source_name(entry: str) -> str:
         return entry  # a real source's short name (``Task90``)
 
 
-def study_config(
-    data_root: str | Path,
-    n_cases: int = 50,
-    shape: Sequence[int] = (64, 64, 48),
-    brats: str | Path | None = None,
-    pretrain_steps: int = 2000,
-    finetune_steps: int = 200,
-    architectures: Sequence[str] = ARCHITECTURES,
-    bank: str = "study",
-    targets: Sequence[str] | None = None,
-    progress: bool = True,
-    sources: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    synthetic_seed: int = 0,
-    curve_every: int = 250,
-    early_step: int | None = 250,
-    early_sources: Sequence[str] = ("Task03", "Task09"),
-    patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
-    device: str | None = None,
-) -> StudyConfig:
-    """Leave-one-task-out over the synthetic family (generated under ``data_root`` with
-    ``synthetic_seed``) and/or real MSD folders.
+def study_config(data_root: str | Path, study: StudySettings | None = None, progress: bool = True) -> StudyConfig:
+    """Leave-one-task-out over the synthetic family (generated under ``data_root`` as ``study.synthetic``
+    says) and/or real MSD folders.
 
-    ``targets``/``sources``: synthetic task names (``Task03``), MSD folder paths or logged datasets
-    (``runs:/<run_id>/<folder>``, downloaded once into ``$MLFLOW_CCFV_CACHE``/``.ccfv-cache`` and
-    verified; the config's ``references`` keeps them for Ray workers); a source may keep
-    some channels (``/data/Task01_BrainTumour:0``). Default targets: the five synthetic tasks; default
-    sources: the synthetic family when a target is synthetic, plus every real target. ``brats``: the
-    BRATS folder, an extra source used with its FLAIR channel only (the targets are 1-channel CT; see
-    docs/study.md). ``seeds``: fine-tuning seeds per (model, target). Pre-training: each source's 80%
-    split, its held-out Dice every ``curve_every`` steps, and for ``early_sources`` the checkpoint at
-    ``early_step`` registered as a second version.
+    ``study.targets``/``study.sources``: synthetic task names (``Task03``), MSD folder paths or logged
+    datasets (``runs:/<run_id>/<folder>``, downloaded once into ``$MLFLOW_CCFV_CACHE``/``.ccfv-cache``
+    and verified; the config's ``references`` keeps them for Ray workers); a source may keep some
+    channels (``/data/Task01_BrainTumour:0``). Default targets: the five synthetic tasks; default
+    sources: the synthetic family when a target is synthetic, plus every real target. ``study.brats``:
+    the BRATS folder, an extra source used with its FLAIR channel only (the targets are 1-channel CT;
+    see docs/study.md). ``study.budget.seeds``: fine-tuning seeds per (model, target). Pre-training: each
+    source's 80% split, its held-out Dice every ``study.curve_every`` steps, and for
+    ``study.early_sources`` the checkpoint at ``study.early_step`` registered as a second version.
     """
+    study = study or StudySettings()
     references: dict[str, str] = {}
-    target_synth, target_real = _resolve_entries(list(targets) if targets else list(SYNTHETIC_TASKS), references)
-    if sources:
-        source_synth, source_real = _resolve_entries(list(sources), references)
+    target_synth, target_real = _resolve_entries(list(study.targets or SYNTHETIC_TASKS), references)
+    if study.sources:
+        source_synth, source_real = _resolve_entries(list(study.sources), references)
     else:
         source_synth = list(SYNTHETIC_TASKS) if target_synth else []
         source_real = [(path, None) for path, _ in target_real]
     names = list(dict.fromkeys(target_synth + source_synth))
-    folders = dict(
-        zip(names, ensure_synthetic(data_root, names, n_cases, shape, seed=synthetic_seed, progress=progress))
-    )
+    made = ensure_synthetic(data_root, names, study.synthetic, progress=progress)
+    folders = dict(zip(names, made))
     source_list = [Source(folders[n]) for n in source_synth] + [Source(p, c) for p, c in source_real]
-    if brats:
-        source_list.append(Source(Path(brats), channels=(0,)))
-    patch = tuple(int(p) for p in patch_size)
+    if study.brats:
+        source_list.append(Source(Path(study.brats), channels=(0,)))
     return StudyConfig(
         targets=[folders[n] for n in target_synth] + [p for p, _ in target_real],
         sources=source_list,
-        architectures=tuple(architectures),
-        bank=bank,
-        pretrain=TrainConfig(steps=pretrain_steps, patch_size=patch, learning_rate=3e-3, seed=1),
-        finetune=TrainConfig(steps=finetune_steps, patch_size=patch, learning_rate=3e-3, seed=0),
-        seeds=tuple(int(s) for s in seeds),
+        architectures=tuple(study.architectures),
+        bank=study.bank,
+        pretrain=study.budget.pretrain(),
+        finetune=study.budget.finetune(),
+        seeds=study.budget.seeds,
         source_holdout=True,
-        curve_every=curve_every,
-        early_step=early_step if early_sources else None,
-        early_sources=tuple(_short_source_name(t) for t in early_sources),
-        device=device,
+        curve_every=study.curve_every,
+        early_step=study.early_step if study.early_sources else None,
+        early_sources=tuple(_short_source_name(t) for t in study.early_sources),
+        device=study.device,
         references=references,
     )

@@ -11,10 +11,9 @@ import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.estimators.catalogue import method_names
-from mlflow_ccfv.pipelines.pretrain import CONTROL_SOURCE
 from mlflow_ccfv.pipelines.study_config import StudyResult
 from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING, TWIN_METHOD, choose_ranking
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE, DEFAULT_RANKING, TWIN_METHOD, choose_ranking
 from mlflow_ccfv.study.long_table import ranked_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
