@@ -54,10 +54,10 @@ def synth(out_dir, tasks, n_cases, shape, spacing, seed, orientation, overwrite,
     """Generate synthetic CT segmentation tasks (MSD layout) into OUT (settings checked before any folder is made)."""
     from mlflow_ccfv.data.synthetic import SyntheticSettings, generate_family, plot_family
 
-    settings = SyntheticSettings(
-        n_cases=n_cases, shape=shape, spacing=spacing, seed=seed, orientation=orientation, overwrite=overwrite
-    )
     with exit_on_input_error("synth"):
+        settings = SyntheticSettings(
+            n_cases=n_cases, shape=shape, spacing=spacing, seed=seed, orientation=orientation, overwrite=overwrite
+        )
         written = generate_family(out_dir, tasks=list(tasks) or None, settings=settings)
         if figure:
             plot_family(figure, tasks=list(written), shape=shape, spacing=spacing, seed=seed)
