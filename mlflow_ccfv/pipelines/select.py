@@ -45,7 +45,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Run
 
-from mlflow_ccfv.data import MSDDataset, PreprocessedCase, make_target
+from mlflow_ccfv.data import MSDDataset, PreprocessedCase, Target, make_target
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.pipelines.executors import Executor, SerialExecutor, TaskFailure
@@ -79,6 +79,8 @@ __all__ = [
     "SelectOutcome",
     "SelectRequest",
     "SelectTask",
+    "SPLIT_SEED",
+    "race_split",
     "race_unit",
     "race_unit_remote",
     "select_models",
@@ -211,6 +213,15 @@ def _cases(ds: MSDDataset, ids: Sequence[str], progress: bool) -> list[Preproces
     return list(ds.iter_cases(ids, progress=progress))
 
 
+def race_split(ds: MSDDataset, validation_fraction: float, validation_seed: int) -> tuple[Target, list[str], list[str]]:
+    """``(target, fit, validation)``: the target's training part (split seed :data:`SPLIT_SEED`) and the
+    race's fit and validation case ids carved from it (:func:`~mlflow_ccfv.training.selection.validation_split`);
+    the held-out part is in neither."""
+    target = make_target(ds, "train", seed=SPLIT_SEED)
+    fit, validation = validation_split(target.case_ids, validation_fraction, validation_seed)
+    return target, fit, validation
+
+
 def race_unit(task: SelectTask, cases: tuple[list, list] | None = None) -> RaceResult:
     """Fine-tune one candidate for one round (all pre-trained weights but the last convolution, nothing
     frozen: :func:`~mlflow_ccfv.training.finetune`) and measure its Dice on the validation cases
@@ -271,8 +282,7 @@ def select_models(request: SelectRequest, executor: Executor | None = None, prog
     if executor.in_process:  # checked before any work; a Ray worker resolves its own
         check_training_resources(dataclasses.replace(config, steps=max(request.rounds)), request.device)
     ds = load_msd_dataset(request.dataset, request.data_root, request.cache_dir)
-    target = make_target(ds, "train", seed=SPLIT_SEED)
-    fit_ids, val_ids = validation_split(target.case_ids, request.validation_fraction, request.validation_seed)
+    target, fit_ids, val_ids = race_split(ds, request.validation_fraction, request.validation_seed)
     candidates = [v for v in bank_versions(request.bank) if (v.tags or {}).get(T.SOURCE_DATASET) != CONTROL_SOURCE]
     if not candidates:
         raise RegistryError(
