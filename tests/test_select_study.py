@@ -47,7 +47,16 @@ def test_a_race_replayed_from_the_unit_table_matches_a_hand_computed_one():
     assert race_winner(UNITS[1], ["a", "b", "c"], (2, 4)) == "a"  # a (0.5), c (0.2) kept; a 0.3 > c 0.1
     assert race_winner(UNITS[1], ["c"], (2, 4)) == "c"  # one candidate: no race
     assert race_steps(3, (2, 4)) == 3 * 2 + 2 * 4 and race_steps(2, (2,)) == 4 and race_steps(1, (2, 4)) == 0
-    assert list(random_shortlists(RANKING, 2)) == [("a", "b"), ("a", "c"), ("b", "c")]
+    # every ordered pair (the order is the race's tie order); more of them than draws: that many draws
+    assert sorted(random_shortlists(RANKING, 2)) == [
+        ("a", "b"),
+        ("a", "c"),
+        ("b", "a"),
+        ("b", "c"),
+        ("c", "a"),
+        ("c", "b"),
+    ]
+    assert len(list(random_shortlists(RANKING, 2, max_draws=5))) == 5
 
     per_seed = regret_per_seed(_units(), HELDOUT, RANKING, (2, 4), full_steps=4)
     row = per_seed.set_index(["policy", "schedule", "k", "seed"])

@@ -71,10 +71,10 @@ __all__ = ["select_study"]
 @click.option(
     "--max-draws",
     "max_draws",
-    default=5000,
+    default=2000,
     type=click.IntRange(min=1),
     show_default=True,
-    help="Random shortlists averaged per size (every one when there are fewer).",
+    help="Random ordered shortlists averaged per size (every one when there are fewer).",
 )
 @cache_dir_option()
 @device_option()

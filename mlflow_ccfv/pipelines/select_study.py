@@ -37,6 +37,7 @@ from mlflow_ccfv.pipelines.rank import ranking_of
 from mlflow_ccfv.pipelines.select import SPLIT_SEED, SelectTask, race_split, race_unit
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.study.select_regret import (
+    MAX_DRAWS,
     UNIT_COLUMNS,
     plot_regret,
     regret_markdown,
@@ -60,7 +61,7 @@ class SelectStudyRequest:
     where the measurement goes. ``round_fractions``: the race's round lengths as fractions of the study's
     fine-tuning steps (rounded, at least 1 step); ``seeds``: race seeds (empty: the study's fine-tuning
     seeds); ``validation_fraction``/``validation_seed``/``overlap``: as ``select``; ``max_draws``: the
-    most random shortlists averaged per size (all of them when there are fewer)."""
+    most random ordered shortlists averaged per size (all of them when there are fewer)."""
 
     dataset: str
     data_root: str | None = None
@@ -71,7 +72,7 @@ class SelectStudyRequest:
     validation_fraction: float = 0.2
     validation_seed: int = 0
     overlap: float = 0.5
-    max_draws: int = 5000
+    max_draws: int = MAX_DRAWS
     cache_dir: str | None = None
     device: str | None = None
     allow_pickle: bool | None = None
@@ -158,7 +159,10 @@ def studied_bank(dataset: str, bank: str) -> StudiedBank:
     if len(ranked) != len(heldout):
         missing = sorted(set(heldout) - set(ranked["model"]))
         raise RegistryError(f"{', '.join(missing)} hold no stored rank on {dataset}; run score on it first.")
-    ranked_by = str(ranked[T.RANKED_BY].iloc[0]) if T.RANKED_BY in ranked else "?"
+    by = {(v.tags or {}).get(T.ranked_by_tag(dataset), "") for v in versions}
+    if len(by) != 1 or not next(iter(by)):
+        raise RegistryError(f"The candidates of {bank!r} hold no common ranking of {dataset}; run score on it again.")
+    ranked_by = by.pop()
     return StudiedBank(
         ranking=list(ranked["model"]),
         ranked_by=ranked_by,

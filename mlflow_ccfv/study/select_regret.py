@@ -8,8 +8,9 @@ shortlist it runs in, so every policy is replayed exactly from the table:
 - **select, top k**: the ``k`` best-ranked candidates race by successive halving
   (:func:`~mlflow_ccfv.training.selection.halving_schedule`, :func:`~mlflow_ccfv.training.selection.keep_best`,
   the rules ``select`` runs); ``k = 1`` is the **ranking alone** (its top-1, no fine-tuning);
-- **random, k**: the same race over a shortlist drawn uniformly among the candidates, averaged over
-  every such shortlist (or ``max_draws`` seeded draws when there are more); ``k = 1`` is a random pick.
+- **random, k**: the same race over a shortlist drawn uniformly among the candidates, in a random order
+  (its tie order), averaged over every ordered shortlist (or ``max_draws`` seeded draws when there are
+  more); ``k = 1`` is a random pick.
 
 Per race seed ``t`` (the seed of every unit of the race): **regret** = the best candidate's held-out Dice
 minus the winner's, both the mean over the study's fine-tuning seeds of a full fine-tune (the truth the
@@ -32,6 +33,7 @@ import pandas as pd
 from mlflow_ccfv.training.selection import halving_schedule, keep_best, schedule_steps
 
 __all__ = [
+    "MAX_DRAWS",
     "UNIT_COLUMNS",
     "Policy",
     "budget_within_sd",
@@ -45,6 +47,8 @@ __all__ = [
     "summarize_regret",
 ]
 
+#: The most ordered random shortlists a size is averaged over (every one when there are fewer).
+MAX_DRAWS = 2000
 #: The unit table's columns: candidate label, round length, race seed, validation Dice, seconds spent.
 UNIT_COLUMNS = ("model", "steps", "seed", "val_dice", "seconds")
 
@@ -79,17 +83,17 @@ def race_steps(k: int, rounds: Sequence[int]) -> int:
 
 
 def random_shortlists(
-    candidates: Sequence[str], k: int, max_draws: int = 5000, seed: int = 0
+    candidates: Sequence[str], k: int, max_draws: int = MAX_DRAWS, seed: int = 0
 ) -> Iterator[tuple[str, ...]]:
-    """Every ``k``-subset of ``candidates`` (in their order), or ``max_draws`` subsets drawn uniformly with
-    ``numpy.random.default_rng(seed)`` when there are more."""
-    if math.comb(len(candidates), k) <= max_draws:
-        yield from itertools.combinations(candidates, k)
+    """Every ordered ``k``-shortlist of ``candidates`` (the order is a race's tie order: a random shortlist
+    knows no ranking), or ``max_draws`` of them drawn uniformly with ``numpy.random.default_rng(seed)``
+    when there are more."""
+    if math.perm(len(candidates), k) <= max_draws:
+        yield from itertools.permutations(candidates, k)
         return
     rng = np.random.default_rng(seed)
     for _ in range(max_draws):
-        picked = np.sort(rng.choice(len(candidates), size=k, replace=False))
-        yield tuple(candidates[i] for i in picked)
+        yield tuple(candidates[i] for i in rng.choice(len(candidates), size=k, replace=False))
 
 
 def _unit_dice(units: pd.DataFrame, seed: int) -> dict[tuple[str, int], float]:
@@ -103,7 +107,7 @@ def regret_per_seed(
     ranking: Sequence[str],
     rounds: Sequence[int],
     full_steps: int,
-    max_draws: int = 5000,
+    max_draws: int = MAX_DRAWS,
 ) -> pd.DataFrame:
     """One row per (policy, schedule, k, race seed): ``steps``, ``fraction``, ``regret`` and, for
     ``select``, the ``winner``.
