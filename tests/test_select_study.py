@@ -8,7 +8,9 @@ import math
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
+from mlflow_ccfv.cli import main
 from mlflow_ccfv.data import MSDDataset
 from mlflow_ccfv.study.select_regret import (
     budget_within_sd,
@@ -153,6 +155,12 @@ def test_the_measurement_carves_select_s_validation_and_resumes_unit_by_unit(
     keys = ["model", "steps", "seed", "val_dice"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "select_units_Task07.csv")[keys], units[keys])
     pd.testing.assert_frame_equal(again.summary, study.summary)
-    # other settings on the same table are refused
-    with pytest.raises(Exception, match="other settings"):
-        measure_select_study(SelectStudyRequest(**{**request.__dict__, "validation_seed": 1}))
+    # everything recorded: the command measures nothing and writes the tables again
+    monkeypatch.setattr(select_study, "race_unit", lambda *a, **k: pytest.fail("a recorded unit was measured again"))
+    args = ["select-study", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", "st", "--out-dir", str(out)]
+    result = CliRunner().invoke(main, [*args, "--round-fractions", "0.5,1"])
+    assert result.exit_code == 0, result.output
+    assert str(out / "select_regret.md") in result.output
+    # other settings on the same table are refused (a bad option: exit 2)
+    result = CliRunner().invoke(main, [*args, "--round-fractions", "0.5,1", "--validation-seed", "1"])
+    assert result.exit_code == 2 and "other settings" in result.output, result.output

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,7 @@ class StudiedBank:
         """The sd (ddof 1) over seeds of the best candidate's held-out Dice."""
         mean = self.mean_dice()
         values = list(self.heldout[max(mean, key=lambda m: mean[m])].values())
-        mu = sum(values) / len(values)
-        return math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+        return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 @dataclass(frozen=True)
