@@ -35,6 +35,7 @@ VERBS = {
     "Upload",
     "Export",
     "Select",
+    "Measure",
 }
 
 
@@ -355,6 +356,7 @@ def _required_args(name: str) -> list[str]:
         "rank": ["--dataset", "D"],
         "log-dataset": ["--dataset", "D"],
         "select": ["--dataset", "D"],
+        "select-study": ["--dataset", "D"],
         "export-bank": ["--bank", "b", "--out", "o"],
         "synth": ["--out", "o"],
         "verify": ["D"],

@@ -27,6 +27,7 @@ COMMANDS = (
     "pretrain",
     "finetune",
     "select",
+    "select_study",
     "report",
     "compare_studies",
     "study",

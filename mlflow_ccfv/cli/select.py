@@ -59,12 +59,8 @@ _REQUEST_OPTIONS = (
     minimum=1,
     maximum=10**12,
 )
-@click.option(
-    "--validation-fraction",
-    default=0.2,
-    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    show_default=True,
-    help="Share of the target's training cases the race measures Dice on (the held-out 20% is never used).",
+@shared.validation_fraction_option(
+    "Share of the target's training cases the race measures Dice on (the held-out 20% is never used)."
 )
 @shared.seed_option("--validation-seed", "Seed of the validation draw.")
 @shared.overlap_option("Sliding-window overlap when measuring Dice, in [0, 1).")

@@ -53,6 +53,7 @@ __all__ = [
     "n_cases_option",
     "optional_int_option",
     "overlap_option",
+    "validation_fraction_option",
     "rank_by_option",
     "ray_options",
     "seed_option",
@@ -293,6 +294,12 @@ def overlap_option(help: str) -> Decorator:
     """``--overlap`` of the sliding windows that measure Dice, in ``[0, 1)``."""
     kind = click.FloatRange(min=0, max=1, max_open=True)
     return click.option("--overlap", default=0.5, type=kind, show_default=True, help=help)
+
+
+def validation_fraction_option(help: str) -> Decorator:
+    """``--validation-fraction``: the share of a target's training cases a race measures Dice on, in ``(0, 1)``."""
+    kind = click.FloatRange(min=0, max=1, min_open=True, max_open=True)
+    return click.option("--validation-fraction", default=0.2, type=kind, show_default=True, help=help)
 
 
 def window_size_option(flag: str, help: str) -> Decorator:

@@ -46,7 +46,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
-from mlflow_ccfv.data import MSDDataset, make_target
+from mlflow_ccfv.data import MSDDataset, Target, make_target
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.networks import resolve_device
 from mlflow_ccfv.options import ExecutorKind
@@ -84,7 +84,9 @@ __all__ = [
     "RaceResult",
     "SelectOutcome",
     "SelectRequest",
+    "SPLIT_SEED",
     "SelectTask",
+    "race_split",
     "race_unit",
     "race_unit_remote",
     "select_models",
@@ -94,6 +96,15 @@ _logger = logging.getLogger(__name__)
 
 #: The ``split_seed`` of the train/held-out split (the one ``score`` and ``finetune`` use by default).
 SPLIT_SEED = 0
+
+
+def race_split(ds: MSDDataset, validation_fraction: float, validation_seed: int) -> tuple[Target, list[str], list[str]]:
+    """``(target, fit, validation)``: the target's training part (split seed :data:`SPLIT_SEED`) and the
+    race's fit and validation case ids carved from it (:func:`~mlflow_ccfv.training.selection.validation_split`);
+    the held-out part is in neither."""
+    target = make_target(ds, "train", seed=SPLIT_SEED)
+    fit, validation = validation_split(target.case_ids, validation_fraction, validation_seed)
+    return target, fit, validation
 
 
 @dataclass(frozen=True)
@@ -171,8 +182,7 @@ def select_models(request: SelectRequest, executor: Executor | None = None, prog
     if executor.in_process:  # checked before any work; a Ray worker resolves its own
         check_training_resources(dataclasses.replace(config, steps=max(request.rounds)), request.device)
     ds = load_msd_dataset(request.dataset, request.data_root, request.cache_dir)
-    target = make_target(ds, "train", seed=SPLIT_SEED)
-    fit_ids, val_ids = validation_split(target.case_ids, request.validation_fraction, request.validation_seed)
+    target, fit_ids, val_ids = race_split(ds, request.validation_fraction, request.validation_seed)
     candidates = _candidates(request.bank)
     check_budget(halving_schedule(min(request.top_k, len(candidates)), request.rounds), request.budget)
     labels = sorted(f"{v.name}/{v.version}" for v in candidates)
