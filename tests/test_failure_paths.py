@@ -37,17 +37,12 @@ def _tiny_target(parent: Path) -> Path:
 
 
 def _score_args(folder: Path, cache: Path, *extra: str) -> list[str]:
-    """``score`` of ``folder`` by CC-FV alone, with windows overlapping by 3/4 (about six times the forward
-    passes of the default 1/2): a version's features take seconds, so a stop sent when one starts lands
-    while it runs, also on a loaded machine."""
     return [
         "score",
         "--dataset",
         str(folder),
         "--methods",
         "ccfv",
-        "--overlap",
-        "0.75",
         "--add-twins",
         "false",
         "--cache-dir",
