@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,16 @@ def cli_env(tracking_uri: str, cache: Path, experiment: str | None = None) -> di
     return env
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt. A
+    process started in the background by a shell without job control (``cmd &`` in a script, as a CI
+    runner may start pytest) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """``python -m mlflow_ccfv <args>`` started in the background (stdout and stderr captured)."""
+    """``python -m mlflow_ccfv <args>`` started in the background (stdout and stderr captured), Ctrl-C
+    (SIGINT) interrupting it as in a terminal."""
     return subprocess.Popen(
         [sys.executable, "-m", "mlflow_ccfv", *args],
         env=env,
@@ -40,6 +49,7 @@ def start_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
 
 
