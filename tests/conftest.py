@@ -43,11 +43,47 @@ def _no_mlflow_telemetry(monkeypatch):
     monkeypatch.setenv("DO_NOT_TRACK", "true")
 
 
+@pytest.fixture(scope="session")
+def _store_template(tmp_path_factory) -> Path:
+    """A sqlite store that MLflow created (and migrated) once per session, in an empty folder.
+
+    Creating a store runs MLflow's schema migrations, about a second each time; ``tracking_uri`` copies
+    this one instead (same schema, same Default experiment, its artifact root moved to the test's folder).
+    """
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("store-template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)  # the Default experiment's artifact root, ./mlruns, resolves here
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder
+
+
+def _copy_store(template: Path, folder: Path) -> None:
+    """``template``'s store as ``folder/mlflow.db``, through sqlite's backup API (a consistent copy
+    whatever MLflow still holds open), with the artifact locations moved from ``template`` to ``folder``."""
+    import sqlite3
+
+    source = sqlite3.connect(template / "mlflow.db")
+    copy = sqlite3.connect(folder / "mlflow.db")
+    try:
+        source.backup(copy)
+        with copy:
+            copy.execute(
+                "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                (str(template), str(folder)),
+            )
+    finally:
+        source.close()
+        copy.close()
+
+
 @pytest.fixture
-def tracking_uri(tmp_path, monkeypatch) -> str:
+def tracking_uri(tmp_path, monkeypatch, _store_template) -> str:
     """A fresh embedded sqlite tracking store + artifact root under ``tmp_path``; sets MLFLOW_TRACKING_URI."""
     import mlflow
 
+    _copy_store(_store_template, tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _reset_mlflow_state()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

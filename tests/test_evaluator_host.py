@@ -29,7 +29,10 @@ def _logged(kind: str, df: pd.DataFrame) -> str:
 
     est = LinearRegression() if kind == "regressor" else LogisticRegression()
     est.fit(df[["a", "b", "c"]], df["y"])
-    info = mlflow.sklearn.log_model(est, name="model", input_example=df[["a", "b", "c"]].head(2))
+    # requirements given: inferring them starts a process that reloads the model (seconds, not the point here)
+    info = mlflow.sklearn.log_model(
+        est, name="model", input_example=df[["a", "b", "c"]].head(2), pip_requirements=["scikit-learn"]
+    )
     return info.model_uri
 
 
