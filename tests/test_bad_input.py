@@ -11,6 +11,7 @@ runner, and compares.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -471,18 +472,14 @@ ROWS = [
 ]
 
 
-def _store(uri: str) -> tuple:
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, max_results=10_000) if experiments else []
-    models = client.search_logged_models(experiment_ids=experiments) if experiments else []
-    versions = client.search_model_versions()
-    return (
-        sorted(experiments),
-        sorted((r.info.run_id, r.info.status) for r in runs),
-        sorted(m.model_id for m in models),
-        sorted((v.name, v.version) for v in versions),
-    )
+def _store(uri: str) -> dict[str, list]:
+    """Every row of every table of the sqlite store: nothing may be added, changed or removed (stricter
+    and ~50x faster than listing experiments, runs, logged models and versions through the client)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"))) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(map(repr, db.execute(f'SELECT * FROM "{t}"'))) for t in sorted(tables)}
 
 
 def _files(root: Path) -> set[str]:

@@ -3,6 +3,8 @@ defaults, help lines, one exit-code table (docs/cli.md), and the read-only ``ran
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import shlex
@@ -39,8 +41,22 @@ VERBS = {
 }
 
 
+@functools.cache
+def _mlproject() -> dict:
+    """The MLproject, parsed once (pure-Python YAML: ~0.1 s a parse, and many tests read it)."""
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
 def _entry_points() -> dict:
-    return yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    return copy.deepcopy(_mlproject()["entry_points"])
+
+
+@functools.cache
+def _mlflow_project():
+    """The project as MLflow's own parser reads it, once."""
+    from mlflow.projects import _project_spec
+
+    return _project_spec.load_project(str(REPO))
 
 
 @pytest.mark.parametrize("entry", sorted(_entry_points()))
@@ -295,13 +311,11 @@ def test_rank_prints_the_stored_ranking(tracking_uri, tmp_path):
 
 def _mlflow_command(entry: str, **given: str) -> list[str]:
     """The command line ``mlflow run . -e <entry> -P name=value ...`` executes, built by MLflow itself."""
-    from mlflow.projects import _project_spec
-
     spec = _entry_points()[entry]
     required = {n: "Task09" for n, p in spec["parameters"].items() if not (isinstance(p, dict) and "default" in p)}
     if entry == "finetune":
         required["model"] = "models:/m/1"
-    point = _project_spec.load_project(str(REPO)).get_entry_point(entry)
+    point = _mlflow_project().get_entry_point(entry)
     return shlex.split(point.compute_command({**required, **given}, None))
 
 

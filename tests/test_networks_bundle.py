@@ -205,6 +205,7 @@ def test_expressions_are_bounded_in_size_and_time(expression):
     assert evaluate_expression("$9**64 % 3 + 1", {}) == 1 and evaluate_expression("$[8] * 4", {}) == [8] * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argument,expression", [("out_channels", "$((((9**64)**64)**64)**64)**64 % 3 + 1"),
                                                  ("channels", "$[[8]*10000]*10000")])  # fmt: skip
 def test_register_refuses_a_heavy_bundle_expression_quickly(tracking_uri, tmp_path, argument, expression):

@@ -94,6 +94,7 @@ def _alias_holders(client: MlflowClient, alias: str) -> list[tuple[str, str]]:
     )
 
 
+@pytest.mark.slow
 def test_select_races_the_shortlist_and_aliases_the_winner(tracking_uri, tmp_path, one_torch_thread):
     data = tmp_path / "data"
     make_target_folder(data)

@@ -94,6 +94,7 @@ def test_the_ranking_and_the_held_out_dice_must_name_the_same_candidates():
 
 
 # --------------------------------------------------------------------------- the pipeline
+@pytest.mark.slow
 def test_the_measurement_carves_select_s_validation_and_resumes_unit_by_unit(
     tracking_uri, tmp_path, one_torch_thread, monkeypatch
 ):
