@@ -468,3 +468,36 @@ def test_imported_ct_model_is_fine_tuned_on_its_own_normalisation(tracking_uri, 
     target = make_target(ds, "train")
     budget = mlflow.MlflowClient().get_model_version("liver-nnunet", "1").tags[T.finetune_budget_tag(target.name)]
     assert budget != budget_digest(config, (0,), 0, 0.5, target.digest)  # not the budget of the target's normalisation
+
+
+@pytest.mark.slow
+def test_imported_ct_model_races_on_its_own_normalisation(tracking_uri, tmp_path, real_data):
+    """A ``select`` race unit of an imported version fine-tunes and validates on the target normalised
+    with the version's plans, as ``finetune`` does, even when the caller pre-loaded the target's own."""
+    from mlflow_ccfv.data import MSDDataset
+    from mlflow_ccfv.data.derive import derive_task
+    from mlflow_ccfv.pipelines.register import BankEntry, NnUNetSource, register_version
+    from mlflow_ccfv.pipelines.select_race import SelectTask, race_unit
+    from mlflow_ccfv.tracking.load import load_version
+    from mlflow_ccfv.training import TrainConfig, evaluate_dice, finetune
+
+    folder, _ = write_nnunet_model(tmp_path)
+    register_version(NnUNetSource(str(folder)), BankEntry("liver-nnunet", "Task03", bank="ct"))
+    ct, seg = real_data / "totalseg-ct" / "example_ct_sm.nii.gz", real_data / "totalseg-ct" / "example_seg.nii.gz"
+    task = derive_task([ct, ct], [seg, seg], tmp_path / "data", {1: "spleen"}, "Task09_Spleen", case_ids=["a", "b"])
+    ds = MSDDataset.load(task)
+    config = TrainConfig(steps=2, patch_size=(24, 32, 16), batch_size=1, seed=0)
+    unit = SelectTask("models:/liver-nnunet/1", 0, config, str(task), ("a",), ("b",), 2, device="cpu")
+    defaults = (list(ds.iter_cases(["a"], progress=False)), list(ds.iter_cases(["b"], progress=False)))
+    raced = race_unit(unit, cases=defaults)
+
+    loaded = load_version("models:/liver-nnunet/1")
+    assert loaded.normalization is not None
+
+    def dice_on(fit, validation) -> float:
+        result, _ = finetune(loaded.spec, loaded.module.state_dict(), fit, 2, config, progress=False, device="cpu")
+        return float(evaluate_dice(result.model, validation, 2, config.patch_size, progress=False, device="cpu").mean)
+
+    own = tuple(list(ds.iter_cases([i], progress=False, normalization=loaded.normalization)) for i in ("a", "b"))
+    assert raced.dice == dice_on(*own)
+    assert dice_on(*defaults) != dice_on(*own)  # the two normalisations are told apart by the Dice

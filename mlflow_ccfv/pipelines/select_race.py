@@ -28,7 +28,7 @@ from mlflow_ccfv.errors import RegistryError
 from mlflow_ccfv.pipelines.executors import Executor, TaskFailure
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import load_msd_dataset
-from mlflow_ccfv.tracking.load import load_version
+from mlflow_ccfv.tracking.load import LoadedModel, load_version
 from mlflow_ccfv.tracking.ranking_writes import delete_version_tag, move_alias, set_version_tag
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.runs import process_identity
@@ -132,7 +132,8 @@ def race_unit(task: SelectTask, cases: tuple[list, list] | None = None) -> RaceR
     """Fine-tune one candidate for one round (all pre-trained weights but the last convolution, nothing
     frozen: :func:`~mlflow_ccfv.training.finetune`) and measure its Dice on the validation cases
     (:func:`~mlflow_ccfv.training.evaluate_dice`). ``cases``: pre-loaded ``(fit, validation)`` cases;
-    None loads them from ``task.dataset`` (once per process)."""
+    None loads them from ``task.dataset`` (once per process). A version with its own recorded intensity
+    normalisation (an imported nnU-Net or bundle model) gets the cases normalised that way instead."""
     start = time.perf_counter()
     loaded = load_version(task.item, allow_pickle=task.allow_pickle)
     if loaded.spec is None:
@@ -140,9 +141,12 @@ def race_unit(task: SelectTask, cases: tuple[list, list] | None = None) -> RaceR
             f"{loaded.label} is an mlflow.pytorch model without a network specification; fine-tuning re-creates "
             "the last convolution from the spec, so register it with register_network (a MONAI spec + weights)."
         )
-    fit, validation = (
-        cases if cases is not None else _worker_cases(task.dataset, task.cache_dir, task.fit, task.validation)
-    )
+    if loaded.normalization is not None:  # an imported model races on what it was trained on, as finetune does
+        fit, validation = _cases_with_own_normalization(task, loaded)
+    elif cases is not None:
+        fit, validation = cases
+    else:
+        fit, validation = _worker_cases(task.dataset, task.cache_dir, task.fit, task.validation)
     result, _ = finetune(
         loaded.spec,
         loaded.module.state_dict(),
@@ -170,6 +174,18 @@ def _worker_cases(dataset: str, cache_dir: str | None, fit: tuple[str, ...], val
     """A Ray worker's fit and validation cases, loaded once per process (Ray reuses workers)."""
     ds = load_msd_dataset(dataset, cache_dir=cache_dir)
     return load_cases(ds, fit, False), load_cases(ds, validation, False)
+
+
+def _cases_with_own_normalization(task: SelectTask, loaded: LoadedModel) -> tuple[list, list]:
+    """The unit's fit and validation cases normalised as ``loaded``'s own recorded normalisation says
+    (an imported nnU-Net or bundle model), not as the target's statistics; loaded for the unit."""
+    _logger.info("%s: loading %s with its own normalisation (%s)", loaded.label, task.dataset, loaded.normalization)
+    ds = load_msd_dataset(task.dataset, cache_dir=task.cache_dir)
+    fit, validation = (
+        list(ds.iter_cases(ids, progress=False, normalization=loaded.normalization))
+        for ids in (task.fit, task.validation)
+    )
+    return fit, validation
 
 
 def race_unit_remote(task: SelectTask) -> RaceResult:
