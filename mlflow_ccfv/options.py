@@ -17,6 +17,7 @@ from enum import Enum
 from mlflow_ccfv.errors import OptionError
 
 __all__ = [
+    "MAX_DRAWS",
     "MAX_SEED",
     "ExecutorKind",
     "Optimizer",
@@ -40,6 +41,9 @@ _INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
 _MAX_TEXT = 1000
 #: The largest seed an option takes: seeds are unsigned 32-bit integers (NumPy's legacy seeding range).
 MAX_SEED = 2**32 - 1
+#: The most ordered random shortlists ``select-study`` averages a shortlist size over (every one when
+#: there are fewer).
+MAX_DRAWS = 2000
 
 
 if sys.version_info >= (3, 11):

@@ -571,3 +571,54 @@ def test_score_and_rank_json_equal_the_stored_tags_with_two_banks(tracking_uri, 
         if line.startswith("| rank")
     )
     assert [c.strip() for c in header.split("|")[1:7]][-1] == DEFAULT_RANKING  # first after the model columns
+
+
+def _init_fields(kind) -> set[str]:
+    import dataclasses
+
+    return {field.name for field in dataclasses.fields(kind) if field.init}
+
+
+def _request_commands():
+    from mlflow_ccfv.pipelines.finetune_setup import FinetuneRequest
+    from mlflow_ccfv.pipelines.pretrain import PretrainRequest
+    from mlflow_ccfv.pipelines.score_request import ScoreRequest
+    from mlflow_ccfv.pipelines.score_task import ScoreConfig
+    from mlflow_ccfv.pipelines.select import SelectRequest
+    from mlflow_ccfv.pipelines.select_study import SelectStudyRequest
+    from mlflow_ccfv.training import TrainConfig
+
+    # command -> (the dataclasses its options fill, the options read elsewhere and where)
+    return {
+        "finetune": ((FinetuneRequest, TrainConfig), {"experiment"}),  # check_tracking_server
+        "pretrain": ((PretrainRequest, TrainConfig), {"dataset", "experiment"}),  # dataset -> source
+        "select": ((SelectRequest, TrainConfig), {"executor", "num_cpus", "num_gpus", "ray_address"}),  # executor
+        "select-study": ((SelectStudyRequest,), set()),
+        # json: the printed form; the sampler options go through sampler_overrides into ScoreConfig.sampler
+        "score": (
+            (ScoreRequest, ScoreConfig),
+            {"experiment", "json", "roi_size", "overlap", "global_samples", "layer_budgets", "sampler_seed"},
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["finetune", "pretrain", "select", "select-study", "score"])
+def test_every_option_reaches_its_request(name):
+    """Requests are built field by field from the options of the same name
+    (``shared_options.request_from_options``): an option whose name matches no field would be dropped
+    without a word, so every option is a field or is listed here with where it goes."""
+    kinds, elsewhere = _request_commands()[name]
+    options = {param.name for param in main.commands[name].params}
+    fields = set().union(*(_init_fields(kind) for kind in kinds))
+    assert options - fields == elsewhere
+    assert elsewhere <= options  # the list names only options the command has
+
+
+def test_a_request_takes_the_parsed_options_and_keeps_its_defaults_for_empty_ones():
+    from mlflow_ccfv.cli import shared_options as shared
+    from mlflow_ccfv.pipelines.select_study import SelectStudyRequest
+
+    options = {"dataset": "Task42", "data_root": "", "max_draws": 7, "bank": "b", "unrelated": 1}
+    request = shared.request_from_options(SelectStudyRequest, options, seeds=(3,))
+    assert (request.dataset, request.bank, request.max_draws, request.seeds) == ("Task42", "b", 7, (3,))
+    assert request.data_root is None  # "" is not given: the request's default

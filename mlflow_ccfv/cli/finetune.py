@@ -18,12 +18,11 @@ __all__ = ["finetune"]
 @shared.overlap_option("Sliding-window overlap at evaluation, in [0, 1).")
 @shared.bool_option("--force", help="true: fine-tune even if this budget's Dice is tagged.")
 @shared.seeds_option("Comma-separated fine-tuning seeds, e.g. 0,1,2 (Dice mean and sd); default: --seed.", default="")
-@click.option(
+@shared.count_option(
     "--checkpoint-every",
+    "Save the training state every N steps (0: never); a rerun after a kill resumes from it.",
     default=50,
-    type=click.IntRange(min=0),
-    show_default=True,
-    help="Save the training state every N steps (0: never); a rerun after a kill resumes from it.",
+    minimum=0,
 )
 @shared.allow_pickle_option()
 @shared.train_options(steps=100, seed=0)
@@ -38,19 +37,7 @@ def finetune(**options) -> None:
     with exit_on_input_error("finetune"):
         config = shared.train_config_from_options(options)
         check_tracking_server(options["experiment"])
-        request = FinetuneRequest(
-            options["model"],
-            options["dataset"],
-            config,
-            data_root=options["data_root"] or None,
-            split_seed=options["split_seed"],
-            overlap=options["overlap"],
-            force=options["force"],
-            seeds=options["seeds"],
-            device=options["device"],
-            checkpoint_every=options["checkpoint_every"],
-            allow_pickle=options["allow_pickle"],
-        )
+        request = shared.request_from_options(FinetuneRequest, options, config=config)
         outcome = finetune_version(request)
     per_class = ", ".join(f"class {k}: {v:.4f}" for k, v in outcome.dice.per_class.items())
     spread = f" ± {outcome.dice_sd:.4f} over seeds" if outcome.dice_sd == outcome.dice_sd else ""

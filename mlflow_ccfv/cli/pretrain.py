@@ -38,18 +38,13 @@ def pretrain(**options) -> None:
     with exit_on_input_error("pretrain"):
         config = shared.train_config_from_options(options)
         check_tracking_server(options["experiment"])
-        request = PretrainRequest(
-            options["dataset"],
-            options["architecture"],
-            config,
-            name=options["name"] or None,
-            bank=options["bank"],
-            data_root=options["data_root"] or None,
+        request = shared.request_from_options(
+            PretrainRequest,
+            options,
+            source=options["dataset"],
+            config=config,
             channels=tuple(options["channels"]) or None,
-            reuse=options["reuse"],
             curve_every=options["curve_every"] or 0,
-            early_step=options["early_step"],
-            device=options["device"],
         )
         versions = pretrain_checkpoints(request)
     from mlflow_ccfv.tracking import tags as T

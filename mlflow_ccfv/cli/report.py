@@ -17,10 +17,7 @@ __all__ = ["report"]
 @click.option("--datasets", default="", help="Comma-separated dataset names (default: every dataset with Dice tags).")
 @shared.models_option()
 @shared.folder_option("--out-dir", "Also write the tables and plots here.")
-@shared.rank_by_option(
-    "The ranking whose goal table and Dice-against-score plots are written: auto (ccfv_twin where the "
-    "bank has random-init controls, else ccfv), ccfv_twin, or an estimator."
-)
+@shared.rank_by_option("The ranking whose goal table and Dice-against-score plots are written.")
 @click.option(
     "--in-domain",
     default="",

@@ -64,17 +64,8 @@ __all__ = ["SAMPLER_OPTIONS", "score", "score_request"]
     "--log-dataset",
     help="true: upload the target folder as artifacts first (as log-dataset; once per content).",
 )
-@shared.rank_by_option(
-    "What sets the rank tags and the best-<dataset> alias: auto (ccfv_twin where every architecture "
-    "has a random-init twin, else ccfv), ccfv_twin (CC-FV minus that of a random-init twin of the model's "
-    "architecture: the method docs/study.md's evidence supports), or an estimator (ccfv: the paper's)."
-)
-@shared.bool_option(
-    "--add-twins",
-    default=True,
-    help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
-    "architecture that has none (same network, random weights; no training).",
-)
+@shared.rank_by_option("What sets the rank tags and the best-<dataset> alias.")
+@shared.add_twins_option()
 @shared.experiment_option()
 @shared.json_option()
 def score(**options) -> None:
@@ -115,20 +106,6 @@ def score(**options) -> None:
 SAMPLER_OPTIONS = ("roi_size", "overlap", "global_samples", "layer_budgets", "sampler_seed")
 
 
-#: The options a :class:`~mlflow_ccfv.pipelines.score_request.ScoreRequest` takes as click parsed them.
-_REQUEST_OPTIONS = (
-    "dataset",
-    "bank",
-    "split",
-    "verify",
-    "executor",
-    "num_cpus",
-    "num_gpus",
-    "log_dataset",
-    "add_twins",
-)
-
-
 def score_request(options: Mapping[str, Any]) -> ScoreRequest:
     """The :class:`~mlflow_ccfv.pipelines.score_request.ScoreRequest` of ``score``'s parsed options
     (each error names its option)."""
@@ -136,17 +113,12 @@ def score_request(options: Mapping[str, Any]) -> ScoreRequest:
     from mlflow_ccfv.pipelines.score_task import ScoreConfig
     from mlflow_ccfv.scoring import parse_methods
 
-    config = ScoreConfig(
+    config = shared.request_from_options(
+        ScoreConfig,
+        options,
         methods=parse_methods(options["methods"]),
         sampler=sampler_overrides(**{name: options[name] for name in SAMPLER_OPTIONS}),
-        cache_dir=options["cache_dir"] or None,
-        device=options["device"] or None,
-        **{name: options[name] for name in ("force", "rank_by", "allow_pickle")},
     )
-    return ScoreRequest(
-        data_root=options["data_root"] or None,
-        models=tuple(split_list(options["models"])),
-        ray_address=options["ray_address"] or None,
-        config=config,
-        **{name: options[name] for name in _REQUEST_OPTIONS},
+    return shared.request_from_options(
+        ScoreRequest, options, models=tuple(split_list(options["models"])), config=config
     )

@@ -11,39 +11,16 @@ from mlflow_ccfv.cli.types import IntTuple
 __all__ = ["select"]
 
 
-#: The options a :class:`~mlflow_ccfv.pipelines.select.SelectRequest` takes as click parsed them.
-_REQUEST_OPTIONS = (
-    "dataset",
-    "bank",
-    "top_k",
-    "rank_by",
-    "budget",
-    "validation_fraction",
-    "validation_seed",
-    "overlap",
-    "methods",
-    "force",
-    "device",
-    "allow_pickle",
-    "add_twins",
-)
-
-
 @command()
 @shared.target_option()
 @shared.data_root_option()
 @shared.bank_option("Select among the versions tagged ccfv.bank=<bank>.")
-@click.option(
+@shared.count_option(
     "--top-k",
+    "Shortlist size: the best-ranked pre-trained versions (random-init controls are never candidates).",
     default=4,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Shortlist size: the best-ranked pre-trained versions (random-init controls are never candidates).",
 )
-@shared.rank_by_option(
-    "The ranking that shortlists: auto (ccfv_twin where every architecture has a random-init twin, "
-    "else ccfv), ccfv_twin, or an estimator (as score --rank-by)."
-)
+@shared.rank_by_option("The ranking that shortlists.")
 @click.option(
     "--rounds",
     default="50,100,200",
@@ -76,12 +53,7 @@ _REQUEST_OPTIONS = (
 @shared.ray_options(
     "serial: in this process; ray: one Ray task per version when scoring, per candidate and round when racing."
 )
-@shared.bool_option(
-    "--add-twins",
-    default=True,
-    help="true: with --rank-by auto or ccfv_twin, register and score a random-init twin of every "
-    "architecture that has none (as score --add-twins).",
-)
+@shared.add_twins_option()
 def select(**options) -> None:
     """Select a model for a target: shortlist the bank by its scores, then spend a fine-tuning budget on
     the shortlist (successive halving on a validation part of the training cases); alias the winner
@@ -92,12 +64,11 @@ def select(**options) -> None:
 
     with exit_on_input_error("select"):
         parse_methods(options["methods"])  # an unknown name is refused before the server is asked
-        request = SelectRequest(
-            data_root=options["data_root"] or None,
+        request = shared.request_from_options(
+            SelectRequest,
+            options,
             rounds=tuple(options["rounds"]),
             train=shared.train_config_from_options({**options, "steps": max(options["rounds"])}),
-            cache_dir=options["cache_dir"] or None,
-            **{name: options[name] for name in _REQUEST_OPTIONS},
         )
         runner = make_executor(
             options["executor"],

@@ -6,7 +6,7 @@ import click
 
 from mlflow_ccfv.cli import shared_options as shared
 from mlflow_ccfv.cli.base import check_tracking_server, command, exit_on_input_error
-from mlflow_ccfv.options import parse_float, split_list
+from mlflow_ccfv.options import MAX_DRAWS, parse_float, split_list
 
 __all__ = ["select_study"]
 
@@ -34,13 +34,10 @@ __all__ = ["select_study"]
 @shared.validation_fraction_option("As select: the share of the target's training cases the race measures Dice on.")
 @shared.seed_option("--validation-seed", "As select: the seed of the validation draw.")
 @shared.overlap_option("Sliding-window overlap when measuring Dice, in [0, 1).")
-@click.option(
+@shared.count_option(
     "--max-draws",
-    "max_draws",
-    default=2000,
-    type=click.IntRange(min=1),
-    show_default=True,
-    help="Random ordered shortlists averaged per size (every one when there are fewer).",
+    "Random ordered shortlists averaged per size (every one when there are fewer).",
+    default=MAX_DRAWS,
 )
 @shared.cache_dir_option()
 @shared.device_option()
@@ -55,20 +52,8 @@ def select_study(**options) -> None:
             parse_float(text, "--round-fractions", minimum=0.0, maximum=1.0)
             for text in split_list(options["round_fractions"])
         )
-        request = SelectStudyRequest(
-            dataset=options["dataset"],
-            data_root=options["data_root"] or None,
-            bank=options["bank"],
-            out_dir=options["out_dir"],
-            round_fractions=fractions,
-            seeds=tuple(options["seeds"]),
-            validation_fraction=options["validation_fraction"],
-            validation_seed=options["validation_seed"],
-            overlap=options["overlap"],
-            max_draws=options["max_draws"],
-            cache_dir=options["cache_dir"] or None,
-            device=options["device"],
-            allow_pickle=options["allow_pickle"],
+        request = shared.request_from_options(
+            SelectStudyRequest, options, round_fractions=fractions, seeds=tuple(options["seeds"])
         )
         check_tracking_server()
         study = measure_select_study(request)

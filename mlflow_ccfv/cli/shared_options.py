@@ -7,9 +7,10 @@ formatted from the same constant the type enforces.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import click
 
@@ -29,6 +30,7 @@ from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.options import MAX_SEED, ExecutorKind, Optimizer
 
 __all__ = [
+    "add_twins_option",
     "Decorator",
     "BATCH_SIZE_RANGE",
     "CASES_RANGE",
@@ -42,6 +44,7 @@ __all__ = [
     "bank_option",
     "bool_option",
     "cache_dir_option",
+    "count_option",
     "data_root_option",
     "device_option",
     "experiment_option",
@@ -56,6 +59,7 @@ __all__ = [
     "validation_fraction_option",
     "rank_by_option",
     "ray_options",
+    "request_from_options",
     "seed_option",
     "seeds_option",
     "shape_option",
@@ -238,9 +242,38 @@ def methods_option(help: str) -> Decorator:
     return click.option("--methods", default="", type=MethodsText(), help=methods_help(help))
 
 
+class _RankByOption(click.Option):
+    """``--rank-by``, whose help names what ``auto`` ranks by when help is shown: the default lives in
+    :mod:`mlflow_ccfv.scoring.ranking`, which imports torch, so it is not read while commands are built."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING, TWIN_METHOD
+
+        purpose = self.help or ""
+        self.help = (
+            f"{purpose} auto: {DEFAULT_RANKING} (the pre-registered default; docs/study.md says why), "
+            f"{TWIN_METHOD} (CC-FV minus that of the model's random-init twin), or an estimator (ccfv: the paper's)."
+        )
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = purpose
+
+
+def add_twins_option() -> Decorator:
+    """``--add-twins``: register the random-init twins a ranking is read against."""
+    return bool_option(
+        "--add-twins",
+        default=True,
+        help="true: register and score a random-init twin of every network that has none (same network, "
+        "random weights, no training): the reference that shows whether pre-training helped.",
+    )
+
+
 def rank_by_option(help: str) -> Decorator:
-    """``--rank-by``: ``auto``, ``ccfv_twin`` or an estimator (:class:`~mlflow_ccfv.cli.types.RankBy`)."""
-    return click.option("--rank-by", default="auto", show_default=True, type=RankBy(), help=help)
+    """``--rank-by``: ``auto``, ``ccfv_twin`` or an estimator (:class:`~mlflow_ccfv.cli.types.RankBy`); ``help``
+    says what the ranking decides, the option adds what each value means."""
+    return click.option("--rank-by", cls=_RankByOption, default="auto", show_default=True, type=RankBy(), help=help)
 
 
 def architecture_option() -> Decorator:
@@ -306,6 +339,12 @@ def window_size_option(flag: str, help: str) -> Decorator:
     """A sliding-window or patch size, three sides in :data:`WINDOW_SIDE_RANGE`; ``""``: the version's own."""
     kind = IntTuple(length=3, minimum=WINDOW_SIDE_RANGE[0], maximum=WINDOW_SIDE_RANGE[1])
     return click.option(flag, default="", type=kind, help=help)
+
+
+def count_option(flag: str, help: str, *, default: int, minimum: int = 1) -> Decorator:
+    """A whole number of things (steps, candidates, draws): an integer of at least ``minimum``."""
+    kind = click.IntRange(min=minimum)
+    return click.option(flag, default=default, type=kind, show_default=True, help=help)
 
 
 def optional_int_option(
@@ -416,3 +455,17 @@ def train_config_from_options(options: dict):
         )
     except (TypeError, ValueError) as exc:
         raise OptionError(f"Bad training option: {exc}") from exc
+
+
+Request = TypeVar("Request")
+
+
+def request_from_options(kind: Callable[..., Request], options: Mapping[str, Any], **given: Any) -> Request:
+    """The request dataclass ``kind`` of a command's parsed options, each field from the option of its own
+    name; an empty text option (``""``) is not given, so its field keeps the request's default. ``given``
+    supplies the fields no option holds as such (a parsed training config, a renamed option)."""
+    values = dict(given)
+    for field in dataclasses.fields(kind):  # type: ignore[arg-type]
+        if field.init and field.name not in values and options.get(field.name, "") != "":
+            values[field.name] = options[field.name]
+    return kind(**values)

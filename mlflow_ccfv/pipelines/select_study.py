@@ -33,12 +33,11 @@ import pandas as pd
 from mlflow_ccfv.data import MSDDataset, short_name
 from mlflow_ccfv.errors import OptionError, RegistryError
 from mlflow_ccfv.networks import resolve_device
-from mlflow_ccfv.options import parse_ints
+from mlflow_ccfv.options import MAX_DRAWS, parse_ints
 from mlflow_ccfv.pipelines.rank import ranking_of
 from mlflow_ccfv.pipelines.select import SPLIT_SEED, SelectTask, race_split, race_unit
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.study.select_regret import (
-    MAX_DRAWS,
     UNIT_COLUMNS,
     plot_regret,
     regret_markdown,

@@ -35,6 +35,7 @@ from mlflow_ccfv.networks.bank_files import (
     write_manifest,
     write_weights,
 )
+from mlflow_ccfv.networks.specs import DEFAULT_PATCH_SIZE
 from mlflow_ccfv.options import format_ints, parse_ints
 from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.tracking import tags as T
@@ -188,7 +189,9 @@ def _entry(v: ModelVersion, out_dir: Path, data_root: Path | None) -> ManifestEn
         source_dataset=source,
         checkpoint=pretrain.get("checkpoint", "final"),
         source_dice=float(dice) if dice else None,
-        patch_size=parse_ints(tags.get(T.PATCH_SIZE, "32,32,32"), "patch_size", length=3, minimum=1),  # type: ignore[arg-type]
+        patch_size=parse_ints(
+            tags.get(T.PATCH_SIZE, format_ints(DEFAULT_PATCH_SIZE)), "patch_size", length=3, minimum=1
+        ),  # type: ignore[arg-type]
         pretrain={k: val for k, val in pretrain.items() if k not in _LOCAL_PRETRAIN_KEYS},
         exported_from=version_uri(v),
     )

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlflow_ccfv.options import MAX_DRAWS
 from mlflow_ccfv.training.selection import halving_schedule, keep_best, schedule_steps
 
 __all__ = [
-    "MAX_DRAWS",
     "UNIT_COLUMNS",
     "Policy",
     "budget_within_sd",
@@ -47,8 +47,6 @@ __all__ = [
     "summarize_regret",
 ]
 
-#: The most ordered random shortlists a size is averaged over (every one when there are fewer).
-MAX_DRAWS = 2000
 #: The unit table's columns: candidate label, round length, race seed, validation Dice, seconds spent.
 UNIT_COLUMNS = ("model", "steps", "seed", "val_dice", "seconds")
 
