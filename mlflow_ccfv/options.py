@@ -9,20 +9,29 @@ option. Errors are :class:`~mlflow_ccfv.errors.OptionError` (a ``ValueError``).
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from pathlib import Path
 
 from mlflow_ccfv.errors import OptionError
 
 __all__ = [
+    "CACHE_ENV",
+    "DATA_ROOT_ENV",
+    "DEFAULT_CACHE_DIR",
     "MAX_DRAWS",
     "MAX_SEED",
     "ExecutorKind",
     "Optimizer",
     "Orientation",
+    "SYNTHETIC_MAX_CASES",
+    "SYNTHETIC_SHAPE_RANGE",
+    "SYNTHETIC_SPACING_RANGE",
     "TargetSplit",
+    "cache_root",
     "format_ints",
     "parse_bool",
     "parse_device",
@@ -44,6 +53,16 @@ MAX_SEED = 2**32 - 1
 #: The most ordered random shortlists ``select-study`` averages a shortlist size over (every one when
 #: there are fewer).
 MAX_DRAWS = 2000
+#: Environment variables every layer reads (docs/cli.md): the folder task names like ``Task07`` are looked
+#: up in, and the cache of features, datasets and fine-tuning states (default :data:`DEFAULT_CACHE_DIR`).
+DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
+CACHE_ENV = "MLFLOW_CCFV_CACHE"
+DEFAULT_CACHE_DIR = ".ccfv-cache"
+#: Bounds of the synthetic generator's settings: volume sides in voxels (a phantom's anatomy needs margins
+#: of 16), voxel sizes in mm, cases per task.
+SYNTHETIC_SHAPE_RANGE = (16, 1024)
+SYNTHETIC_SPACING_RANGE = (0.01, 100.0)
+SYNTHETIC_MAX_CASES = 10_000
 
 
 if sys.version_info >= (3, 11):
@@ -219,3 +238,8 @@ def parse_source(text: str) -> tuple[str, tuple[int, ...] | None]:
     if sep and head and re.fullmatch(r"[\d,x\s]+", tail):
         return head, parse_ints(tail, f"channels of source {head}", minimum=0)
     return str(text), None
+
+
+def cache_root(given: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``given``, else ``$MLFLOW_CCFV_CACHE``, else :data:`DEFAULT_CACHE_DIR`."""
+    return Path(given or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -124,8 +125,9 @@ def test_the_bounds_options_show_are_those_the_layers_enforce():
     own them: the training budget (``TrainConfig``), the sampler's overlap (``SamplerConfig``), the
     synthetic generator's settings."""
     from mlflow_ccfv.cli import shared_options as shared
-    from mlflow_ccfv.data import synthetic
+    from mlflow_ccfv.data import phantom, synthetic
     from mlflow_ccfv.features import SamplerConfig
+    from mlflow_ccfv.options import SYNTHETIC_SHAPE_RANGE
     from mlflow_ccfv.training import TrainConfig
 
     side, batch = shared.PATCH_SIDE_RANGE[0], shared.BATCH_SIZE_RANGE[0]
@@ -137,8 +139,12 @@ def test_the_bounds_options_show_are_those_the_layers_enforce():
     SamplerConfig(overlap=0.0)
     with pytest.raises(ValueError, match="overlap"):
         SamplerConfig(overlap=1.0)
-    assert (shared.SHAPE_RANGE, shared.SPACING_RANGE) == (synthetic.SHAPE_RANGE, synthetic.SPACING_RANGE)
-    assert shared.MAX_CASES == synthetic.MAX_CASES
+    lo, hi = SYNTHETIC_SHAPE_RANGE
+    synthetic.check_synthetic_settings(2, (lo, lo, hi), (5.0, 5.0, 5.0))
+    with pytest.raises(errors.OptionError, match="shape"):
+        synthetic.check_synthetic_settings(2, (lo - 1, lo, lo), (5.0, 5.0, 5.0))
+    with pytest.raises(ValueError, match=f"at least {lo}"):  # the phantom itself needs that side
+        phantom.synthesize_case("Task03", np.random.default_rng(0), shape=(lo - 1, lo, lo))
     shown = CliRunner().invoke(main, ["pretrain", "--help"], terminal_width=400).output
     assert f"three sides of {side}-{shared.PATCH_SIDE_RANGE[1]}" in shown
     assert f"Patches per step ({batch}-{shared.BATCH_SIZE_RANGE[1]})" in shown

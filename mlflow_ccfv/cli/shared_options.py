@@ -27,16 +27,22 @@ from mlflow_ccfv.cli.types import (
     RankBy,
 )
 from mlflow_ccfv.errors import OptionError
-from mlflow_ccfv.options import MAX_SEED, ExecutorKind, Optimizer
+from mlflow_ccfv.options import (
+    CACHE_ENV,
+    DATA_ROOT_ENV,
+    DEFAULT_CACHE_DIR,
+    MAX_SEED,
+    SYNTHETIC_MAX_CASES,
+    SYNTHETIC_SHAPE_RANGE,
+    ExecutorKind,
+    Optimizer,
+)
 
 __all__ = [
     "add_twins_option",
     "Decorator",
     "BATCH_SIZE_RANGE",
     "CASES_RANGE",
-    "MAX_CASES",
-    "SHAPE_RANGE",
-    "SPACING_RANGE",
     "PATCH_SIDE_RANGE",
     "WINDOW_SIDE_RANGE",
     "allow_pickle_option",
@@ -74,20 +80,14 @@ __all__ = [
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 #: Environment variables documented in docs/cli.md.
-DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
-CACHE_ENV = "MLFLOW_CCFV_CACHE"
 #: MLflow's own variable naming the experiment; here it is the default of ``--experiment``.
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
-DEFAULT_CACHE_DIR = ".ccfv-cache"
 
 #: The synthetic generator's bounds, as :mod:`mlflow_ccfv.data.synthetic` defines them (importing it here
 #: would load torch for ``--help``; tests/test_cli.py checks they agree): cases per task, volume sides in
 #: voxels, voxel sizes in mm.
-MAX_CASES = 10_000
-SHAPE_RANGE = (16, 1024)
-SPACING_RANGE = (0.01, 100.0)
 #: ``--n-cases`` of a demo or study family, split 80/20: at least one case on each side.
-CASES_RANGE = (2, MAX_CASES)
+CASES_RANGE = (2, SYNTHETIC_MAX_CASES)
 #: ``--batch-size`` and the sides of ``--patch-size``: the minimum is :class:`~mlflow_ccfv.training.TrainConfig`'s,
 #: the maximum a sanity bound of the command line.
 BATCH_SIZE_RANGE = (1, 1024)
@@ -311,8 +311,8 @@ def seeds_option(help: str, *, default: str = "0,1,2") -> Decorator:
 
 
 def shape_option(help: str) -> Decorator:
-    """``--shape`` of a generated synthetic family: three sides in :data:`SHAPE_RANGE` voxels."""
-    lo, hi = SHAPE_RANGE
+    """``--shape`` of a generated synthetic family: three sides in ``SYNTHETIC_SHAPE_RANGE`` voxels."""
+    lo, hi = SYNTHETIC_SHAPE_RANGE
     kind = IntTuple(length=3, minimum=lo, maximum=hi)
     return click.option("--shape", default="64,64,48", type=kind, show_default=True, help=f"{help} ({lo}-{hi} a side).")
 

@@ -7,7 +7,7 @@ import click
 from mlflow_ccfv.cli import shared_options as shared
 from mlflow_ccfv.cli.base import command, exit_on_input_error
 from mlflow_ccfv.cli.types import EnumChoice, Triple
-from mlflow_ccfv.options import Orientation
+from mlflow_ccfv.options import SYNTHETIC_MAX_CASES, SYNTHETIC_SHAPE_RANGE, SYNTHETIC_SPACING_RANGE, Orientation
 
 __all__ = ["synth"]
 
@@ -29,12 +29,14 @@ def _triple_option(flag: str, default: str, kind: type, what: str, help: str) ->
     help="Task name, TaskNN or alias (liver, lung, pancreas, spleen, colon); repeat for several; default all five.",
 )
 @click.option(
-    "--n-cases", type=click.IntRange(1, shared.MAX_CASES), default=10, show_default=True, help="Cases per task."
+    "--n-cases", type=click.IntRange(1, SYNTHETIC_MAX_CASES), default=10, show_default=True, help="Cases per task."
 )
 @_triple_option(
-    "--shape", "64,64,48", int, "integers", "Volume size X,Y,Z in voxels ({}-{} a side).".format(*shared.SHAPE_RANGE)
+    "--shape", "64,64,48", int, "integers", "Volume size X,Y,Z in voxels ({}-{} a side).".format(*SYNTHETIC_SHAPE_RANGE)
 )
-@_triple_option("--spacing", "5,5,5", float, "numbers", "Voxel size in mm ({:g}-{:g}).".format(*shared.SPACING_RANGE))
+@_triple_option(
+    "--spacing", "5,5,5", float, "numbers", "Voxel size in mm ({:g}-{:g}).".format(*SYNTHETIC_SPACING_RANGE)
+)
 @shared.seed_option("--seed", "Seed; same seed, same files.", maximum=None)
 @click.option(
     "--orientation",

@@ -26,13 +26,12 @@ from mlflow_ccfv.data.nifti import ras_spacing, sha256_file, strip_nifti_suffix
 from mlflow_ccfv.data.normalization import IntensityNormalization
 from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase, preprocess_case
 from mlflow_ccfv.errors import DatasetError
+from mlflow_ccfv.options import DATA_ROOT_ENV
 
-__all__ = ["CaseFiles", "MSDDataset", "Split", "resolve_dataset", "DATA_ROOT_ENV"]
+__all__ = ["CaseFiles", "MSDDataset", "Split", "resolve_dataset"]
 
 log = logging.getLogger(__name__)
 
-#: Environment variable naming the folder that task names like ``Task07`` are looked up in.
-DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
 
 #: Modality names (``dataset.json`` ``modality``) treated as CT for intensity normalisation.
 CT_MODALITIES = frozenset({"ct"})

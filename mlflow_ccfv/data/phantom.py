@@ -23,11 +23,12 @@ import numpy as np
 from scipy import ndimage
 
 from mlflow_ccfv.data.synthetic_tasks import SyntheticTask, get_task
+from mlflow_ccfv.options import SYNTHETIC_SHAPE_RANGE
 
 __all__ = ["MIN_SIDE", "DEFAULT_SHAPE", "DEFAULT_SPACING", "synthesize_case"]
 
 #: The smallest side (voxels) a phantom can be drawn in: the anatomy's margins need 16.
-MIN_SIDE = 16
+MIN_SIDE = SYNTHETIC_SHAPE_RANGE[0]
 
 DEFAULT_SHAPE = (64, 64, 48)
 DEFAULT_SPACING = (5.0, 5.0, 5.0)

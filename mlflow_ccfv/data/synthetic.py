@@ -23,14 +23,12 @@ from tqdm.auto import tqdm
 
 from mlflow_ccfv.data.cases import new_task_folder
 from mlflow_ccfv.data.nifti import save_nifti
-from mlflow_ccfv.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, MIN_SIDE, synthesize_case
+from mlflow_ccfv.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, synthesize_case
 from mlflow_ccfv.data.synthetic_tasks import SYNTHETIC_TASKS, Protocol, SyntheticTask, get_task
 from mlflow_ccfv.errors import DatasetError, OptionError
+from mlflow_ccfv.options import SYNTHETIC_MAX_CASES, SYNTHETIC_SHAPE_RANGE, SYNTHETIC_SPACING_RANGE
 
 __all__ = [
-    "MAX_CASES",
-    "SHAPE_RANGE",
-    "SPACING_RANGE",
     "SYNTHETIC_TASKS",
     "Protocol",
     "SyntheticSettings",
@@ -67,32 +65,31 @@ def _case_rng(seed: int, task: SyntheticTask, index: int) -> np.random.Generator
     return np.random.default_rng(np.random.SeedSequence([int(seed), task.number, int(index)]))
 
 
-#: Bounds of the synthetic generator's settings (sides in voxels, spacing in mm).
-SHAPE_RANGE = (MIN_SIDE, 1024)
-SPACING_RANGE = (0.01, 100.0)
-MAX_CASES = 10_000
-
-
 def check_synthetic_settings(
     n_cases: int, shape: Sequence[int], spacing: Sequence[float], orientation: str = "LPS"
 ) -> None:
     """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming the setting) before any folder is made:
     ``n_cases`` in [1, 10000], three ``shape`` sides in [16, 1024] voxels, three finite ``spacing``
     values in [0.01, 100] mm, ``orientation`` LPS or RAS."""
-    if isinstance(n_cases, bool) or not isinstance(n_cases, int) or not 1 <= n_cases <= MAX_CASES:
-        raise OptionError(f"n_cases must be an integer in [1, {MAX_CASES}]; got {n_cases!r}.")
+    if isinstance(n_cases, bool) or not isinstance(n_cases, int) or not 1 <= n_cases <= SYNTHETIC_MAX_CASES:
+        raise OptionError(f"n_cases must be an integer in [1, {SYNTHETIC_MAX_CASES}]; got {n_cases!r}.")
     sides = list(shape)
     if len(sides) != 3 or any(
-        isinstance(v, bool) or not float(v).is_integer() or not SHAPE_RANGE[0] <= v <= SHAPE_RANGE[1] for v in sides
+        isinstance(v, bool)
+        or not float(v).is_integer()
+        or not SYNTHETIC_SHAPE_RANGE[0] <= v <= SYNTHETIC_SHAPE_RANGE[1]
+        for v in sides
     ):
         raise OptionError(
-            f"shape must be three integer sides in [{SHAPE_RANGE[0]}, {SHAPE_RANGE[1]}] voxels (e.g. 64,64,48); "
+            f"shape must be three integer sides in [{SYNTHETIC_SHAPE_RANGE[0]}, {SYNTHETIC_SHAPE_RANGE[1]}] voxels (e.g. 64,64,48); "
             f"got {tuple(sides)}."
         )
     sizes = list(spacing)
-    if len(sizes) != 3 or any(not math.isfinite(v) or not SPACING_RANGE[0] <= v <= SPACING_RANGE[1] for v in sizes):
+    if len(sizes) != 3 or any(
+        not math.isfinite(v) or not SYNTHETIC_SPACING_RANGE[0] <= v <= SYNTHETIC_SPACING_RANGE[1] for v in sizes
+    ):
         raise OptionError(
-            f"spacing must be three voxel sizes in [{SPACING_RANGE[0]}, {SPACING_RANGE[1]}] mm (e.g. 5,5,5); "
+            f"spacing must be three voxel sizes in [{SYNTHETIC_SPACING_RANGE[0]}, {SYNTHETIC_SPACING_RANGE[1]}] mm (e.g. 5,5,5); "
             f"got {tuple(sizes)}."
         )
     if orientation not in ("LPS", "RAS"):
@@ -104,9 +101,9 @@ class SyntheticSettings:
     """What :func:`generate_family` writes for every task (the parameters of :func:`generate_task`).
 
     Attributes:
-        n_cases: cases per task, in [1, :data:`MAX_CASES`].
-        shape: ``(X, Y, Z)`` voxels, each side in :data:`SHAPE_RANGE`.
-        spacing: voxel size in mm, each in :data:`SPACING_RANGE`.
+        n_cases: cases per task, in [1, :data:`SYNTHETIC_MAX_CASES`].
+        shape: ``(X, Y, Z)`` voxels, each side in :data:`SYNTHETIC_SHAPE_RANGE`.
+        spacing: voxel size in mm, each in :data:`SYNTHETIC_SPACING_RANGE`.
         seed: case ``i`` of a task is drawn from ``SeedSequence([seed, task number, i])``.
         orientation: storage axis codes, ``"LPS"`` or ``"RAS"``.
         overwrite: replace existing task folders.

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import mlflow
 
 from mlflow_ccfv.errors import OptionError
-from mlflow_ccfv.options import ExecutorKind
+from mlflow_ccfv.options import CACHE_ENV, ExecutorKind
 from mlflow_ccfv.tracking.server import HTTP_RETRY_DEFAULTS
 
 __all__ = [
@@ -139,7 +139,7 @@ class RayExecutor:
         """The tasks' environment variables (merged with the job's runtime environment by Ray)."""
         threads = str(max(1, int(self.num_cpus)))
         env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "OMP_NUM_THREADS": threads}
-        for var in ("MLFLOW_CCFV_CACHE", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *HTTP_RETRY_DEFAULTS):
+        for var in (CACHE_ENV, "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *HTTP_RETRY_DEFAULTS):
             if os.environ.get(var):
                 env[var] = os.environ[var]
         return {"env_vars": env}

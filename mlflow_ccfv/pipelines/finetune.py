@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -56,6 +55,7 @@ from mlflow.entities import Run
 from mlflow_ccfv.data import PreprocessedCase, make_target
 from mlflow_ccfv.data.normalization import describe_normalization
 from mlflow_ccfv.errors import RegistryError
+from mlflow_ccfv.options import cache_root
 from mlflow_ccfv.pipelines.finetune_setup import (
     Cases,
     FinetuneRequest,
@@ -66,7 +66,6 @@ from mlflow_ccfv.pipelines.finetune_setup import (
     load_setup,
 )
 from mlflow_ccfv.pipelines.pretrain import check_training_resources, load_dataset
-from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import mlflow_dataset
 from mlflow_ccfv.tracking.flavor import log_model
@@ -234,11 +233,7 @@ def _checkpoint(setup: FinetuneSetup, seed_digest: str) -> TrainingCheckpoint | 
     r, model_id = setup.request, setup.loaded.model_id
     if not r.checkpoint_every:
         return None
-    folder = (
-        Path(r.checkpoint_dir)
-        if r.checkpoint_dir
-        else Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR) / "finetune"
-    )
+    folder = Path(r.checkpoint_dir) if r.checkpoint_dir else cache_root() / "finetune"
     return TrainingCheckpoint(
         folder / f"{model_id or 'model'}-{seed_digest}.pt",
         every=r.checkpoint_every,

@@ -26,6 +26,7 @@ import mlflow
 import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
+from mlflow_ccfv.pipelines.finetune import DICE_TABLE
 from mlflow_ccfv.study.report import Report, write_report
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.runs import command_run, run_csv
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 #: The fine-tune runs' artifact with the per-case, per-seed Dice (see ``pipelines.finetune``).
-DICE_TABLE = "dice_per_case.csv"
 
 _logger = logging.getLogger(__name__)
 

@@ -24,14 +24,11 @@ from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.errors import OptionError
 from mlflow_ccfv.features import FeatureSet, SamplerConfig, sample_features
 from mlflow_ccfv.networks.devices import resolve_device
+from mlflow_ccfv.options import CACHE_ENV, cache_root
 
-__all__ = ["CACHE_ENV", "CHECKSUM_SUFFIX", "DEFAULT_CACHE_DIR", "CaseCache", "FeatureCache", "cache_key"]
+__all__ = ["CHECKSUM_SUFFIX", "CaseCache", "FeatureCache", "cache_key"]
 
 _logger = logging.getLogger(__name__)
-
-#: Where features are cached unless ``cache_dir`` / ``MLFLOW_CCFV_CACHE`` says otherwise.
-DEFAULT_CACHE_DIR = ".ccfv-cache"
-CACHE_ENV = "MLFLOW_CCFV_CACHE"
 
 
 def cache_key(
@@ -92,7 +89,7 @@ class FeatureCache:
     """The on-disk feature cache under ``root`` (default ``$MLFLOW_CCFV_CACHE`` or ``.ccfv-cache``)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+        self.root = cache_root(root)
 
     def check_writable(self) -> None:
         """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming ``--cache-dir``) a cache folder that is

@@ -42,7 +42,7 @@ from mlflow_ccfv.data.msd import MSDDataset
 from mlflow_ccfv.data.nifti import sha256_file
 from mlflow_ccfv.data.target import Target, make_target, short_name
 from mlflow_ccfv.errors import DatasetError
-from mlflow_ccfv.scoring.feature_cache import CACHE_ENV, DEFAULT_CACHE_DIR
+from mlflow_ccfv.options import cache_root
 
 __all__ = [
     "DATASET_EXPERIMENT",
@@ -270,7 +270,7 @@ def _parse_reference(ref: str) -> tuple[str, str]:
 
 
 def _default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+    return cache_root()
 
 
 def _bad_files(root: Path, files: dict[str, dict[str, Any]]) -> list[str]:
