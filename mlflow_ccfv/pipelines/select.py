@@ -66,7 +66,7 @@ from mlflow_ccfv.pipelines.select_race import (
     recorded_dice,
     run_race,
 )
-from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE
+from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, load_msd_dataset
 from mlflow_ccfv.tracking.runs import command_run, recover_crashed, tag_process
@@ -326,7 +326,7 @@ def _shortlist(request: SelectRequest, executor: Executor, dataset: str, k: int)
         raise RegistryError(
             f"No version of the bank {request.bank!r} could be ranked on {dataset}; see the score run's errors."
         )
-    columns = [c for c in ("rank", "model", "architecture", "source_dataset", "ccfv_twin", "ccfv") if c in ranked]
+    columns = [c for c in ("rank", "model", "architecture", "source_dataset", TWIN_METHOD, "ccfv") if c in ranked]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "shortlist.csv"
         ranked.head(k)[columns].to_csv(path, index=False)

@@ -13,7 +13,7 @@ from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.estimators.catalogue import method_names
 from mlflow_ccfv.pipelines.study_config import StudyResult
 from mlflow_ccfv.scoring import DEFAULT_METHODS
-from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE, DEFAULT_RANKING, TWIN_METHOD, choose_ranking
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE, DEFAULT_RANKING, RANK_AGGREGATE, TWIN_METHOD, choose_ranking
 from mlflow_ccfv.study.long_table import ranked_table
 from mlflow_ccfv.study.tables import to_markdown
 from mlflow_ccfv.study.variants import frame_members
@@ -95,7 +95,7 @@ def print_summary(result: StudyResult, ui_hint: bool = False) -> str:
 
 
 def evidence_summary(
-    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, TWIN_METHOD, "rank_aggregate")
+    result: StudyResult, methods: Sequence[str] = (*DEFAULT_METHODS, TWIN_METHOD, RANK_AGGREGATE)
 ) -> str:
     """Per target and for the average: the noise ceiling beside every method's weighted tau, top-1
     regret and selection value with their 95% intervals (the ``study`` command prints it)."""

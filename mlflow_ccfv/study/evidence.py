@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.study.statistics import (
     AVERAGE,
     BANK_STATISTICS,
@@ -225,7 +226,7 @@ def dice_score_plot(frame: pd.DataFrame, dataset: str, method: str, path: str | 
     y = sub["dice"].to_numpy(float)
     sd = sub["dice_sd"].to_numpy(float) if "dice_sd" in sub.columns else np.full(len(sub), np.nan)
     control = (
-        sub["source_dataset"].astype(str).eq("random-init").to_numpy()
+        sub["source_dataset"].astype(str).eq(CONTROL_SOURCE).to_numpy()
         if "source_dataset" in sub.columns
         else np.zeros(len(sub), bool)
     )

@@ -27,6 +27,7 @@ import pandas as pd
 
 from mlflow_ccfv.estimators import METHODS
 from mlflow_ccfv.estimators.catalogue import method_labels, method_names
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.study.correlation import pearson, weighted_tau
 from mlflow_ccfv.study.variants import VARIANTS
 
@@ -149,7 +150,7 @@ def discrimination_table(frame: pd.DataFrame) -> pd.DataFrame:
             "best_model": str(g["model"].iloc[int(np.argmax(dice.to_numpy()))]),
         }
         if "source_dataset" in g.columns:
-            control = g["source_dataset"].astype(str).eq("random-init")
+            control = g["source_dataset"].astype(str).eq(CONTROL_SOURCE)
             best_control = float(dice[control].max()) if control.any() else float("nan")
             best_pretrained = float(dice[~control].max()) if (~control).any() else float("nan")
             row.update(

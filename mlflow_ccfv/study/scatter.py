@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlflow_ccfv.scoring.ranking import CONTROL_SOURCE
 from mlflow_ccfv.study.long_table import METHOD_LABELS, REPORT_METHODS, ordered_methods
 
 __all__ = ["scatter_plot", "standardise"]
@@ -41,7 +42,7 @@ def scatter_plot(
         g = sub[(sub["method"] == m) & np.isfinite(sub["score"].astype(float))]
         x, y = standardise(g["score"].to_numpy(float)), g["dice"].to_numpy(float)
         control = (
-            g.get("source_dataset", pd.Series([""] * len(g), index=g.index)).astype(str).eq("random-init").to_numpy()
+            g.get("source_dataset", pd.Series([""] * len(g), index=g.index)).astype(str).eq(CONTROL_SOURCE).to_numpy()
         )
         ax.scatter(x[~control], y[~control], s=22, color="tab:blue", label="pre-trained")
         if control.any():

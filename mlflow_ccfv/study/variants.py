@@ -55,7 +55,7 @@ def twin_name(method: str) -> str:
 
 
 #: The variants' method names.
-VARIANTS = (*(twin_name(m) for m in TWIN_CALIBRATED), "rank_aggregate")
+VARIANTS = (*(twin_name(m) for m in TWIN_CALIBRATED), RANK_AGGREGATE)
 
 
 def _identity_column(frame: pd.DataFrame) -> pd.Series:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
+from mlflow_ccfv.scoring.ranking import TWIN_METHOD
 from mlflow_ccfv.tracking.tags import (
     ARCHITECTURE,
     BANK,
@@ -147,7 +148,7 @@ def stored_ranking(versions: Iterable[ModelVersion], dataset: str) -> pd.DataFra
     frame = pd.DataFrame(rows)
     by = [str(v) for v in frame.pop(RANKED_BY).dropna().unique()] if RANKED_BY in frame.columns else []
     scores = sorted(c for c in frame.columns if c not in head)
-    first = [c for c in (*by, "ccfv_twin", "ccfv") if c in scores]
+    first = [c for c in (*by, TWIN_METHOD, "ccfv") if c in scores]
     first = list(dict.fromkeys(first))
     frame = frame[head + first + [c for c in scores if c not in first]]
     return frame.sort_values(["bank", "rank", "model"], kind="stable").reset_index(drop=True)
