@@ -47,10 +47,11 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from conftest import _reset_mlflow_state
+def world(tmp_path_factory, _store_template):
+    from conftest import _copy_store, _reset_mlflow_state
 
     root = tmp_path_factory.mktemp("bad-input")
+    _copy_store(_store_template, root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

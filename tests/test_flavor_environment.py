@@ -69,6 +69,37 @@ def test_the_wheel_carries_the_code_without_the_shipped_bank(model_dir):
     assert shipped > 2_000_000  # what used to ride along in every model
 
 
+def test_a_wheel_built_from_sources_is_reused_for_the_same_sources_only(tmp_path, monkeypatch):
+    """The wheel cache is keyed by the sources' content: the same sources get the kept wheel (no second
+    ``pip wheel``), a changed source file a new entry; the shipped bank changes neither."""
+    import shutil
+
+    from mlflow_ccfv.tracking import environment
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "src"
+    shutil.copytree(REPO / "mlflow_ccfv", root / "mlflow_ccfv", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, root / name)
+    assert environment._source_digest(root) == environment._source_digest(REPO)
+    first = environment._cached_build(root, tmp_path / "out1")
+    assert first.parent.parent == tmp_path / "xdg" / "mlflow-ccfv" / "wheels"
+    assert first.parent.name == environment._source_digest(root)
+    stamp = first.stat().st_mtime_ns
+    again = environment._cached_build(root, tmp_path / "out2")
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert not (tmp_path / "out2").exists()  # nothing built the second time
+    (root / "mlflow_ccfv" / "shipped_bank" / "extra.bin").write_bytes(b"data, not code")
+    assert environment._cached_build(root, tmp_path / "out3") == first
+    (root / "mlflow_ccfv" / "options.py").write_text(
+        (root / "mlflow_ccfv" / "options.py").read_text() + "\n# changed\n"
+    )
+    changed = environment._cached_build(root, tmp_path / "out4")
+    assert changed.parent != first.parent and changed.is_file()
+    with zipfile.ZipFile(changed) as zf:
+        assert zf.read("mlflow_ccfv/options.py").decode().endswith("# changed\n")
+
+
 def test_python_env_and_conda_env_use_the_same_requirements(model_dir):
     from mlflow.models import Model
 

@@ -126,9 +126,15 @@ def test_standardise():
     assert (standardise(np.ones(3)) == 0).all()
 
 
-def test_write_report_files(tmp_path):
-    frame = frame_for(DICE, SCORERS)
-    report = write_report(frame, tmp_path)
+@pytest.fixture(scope="module")
+def plain_report(tmp_path_factory):
+    """The report of ``frame_for(DICE, SCORERS)`` and its folder, written once for the tests that read it."""
+    folder = tmp_path_factory.mktemp("report")
+    return write_report(frame_for(DICE, SCORERS), folder), folder
+
+
+def test_write_report_files(plain_report):
+    report, tmp_path = plain_report
     for name in (
         "table1.md",
         "table1.csv",
@@ -191,15 +197,15 @@ def test_architecture_correlations_rank_within_each_architecture():
         architecture_correlations(frame.drop(columns="architecture"))
 
 
-def test_write_report_adds_architecture_and_discrimination_tables(tmp_path):
+def test_write_report_adds_architecture_and_discrimination_tables(tmp_path, plain_report):
     frame = frame_for(DICE, SCORERS)
     frame.loc[frame["model"].isin(["m1", "m3"]), "architecture"] = "UNETR"
     report = write_report(frame, tmp_path)
     for name in ("discrimination.md", "by_architecture.md", "architecture_correlations.csv"):
         assert (tmp_path / name).is_file(), name
     assert "Within one architecture" in report.markdown() and "dice_spread" in report.markdown()
-    single = write_report(frame_for(DICE, SCORERS), tmp_path / "single")
-    assert single.by_architecture.empty and not (tmp_path / "single" / "by_architecture.md").exists()
+    single, folder = plain_report
+    assert single.by_architecture.empty and not (folder / "by_architecture.md").exists()
 
 
 def _seeded_tables(dice_by_dataset: dict[str, list[float]], n_seeds: int = 3, n_cases: int = 10, noise: float = 0.05):
@@ -282,14 +288,14 @@ def test_write_report_evidence_variants_source_dice_and_plots(tmp_path):
     assert "TaskA.bank.random_dice.low" in metrics and "TaskA.logme.permutation_p" in metrics
 
 
-def test_report_json_holds_the_printed_tables(tmp_path):
+def test_report_json_holds_the_printed_tables(plain_report):
     """``report --json``: every table ``report`` prints, as records with the same values."""
     import json
 
     from mlflow_ccfv.pipelines.rank import frames_json
     from mlflow_ccfv.pipelines.report import report_tables
 
-    report = write_report(frame_for(DICE, SCORERS), tmp_path)
+    report, _ = plain_report
     data = json.loads(frames_json(report_tables(report)))
     assert {"table1", "table2", "regret", "correlations"} <= set(data)
     table1 = report.table1.reset_index()

@@ -15,7 +15,10 @@ documented formats:
   and ``conda.yaml`` (python, pip, and the same requirements under ``pip``).
 
 The wheel is built from the source tree when the package runs from one (an editable install or a
-clone), else repacked from the installed distribution's files (its ``RECORD``).
+clone), else repacked from the installed distribution's files (its ``RECORD``). A wheel built from
+sources is kept under ``$XDG_CACHE_HOME/mlflow-ccfv/wheels/<digest of the sources>/`` (default
+``~/.cache``), so the next process that logs a model from the same sources copies it instead of running
+``pip wheel`` again (about a second each; a ``register`` loop over a bank paid it per model).
 """
 
 from __future__ import annotations
@@ -64,13 +67,67 @@ def _source_tree() -> Path | None:
     return None
 
 
+#: What a wheel built from sources is made of, besides the package's code.
+_PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", *DATA_FOLDERS)
+
+
+def _source_files(root: Path) -> list[Path]:
+    """The files :func:`_build_from_source` copies, relative to ``root``, sorted."""
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root / "mlflow_ccfv"):
+        ignored = _IGNORED(folder, [*dirs, *names])
+        dirs[:] = sorted(d for d in dirs if d not in ignored)
+        files += [Path(folder, n).relative_to(root) for n in names if n not in ignored]
+    files += [Path(n) for n in _PROJECT_FILES if (root / n).is_file()]
+    return sorted(files)
+
+
+def _source_digest(root: Path) -> str:
+    """SHA-256 over the relative path and bytes of every file the wheel is built from."""
+    digest = hashlib.sha256()
+    for rel in _source_files(root):
+        data = (root / rel).read_bytes()
+        digest.update(f"{rel.as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _wheel_cache_dir() -> Path:
+    """Where wheels built from sources are kept: ``$XDG_CACHE_HOME/mlflow-ccfv/wheels`` (default ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mlflow-ccfv" / "wheels"
+
+
+def _cached_build(root: Path, out: Path) -> Path:
+    """The wheel of the sources under ``root``: the cached one when these exact sources were built before,
+    else a new build, then kept in the cache (published by renaming a complete folder, so a concurrent
+    reader sees all of it or none; where the cache cannot be written, the build in ``out`` is used)."""
+    entry = _wheel_cache_dir() / _source_digest(root)
+    found = sorted(entry.glob("mlflow_ccfv-*.whl")) if entry.is_dir() else []
+    if found:
+        return found[0]
+    wheel = _build_from_source(root, out)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+        shutil.copy2(wheel, staging / wheel.name)
+        try:
+            staging.rename(entry)
+        except OSError:  # another process published it first: same sources, same wheel
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        _logger.debug("wheel cache %s not written: %s", entry, exc)
+        return wheel
+    cached = entry / wheel.name
+    return cached if cached.is_file() else wheel
+
+
 def _build_from_source(root: Path, out: Path) -> Path:
     """``pip wheel --no-deps`` of a copy of the sources (the tree itself stays untouched, no build/ folder)."""
     src = out / "src"
-    shutil.copytree(
-        root / "mlflow_ccfv", src / "mlflow_ccfv", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *DATA_FOLDERS)
-    )
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    shutil.copytree(root / "mlflow_ccfv", src / "mlflow_ccfv", ignore=_IGNORED)
+    for name in _PROJECT_FILES:
         if (root / name).is_file():
             shutil.copy2(root / name, src / name)
     base = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", "-w", str(out)]
@@ -124,13 +181,14 @@ def _repack_installed(out: Path) -> Path:
 
 
 def project_wheel() -> Path:
-    """This package as a wheel, built once per process (cached in a temporary folder removed at exit)."""
+    """This package as a wheel, made once per process: from the wheel cache, a build into a temporary folder
+    removed at exit, or a repack of the installed files."""
     if "wheel" in _wheel_cache and _wheel_cache["wheel"].is_file():
         return _wheel_cache["wheel"]
     out = Path(tempfile.mkdtemp(prefix="mlflow-ccfv-wheel-"))
     atexit.register(shutil.rmtree, out, True)
     root = _source_tree()
-    wheel = _build_from_source(root, out) if root is not None else _repack_installed(out)
+    wheel = _cached_build(root, out) if root is not None else _repack_installed(out)
     _logger.debug("built %s", wheel)
     _wheel_cache["wheel"] = wheel
     return wheel
