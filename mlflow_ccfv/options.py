@@ -20,6 +20,7 @@ from mlflow_ccfv.errors import OptionError
 
 __all__ = [
     "CACHE_ENV",
+    "DATASET_EXPERIMENT",
     "DATA_ROOT_ENV",
     "DEFAULT_CACHE_DIR",
     "MAX_DRAWS",
@@ -58,6 +59,8 @@ MAX_DRAWS = 2000
 DATA_ROOT_ENV = "MLFLOW_CCFV_DATA"
 CACHE_ENV = "MLFLOW_CCFV_CACHE"
 DEFAULT_CACHE_DIR = ".ccfv-cache"
+#: The MLflow experiment holding the dataset runs of ``log-dataset`` (one per distinct dataset content).
+DATASET_EXPERIMENT = "ccfv-datasets"
 #: Bounds of the synthetic generator's settings: volume sides in voxels (a phantom's anatomy needs margins
 #: of 16), voxel sizes in mm, cases per task.
 SYNTHETIC_SHAPE_RANGE = (16, 1024)

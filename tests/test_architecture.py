@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mlflow_ccfv"
 
 #: Lower rank = lower layer. A module may import from its own folder or from a lower rank only.
 RANKS = {
-    "base": 0,  # errors.py, options.py
+    "base": 0,  # errors.py, lazy.py, options.py
     "data": 1,
     "networks": 2,
     "features": 3,
@@ -40,7 +40,7 @@ def _layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in ("__main__",):
         return "root"
-    if parts[1] in ("errors", "options"):
+    if parts[1] in ("errors", "lazy", "options"):
         return "base"
     return parts[1]
 
@@ -97,7 +97,55 @@ def _top_level_names(tree: ast.Module) -> set[str]:
             names.add(node.target.id)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return names
+    return names | set(_lazy_homes(tree))
+
+
+def _type_checking_imports(tree: ast.Module) -> dict[str, str]:
+    """``name -> module`` of the ``from module import name`` lines in a top-level ``if TYPE_CHECKING:``."""
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for sub in node.body:
+                if isinstance(sub, ast.ImportFrom) and sub.module:
+                    found.update({a.asname or a.name: sub.module for a in sub.names})
+    return found
+
+
+def _lazy_homes(tree: ast.Module) -> dict[str, str]:
+    """The ``{name: submodule}`` literal of a module's ``__getattr__ = lazy_attributes(__name__, {...})``."""
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__getattr__" for t in node.targets)
+            and isinstance(node.value, ast.Call)
+            and len(node.value.args) == 2
+            and isinstance(node.value.args[1], ast.Dict)
+        ):
+            pairs = zip(node.value.args[1].keys, node.value.args[1].values)
+            return {k.value: v.value for k, v in pairs if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)}
+    return {}
+
+
+def test_lazy_packages_list_each_name_where_type_checkers_import_it():
+    """A package whose names load on first use (:mod:`mlflow_ccfv.lazy`) lists each name once for the
+    runtime and once for type checkers: the two lists name the same module for every name, and every
+    name resolves."""
+    import importlib
+
+    lazy = []
+    for path in sorted(PACKAGE.rglob("__init__.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        homes = _lazy_homes(tree)
+        if not homes:
+            continue
+        package = _module_name(path)
+        lazy.append(package)
+        typed = _type_checking_imports(tree)
+        assert {n: f"{package}.{m}" for n, m in homes.items()} == typed, package
+        module = importlib.import_module(package)
+        for name in homes:
+            assert getattr(module, name) is getattr(importlib.import_module(typed[name]), name), name
+    assert {"mlflow_ccfv.data", "mlflow_ccfv.scoring", "mlflow_ccfv.tracking"} <= set(lazy)
 
 
 def test_every_module_declares_its_public_names():
@@ -229,3 +277,20 @@ def test_tracking_imports_nothing_from_study(graph):
         if m.startswith("mlflow_ccfv.tracking")
     }
     assert not {m: i for m, i in offenders.items() if i}, offenders
+
+
+def test_reading_commands_do_not_import_torch():
+    """``rank``, ``bank`` and ``--help`` read tags and print: they import neither torch, MONAI, SciPy's
+    statistics nor matplotlib (seconds of start-up each; the lazy packages of :mod:`mlflow_ccfv.lazy`)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "monai", "scipy.stats", "matplotlib")
+    code = (
+        "import sys\n"
+        "import mlflow_ccfv.cli, mlflow_ccfv.pipelines.rank, mlflow_ccfv.tracking.server\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "", f"imported: {done.stdout.strip()}"

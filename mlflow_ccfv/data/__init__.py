@@ -5,14 +5,25 @@
 >>> case = ds.load_case(split.train[0])                     # image [C,X,Y,Z], label [X,Y,Z]  # doctest: +SKIP
 """
 
-from mlflow_ccfv.data.cases import CaseFiles
-from mlflow_ccfv.data.derive import derive_task
-from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
-from mlflow_ccfv.data.msd import MSDDataset, Split, resolve_dataset
-from mlflow_ccfv.data.normalization import IntensityNormalization
-from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase
-from mlflow_ccfv.data.synthetic import SYNTHETIC_TASKS, SyntheticSettings, generate_family, generate_task, plot_family
-from mlflow_ccfv.data.target import Target, make_target, short_name, target_from_manifest
+from typing import TYPE_CHECKING
+
+from mlflow_ccfv.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from mlflow_ccfv.data.cases import CaseFiles
+    from mlflow_ccfv.data.derive import derive_task
+    from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
+    from mlflow_ccfv.data.msd import MSDDataset, Split, resolve_dataset
+    from mlflow_ccfv.data.normalization import IntensityNormalization
+    from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase
+    from mlflow_ccfv.data.synthetic import (
+        SYNTHETIC_TASKS,
+        SyntheticSettings,
+        generate_family,
+        generate_task,
+        plot_family,
+    )
+    from mlflow_ccfv.data.target import Target, make_target, short_name, target_from_manifest
 from mlflow_ccfv.errors import DatasetError
 
 __all__ = [
@@ -37,3 +48,28 @@ __all__ = [
     "target_from_manifest",
     "verify_dataset",
 ]
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "CaseFiles": "cases",
+        "derive_task": "derive",
+        "VerifyReport": "integrity",
+        "verify_dataset": "integrity",
+        "MSDDataset": "msd",
+        "Split": "msd",
+        "resolve_dataset": "msd",
+        "IntensityNormalization": "normalization",
+        "PreprocessConfig": "preprocess",
+        "PreprocessedCase": "preprocess",
+        "SYNTHETIC_TASKS": "synthetic",
+        "SyntheticSettings": "synthetic",
+        "generate_family": "synthetic",
+        "generate_task": "synthetic",
+        "plot_family": "synthetic",
+        "Target": "target",
+        "make_target": "target",
+        "short_name": "target",
+        "target_from_manifest": "target",
+    },
+)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,11 @@ from mlflow_ccfv.data.cases import CaseFiles
 from mlflow_ccfv.data.integrity import VerifyReport, verify_dataset
 from mlflow_ccfv.data.nifti import ras_spacing, sha256_file, strip_nifti_suffix
 from mlflow_ccfv.data.normalization import IntensityNormalization
-from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase, preprocess_case
 from mlflow_ccfv.errors import DatasetError
 from mlflow_ccfv.options import DATA_ROOT_ENV
+
+if TYPE_CHECKING:
+    from mlflow_ccfv.data.preprocess import PreprocessConfig, PreprocessedCase
 
 __all__ = ["CaseFiles", "MSDDataset", "Split", "resolve_dataset"]
 
@@ -349,6 +352,8 @@ class MSDDataset:
         Returns a :class:`~mlflow_ccfv.data.preprocess.PreprocessedCase` (``image`` float32
         ``[C, X, Y, Z]``, ``label`` int64 ``[X, Y, Z]``, ``spacing`` in mm, RAS axis order).
         """
+        from mlflow_ccfv.data.preprocess import PreprocessConfig, preprocess_case  # torch: on first use
+
         config = config or PreprocessConfig()
         return preprocess_case(self, self.case(case_id), config, normalization)
 

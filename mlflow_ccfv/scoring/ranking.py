@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "AGGREGATED_METHODS",
@@ -178,6 +177,8 @@ def choose_ranking(members: Sequence[Member], preferred: str = DEFAULT_RANKING) 
 def _rank_aggregate(members: Sequence[Member]) -> list[float]:
     """Minus the mean rank (1 = best, ties averaged) of each member under :data:`AGGREGATED_METHODS`
     among ``members``, over the ones it has a finite score for; NaN with none."""
+    from scipy import stats  # about half a second to import: only where a rank aggregate is asked for
+
     ranks: list[list[float]] = [[] for _ in members]
     for method in AGGREGATED_METHODS:
         scored = [i for i, m in enumerate(members) if math.isfinite(m.scores.get(method, math.nan))]

@@ -15,20 +15,25 @@ Public API (see docs/api-contracts.md)::
                      evaluator, a pickled model refused before it loads
 """
 
+from typing import TYPE_CHECKING
+
 from mlflow_ccfv.errors import RegistryError
-from mlflow_ccfv.tracking.datasets import log_target_dataset, mlflow_dataset, target_dataset
-from mlflow_ccfv.tracking.evaluator import evaluate
-from mlflow_ccfv.tracking.load import LoadedModel, load_version
-from mlflow_ccfv.tracking.register import Registration, register_logged_model, register_network
-from mlflow_ccfv.tracking.search import (
-    BANK_TAG,
-    DEFAULT_BANK,
-    bank_versions,
-    get_version,
-    logged_model_id,
-    resolve_versions,
-    version_uri,
-)
+from mlflow_ccfv.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from mlflow_ccfv.tracking.datasets import log_target_dataset, mlflow_dataset, target_dataset
+    from mlflow_ccfv.tracking.evaluator import evaluate
+    from mlflow_ccfv.tracking.load import LoadedModel, load_version
+    from mlflow_ccfv.tracking.register import Registration, register_logged_model, register_network
+    from mlflow_ccfv.tracking.search import (
+        BANK_TAG,
+        DEFAULT_BANK,
+        bank_versions,
+        get_version,
+        logged_model_id,
+        resolve_versions,
+        version_uri,
+    )
 
 __all__ = [
     "evaluate",
@@ -49,3 +54,25 @@ __all__ = [
     "target_dataset",
     "version_uri",
 ]
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "log_target_dataset": "datasets",
+        "mlflow_dataset": "datasets",
+        "target_dataset": "datasets",
+        "evaluate": "evaluator",
+        "LoadedModel": "load",
+        "load_version": "load",
+        "Registration": "register",
+        "register_logged_model": "register",
+        "register_network": "register",
+        "BANK_TAG": "search",
+        "DEFAULT_BANK": "search",
+        "bank_versions": "search",
+        "get_version": "search",
+        "logged_model_id": "search",
+        "resolve_versions": "search",
+        "version_uri": "search",
+    },
+)

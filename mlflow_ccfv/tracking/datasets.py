@@ -42,7 +42,7 @@ from mlflow_ccfv.data.msd import MSDDataset
 from mlflow_ccfv.data.nifti import sha256_file
 from mlflow_ccfv.data.target import Target, make_target, short_name
 from mlflow_ccfv.errors import DatasetError
-from mlflow_ccfv.options import cache_root
+from mlflow_ccfv.options import DATASET_EXPERIMENT, cache_root
 
 __all__ = [
     "DATASET_EXPERIMENT",
@@ -61,8 +61,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: The experiment holding the dataset runs (one per distinct dataset content).
-DATASET_EXPERIMENT = "ccfv-datasets"
 #: Beside the uploaded folder: ``{"files": {relative path: {"sha256": ..., "size": ...}}, "digest": ...}``.
 FILE_LIST = "ccfv-files.json"
 _RUNS_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})/(?P<path>[^/].*?)/?$")

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -29,10 +29,11 @@ from mlflow.exceptions import MlflowException
 
 import mlflow_ccfv.tracking.tags as T
 from mlflow_ccfv.data.normalization import TARGET_NORMALIZATION
-from mlflow_ccfv.data.target import Target
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.tag_values import parse_process, process_value
-from mlflow_ccfv.training.curves import training_curve_png
+
+if TYPE_CHECKING:
+    from mlflow_ccfv.data.target import Target
 
 __all__ = [
     "command_run",
@@ -379,6 +380,8 @@ def log_training_curve(losses: Sequence[float], title: str) -> None:
     for i in range(0, len(metrics), 1000):  # one request per 1000 steps, not one per step
         client.log_batch(active.info.run_id, metrics=metrics[i : i + 1000])
     with tempfile.TemporaryDirectory() as tmp:
+        from mlflow_ccfv.training.curves import training_curve_png  # matplotlib: on first use
+
         mlflow.log_artifact(str(training_curve_png(losses, Path(tmp) / "training_curve.png", title)))
 
 
