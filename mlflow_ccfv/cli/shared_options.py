@@ -79,13 +79,9 @@ __all__ = [
 #: What an option factory returns: a decorator of a command function.
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-#: Environment variables documented in docs/cli.md.
 #: MLflow's own variable naming the experiment; here it is the default of ``--experiment``.
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 
-#: The synthetic generator's bounds, as :mod:`mlflow_ccfv.data.synthetic` defines them (importing it here
-#: would load torch for ``--help``; tests/test_cli.py checks they agree): cases per task, volume sides in
-#: voxels, voxel sizes in mm.
 #: ``--n-cases`` of a demo or study family, split 80/20: at least one case on each side.
 CASES_RANGE = (2, SYNTHETIC_MAX_CASES)
 #: ``--batch-size`` and the sides of ``--patch-size``: the minimum is :class:`~mlflow_ccfv.training.TrainConfig`'s,

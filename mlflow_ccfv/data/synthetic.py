@@ -71,27 +71,17 @@ def check_synthetic_settings(
     """Refuse (:class:`~mlflow_ccfv.errors.OptionError` naming the setting) before any folder is made:
     ``n_cases`` in [1, 10000], three ``shape`` sides in [16, 1024] voxels, three finite ``spacing``
     values in [0.01, 100] mm, ``orientation`` LPS or RAS."""
+    (lo, hi), (near, far) = SYNTHETIC_SHAPE_RANGE, SYNTHETIC_SPACING_RANGE
     if isinstance(n_cases, bool) or not isinstance(n_cases, int) or not 1 <= n_cases <= SYNTHETIC_MAX_CASES:
         raise OptionError(f"n_cases must be an integer in [1, {SYNTHETIC_MAX_CASES}]; got {n_cases!r}.")
     sides = list(shape)
-    if len(sides) != 3 or any(
-        isinstance(v, bool)
-        or not float(v).is_integer()
-        or not SYNTHETIC_SHAPE_RANGE[0] <= v <= SYNTHETIC_SHAPE_RANGE[1]
-        for v in sides
-    ):
+    if len(sides) != 3 or any(isinstance(v, bool) or not float(v).is_integer() or not lo <= v <= hi for v in sides):
         raise OptionError(
-            f"shape must be three integer sides in [{SYNTHETIC_SHAPE_RANGE[0]}, {SYNTHETIC_SHAPE_RANGE[1]}] voxels (e.g. 64,64,48); "
-            f"got {tuple(sides)}."
+            f"shape must be three integer sides in [{lo}, {hi}] voxels (e.g. 64,64,48); got {tuple(sides)}."
         )
     sizes = list(spacing)
-    if len(sizes) != 3 or any(
-        not math.isfinite(v) or not SYNTHETIC_SPACING_RANGE[0] <= v <= SYNTHETIC_SPACING_RANGE[1] for v in sizes
-    ):
-        raise OptionError(
-            f"spacing must be three voxel sizes in [{SYNTHETIC_SPACING_RANGE[0]}, {SYNTHETIC_SPACING_RANGE[1]}] mm (e.g. 5,5,5); "
-            f"got {tuple(sizes)}."
-        )
+    if len(sizes) != 3 or any(not math.isfinite(v) or not near <= v <= far for v in sizes):
+        raise OptionError(f"spacing must be three voxel sizes in [{near}, {far}] mm (e.g. 5,5,5); got {tuple(sizes)}.")
     if orientation not in ("LPS", "RAS"):
         raise OptionError(f"orientation must be LPS or RAS; got {orientation!r}.")
 

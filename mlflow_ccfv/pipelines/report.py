@@ -43,8 +43,6 @@ __all__ = [
     "scores_from_tags",
 ]
 
-#: The fine-tune runs' artifact with the per-case, per-seed Dice (see ``pipelines.finetune``).
-
 _logger = logging.getLogger(__name__)
 
 

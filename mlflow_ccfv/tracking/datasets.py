@@ -267,10 +267,6 @@ def _parse_reference(ref: str) -> tuple[str, str]:
     return match["run"], match["path"]
 
 
-def _default_cache_dir() -> Path:
-    return cache_root()
-
-
 def _bad_files(root: Path, files: dict[str, dict[str, Any]]) -> list[str]:
     """The listed files under ``root`` that are missing or whose size or SHA-256 differs from ``files``."""
     bad = []
@@ -356,7 +352,7 @@ def resolve_dataset_reference(ref: str, cache_dir: str | os.PathLike | None = No
             f"Dataset reference {ref}: run {run_id} holds no complete dataset upload named {folder!r} "
             f"(tags {T.RUN_DATASET_DIGEST}/{T.RUN_DATASET_ARTIFACT}); log it with `mlflow-ccfv log-dataset`."
         )
-    base = Path(cache_dir or _default_cache_dir()) / "datasets"
+    base = cache_root(cache_dir) / "datasets"
     final = base / digest
     listing_path = final / FILE_LIST
     if listing_path.is_file() and _verified_cache(MlflowClient(), run_id, final, folder, ref):

@@ -126,10 +126,9 @@ def _cached_build(root: Path, out: Path) -> Path:
 def _build_from_source(root: Path, out: Path) -> Path:
     """``pip wheel --no-deps`` of a copy of the sources (the tree itself stays untouched, no build/ folder)."""
     src = out / "src"
-    shutil.copytree(root / "mlflow_ccfv", src / "mlflow_ccfv", ignore=_IGNORED)
-    for name in _PROJECT_FILES:
-        if (root / name).is_file():
-            shutil.copy2(root / name, src / name)
+    for rel in _source_files(root):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, src / rel)
     base = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", "-w", str(out)]
     done = subprocess.run([*base, "--no-build-isolation", str(src)], capture_output=True, text=True)
     if done.returncode != 0:  # no setuptools/wheel here: let pip fetch the build backend
