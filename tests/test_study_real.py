@@ -4,7 +4,6 @@ and its resumption at the granularity of one (model, target, seed)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,40 @@ from mlflow_ccfv.pipelines.study import check_twins, evidence_summary, run_trans
 from mlflow_ccfv.pipelines.study_config import StudyBudget, StudySettings
 from mlflow_ccfv.scoring.ranking import DEFAULT_RANKING
 
+CROP = (64, 64, 48)  # voxels of each case kept around its tumour: a quarter of the windows, same folder layout
+
+
+def _crop_around_label(image: Path, label: Path, dest_image: Path, dest_label: Path) -> None:
+    """Copies of one case cut to :data:`CROP` voxels centred on its labelled voxels (nibabel's slicer keeps
+    the affine right), written as NIfTI like the shipped files."""
+    import nibabel as nib
+    import numpy as np
+
+    img, lab = nib.load(image), nib.load(label)
+    voxels = np.argwhere(np.asarray(lab.dataobj) > 0)
+    centre = (voxels.min(0) + voxels.max(0)) // 2
+    start = [int(min(max(c - n // 2, 0), s - n)) for c, n, s in zip(centre, CROP, lab.shape)]
+    box = tuple(slice(a, a + n) for a, n in zip(start, CROP))
+    nib.save(img.slicer[box], dest_image)
+    nib.save(lab.slicer[box], dest_label)
+
 
 def brats_task(real: Path, root: Path, name: str, cases: range) -> Path:
-    """An MSD folder with some of the BRATS cases (copies of the shipped files: a symbolic link leading out
-    of a task folder is refused, docs/reliability.md)."""
+    """An MSD folder with some of the shipped BRATS cases, each cropped around its tumour (files of the
+    task's own: a symbolic link leading out of a task folder is refused, docs/reliability.md)."""
     src = real / "brats2013-6"
     meta = json.loads((src / "dataset.json").read_text())
     folder = root / name
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()
-    training = []
-    for entry in [meta["training"][i] for i in cases]:
-        for key, sub in (("image", "imagesTr"), ("label", "labelsTr")):
-            shutil.copyfile((src / entry[key]).resolve(), folder / sub / Path(entry[key]).name)
-        training.append(entry)
+    training = [meta["training"][i] for i in cases]
+    for entry in training:
+        _crop_around_label(
+            (src / entry["image"]).resolve(),
+            (src / entry["label"]).resolve(),
+            folder / "imagesTr" / Path(entry["image"]).name,
+            folder / "labelsTr" / Path(entry["label"]).name,
+        )
     (folder / "dataset.json").write_text(
         json.dumps({**meta, "name": name, "numTraining": len(training), "training": training})
     )
