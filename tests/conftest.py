@@ -10,6 +10,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Test processes (pytest-xdist workers, `-n auto` in pyproject.toml): at most this many, and never more
+# than the machine has cores. Each worker imports torch, MONAI and MLflow (~0.6 GiB) and many tests start
+# command-line processes of their own, so more workers mostly add contention.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With worker processes, one torch thread in each (set before the workers start, so they and the
+    processes they start inherit it): two processes with a thread per core each oversubscribe the cores
+    (docs/development.md)."""
+    if getattr(config.option, "numprocesses", None):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def _shared_root() -> Path:
     return Path(os.environ.get("MLFLOW_CCFV_SHARED", REPO.parent / "shared"))
 

@@ -547,20 +547,25 @@ def test_score_and_rank_json_equal_the_stored_tags_with_two_banks(tracking_uri, 
     register_tiny_bank("zoo-a", seeds=(0, 1), prefix="a")
     register_tiny_bank("zoo-b", seeds=(2, 3, 4), prefix="b")
     runner = CliRunner()
-    printed = {}
+    printed, printed_ccfv = {}, {}
     for bank in ("zoo-a", "zoo-b"):
         args = ["score", "--dataset", TARGET_TASK, "--data-root", str(data), "--bank", bank, "--methods", "ccfv"]
         out = runner.invoke(main, [*args, "--cache-dir", str(tmp_path / "cache"), "--json"])
         assert out.exit_code == 0, out.output
-        printed[bank] = {r["model"]: r["rank"] for r in json.loads(out.output[out.output.index("[") :])}
+        rows = json.loads(out.output[out.output.index("[") :])
+        printed[bank] = {r["model"]: r["rank"] for r in rows}
+        printed_ccfv.update({r["model"]: r["ccfv"] for r in rows})
     client = MlflowClient()
-    stored = {}
+    stored, stored_ccfv = {}, {}
     for mv in client.search_model_versions():
         tags = client.get_model_version(mv.name, mv.version).tags
         if f"transferability.rank.{TARGET_TASK}" in tags:
             stored.setdefault(tags["ccfv.bank"], {})[f"{mv.name}/{mv.version}"] = int(
                 tags[f"transferability.rank.{TARGET_TASK}"]
             )
+            stored_ccfv[f"{mv.name}/{mv.version}"] = float(tags[f"transferability.ccfv.{TARGET_TASK}"])
+    # the scores `score` prints are the stored digits, not the unrounded floats (`rank` prints those)
+    assert {m: v for m, v in printed_ccfv.items() if m in stored_ccfv} == stored_ccfv
     for bank, ranks in printed.items():
         assert {m: r for m, r in ranks.items() if r is not None} == stored[bank]  # the twin: scored, unranked
         assert sorted(stored[bank].values()) == list(range(1, len(stored[bank]) + 1))

@@ -74,23 +74,18 @@ def score(**options) -> None:
     from mlflow_ccfv.pipelines.score import run_score
     from mlflow_ccfv.scoring import parse_methods
     from mlflow_ccfv.study.ranking import table_markdown
+    from mlflow_ccfv.tracking.tag_values import with_stored_digits
 
     as_json = options.pop("json")
     with exit_on_input_error("score"):
         request = score_request(options)
         check_tracking_server(options.pop("experiment"))
         table = run_score(request)
-    shown = parse_methods(options["methods"])
-    if as_json:
-        click.echo(frame_json(table))
-    else:
-        click.echo(
-            table_markdown(
-                table,
-                # the column ranked by first (what `auto` resolved to, or the --rank-by given)
-                list(dict.fromkeys([*[c for c in (table.attrs.get("ranked_by"),) if c in table.columns], *shown])),
-            )
-        )
+    # the column ranked by first (what `auto` resolved to, or the --rank-by given)
+    ranked_by = [c for c in (table.attrs.get("ranked_by"),) if c in table.columns]
+    shown = list(dict.fromkeys([*ranked_by, *parse_methods(options["methods"])]))
+    table = with_stored_digits(table, shown)  # the digits the registry holds, which `rank` prints
+    click.echo(frame_json(table) if as_json else table_markdown(table, shown))
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]
     for model, error in errors:  # pickled versions without the opt-in are skipped, not failed
         if error.startswith("skipped: "):

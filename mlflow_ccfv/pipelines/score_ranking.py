@@ -33,6 +33,7 @@ from mlflow_ccfv.study.ranking import rank_table, ranking_plot, table_markdown
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.ranking_writes import Ranking
 from mlflow_ccfv.tracking.search import DEFAULT_BANK, registered_version
+from mlflow_ccfv.tracking.tag_values import with_stored_digits
 
 __all__ = [
     "log_ranking_artifacts",
@@ -159,14 +160,15 @@ def log_ranking_metric(results: list[VersionResult], table: pd.DataFrame, method
 
 
 def log_ranking_artifacts(table: pd.DataFrame, dataset_name: str, shown: list[str], folder: Path | None) -> str:
-    """The ranked table (CSV, Markdown) and plot (PNG) as ``ranking/`` artifacts of the active run, written
-    in ``folder`` (None: a temporary one); returns the Markdown table."""
+    """The ranked table (CSV: the scores unrounded; Markdown: as stored in the tags) and plot (PNG) as
+    ``ranking/`` artifacts of the active run, written in ``folder`` (None: a temporary one); returns the
+    Markdown table."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"ranking_{dataset_name}"
         table.to_csv(folder / f"{stem}.csv", index=False)
-        note = table_markdown(table, shown)
+        note = table_markdown(with_stored_digits(table, shown), shown)  # as `score` prints it
         (folder / f"{stem}.md").write_text(note)
         ranking_plot(table, folder / f"{stem}.png", method=table.attrs["ranked_by"])
         for suffix in ("csv", "md", "png"):

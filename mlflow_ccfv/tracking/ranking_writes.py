@@ -24,7 +24,13 @@ from mlflow_ccfv.scoring.ranking import AUTO_RANK, Member, RankOrder, rank_membe
 from mlflow_ccfv.tracking.retry import retrying
 from mlflow_ccfv.tracking.search import BANK_TAG, DEFAULT_BANK, search_versions
 from mlflow_ccfv.tracking.summary import refresh_summaries
-from mlflow_ccfv.tracking.tag_values import dataset_score_keys, dataset_scores, parse_scored_value, scored_value
+from mlflow_ccfv.tracking.tag_values import (
+    dataset_score_keys,
+    dataset_scores,
+    number_value,
+    parse_scored_value,
+    scored_value,
+)
 
 __all__ = [
     "Ranking",
@@ -78,7 +84,7 @@ def write_version_scores(
     marker = T.scored_tag(dataset)
     if marker in current:
         delete_version_tag(name, version, marker)
-    wanted = {T.score_tag(m, dataset): f"{v:.6g}" for m, v in scores.items()}
+    wanted = {T.score_tag(m, dataset): number_value(v) for m, v in scores.items()}
     wanted[T.sampler_tag(dataset)] = settings
     for key in dataset_score_keys(current, dataset):
         if key not in wanted and key not in (marker, T.rank_tag(dataset)):
@@ -224,7 +230,7 @@ def _tags_to_set(order: RankOrder, tags_of: dict[str, dict[str, str]], dataset: 
     not_estimator = order.method not in METHODS
     for m, value in [*order.ranked, *order.controls]:
         name, version = _split_label(m.model)
-        text = f"{value:.6g}"
+        text = number_value(value)
         if not_estimator and value == value and tags_of[m.model].get(method_key) != text:
             set_tags.append((name, version, method_key, text))
     return set_tags

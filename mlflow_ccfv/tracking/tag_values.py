@@ -33,6 +33,8 @@ from mlflow_ccfv.tracking.tags import (
 
 __all__ = [
     "SCORE_COLUMNS",
+    "as_stored",
+    "number_value",
     "dataset_score_keys",
     "dataset_scores",
     "parse_process",
@@ -40,6 +42,7 @@ __all__ = [
     "process_value",
     "scored_value",
     "scores_from_tags",
+    "with_stored_digits",
     "stored_ranking",
 ]
 
@@ -61,6 +64,25 @@ SCORE_COLUMNS = (
 )
 #: The leading columns of :func:`stored_ranking`.
 _RANKING_HEAD = ("rank", "model", "bank", "architecture", "source_dataset")
+
+
+def number_value(value: float) -> str:
+    """A score as a tag value: six significant digits."""
+    return f"{value:.6g}"
+
+
+def as_stored(value: float) -> float:
+    """``value`` as :func:`number_value` stores it: what ``rank`` reads back and prints."""
+    return float(number_value(value))
+
+
+def with_stored_digits(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """A copy of ``frame`` whose score ``columns`` hold the values as stored (:func:`as_stored`): what a
+    table printed from freshly computed scores shows, so that it matches one read back from the tags."""
+    out = frame.copy()
+    for column in columns:
+        out[column] = out[column].map(as_stored, na_action="ignore")
+    return out
 
 
 def scored_value(settings: str, data_digest: str) -> str:
