@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ray_turn(tmp_path_factory) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """A context manager to hold while a local Ray cluster runs. Ray does not support two local clusters
+    on one machine at once (``ray.init``'s documentation; they can pick the same port), and two test
+    workers could each start one: they take turns through a lock file that the workers of a run share
+    (the parent of each worker's base temporary folder)."""
+    lock = tmp_path_factory.getbasetemp().parent / "ray-cluster.lock"
+
+    @contextlib.contextmanager
+    def turn() -> Iterator[None]:
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return turn
 
 
 @pytest.fixture(autouse=True)

@@ -103,7 +103,9 @@ def _cleared(out: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["kill the raylet", "interrupt the driver"])
-def test_a_lost_ray_cluster_or_an_interrupted_driver_leaves_no_stale_score_rank_or_alias(stop, tracking_uri, tmp_path):
+def test_a_lost_ray_cluster_or_an_interrupted_driver_leaves_no_stale_score_rank_or_alias(
+    stop, tracking_uri, tmp_path, ray_turn
+):
     """``score --executor ray`` whose local raylet is killed (or whose driver gets SIGINT) while the first
     task runs: the queued task fails (LocalRayletDiedError) or is cancelled, and its version, which held
     rank 1 and the alias from an earlier scoring, loses every score tag; what is left is one ranking."""
@@ -124,21 +126,22 @@ def test_a_lost_ray_cluster_or_an_interrupted_driver_leaves_no_stale_score_rank_
     best = "/".join(before["alias"][0])
     order = ",".join(f"models:/{label}" for label in sorted(before["ranks"], key=lambda m: m == best))
     args = _score_args(folder, tmp_path / "cache", "--models", order, "--force", "true")
-    proc = start_cli([*args, "--executor", "ray", "--num-cpus", "2"], env, tmp_path)
-    deadline = time.monotonic() + 240
-    stopped = False
-    while not stopped and proc.poll() is None and time.monotonic() < deadline:
-        below = _descendants(proc.pid)
-        if any(cmd.startswith("ray::score_version_remote") for _, cmd in below):
-            if stop == "kill the raylet":
-                raylet = next((pid for pid, cmd in below if cmd.split()[0].endswith("/raylet")), None)
-                assert raylet is not None, below
-                os.kill(raylet, signal.SIGKILL)
-            else:
-                proc.send_signal(signal.SIGINT)
-            stopped = True
-        time.sleep(0.05)
-    code, out = finish(proc, timeout=300)
+    with ray_turn():  # the command starts a local Ray cluster
+        proc = start_cli([*args, "--executor", "ray", "--num-cpus", "2"], env, tmp_path)
+        deadline = time.monotonic() + 240
+        stopped = False
+        while not stopped and proc.poll() is None and time.monotonic() < deadline:
+            below = _descendants(proc.pid)
+            if any(cmd.startswith("ray::score_version_remote") for _, cmd in below):
+                if stop == "kill the raylet":
+                    raylet = next((pid for pid, cmd in below if cmd.split()[0].endswith("/raylet")), None)
+                    assert raylet is not None, below
+                    os.kill(raylet, signal.SIGKILL)
+                else:
+                    proc.send_signal(signal.SIGINT)
+                stopped = True
+            time.sleep(0.05)
+        code, out = finish(proc, timeout=300)
     assert stopped, f"no Ray task seen running (exit {code}): {out[-3000:]}"
     assert code == 1, out[-3000:]
     if stop == "kill the raylet":

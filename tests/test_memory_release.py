@@ -68,7 +68,9 @@ def test_a_freeze_made_by_someone_else_is_left_alone():
         with MemoryReleaser(freeze=True) as releaser:
             releaser.tick()
             assert not releaser.frozen
-        assert gc.get_freeze_count() == host  # the host's frozen objects stay frozen
+        # the host's frozen objects stay frozen and nothing new is frozen; the count may drop a little, as
+        # other threads (pytest-xdist's) free frozen objects
+        assert 0 < gc.get_freeze_count() <= host
     finally:
         gc.unfreeze()
 

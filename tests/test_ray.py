@@ -37,12 +37,13 @@ METHODS = ["ccfv", "logme"]
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(ray_turn):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test instance: no token file under ~/.ray
-    # The workers import this checkout's package (not whatever `pip install -e` points at).
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=ray_runtime_env())
-    yield
-    ray.shutdown()
+    with ray_turn():
+        # The workers import this checkout's package (not whatever `pip install -e` points at).
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=ray_runtime_env())
+        yield
+        ray.shutdown()
 
 
 def _child_runs(client, parent_id):

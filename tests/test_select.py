@@ -215,7 +215,7 @@ def test_a_killed_select_resumes_at_the_round_it_reached(tracking_uri, tmp_path)
 
 @pytest.mark.slow
 def test_ray_races_one_task_per_candidate_and_round_with_the_serial_results(
-    tracking_uri, tmp_path, one_torch_thread, monkeypatch
+    tracking_uri, tmp_path, one_torch_thread, monkeypatch, ray_turn
 ):
     ray = pytest.importorskip("ray")
     from mlflow_ccfv.pipelines.executors import RayExecutor, ray_runtime_env
@@ -225,19 +225,20 @@ def test_ray_races_one_task_per_candidate_and_round_with_the_serial_results(
     register_tiny_bank("sel", seeds=(0, 1, 2))
     serial = select_models(_request(data, cache_dir=str(tmp_path / "cache")), progress=False)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a local test instance: no token file under ~/.ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=ray_runtime_env())
-    try:
-        calls: list[int] = []
+    with ray_turn():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env=ray_runtime_env())
+        try:
+            calls: list[int] = []
 
-        class CountingRay(RayExecutor):  # the real executor; it only counts the tasks of each map
-            def map(self, fn, items, on_done=None):
-                calls.append(len(items))
-                return super().map(fn, items, on_done)
+            class CountingRay(RayExecutor):  # the real executor; it only counts the tasks of each map
+                def map(self, fn, items, on_done=None):
+                    calls.append(len(items))
+                    return super().map(fn, items, on_done)
 
-        executor = CountingRay(num_cpus=1)
-        remote = select_models(_request(data, cache_dir=str(tmp_path / "cache"), force=True), executor=executor)
-    finally:
-        ray.shutdown()
+            executor = CountingRay(num_cpus=1)
+            remote = select_models(_request(data, cache_dir=str(tmp_path / "cache"), force=True), executor=executor)
+        finally:
+            ray.shutdown()
     assert remote.run_id != serial.run_id and remote.shortlist == serial.shortlist
     assert calls[-2:] == [3, 2]  # the race: one task per candidate in round 0, then per survivor in round 1
     assert {label: pytest.approx(d) for label, d in remote.dice.items()} == serial.dice  # CPU training: same Dice

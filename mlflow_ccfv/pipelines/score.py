@@ -66,7 +66,7 @@ from mlflow_ccfv.scoring import RANK_METHOD, CaseCache
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, load_msd_dataset, log_dataset_artifacts, mlflow_dataset
 from mlflow_ccfv.tracking.ranking_writes import clear_version_scores, rerank
-from mlflow_ccfv.tracking.runs import log_input, recover_crashed, tag_process
+from mlflow_ccfv.tracking.runs import log_input, recover_crashed, release_interrupted, tag_process
 from mlflow_ccfv.tracking.search import DEFAULT_BANK, registered_version, resolve_versions, version_uri
 from mlflow_ccfv.tracking.server import lost_tracking_server
 from mlflow_ccfv.tracking.views import ranking_view_url, save_ranking_view
@@ -155,6 +155,7 @@ def score_versions(
             status = "FAILED"
         table = _record_ranking(parent, versions_or_uris, results, failed, dataset, config, artifact_dir)
     except BaseException as exc:
+        release_interrupted(exc)  # an interrupted write's lock, before the writes below
         status = "FAILED"
         if parent is not None and progress.started and not progress.returned:
             _forget_interrupted(exc, progress, dataset, config)

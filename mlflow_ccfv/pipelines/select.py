@@ -69,7 +69,7 @@ from mlflow_ccfv.pipelines.select_race import (
 from mlflow_ccfv.scoring.ranking import AUTO_RANK, CONTROL_SOURCE, TWIN_METHOD
 from mlflow_ccfv.tracking import tags as T
 from mlflow_ccfv.tracking.datasets import is_dataset_reference, load_msd_dataset
-from mlflow_ccfv.tracking.runs import command_run, recover_crashed, tag_process
+from mlflow_ccfv.tracking.runs import command_run, recover_crashed, released_on_interrupt, tag_process
 from mlflow_ccfv.tracking.search import DEFAULT_BANK, bank_versions
 from mlflow_ccfv.training import (
     HalvingRound,
@@ -377,7 +377,7 @@ def _select_run(run_name: str, key: str, force: bool) -> Iterator[tuple[Run, boo
             active = mlflow.start_run(run_id=previous.info.run_id, nested=nested)
         else:
             active = mlflow.start_run(run_name=run_name, nested=nested, tags={T.RUN_KEY: key})
-        with active:
+        with active, released_on_interrupt():
             tag_process()
             yield (
                 (previous if previous is not None else mlflow.MlflowClient().get_run(active.info.run_id)),

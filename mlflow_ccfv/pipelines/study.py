@@ -63,7 +63,7 @@ from mlflow_ccfv.pipelines.study_summary import (
     print_summary,
 )
 from mlflow_ccfv.tracking import tags as T
-from mlflow_ccfv.tracking.runs import command_run
+from mlflow_ccfv.tracking.runs import command_run, released_on_interrupt
 from mlflow_ccfv.tracking.search import get_version, version_uri
 
 __all__ = [
@@ -284,7 +284,7 @@ def score_target(study: StudyRun, ds: MSDDataset, bank: Sequence) -> None:
     params cannot change from one target to the next."""
     config = study.config
     start = time.perf_counter()
-    with mlflow.start_run(run_name=f"score {short_name(ds)}", nested=True):
+    with mlflow.start_run(run_name=f"score {short_name(ds)}", nested=True), released_on_interrupt():
         score_versions(
             list(bank),
             make_target(ds, "train", seed=config.split_seed),

@@ -10,11 +10,13 @@ processes on this host as KILLED and deletes their PENDING LoggedModels.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ __all__ = [
     "log_version_run",
     "process_identity",
     "recover_crashed",
+    "release_interrupted",
+    "released_on_interrupt",
     "run_csv",
     "run_record",
     "tag_process",
@@ -219,6 +223,42 @@ def delete_replaced_runs(key: str, keep: str) -> list[str]:
     return gone
 
 
+def release_interrupted(exc: BaseException) -> None:
+    """After an interrupt (an exception that is not an :class:`Exception`, such as Ctrl-C's
+    ``KeyboardInterrupt``): free what the finished frames of its traceback, and of the exceptions it
+    interrupted, still hold, so that this process can write to its store again.
+
+    An interrupt can land while MLflow's SQLAlchemy store is inside a write to an embedded sqlite file;
+    the exception then unwinds with that write's connection still open inside its transaction,
+    referenced only by those frames, and with it sqlite's write lock: every later write of the process
+    (ending the run, removing the interrupted scores) waits out sqlite's busy timeout (20 s in MLflow)
+    and fails with ``database is locked`` (docs/reliability.md, "Failures"). Clearing the frames' local
+    variables and collecting closes the connection, which rolls the unfinished write back. Ordinary
+    exceptions are left alone (a debugger still sees their frames): the store rolls its own failed
+    writes back.
+    """
+    if isinstance(exc, Exception):
+        return
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)  # frames still executing (the callers) are skipped
+        current = current.__context__
+    gc.collect()
+
+
+@contextmanager
+def released_on_interrupt() -> Iterator[None]:
+    """Inside a ``with mlflow.start_run()`` (entered after it): an interrupt of the block's writes is
+    released (:func:`release_interrupted`) before the run is ended as failed."""
+    try:
+        yield
+    except BaseException as exc:
+        release_interrupted(exc)
+        raise
+
+
 @contextmanager
 def command_run(run_name: str, parent_run_id: str | None = None) -> Iterator[Run]:
     """Start the run a step (pretrain, finetune, report, study) logs its own parameters to.
@@ -237,16 +277,22 @@ def command_run(run_name: str, parent_run_id: str | None = None) -> Iterator[Run
         recover_crashed()
     if parent_run_id is not None and mlflow.active_run() is None:
         # a Ray task: a child of the driver's run (an exception ends it as FAILED)
-        with mlflow.start_run(
-            run_name=run_name, parent_run_id=parent_run_id, experiment_id=_experiment_of(parent_run_id)
-        ) as run:
+        with (
+            mlflow.start_run(
+                run_name=run_name, parent_run_id=parent_run_id, experiment_id=_experiment_of(parent_run_id)
+            ) as run,
+            released_on_interrupt(),
+        ):
             tag_process()
             yield run
         return
     outer = mlflow.start_run() if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID") else None
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
-        with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
+        with (
+            mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run,
+            released_on_interrupt(),
+        ):
             tag_process()
             yield run
     except BaseException:
@@ -323,7 +369,10 @@ def log_version_run(record: VersionRun, *, parent_run_id: str | None = None) -> 
         T.RUN_KEY: key,
         T.RUN_NORMALIZATION: record.normalization[:5000],
     }
-    with mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run:
+    with (
+        mlflow.start_run(run_name=f"{label} on {target.name}", nested=True, tags=run_tags, **where) as run,
+        released_on_interrupt(),
+    ):
         log_input(record.ds, context="target")
         mlflow.log_params(record.params())
         # One call: the run's metrics, linked to the version's LoggedModel and to the dataset.
