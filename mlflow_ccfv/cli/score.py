@@ -72,7 +72,7 @@ def score(**options) -> None:
     """Score the bank's versions on a target with CC-FV and the baselines; tag, alias and rank them."""
     from mlflow_ccfv.pipelines.rank import frame_json
     from mlflow_ccfv.pipelines.score import run_score
-    from mlflow_ccfv.scoring import parse_methods
+    from mlflow_ccfv.pipelines.score_ranking import shown_methods
     from mlflow_ccfv.study.ranking import table_markdown
     from mlflow_ccfv.tracking.tag_values import with_stored_digits
 
@@ -82,8 +82,7 @@ def score(**options) -> None:
         check_tracking_server(options.pop("experiment"))
         table = run_score(request)
     # the column ranked by first (what `auto` resolved to, or the --rank-by given)
-    ranked_by = [c for c in (table.attrs.get("ranked_by"),) if c in table.columns]
-    shown = list(dict.fromkeys([*ranked_by, *parse_methods(options["methods"])]))
+    shown = shown_methods(request.config.methods, table.attrs["ranked_by"])
     table = with_stored_digits(table, shown)  # the digits the registry holds, which `rank` prints
     click.echo(frame_json(table) if as_json else table_markdown(table, shown))
     errors = [(row.model, str(row.error)) for row in table.itertuples() if isinstance(row.error, str)]

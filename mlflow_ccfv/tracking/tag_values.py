@@ -33,17 +33,16 @@ from mlflow_ccfv.tracking.tags import (
 
 __all__ = [
     "SCORE_COLUMNS",
-    "as_stored",
-    "number_value",
     "dataset_score_keys",
     "dataset_scores",
+    "number_value",
     "parse_process",
     "parse_scored_value",
     "process_value",
     "scored_value",
     "scores_from_tags",
-    "with_stored_digits",
     "stored_ranking",
+    "with_stored_digits",
 ]
 
 #: The columns of :func:`scores_from_tags`.
@@ -71,17 +70,12 @@ def number_value(value: float) -> str:
     return f"{value:.6g}"
 
 
-def as_stored(value: float) -> float:
-    """``value`` as :func:`number_value` stores it: what ``rank`` reads back and prints."""
-    return float(number_value(value))
-
-
 def with_stored_digits(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """A copy of ``frame`` whose score ``columns`` hold the values as stored (:func:`as_stored`): what a
-    table printed from freshly computed scores shows, so that it matches one read back from the tags."""
+    """A copy of ``frame`` whose score ``columns`` hold the values as stored (:func:`number_value`), what
+    ``rank`` reads back: a table printed from freshly computed scores then matches one read from the tags."""
     out = frame.copy()
     for column in columns:
-        out[column] = out[column].map(as_stored, na_action="ignore")
+        out[column] = out[column].map(lambda v: float(number_value(v)), na_action="ignore")
     return out
 
 
